@@ -1,0 +1,232 @@
+"""Configuration: pydantic models, loaded once at start-up and passed down.
+
+Sources, lowest precedence first: built-in defaults, the YAML file (``--config``, or
+``rules/policy.yaml`` when present), then ``TRIPWIRE_*`` environment variables with ``__``
+between nested keys (``TRIPWIRE_SERVER__PORT=9000``). Every model forbids unknown keys: a typo in
+a budget key must fail start-up, not silently disable a limit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from proxy.errors import ConfigError
+
+DEFAULT_POLICY_PATH = Path("rules/policy.yaml")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept seconds as a number or a string such as ``"90s"``, ``"30m"``, ``"1.5h"``."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 30m, 2h)")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(Strict):
+    """Per-task limits. ``None`` means unlimited; a rule only overrides the fields it sets."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens_per_agent: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_calls: int | None = Field(default=None, ge=1)
+    max_hops: int | None = Field(default=None, ge=0)
+    max_duration: Seconds | None = None
+
+
+DEFAULT_LIMITS = Limits(max_calls=200, max_hops=12, max_duration=1800.0)
+
+
+class RepeatSettings(Strict):
+    """Repeated-output and repeated-request loops."""
+
+    threshold: int = Field(default=3, ge=2)
+    window: int = Field(default=20, ge=2, le=1000)
+
+
+class Match(Strict):
+    task: str = "*"
+    agent: str = "*"
+
+
+TripAction = Literal["kill", "observe"]
+
+
+class Rule(Strict):
+    """A policy rule: every rule whose globs match a call applies, later rules win per field."""
+
+    name: str | None = None
+    match: Match = Match()
+    limits: Limits = Limits()
+    repeat: RepeatSettings | None = None
+    on_trip: TripAction | None = None
+
+
+class Policy(Strict):
+    defaults: Limits = DEFAULT_LIMITS
+    repeat: RepeatSettings = RepeatSettings()
+    on_trip: TripAction = "kill"
+    refuse_status: int = Field(default=403, ge=400, le=599)
+    rules: list[Rule] = []
+
+
+class Upstream(Strict):
+    base_url: str
+    format: Literal["openai", "anthropic"] = "openai"
+    api_key: str | None = Field(default=None, repr=False)
+    api_key_env: str | None = None
+    # OpenAI-compatible hosts differ on which cap field they accept when the client sent none.
+    cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    connect_timeout: Seconds = 10.0
+    read_timeout: Seconds = 600.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_only(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    def resolved_key(self) -> str | None:
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+def _default_upstreams() -> dict[str, Upstream]:
+    return {
+        "openai": Upstream(base_url="https://api.openai.com", format="openai"),
+        "anthropic": Upstream(base_url="https://api.anthropic.com", format="anthropic"),
+    }
+
+
+class Tagging(Strict):
+    # Session headers other gateways already use, so moving to Tripwire needs no code change.
+    task_headers: list[str] = [
+        "x-task-id",
+        "x-litellm-session-id",
+        "x-litellm-trace-id",
+        "helicone-session-id",
+        "x-portkey-trace-id",
+        "agent-session-id",
+    ]
+    agent_headers: list[str] = ["x-agent-id"]
+    use_traceparent: bool = True
+
+
+class ServerSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+
+class StateSettings(Strict):
+    backend: Literal["memory"] = "memory"
+    task_ttl: Seconds = 3600.0
+    max_tasks: int = Field(default=100_000, ge=1)
+    max_agents_per_task: int = Field(default=64, ge=1)
+
+
+class Logging(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix="TRIPWIRE_",
+        env_nested_delimiter="__",
+    )
+
+    server: ServerSettings = ServerSettings()
+    upstreams: dict[str, Upstream] = Field(default_factory=_default_upstreams)
+    tagging: Tagging = Tagging()
+    policy: Policy = Policy()
+    state: StateSettings = StateSettings()
+    logging: Logging = Logging()
+
+    @field_validator("upstreams")
+    @classmethod
+    def _with_defaults(cls, value: dict[str, Upstream]) -> dict[str, Upstream]:
+        # The default routes (/v1/messages -> anthropic, /v1/* -> openai) need both names.
+        return {**_default_upstreams(), **value}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment overrides the file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping")
+    return loaded
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Load the config file, the policy file and the environment.
+
+    The policy comes from the config file's ``policy:`` section when it has one, else from the
+    file named by ``policy_file:``, else from ``rules/policy.yaml`` when that exists.
+    """
+    sources = []
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+        sources.append(str(path))
+    policy_file = data.pop("policy_file", None)
+    if "policy" not in data:
+        file = Path(policy_file) if policy_file else DEFAULT_POLICY_PATH
+        if policy_file or file.exists():
+            data["policy"] = _read_yaml(file)
+            sources.append(str(file))
+    data.update(overrides)
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, " and ".join(sources) or "defaults")) from exc

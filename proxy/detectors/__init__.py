@@ -1,0 +1,9 @@
+"""Detectors: small pure units that look at one event of a task and return a trip or nothing.
+
+They hold no state of their own and do no I/O: the session ledger keeps each task's counters
+and windows and asks the detectors, so the same logic serves every state backend.
+"""
+
+from proxy.detectors.base import Trip, TripReason
+
+__all__ = ["Trip", "TripReason"]

@@ -1,0 +1,145 @@
+"""Anthropic Messages wire format (``/v1/messages``), JSON and SSE."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from proxy.providers.base import CallInfo, Output, StreamTally, Usage, load_json, usage_from_generic
+from proxy.server.sse import SSEEvent
+from proxy.tokens import PromptParts
+
+
+def _blocks(content: Any, texts: list[str]) -> int:
+    """Collect the text of a content value (string or blocks); return the number of images."""
+    if isinstance(content, str):
+        texts.append(content)
+        return 0
+    images = 0
+    for block in content if isinstance(content, list) else []:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind in ("image", "document"):
+            images += 1
+        elif kind == "tool_use":
+            texts.append(str(block.get("name", "")))
+            texts.append(json.dumps(block.get("input", {})))
+        elif kind == "tool_result":
+            images += _blocks(block.get("content"), texts)
+        for key in ("text", "thinking"):
+            if isinstance(block.get(key), str):
+                texts.append(block[key])
+    return images
+
+
+class AnthropicAdapter:
+    name = "anthropic"
+
+    def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo:
+        is_messages = path.rstrip("/").endswith("/v1/messages")
+        info = CallInfo(
+            kind="messages" if is_messages else "other",
+            model=str(body.get("model", "")),
+            stream=body.get("stream") is True,
+        )
+        if not is_messages:
+            return info
+        texts: list[str] = []
+        system_texts: list[str] = []
+        images = _blocks(body.get("system"), system_texts)
+        texts.extend(system_texts)
+        messages = body.get("messages")
+        count = 0
+        for message in messages if isinstance(messages, list) else []:
+            if isinstance(message, dict):
+                count += 1
+                images += _blocks(message.get("content"), texts)
+        if body.get("tools"):
+            texts.append(json.dumps(body["tools"]))
+        info.prompt = PromptParts(texts, count, images)
+        info.system_text = "\n".join(system_texts) or None
+        info.cap_field = "max_tokens"
+        cap = body.get("max_tokens")
+        info.cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+        return info
+
+    def enforce(
+        self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
+    ) -> bool:
+        if cap is None or cap_field is None:
+            return False
+        body[cap_field] = cap
+        return True
+
+    def usage_from_body(self, info: CallInfo, body: dict[str, Any]) -> Usage | None:
+        return usage_from_generic(body)
+
+    def output_from_body(self, info: CallInfo, body: dict[str, Any]) -> Output:
+        output = Output()
+        texts: list[str] = []
+        for block in body.get("content") or []:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "text":
+                texts.append(str(block.get("text", "")))
+            elif block.get("type") == "tool_use":
+                output.tool_calls.append(
+                    (str(block.get("name", "")), json.dumps(block.get("input", {})))
+                )
+        output.text = "".join(texts)
+        return output
+
+    def stream_tally(self, info: CallInfo) -> StreamTally:
+        return _MessagesTally()
+
+    def error_body(self, message: str, error_type: str, code: str) -> bytes:
+        return json.dumps(
+            {"type": "error", "error": {"type": error_type, "message": message}}
+        ).encode()
+
+    def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes:
+        return b"event: error\ndata: " + self.error_body(message, error_type, code) + b"\n\n"
+
+
+class _MessagesTally(StreamTally):
+    def feed(self, event: SSEEvent) -> bool:
+        if event.event == "ping" or not event.data:
+            return True
+        payload = load_json(event.data)
+        if not isinstance(payload, dict):
+            return True
+        kind = payload.get("type") or event.event
+        if kind == "content_block_delta":
+            delta = payload.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                self.add_text(str(delta.get("text", "")))
+            elif delta.get("type") == "input_json_delta":
+                self.add_tool(int(payload.get("index", 0)), "", str(delta.get("partial_json", "")))
+        elif kind == "content_block_start":
+            block = payload.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                self.add_tool(int(payload.get("index", 0)), str(block.get("name", "")))
+        elif kind == "message_start":
+            self.usage = usage_from_generic(payload.get("message") or {})
+        elif kind == "message_delta":
+            self._closing_usage(payload.get("usage"))
+        elif kind == "error":
+            self.error = str((payload.get("error") or {}).get("message") or payload)
+        return True
+
+    def _closing_usage(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        if self.usage is None:
+            self.usage = Usage()
+        # message_delta's output_tokens is cumulative; newer servers repeat the input figures.
+        if isinstance(usage.get("output_tokens"), int):
+            self.usage.output_tokens = usage["output_tokens"]
+        if isinstance(usage.get("input_tokens"), int) and usage["input_tokens"] > 0:
+            full = usage_from_generic({"usage": usage})
+            if full is not None:
+                self.usage.input_tokens = full.input_tokens
+                self.usage.cached_tokens = full.cached_tokens
+                self.usage.cache_write_tokens = full.cache_write_tokens
+        self.final = True

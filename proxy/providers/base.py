@@ -1,0 +1,191 @@
+"""What every provider adapter offers the server: one small interface per wire format.
+
+An adapter reads copies of the traffic. It never does I/O, and it only changes a request body
+when enforcement needs to (the output cap, or asking for stream usage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.server.sse import SSEEvent
+from proxy.tokens import PromptParts, count_text
+
+# Output kept for fingerprinting is bounded so one huge completion cannot grow memory.
+MAX_OUTPUT_CHARS = 256 * 1024
+
+
+@dataclass(slots=True)
+class Usage:
+    """Provider-reported usage. ``input_tokens`` counts every prompt token, cached or not."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class CallInfo:
+    """What the proxy needs to know about a request before forwarding it."""
+
+    kind: str  # "chat", "responses", "messages" or "other"
+    model: str = ""
+    stream: bool = False
+    cap: int | None = None  # the output cap the client asked for
+    choices: int = 1  # OpenAI's ``n``: every choice may use the whole cap
+    cap_field: str | None = None  # where an enforced cap goes; None: the kind has no cap
+    prompt: PromptParts = field(default_factory=lambda: PromptParts([], 0))
+    system_text: str | None = None
+    wants_stream_usage: bool = True  # False: the client did not ask; usage is injected
+
+
+@dataclass(slots=True)
+class Output:
+    """The completion as fingerprinted by the detectors: text and tool calls."""
+
+    text: str = ""
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments)
+
+    def fingerprint(self) -> str | None:
+        """Same normalized text and tool calls -> same fingerprint; None for an empty output."""
+        text = " ".join(self.text.lower().split())
+        if not text and not self.tool_calls:
+            return None
+        digest = hashlib.blake2b(text.encode(), digest_size=8)
+        for name, arguments in self.tool_calls:
+            digest.update(b"\x00" + name.encode() + b"\x00" + _canonical_json(arguments))
+        return digest.hexdigest()
+
+
+def _canonical_json(arguments: str) -> bytes:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        return " ".join(arguments.split()).encode()
+
+
+class StreamTally:
+    """Reads a response stream's events: usage, output, and which events the client sees.
+
+    Subclasses implement ``feed``. ``final`` turns True once the provider's closing usage
+    arrived; until then the output tokens are counted from the deltas seen.
+    """
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.final = False
+        self.error: str | None = None  # an error event the provider sent
+        self._text: list[str] = []
+        self._size = 0
+        self._tools: dict[int, tuple[list[str], list[str]]] = {}  # index -> (name, arguments)
+
+    def add_text(self, text: str) -> None:
+        if self._size < MAX_OUTPUT_CHARS:
+            self._text.append(text)
+            self._size += len(text)
+
+    def add_tool(self, index: int, name: str = "", arguments: str = "") -> None:
+        if index not in self._tools:
+            if len(self._tools) >= 128:
+                return
+            self._tools[index] = ([], [])
+        names, args = self._tools[index]
+        if name:
+            names.append(name)
+        if arguments and self._size < MAX_OUTPUT_CHARS:
+            args.append(arguments)
+            self._size += len(arguments)
+
+    def feed(self, event: SSEEvent) -> bool:
+        """Account one event; return False when the client must not see it."""
+        raise NotImplementedError
+
+    def output(self) -> Output:
+        tools = [("".join(n), "".join(a)) for n, a in self._tools.values()]
+        return Output("".join(self._text), tools)
+
+    def billed_usage(self, prompt_estimate: int) -> Usage:
+        """Usage to account when the stream ended: the provider's figures where it sent them,
+        else the prompt estimate and the tokens counted in the deltas seen."""
+        usage = self.usage or Usage(input_tokens=prompt_estimate)
+        if not self.final:
+            output = self.output()
+            seen = count_text(output.text) + sum(count_text(a) for _, a in output.tool_calls)
+            usage.output_tokens = max(usage.output_tokens, seen)
+        return usage
+
+
+class Adapter(Protocol):
+    """One wire protocol. ``openai`` covers every OpenAI-compatible host."""
+
+    name: str
+
+    def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo: ...
+
+    def enforce(
+        self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
+    ) -> bool:
+        """Set the output cap and ask for stream usage if needed; True when the body changed."""
+        ...
+
+    def usage_from_body(self, info: CallInfo, body: dict[str, Any]) -> Usage | None: ...
+
+    def output_from_body(self, info: CallInfo, body: dict[str, Any]) -> Output: ...
+
+    def stream_tally(self, info: CallInfo) -> StreamTally: ...
+
+    def error_body(self, message: str, error_type: str, code: str) -> bytes: ...
+
+    def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes: ...
+
+
+def usage_from_generic(body: dict[str, Any]) -> Usage | None:
+    """Usage from any body that carries one of the common shapes (OpenAI or Anthropic)."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        details = usage.get("prompt_tokens_details") or {}
+        return Usage(
+            input_tokens=_int(usage.get("prompt_tokens")),
+            output_tokens=_int(usage.get("completion_tokens")),
+            cached_tokens=_int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+        )
+    if "input_tokens" in usage or "output_tokens" in usage:
+        details = usage.get("input_tokens_details") or {}
+        cache_read = _int(usage.get("cache_read_input_tokens"))
+        cache_write = _int(usage.get("cache_creation_input_tokens"))
+        if isinstance(details, dict) and details.get("cached_tokens"):
+            # Responses API: input_tokens already includes the cached ones.
+            return Usage(
+                input_tokens=_int(usage.get("input_tokens")),
+                output_tokens=_int(usage.get("output_tokens")),
+                cached_tokens=_int(details.get("cached_tokens")),
+            )
+        # Anthropic reports cache reads and writes beside input_tokens, not inside it.
+        return Usage(
+            input_tokens=_int(usage.get("input_tokens")) + cache_read + cache_write,
+            output_tokens=_int(usage.get("output_tokens")),
+            cached_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        )
+    return None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def load_json(data: str | bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

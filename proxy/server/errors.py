@@ -1,0 +1,75 @@
+"""Errors rendered in the caller's provider format, so its SDK raises a clear exception."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.errors import Refused, RouteError, TripwireError, kind_of
+from proxy.providers import ADAPTERS
+from proxy.server import routing
+from proxy.telemetry.logs import event
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _format_for(request: web.Request, upstreams: dict[str, str]) -> str:
+    try:
+        route = routing.resolve(request.rel_url.raw_path, frozenset(upstreams))
+    except RouteError:
+        return "openai"
+    return upstreams[route.upstream]
+
+
+def render(error: TripwireError, format_: str) -> web.Response:
+    kind = kind_of(error)
+    adapter = ADAPTERS[format_]
+    error_type = kind.anthropic_type if format_ == "anthropic" else kind.openai_type
+    code = f"tripwire_{error.reason}" if isinstance(error, Refused) else error.code
+    headers = {"Content-Type": "application/json"}
+    if not error.retry:
+        # The official SDKs obey this before looking at the status: a refusal is final.
+        headers["x-should-retry"] = "false"
+    if isinstance(error, Refused):
+        headers["X-Tripwire-Reason"] = error.reason
+        for attr, header in (("task", "X-Tripwire-Task"), ("agent", "X-Tripwire-Agent")):
+            value = getattr(error, attr, None)
+            if value:
+                headers[header] = value
+    return web.Response(
+        status=error.status,
+        body=adapter.error_body(error.message, error_type, code),
+        headers=headers,
+    )
+
+
+def error_middleware(
+    upstream_formats: dict[str, str],
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except TripwireError as error:
+            level = getattr(logging, kind_of(error).log_level.upper())
+            event(
+                "refused" if isinstance(error, Refused) else "error",
+                level,
+                status=error.status,
+                code=error.code,
+                message=error.message,
+                path=request.path,
+            )
+            return render(error, _format_for(request, upstream_formats))
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # a bug of ours must still answer in the provider's format
+            event("internal_error", logging.ERROR, path=request.path, error=repr(exc))
+            return render(
+                TripwireError("Tripwire failed to handle this call"),
+                _format_for(request, upstream_formats),
+            )
+
+    return middleware

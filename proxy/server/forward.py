@@ -1,0 +1,430 @@
+"""The proxy handler: tag, reserve, forward, stream back, settle.
+
+Bytes reach the client as the provider sent them; parsers read copies. The body is rewritten
+only to enforce the output cap or to ask for stream usage, and a stream is only ever changed by
+dropping the usage chunk Tripwire asked for, or by ending it with an error event on a kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Config, Upstream
+from proxy.detectors.base import Trip, TripReason
+from proxy.errors import BadRequest, Refused, UpstreamError, UpstreamTimeout
+from proxy.policy.rules import PolicyBook
+from proxy.pricing import Price, PriceBook, cost_usd
+from proxy.providers import ADAPTERS, Adapter, CallInfo, Usage
+from proxy.server import routing
+from proxy.server.headers import request_headers, response_headers
+from proxy.server.sse import SSEDecoder
+from proxy.server.tagging import Tagger
+from proxy.session.base import CallPlan, Denied, Grant, Ledger, Outcome, Settled, TaskView
+from proxy.telemetry.logs import event
+from proxy.tokens import estimate_prompt
+
+_KNOWN_KINDS = ("chat", "responses", "messages")
+
+
+@dataclass(slots=True)
+class Call:
+    """One proxied call as it moves through the handler."""
+
+    request: web.Request
+    upstream_name: str
+    upstream: Upstream
+    adapter: Adapter
+    path: str
+    info: CallInfo
+    task: str
+    agent: str
+    prompt_tokens: int
+    started: float  # perf_counter at arrival
+    raw: bytes
+    body: dict[str, Any] | None  # the parsed JSON body, for known kinds
+    request_fingerprint: str | None
+    price: Price | None = None
+
+
+def refusal_message(task: str, trip: Trip) -> str:
+    figures = ", ".join(f"{k}={v}" for k, v in trip.figures.items() if k != "fingerprint")
+    text = f"Tripwire stopped task '{task}' ({trip.reason}): {trip.detail}."
+    if figures:
+        text += f" Figures: {figures}."
+    return text + " Further calls of this task are refused."
+
+
+class Forwarder:
+    def __init__(
+        self, config: Config, ledger: Ledger, prices: PriceBook, session: aiohttp.ClientSession
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.prices = prices
+        self.session = session
+        self.policy = PolicyBook(config.policy)
+        self.tagger = Tagger(config.tagging)
+        self.upstream_names = frozenset(config.upstreams)
+        self.keys = {name: up.resolved_key() for name, up in config.upstreams.items()}
+
+    # -- entry point ------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = routing.resolve(request.rel_url.raw_path, self.upstream_names)
+        call = await self._prepare(request, route, started)
+        grant = await self._reserve(call)
+        return await self._forward(call, grant, self._enforce(call, grant))
+
+    # -- before forwarding ------------------------------------------------------------------
+
+    async def _prepare(self, request: web.Request, route: routing.Route, started: float) -> Call:
+        upstream = self.config.upstreams[route.upstream]
+        adapter = ADAPTERS[upstream.format]
+        raw = await request.read()
+        info = CallInfo(kind="other")
+        parsed: Any = None
+        if raw and request.method == "POST":
+            try:
+                parsed = json.loads(raw)
+            except ValueError as exc:
+                if adapter.parse_request(route.path, {}).kind in _KNOWN_KINDS:
+                    raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+            if isinstance(parsed, dict):
+                info = adapter.parse_request(route.path, parsed)
+        headers = request.headers
+        task = self.tagger.task(headers, route.task)
+        agent = self.tagger.agent(headers, route.agent, info.system_text)
+        prompt = estimate_prompt(info.prompt, upstream.format) if info.kind in _KNOWN_KINDS else 0
+        fingerprint = hashlib.blake2b(raw, digest_size=8).hexdigest() if raw else None
+        return Call(
+            request,
+            route.upstream,
+            upstream,
+            adapter,
+            route.path,
+            info,
+            task,
+            agent,
+            prompt,
+            started,
+            raw,
+            parsed if isinstance(parsed, dict) else None,
+            fingerprint,
+        )
+
+    async def _reserve(self, call: Call) -> Grant:
+        effective = self.policy.resolve(call.task, call.agent)
+        price = (
+            self.prices.lookup(call.info.model, call.upstream.format) if call.info.model else None
+        )
+        if price is None and call.info.model and self.prices.should_warn_unknown(call.info.model):
+            event(
+                "price_unknown",
+                logging.WARNING,
+                model=call.info.model,
+                note="cost is not counted for this model; token limits still apply",
+            )
+        plan = CallPlan(
+            call.task,
+            call.agent,
+            effective,
+            call.prompt_tokens,
+            call.info.cap,
+            call.info.choices,
+            price,
+            time.time(),
+        )
+        try:
+            grant = await self.ledger.reserve(plan)
+        except Denied as denied:
+            if denied.fresh:
+                self._log_trip(call.task, call.agent, denied.trip, "kill")
+            raise self._refused(call, denied.trip) from None
+        for trip in grant.observed:
+            self._log_trip(call.task, call.agent, trip, "observe")
+        call.price = price
+        return grant
+
+    def _refused(self, call: Call, trip: Trip) -> Refused:
+        error = Refused(
+            refusal_message(call.task, trip),
+            status=self.config.policy.refuse_status,
+            reason=str(trip.reason),
+            figures=trip.figures,
+        )
+        error.task, error.agent = call.task, call.agent  # type: ignore[attr-defined]
+        return error
+
+    def _enforce(self, call: Call, grant: Grant) -> bytes:
+        if call.body is None or call.info.kind not in _KNOWN_KINDS:
+            return call.raw
+        cap_field = call.info.cap_field
+        if cap_field is None and call.info.kind == "chat":
+            cap_field = call.upstream.cap_field
+        if call.adapter.enforce(call.body, call.info, grant.output_cap, cap_field):
+            return json.dumps(call.body).encode()
+        return call.raw
+
+    # -- forwarding -------------------------------------------------------------------------
+
+    async def _forward(self, call: Call, grant: Grant, body: bytes) -> web.StreamResponse:
+        request = call.request
+        url = call.upstream.base_url + call.path
+        if request.rel_url.raw_query_string:
+            url += "?" + request.rel_url.raw_query_string
+        headers = request_headers(
+            request.headers,
+            self.tagger.consumed,
+            call.upstream.format,
+            self.keys[call.upstream_name],
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=call.upstream.connect_timeout,
+            sock_read=call.upstream.read_timeout,
+        )
+        sent = time.perf_counter()
+        try:
+            upstream = await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body or None,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except BaseException as exc:
+            await asyncio.shield(self._settle(call, grant, Usage(), completed=False))
+            raise _upstream_error(exc) from exc
+        try:
+            content_type = upstream.headers.get("Content-Type", "")
+            if content_type.startswith("text/event-stream"):
+                return await self._stream(call, grant, upstream, sent)
+            return await self._buffered(call, grant, upstream, sent)
+        finally:
+            upstream.release()
+
+    async def _buffered(
+        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse, sent: float
+    ) -> web.Response:
+        try:
+            data = await upstream.read()
+        except BaseException as exc:
+            await asyncio.shield(self._settle(call, grant, Usage(), completed=False))
+            raise _upstream_error(exc) from exc
+        received = time.perf_counter()
+        usage: Usage | None = None
+        fingerprint: str | None = None
+        ok = 200 <= upstream.status < 300
+        if ok or call.info.kind == "other":
+            parsed = _json_copy(data, upstream.headers.get("Content-Type", ""))
+            if isinstance(parsed, dict):
+                usage = call.adapter.usage_from_body(call.info, parsed)
+                if ok and call.info.kind in _KNOWN_KINDS:
+                    output = call.adapter.output_from_body(call.info, parsed)
+                    fingerprint = output.fingerprint()
+        if usage is None:
+            # An answer without usage still cost its prompt; an error answer costs nothing.
+            usage = Usage(
+                input_tokens=call.prompt_tokens if ok and call.info.kind in _KNOWN_KINDS else 0
+            )
+        settled = await self._settle(call, grant, usage, ok, fingerprint)
+        headers = response_headers(upstream.headers)
+        overhead = (sent - call.started) + (time.perf_counter() - received)
+        self._tag_headers(headers, call, settled.view, overhead)
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=data
+        )
+
+    async def _stream(
+        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse, sent: float
+    ) -> web.StreamResponse:
+        headers = response_headers(upstream.headers)
+        self._tag_headers(headers, call, grant.view, sent - call.started)
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        await response.prepare(call.request)
+        tally = call.adapter.stream_tally(call.info)
+        decoder = SSEDecoder()
+        cut: list[Trip] = []
+
+        def on_kill(trip: Trip) -> None:
+            if not cut:
+                cut.append(trip)
+                upstream.close()  # stops the provider generating (and billing) more
+
+        self.ledger.board.watch(call.task, on_kill)
+        deadline = self._deadline_timer(call, grant)
+        client_gone = False
+        try:
+            try:
+                async for chunk in upstream.content.iter_any():
+                    for sse in decoder.feed(chunk):
+                        if cut:
+                            break
+                        if tally.feed(sse):
+                            await response.write(sse.raw)
+                    if cut:
+                        break
+                for sse in decoder.flush():
+                    if not cut and tally.feed(sse):
+                        await response.write(sse.raw)
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                client_gone = True
+                upstream.close()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if not cut:
+                    event(
+                        "upstream_stream_broken",
+                        logging.WARNING,
+                        task=call.task,
+                        agent=call.agent,
+                        error=type(exc).__name__,
+                    )
+            if cut and not client_gone:
+                trip = cut[0]
+                message = refusal_message(call.task, trip)
+                with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+                    await response.write(
+                        call.adapter.error_event(
+                            message,
+                            "tripwire_error"
+                            if call.upstream.format == "openai"
+                            else "permission_error",
+                            f"tripwire_{trip.reason}",
+                            call.info,
+                        )
+                    )
+            if not client_gone:
+                with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+                    await response.write_eof()
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            self.ledger.board.unwatch(call.task, on_kill)
+            usage = tally.billed_usage(call.prompt_tokens)
+            fingerprint = tally.output().fingerprint() if tally.final and not cut else None
+            completed = 200 <= upstream.status < 300 and tally.final and not cut
+            await asyncio.shield(self._settle(call, grant, usage, completed, fingerprint))
+        return response
+
+    def _deadline_timer(self, call: Call, grant: Grant) -> asyncio.TimerHandle | None:
+        limit = grant.policy.limits.max_duration
+        if limit is None or grant.policy.on_trip != "kill":
+            return None
+        delay = grant.view.started + limit - time.time()
+
+        def expire() -> None:
+            elapsed = time.time() - grant.view.started
+            trip = Trip(
+                reason=TripReason.DEADLINE,
+                detail=f"the task ran {elapsed:.0f}s, past its deadline of {limit:.0f}s",
+                figures={"elapsed_s": round(elapsed, 3), "max_duration_s": limit},
+            )
+            task = asyncio.ensure_future(self.ledger.kill(call.task, trip))
+            task.add_done_callback(lambda done: self._after_kill(call, trip, done))
+
+        return asyncio.get_running_loop().call_later(max(delay, 0.0), expire)
+
+    def _after_kill(self, call: Call, trip: Trip, done: asyncio.Future[bool]) -> None:
+        if not done.cancelled() and done.exception() is None and done.result():
+            self._log_trip(call.task, call.agent, trip, "kill")
+
+    # -- after the call ---------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        call: Call,
+        grant: Grant,
+        usage: Usage,
+        completed: bool,
+        fingerprint: str | None = None,
+    ) -> Settled:
+        price = call.price
+        cost = 0.0
+        if price is not None:
+            uncached = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens
+            cost = cost_usd(
+                price,
+                max(uncached, 0),
+                usage.output_tokens,
+                usage.cached_tokens,
+                usage.cache_write_tokens,
+            )
+        outcome = Outcome(
+            usage.total,
+            cost,
+            fingerprint,
+            call.request_fingerprint if completed else None,
+            completed,
+        )
+        settled = await self.ledger.settle(grant, outcome)
+        for trip in settled.trips:
+            self._log_trip(call.task, call.agent, trip, "kill" if settled.killed else "observe")
+        event(
+            "call",
+            logging.DEBUG,
+            task=call.task,
+            agent=call.agent,
+            model=call.info.model,
+            kind=call.info.kind,
+            tokens=usage.total,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=round(cost, 6),
+            completed=completed,
+        )
+        return settled
+
+    def _tag_headers(self, headers: Any, call: Call, view: TaskView, overhead_s: float) -> None:
+        headers["X-Tripwire-Task"] = call.task
+        headers["X-Tripwire-Agent"] = call.agent
+        headers["X-Tripwire-Tokens-Used"] = str(view.tokens_used)
+        left = view.tokens_left
+        if left is not None:
+            headers["X-Tripwire-Tokens-Left"] = str(left)
+        headers["X-Tripwire-Calls"] = str(view.calls)
+        headers["X-Tripwire-Hops"] = str(view.hops)
+        headers["X-Tripwire-Overhead-Ms"] = f"{overhead_s * 1000:.2f}"
+
+    @staticmethod
+    def _log_trip(task: str, agent: str, trip: Trip, action: str) -> None:
+        event(
+            "trip",
+            logging.WARNING,
+            task=task,
+            agent=agent,
+            reason=str(trip.reason),
+            action=action,
+            detail=trip.detail,
+            figures=trip.figures,
+        )
+
+
+def _json_copy(data: bytes, content_type: str) -> Any:
+    if "json" not in content_type or not data:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _upstream_error(exc: BaseException) -> Exception:
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout("the provider did not answer in time")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return UpstreamError(f"the provider could not be reached: {type(exc).__name__}")
+    return exc if isinstance(exc, Exception) else UpstreamError("the call was interrupted")

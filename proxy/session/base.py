@@ -1,0 +1,149 @@
+"""The ledger's interface: reserve before forwarding, settle after, kill, get, list.
+
+The protocol, written down once:
+
+1. ``reserve(plan)`` checks the task atomically (killed? deadline, calls, hops, budgets) and,
+   if the call may go, reserves its prompt estimate plus its output cap against every budget.
+   It returns a ``Grant`` carrying the cap to enforce, or raises ``Refused``.
+2. ``settle(grant, outcome)`` releases that reservation and books the provider-reported usage,
+   then runs the completion detectors (repeated output, repeated request).
+3. A trip with action ``kill`` marks the task killed; every stream of the task still in flight
+   is cut through the ``KillBoard`` and every later call is refused.
+
+Nothing outside ``proxy.session`` knows which backend runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from proxy.detectors.base import Trip
+from proxy.policy.rules import Effective
+from proxy.pricing import Price
+
+
+@dataclass(slots=True)
+class CallPlan:
+    """Everything ``reserve`` needs to decide on one call."""
+
+    task: str
+    agent: str
+    policy: Effective
+    prompt_tokens: int  # the pre-flight estimate
+    requested_output: int | None  # the client's own cap, per choice
+    choices: int
+    price: Price | None
+    now: float
+
+
+@dataclass(slots=True)
+class TaskView:
+    """A task's figures as a client or operator sees them."""
+
+    task: str
+    started: float
+    last_seen: float
+    tokens_used: int
+    tokens_reserved: int
+    cost_usd: float
+    calls: int
+    hops: int
+    agents: list[str]
+    killed: Trip | None
+    max_tokens: int | None = None
+
+    @property
+    def tokens_left(self) -> int | None:
+        if self.max_tokens is None:
+            return None
+        return max(self.max_tokens - self.tokens_used - self.tokens_reserved, 0)
+
+
+@dataclass(slots=True)
+class Grant:
+    """A reservation: what was held back for one call, and the output cap to enforce."""
+
+    task: str
+    agent: str
+    policy: Effective
+    reserved_tokens: int
+    reserved_cost: float
+    output_cap: int | None  # per choice; None: leave the request's cap alone
+    view: TaskView
+    observed: list[Trip] = field(default_factory=list)  # trips in observe mode, first time only
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the call used, as the provider reported it (or as counted, when it did not)."""
+
+    tokens: int
+    cost_usd: float
+    output_fingerprint: str | None
+    request_fingerprint: str | None
+    completed: bool  # the provider answered successfully; only then do the loop windows move
+
+
+@dataclass(slots=True)
+class Settled:
+    view: TaskView
+    trips: list[Trip]  # new trips, whatever their action
+    killed: bool  # the task was killed by one of them
+
+
+class Ledger(Protocol):
+    board: KillBoard
+
+    async def reserve(self, plan: CallPlan) -> Grant: ...
+
+    async def settle(self, grant: Grant, outcome: Outcome) -> Settled: ...
+
+    async def kill(self, task: str, trip: Trip) -> bool:
+        """Mark the task killed; False when it already was."""
+        ...
+
+    async def get(self, task: str) -> TaskView | None: ...
+
+    async def list(self) -> list[TaskView]: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+CutCallback = Callable[[Trip], None]
+
+
+class KillBoard:
+    """The streams in flight in this process, by task, so a kill can cut them at once."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, set[CutCallback]] = {}
+
+    def watch(self, task: str, cut: CutCallback) -> None:
+        self._streams.setdefault(task, set()).add(cut)
+
+    def unwatch(self, task: str, cut: CutCallback) -> None:
+        callbacks = self._streams.get(task)
+        if callbacks is not None:
+            callbacks.discard(cut)
+            if not callbacks:
+                del self._streams[task]
+
+    def cut(self, task: str, trip: Trip) -> int:
+        callbacks = self._streams.pop(task, set())
+        for callback in callbacks:
+            callback(trip)
+        return len(callbacks)
+
+
+class Denied(Exception):
+    """``reserve`` refuses the call: the task is killed (``fresh`` when this call killed it)."""
+
+    def __init__(self, task: str, trip: Trip, fresh: bool) -> None:
+        super().__init__(trip.detail)
+        self.task = task
+        self.trip = trip
+        self.fresh = fresh

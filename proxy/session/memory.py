@@ -1,0 +1,275 @@
+"""The embedded ledger: per-task state in this process, bounded in count, size and time.
+
+Atomicity comes from the event loop: ``reserve`` and ``settle`` never await between reading and
+writing a task, so concurrent calls of one task are checked one after another.
+Memory is bounded three ways: tasks idle for ``task_ttl`` expire, at most ``max_tasks`` are kept
+(least recently seen first out), and each task keeps windows of fingerprints, not histories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from proxy.config import StateSettings
+from proxy.detectors import budget, limits, repeat
+from proxy.detectors.base import Trip, TripReason
+from proxy.pricing import cost_usd
+from proxy.session.base import CallPlan, Denied, Grant, KillBoard, Outcome, Settled, TaskView
+
+OTHER_AGENTS = "other"
+
+
+@dataclass(slots=True)
+class _Agent:
+    tokens_used: int = 0
+    tokens_reserved: int = 0
+    requests: deque[str] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class _Task:
+    task: str
+    started: float
+    last_seen: float
+    tokens_used: int = 0
+    tokens_reserved: int = 0
+    cost_used: float = 0.0
+    cost_reserved: float = 0.0
+    calls: int = 0
+    hops: int = 0
+    last_agent: str | None = None
+    agents: dict[str, _Agent] = field(default_factory=dict)
+    outputs: deque[str] = field(default_factory=deque)
+    killed: Trip | None = None
+    observed: set[TripReason] = field(default_factory=set)
+    max_tokens: int | None = None
+
+
+class MemoryLedger:
+    def __init__(self, settings: StateSettings) -> None:
+        self.settings = settings
+        self.board = KillBoard()
+        self._tasks: OrderedDict[str, _Task] = OrderedDict()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep_forever(self) -> None:
+        interval = min(self.settings.task_ttl / 4, 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep(time.time())
+
+    def sweep(self, now: float) -> int:
+        """Drop tasks idle past the TTL; the dict is in last-seen order, so stop at the first
+        live one."""
+        expired = 0
+        horizon = now - self.settings.task_ttl
+        while self._tasks:
+            task = next(iter(self._tasks.values()))
+            if task.last_seen > horizon or task.tokens_reserved > 0:
+                break
+            self._tasks.popitem(last=False)
+            expired += 1
+        return expired
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def _touch(self, name: str, now: float) -> _Task:
+        task = self._tasks.get(name)
+        if task is None:
+            task = _Task(name, started=now, last_seen=now)
+            self._tasks[name] = task
+            if len(self._tasks) > self.settings.max_tasks:
+                self._tasks.popitem(last=False)
+        else:
+            self._tasks.move_to_end(name)
+            task.last_seen = now
+        return task
+
+    def _agent(self, task: _Task, name: str) -> _Agent:
+        agent = task.agents.get(name)
+        if agent is None:
+            if len(task.agents) >= self.settings.max_agents_per_task:
+                name = OTHER_AGENTS
+                agent = task.agents.get(name)
+            if agent is None:
+                agent = task.agents[name] = _Agent()
+        return agent
+
+    async def reserve(self, plan: CallPlan) -> Grant:
+        task = self._touch(plan.task, plan.now)
+        if task.killed is not None:
+            raise Denied(plan.task, task.killed, fresh=False)
+        lim = plan.policy.limits
+        task.max_tokens = lim.max_tokens
+        agent = self._agent(task, plan.agent)
+        checks = [
+            limits.check_deadline(task.started, plan.now, lim.max_duration),
+            limits.check_calls(task.calls, lim.max_calls),
+            limits.check_hops(task.last_agent, plan.agent, task.hops, lim.max_hops),
+        ]
+        allowances = [
+            budget.token_allowance(
+                TripReason.BUDGET_TOKENS,
+                lim.max_tokens,
+                task.tokens_used,
+                task.tokens_reserved,
+                plan.prompt_tokens,
+                f"task {plan.task}",
+            ),
+            budget.token_allowance(
+                TripReason.BUDGET_AGENT_TOKENS,
+                lim.max_tokens_per_agent,
+                agent.tokens_used,
+                agent.tokens_reserved,
+                plan.prompt_tokens,
+                f"agent {plan.agent}",
+            ),
+            budget.cost_allowance(
+                lim.max_cost_usd,
+                task.cost_used,
+                task.cost_reserved,
+                plan.prompt_tokens,
+                plan.price,
+            ),
+        ]
+        checks.extend(a.trip for a in allowances)
+        cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
+        if cap == 0:
+            checks.append(budget.too_many_choices(plan.choices))
+        observed: list[Trip] = []
+        for trip in checks:
+            if trip is None:
+                continue
+            if plan.policy.on_trip == "kill":
+                task.killed = trip
+                self.board.cut(plan.task, trip)
+                raise Denied(plan.task, trip, fresh=True)
+            if trip.reason not in task.observed:
+                task.observed.add(trip.reason)
+                observed.append(trip)
+        # Shadow mode changes nothing the agent receives, so an over-budget cap is left alone.
+        tripped = any(trip is not None for trip in checks)
+        enforce = cap is not None and cap != plan.requested_output and not tripped
+        output = cap * plan.choices if cap is not None else 0
+        reserved = plan.prompt_tokens + output
+        reserved_cost = 0.0
+        if plan.price is not None:
+            reserved_cost = cost_usd(plan.price, plan.prompt_tokens, output)
+        task.calls += 1
+        task.hops = limits.hops_after(task.last_agent, plan.agent, task.hops)
+        task.last_agent = plan.agent
+        task.tokens_reserved += reserved
+        agent.tokens_reserved += reserved
+        task.cost_reserved += reserved_cost
+        return Grant(
+            plan.task,
+            plan.agent,
+            plan.policy,
+            reserved,
+            reserved_cost,
+            cap if enforce else None,
+            self._view(task),
+            observed,
+        )
+
+    async def settle(self, grant: Grant, outcome: Outcome) -> Settled:
+        task = self._tasks.get(grant.task)
+        if task is None:  # expired or evicted while in flight: nothing left to book against
+            return Settled(self._empty_view(grant.task), [], False)
+        agent = self._agent(task, grant.agent)
+        task.tokens_reserved = max(task.tokens_reserved - grant.reserved_tokens, 0)
+        agent.tokens_reserved = max(agent.tokens_reserved - grant.reserved_tokens, 0)
+        task.cost_reserved = max(task.cost_reserved - grant.reserved_cost, 0.0)
+        task.tokens_used += outcome.tokens
+        agent.tokens_used += outcome.tokens
+        task.cost_used += outcome.cost_usd
+        trips: list[Trip] = []
+        if outcome.completed:
+            settings = grant.policy.repeat
+            if outcome.output_fingerprint is not None:
+                _bound(task.outputs, settings.window)
+                trip = repeat.observe_repeat(
+                    task.outputs,
+                    outcome.output_fingerprint,
+                    settings.threshold,
+                    TripReason.REPEAT_OUTPUT,
+                    grant.agent,
+                )
+                trips.extend([trip] if trip else [])
+            if outcome.request_fingerprint is not None:
+                _bound(agent.requests, settings.window)
+                trip = repeat.observe_repeat(
+                    agent.requests,
+                    outcome.request_fingerprint,
+                    settings.threshold,
+                    TripReason.REPEAT_REQUEST,
+                    grant.agent,
+                )
+                trips.extend([trip] if trip else [])
+        killed = False
+        if trips and grant.policy.on_trip == "kill" and task.killed is None:
+            task.killed = trips[0]
+            killed = True
+            self.board.cut(grant.task, trips[0])
+        elif grant.policy.on_trip == "observe":
+            trips = [t for t in trips if t.reason not in task.observed]
+            task.observed.update(t.reason for t in trips)
+        return Settled(self._view(task), trips, killed)
+
+    async def kill(self, task_name: str, trip: Trip) -> bool:
+        task = self._touch(task_name, time.time())
+        if task.killed is not None:
+            return False
+        task.killed = trip
+        self.board.cut(task_name, trip)
+        return True
+
+    async def get(self, task: str) -> TaskView | None:
+        state = self._tasks.get(task)
+        return self._view(state) if state is not None else None
+
+    async def list(self) -> list[TaskView]:
+        return [self._view(task) for task in self._tasks.values()]
+
+    # -- views ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _view(task: _Task) -> TaskView:
+        return TaskView(
+            task=task.task,
+            started=task.started,
+            last_seen=task.last_seen,
+            tokens_used=task.tokens_used,
+            tokens_reserved=task.tokens_reserved,
+            cost_usd=task.cost_used,
+            calls=task.calls,
+            hops=task.hops,
+            agents=list(task.agents),
+            killed=task.killed,
+            max_tokens=task.max_tokens,
+        )
+
+    @staticmethod
+    def _empty_view(name: str) -> TaskView:
+        return TaskView(name, 0.0, 0.0, 0, 0, 0.0, 0, 0, [], None)
+
+
+def _bound(window: deque[str], size: int) -> None:
+    """Windows are sized by policy, which a rule may change between calls of one task."""
+    while len(window) >= size:
+        window.popleft()

@@ -1,0 +1,1 @@
+"""Telemetry: structured logs (and, as they arrive, metrics and tracing)."""

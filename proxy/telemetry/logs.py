@@ -1,0 +1,45 @@
+"""One JSON object per log line, so trips and refusals can be searched by task and reason.
+
+Only fields passed explicitly are written: request headers never reach a log line, so
+``Authorization`` and provider keys cannot leak through logging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+LOGGER_NAME = "tripwire"
+log = logging.getLogger(LOGGER_NAME)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
+    if log.isEnabledFor(level):
+        log.log(level, name, extra={"fields": fields})
