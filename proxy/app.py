@@ -19,7 +19,7 @@ from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
 
 CONFIG = web.AppKey("config", Config)
-LEDGER = web.AppKey("ledger", MemoryLedger)
+LEDGER = web.AppKey("ledger", Ledger)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 
 
@@ -34,6 +34,7 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
     )
     app[CONFIG] = config
     state = ledger if ledger is not None else build_ledger(config)
+    app[LEDGER] = state
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)

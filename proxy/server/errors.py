@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -46,7 +46,7 @@ def render(error: TripwireError, format_: str) -> web.Response:
 
 
 def error_middleware(
-    upstream_formats: dict[str, str],
+    upstream_formats: Mapping[str, str],
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

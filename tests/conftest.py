@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import MockProviderThread, ProxyThread, running
+
+
+@pytest.fixture(scope="session")
+def mock_thread() -> Iterator[MockProviderThread]:
+    with MockProviderThread() as mock:
+        yield mock
+
+
+@pytest.fixture
+def mock(mock_thread: MockProviderThread) -> MockProviderThread:
+    """The mock provider, with its recorded requests and usage cleared for this test."""
+    mock_thread.provider.reset()
+    return mock_thread
+
+
+@pytest.fixture
+def make_proxy(mock: MockProviderThread) -> Iterator[Any]:
+    """``make_proxy(policy={...}, ...)`` starts a proxy in front of the mock provider."""
+    stack: list[Any] = []
+
+    def start(**sections: Any) -> ProxyThread:
+        context = running(mock, **sections)
+        proxy = context.__enter__()
+        stack.append(context)
+        return proxy
+
+    yield start
+    for context in reversed(stack):
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def proxy(make_proxy: Any) -> ProxyThread:
+    """A proxy with the default policy."""
+    return make_proxy()  # type: ignore[no-any-return]
