@@ -5,6 +5,7 @@
     ├── RouteError         no upstream serves this path (404)
     ├── BadRequest         the body cannot be read as the provider's format (400)
     ├── Refused            policy refused the call: task killed or a limit reached (403 default)
+    ├── BudgetBusy         the budget left is reserved by calls in flight: retry shortly (429)
     └── UpstreamError      the provider could not be reached (502) or timed out (504)
 
 The server renders each as an error body in the caller's provider format; ``ERROR_TABLE`` is the
@@ -55,6 +56,15 @@ class Refused(TripwireError):
         self.figures = figures or {}
 
 
+class BudgetBusy(TripwireError):
+    """The task's remaining budget is held by its calls in flight; retrying soon will fit."""
+
+    status = 429
+    code = "tripwire_budget_busy"
+    retry = True
+    retry_after_s = 1
+
+
 class UpstreamError(TripwireError):
     status = 502
     code = "upstream_unreachable"
@@ -80,6 +90,7 @@ ERROR_TABLE: dict[type[TripwireError], ErrorKind] = {
     RouteError: ErrorKind("invalid_request_error", "not_found_error", "info"),
     BadRequest: ErrorKind("invalid_request_error", "invalid_request_error", "info"),
     Refused: ErrorKind("tripwire_error", "permission_error", "info"),
+    BudgetBusy: ErrorKind("rate_limit_error", "rate_limit_error", "info"),
     UpstreamTimeout: ErrorKind("server_error", "timeout_error", "warning"),
     UpstreamError: ErrorKind("server_error", "api_error", "warning"),
     TripwireError: ErrorKind("server_error", "api_error", "error"),

@@ -18,6 +18,8 @@ class Allowance:
 
     output: int | None
     trip: Trip | None = None
+    # The budget is not spent, only held by calls in flight: wait for them, do not kill.
+    busy: bool = False
 
 
 def token_allowance(
@@ -27,6 +29,8 @@ def token_allowance(
         return Allowance(None)
     left = limit - used - reserved
     if prompt + 1 > left:
+        if prompt + 1 <= limit - used:
+            return Allowance(0, busy=True)
         return Allowance(
             0,
             Trip(
@@ -53,6 +57,8 @@ def cost_allowance(
     left = limit - used - reserved
     output = max_output_for(price, left, prompt)
     if output < 1:
+        if reserved > 0 and max_output_for(price, limit - used, prompt) >= 1:
+            return Allowance(0, busy=True)
         return Allowance(
             0,
             Trip(

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from proxy.errors import Refused, RouteError, TripwireError, kind_of
+from proxy.errors import BudgetBusy, Refused, RouteError, TripwireError, kind_of
 from proxy.providers import ADAPTERS
 from proxy.server import routing
 from proxy.telemetry.logs import event
@@ -15,7 +15,7 @@ from proxy.telemetry.logs import event
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _format_for(request: web.Request, upstreams: dict[str, str]) -> str:
+def _format_for(request: web.Request, upstreams: Mapping[str, str]) -> str:
     try:
         route = routing.resolve(request.rel_url.raw_path, frozenset(upstreams))
     except RouteError:
@@ -32,6 +32,8 @@ def render(error: TripwireError, format_: str) -> web.Response:
     if not error.retry:
         # The official SDKs obey this before looking at the status: a refusal is final.
         headers["x-should-retry"] = "false"
+    if isinstance(error, BudgetBusy):
+        headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, Refused):
         headers["X-Tripwire-Reason"] = error.reason
         for attr, header in (("task", "X-Tripwire-Task"), ("agent", "X-Tripwire-Agent")):

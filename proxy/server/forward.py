@@ -8,7 +8,6 @@ dropping the usage chunk Tripwire asked for, or by ending it with an error event
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -20,16 +19,24 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config, Upstream
-from proxy.detectors.base import Trip, TripReason
-from proxy.errors import BadRequest, Refused, UpstreamError, UpstreamTimeout
+from proxy.detectors import limits
+from proxy.detectors.base import Trip
+from proxy.errors import (
+    ERROR_TABLE,
+    BadRequest,
+    BudgetBusy,
+    Refused,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from proxy.policy.rules import PolicyBook
 from proxy.pricing import Price, PriceBook, cost_usd
 from proxy.providers import ADAPTERS, Adapter, CallInfo, Usage
 from proxy.server import routing
 from proxy.server.headers import request_headers, response_headers
-from proxy.server.sse import SSEDecoder
+from proxy.server.streaming import StreamRelay
 from proxy.server.tagging import Tagger
-from proxy.session.base import CallPlan, Denied, Grant, Ledger, Outcome, Settled, TaskView
+from proxy.session.base import Busy, CallPlan, Denied, Grant, Ledger, Outcome, Settled, TaskView
 from proxy.telemetry.logs import event
 from proxy.tokens import estimate_prompt
 
@@ -76,6 +83,7 @@ class Forwarder:
         self.tagger = Tagger(config.tagging)
         self.upstream_names = frozenset(config.upstreams)
         self.keys = {name: up.resolved_key() for name, up in config.upstreams.items()}
+        self._background: set[asyncio.Future[bool]] = set()
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -147,6 +155,11 @@ class Forwarder:
         )
         try:
             grant = await self.ledger.reserve(plan)
+        except Busy as busy:
+            raise BudgetBusy(
+                f"task '{call.task}' has no budget free right now: {busy.in_flight_tokens} tokens "
+                "are reserved by its calls in flight. Retry when they finish."
+            ) from None
         except Denied as denied:
             if denied.fresh:
                 self._log_trip(call.task, call.agent, denied.trip, "kill")
@@ -256,89 +269,57 @@ class Forwarder:
             status=upstream.status, reason=upstream.reason, headers=headers
         )
         await response.prepare(call.request)
-        tally = call.adapter.stream_tally(call.info)
-        decoder = SSEDecoder()
-        cut: list[Trip] = []
-
-        def on_kill(trip: Trip) -> None:
-            if not cut:
-                cut.append(trip)
-                upstream.close()  # stops the provider generating (and billing) more
-
-        self.ledger.board.watch(call.task, on_kill)
-        deadline = self._deadline_timer(call, grant)
-        client_gone = False
+        relay = StreamRelay(
+            response,
+            upstream,
+            call.adapter.stream_tally(call.info),
+            lambda trip: self._error_event(call, trip),
+        )
+        self.ledger.board.watch(call.task, relay.cut)
+        deadline = self._deadline_timer(call, grant, relay)
         try:
-            try:
-                async for chunk in upstream.content.iter_any():
-                    for sse in decoder.feed(chunk):
-                        if cut:
-                            break
-                        if tally.feed(sse):
-                            await response.write(sse.raw)
-                    if cut:
-                        break
-                for sse in decoder.flush():
-                    if not cut and tally.feed(sse):
-                        await response.write(sse.raw)
-            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                client_gone = True
-                upstream.close()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                if not cut:
-                    event(
-                        "upstream_stream_broken",
-                        logging.WARNING,
-                        task=call.task,
-                        agent=call.agent,
-                        error=type(exc).__name__,
-                    )
-            if cut and not client_gone:
-                trip = cut[0]
-                message = refusal_message(call.task, trip)
-                with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-                    await response.write(
-                        call.adapter.error_event(
-                            message,
-                            "tripwire_error"
-                            if call.upstream.format == "openai"
-                            else "permission_error",
-                            f"tripwire_{trip.reason}",
-                            call.info,
-                        )
-                    )
-            if not client_gone:
-                with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-                    await response.write_eof()
+            await relay.run()
         finally:
             if deadline is not None:
                 deadline.cancel()
-            self.ledger.board.unwatch(call.task, on_kill)
+            self.ledger.board.unwatch(call.task, relay.cut)
+            tally = relay.tally
             usage = tally.billed_usage(call.prompt_tokens)
-            fingerprint = tally.output().fingerprint() if tally.final and not cut else None
-            completed = 200 <= upstream.status < 300 and tally.final and not cut
+            completed = 200 <= upstream.status < 300 and tally.final and relay.trip is None
+            fingerprint = tally.output().fingerprint() if completed else None
             await asyncio.shield(self._settle(call, grant, usage, completed, fingerprint))
         return response
 
-    def _deadline_timer(self, call: Call, grant: Grant) -> asyncio.TimerHandle | None:
+    def _error_event(self, call: Call, trip: Trip) -> bytes:
+        kind = ERROR_TABLE[Refused]
+        error_type = (
+            kind.anthropic_type if call.upstream.format == "anthropic" else kind.openai_type
+        )
+        return call.adapter.error_event(
+            refusal_message(call.task, trip), error_type, f"tripwire_{trip.reason}", call.info
+        )
+
+    def _deadline_timer(
+        self, call: Call, grant: Grant, relay: StreamRelay
+    ) -> asyncio.TimerHandle | None:
         limit = grant.policy.limits.max_duration
         if limit is None or grant.policy.on_trip != "kill":
             return None
         delay = grant.view.started + limit - time.time()
 
         def expire() -> None:
-            elapsed = time.time() - grant.view.started
-            trip = Trip(
-                reason=TripReason.DEADLINE,
-                detail=f"the task ran {elapsed:.0f}s, past its deadline of {limit:.0f}s",
-                figures={"elapsed_s": round(elapsed, 3), "max_duration_s": limit},
-            )
-            task = asyncio.ensure_future(self.ledger.kill(call.task, trip))
-            task.add_done_callback(lambda done: self._after_kill(call, trip, done))
+            started = grant.view.started
+            trip = limits.check_deadline(started, max(time.time(), started + limit + 1e-3), limit)
+            assert trip is not None
+            relay.cut(trip)
+            kill = asyncio.ensure_future(self.ledger.kill(call.task, trip))
+            self._background.add(kill)
+            kill.add_done_callback(lambda done: self._after_kill(call, trip, done))
 
         return asyncio.get_running_loop().call_later(max(delay, 0.0), expire)
 
     def _after_kill(self, call: Call, trip: Trip, done: asyncio.Future[bool]) -> None:
+        self._background.discard(done)
         if not done.cancelled() and done.exception() is None and done.result():
             self._log_trip(call.task, call.agent, trip, "kill")
 

@@ -147,3 +147,13 @@ class Denied(Exception):
         self.task = task
         self.trip = trip
         self.fresh = fresh
+
+
+class Busy(Exception):
+    """``reserve`` cannot fit the call now, but calls in flight hold the budget it needs:
+    the caller should retry once they settle. Not a trip: the task is not killed."""
+
+    def __init__(self, task: str, in_flight_tokens: int) -> None:
+        super().__init__(task)
+        self.task = task
+        self.in_flight_tokens = in_flight_tokens

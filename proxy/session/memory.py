@@ -18,7 +18,7 @@ from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason
 from proxy.pricing import cost_usd
-from proxy.session.base import CallPlan, Denied, Grant, KillBoard, Outcome, Settled, TaskView
+from proxy.session.base import Busy, CallPlan, Denied, Grant, KillBoard, Outcome, Settled, TaskView
 
 OTHER_AGENTS = "other"
 
@@ -148,6 +148,8 @@ class MemoryLedger:
             ),
         ]
         checks.extend(a.trip for a in allowances)
+        if plan.policy.on_trip == "kill" and not any(checks) and any(a.busy for a in allowances):
+            raise Busy(plan.task, task.tokens_reserved)
         cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
         if cap == 0:
             checks.append(budget.too_many_choices(plan.choices))

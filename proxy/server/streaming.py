@@ -1,0 +1,76 @@
+"""Relaying a provider's event stream to the client, event by event, with no buffering.
+
+The relay can be cut at any moment (a kill from anywhere, or the task's deadline): it stops
+reading, closes the upstream connection so the provider stops generating, and ends the
+client's stream with an error event in that stream's format.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+
+from proxy.detectors.base import Trip
+from proxy.providers import StreamTally
+from proxy.server.sse import SSEDecoder
+from proxy.telemetry.logs import event
+
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+
+
+class StreamRelay:
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        tally: StreamTally,
+        error_event: Callable[[Trip], bytes],
+    ) -> None:
+        self.response = response
+        self.upstream = upstream
+        self.tally = tally
+        self.error_event = error_event
+        self.trip: Trip | None = None
+        self.client_gone = False
+        self.broken = False  # the provider's stream failed before its end
+
+    def cut(self, trip: Trip) -> None:
+        if self.trip is None:
+            self.trip = trip
+            self.upstream.close()  # stops the provider generating (and billing) more
+
+    async def run(self) -> None:
+        try:
+            await self._pump()
+        except _CLIENT_GONE:
+            self.client_gone = True
+            self.upstream.close()
+            return
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if self.trip is None:
+                self.broken = True
+                event("upstream_stream_broken", logging.WARNING, error=type(exc).__name__)
+        await self._finish()
+
+    async def _pump(self) -> None:
+        decoder = SSEDecoder()
+        async for chunk in self.upstream.content.iter_any():
+            for sse in decoder.feed(chunk):
+                if self.trip is not None:
+                    return
+                if self.tally.feed(sse):
+                    await self.response.write(sse.raw)
+        for sse in decoder.flush():
+            if self.trip is None and self.tally.feed(sse):
+                await self.response.write(sse.raw)
+
+    async def _finish(self) -> None:
+        try:
+            if self.trip is not None:
+                await self.response.write(self.error_event(self.trip))
+            await self.response.write_eof()
+        except _CLIENT_GONE:
+            self.client_gone = True
