@@ -6,6 +6,7 @@ tokens may this call still produce? The smallest answer becomes the call's outpu
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from proxy.detectors.base import Trip, TripReason
@@ -56,6 +57,8 @@ def cost_allowance(
         return Allowance(None)
     left = limit - used - reserved
     output = max_output_for(price, left, prompt)
+    if output >= sys.maxsize:  # free output: this budget does not bound it
+        return Allowance(None)
     if output < 1:
         if reserved > 0 and max_output_for(price, limit - used, prompt) >= 1:
             return Allowance(0, busy=True)

@@ -38,7 +38,7 @@ from proxy.server.streaming import StreamRelay
 from proxy.server.tagging import Tagger
 from proxy.session.base import Busy, CallPlan, Denied, Grant, Ledger, Outcome, Settled, TaskView
 from proxy.telemetry.logs import event
-from proxy.tokens import estimate_prompt
+from proxy.tokens import estimate_prompt, family_for
 
 _KNOWN_KINDS = ("chat", "responses", "messages")
 
@@ -113,7 +113,11 @@ class Forwarder:
         headers = request.headers
         task = self.tagger.task(headers, route.task)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
-        prompt = estimate_prompt(info.prompt, upstream.format) if info.kind in _KNOWN_KINDS else 0
+        prompt = (
+            estimate_prompt(info.prompt, family_for(upstream.format, info.model))
+            if info.kind in _KNOWN_KINDS
+            else 0
+        )
         fingerprint = hashlib.blake2b(raw, digest_size=8).hexdigest() if raw else None
         return Call(
             request,

@@ -80,7 +80,7 @@ class MemoryLedger:
         horizon = now - self.settings.task_ttl
         while self._tasks:
             task = next(iter(self._tasks.values()))
-            if task.last_seen > horizon or task.tokens_reserved > 0:
+            if task.last_seen > horizon:
                 break
             self._tasks.popitem(last=False)
             expired += 1

@@ -1,0 +1,1 @@
+"""The inbound HTTP side: routing, tagging, forwarding, streaming, error rendering."""

@@ -1,0 +1,1 @@
+"""Task state: the ledger interface and its backends."""
