@@ -24,28 +24,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from proxy.app import build_app
-    from proxy.telemetry.logs import event, setup_logging
+    from proxy.server.runner import serve
+    from proxy.telemetry.logs import setup_logging
 
     config = _config(args)
     setup_logging(config.logging.level)
-    event(
-        "starting",
-        version=__version__,
-        listen=f"http://{config.server.host}:{config.server.port}",
-        upstreams={name: up.base_url for name, up in config.upstreams.items()},
-        state=config.state.backend,
-    )
-    web.run_app(
-        build_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
-    )
+    asyncio.run(serve(config, mock=args.mock))
     return 0
 
 
@@ -59,7 +45,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
-    return run_demo()
+    return int(run_demo())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8787)")
+    serve.add_argument(
+        "--mock",
+        action="store_true",
+        help="send openai and anthropic traffic to a built-in mock provider (no API key needed)",
+    )
     serve.set_defaults(run=_serve)
     check.set_defaults(run=_check_config)
 

@@ -48,11 +48,20 @@ class Refused(TripwireError):
     code = "tripwire_task_killed"
 
     def __init__(
-        self, message: str, *, status: int, reason: str, figures: dict[str, Any] | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        reason: str,
+        task: str,
+        agent: str,
+        figures: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.task = task
+        self.agent = agent
         self.figures = figures or {}
 
 

@@ -19,9 +19,11 @@ def observe_repeat(
     if seen < threshold:
         return None
     what = "output" if reason is TripReason.REPEAT_OUTPUT else "request"
+    scope = "the task's" if reason is TripReason.REPEAT_OUTPUT else "its"
     return Trip(
         reason,
-        f"agent {agent} repeated the same {what} {seen} times in the last {len(window)}",
+        f"agent {agent} repeated the same {what} {seen} times within {scope} last "
+        f"{len(window)} {what}s",
         {
             "repeats": seen,
             "threshold": threshold,

@@ -36,10 +36,8 @@ def render(error: TripwireError, format_: str) -> web.Response:
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, Refused):
         headers["X-Tripwire-Reason"] = error.reason
-        for attr, header in (("task", "X-Tripwire-Task"), ("agent", "X-Tripwire-Agent")):
-            value = getattr(error, attr, None)
-            if value:
-                headers[header] = value
+        headers["X-Tripwire-Task"] = error.task
+        headers["X-Tripwire-Agent"] = error.agent
     return web.Response(
         status=error.status,
         body=adapter.error_body(error.message, error_type, code),
@@ -56,11 +54,13 @@ def error_middleware(
             return await handler(request)
         except TripwireError as error:
             level = getattr(logging, kind_of(error).log_level.upper())
+            refused = error if isinstance(error, Refused) else None
             event(
-                "refused" if isinstance(error, Refused) else "error",
+                "refused" if refused else "error",
                 level,
                 status=error.status,
-                code=error.code,
+                code=f"tripwire_{refused.reason}" if refused else error.code,
+                task=refused.task if refused else None,
                 message=error.message,
                 path=request.path,
             )

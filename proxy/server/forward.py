@@ -174,14 +174,14 @@ class Forwarder:
         return grant
 
     def _refused(self, call: Call, trip: Trip) -> Refused:
-        error = Refused(
+        return Refused(
             refusal_message(call.task, trip),
             status=self.config.policy.refuse_status,
             reason=str(trip.reason),
+            task=call.task,
+            agent=call.agent,
             figures=trip.figures,
         )
-        error.task, error.agent = call.task, call.agent  # type: ignore[attr-defined]
-        return error
 
     def _enforce(self, call: Call, grant: Grant) -> bytes:
         if call.body is None or call.info.kind not in _KNOWN_KINDS:

@@ -1,0 +1,57 @@
+"""Running the proxy until SIGINT or SIGTERM, optionally in front of the built-in mock provider."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.app import build_app
+from proxy.config import Config, Upstream
+from proxy.telemetry.logs import event
+
+
+def with_mock_upstreams(config: Config, mock_url: str) -> Config:
+    """Point the default upstreams at the mock provider: the proxy then runs with no API key."""
+    upstreams = {
+        **config.upstreams,
+        "openai": Upstream(base_url=mock_url, format="openai"),
+        "anthropic": Upstream(base_url=mock_url, format="anthropic"),
+    }
+    return config.model_copy(update={"upstreams": upstreams})
+
+
+async def serve(config: Config, *, mock: bool = False) -> None:
+    cleanups = []
+    if mock:
+        from proxy.mock_provider import start_mock_provider
+
+        mock_runner, _, mock_url = await start_mock_provider("127.0.0.1", 0)
+        cleanups.append(mock_runner)
+        config = with_mock_upstreams(config, mock_url)
+    runner = web.AppRunner(build_app(config), access_log=None)
+    await runner.setup()
+    cleanups.insert(0, runner)
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        event(
+            "listening",
+            version=__version__,
+            url=f"http://{host}:{port}",
+            upstreams={name: up.base_url for name, up in config.upstreams.items()},
+            state=config.state.backend,
+            mock_provider=mock,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        event("stopping")
+    finally:
+        for each in cleanups:
+            await each.cleanup()
