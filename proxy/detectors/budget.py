@@ -29,25 +29,19 @@ def token_allowance(
     if limit is None:
         return Allowance(None)
     left = limit - used - reserved
-    if prompt + 1 > left:
-        if prompt + 1 <= limit - used:
-            return Allowance(0, busy=True)
-        return Allowance(
-            0,
-            Trip(
-                reason,
-                f"{scope} has {max(left, 0)} of {limit} tokens left "
-                f"(in use: {used}, reserved by calls in flight: {reserved}), "
-                f"not enough for this call's prompt of about {prompt} tokens",
-                {
-                    "max_tokens": limit,
-                    "tokens_used": used,
-                    "tokens_reserved": reserved,
-                    "prompt_tokens_estimate": prompt,
-                },
-            ),
-        )
-    return Allowance(left - prompt)
+    if prompt + 1 <= left:
+        return Allowance(left - prompt)
+    if prompt + 1 <= limit - used:
+        return Allowance(0, busy=True)
+    figures = {
+        "scope": scope,
+        "max_tokens": limit,
+        "tokens_used": used,
+        "tokens_reserved": reserved,
+        "tokens_left": max(left, 0),
+        "prompt_tokens_estimate": prompt,
+    }
+    return Allowance(0, Trip(reason, figures))
 
 
 def cost_allowance(
@@ -59,24 +53,19 @@ def cost_allowance(
     output = max_output_for(price, left, prompt)
     if output >= sys.maxsize:  # free output: this budget does not bound it
         return Allowance(None)
-    if output < 1:
-        if reserved > 0 and max_output_for(price, limit - used, prompt) >= 1:
-            return Allowance(0, busy=True)
-        return Allowance(
-            0,
-            Trip(
-                TripReason.BUDGET_COST,
-                f"the task has ${max(left, 0):.4f} of ${limit:.2f} left, not enough for "
-                f"this call's prompt of about {prompt} tokens on {price.model_id}",
-                {
-                    "max_cost_usd": limit,
-                    "cost_usd": round(used, 6),
-                    "cost_reserved_usd": round(reserved, 6),
-                    "prompt_tokens_estimate": prompt,
-                },
-            ),
-        )
-    return Allowance(output)
+    if output >= 1:
+        return Allowance(output)
+    if reserved > 0 and max_output_for(price, limit - used, prompt) >= 1:
+        return Allowance(0, busy=True)
+    figures = {
+        "max_cost_usd": limit,
+        "cost_usd": round(used, 6),
+        "cost_reserved_usd": round(reserved, 6),
+        "cost_left_usd": round(max(left, 0.0), 6),
+        "prompt_tokens_estimate": prompt,
+        "model": price.model_id,
+    }
+    return Allowance(0, Trip(TripReason.BUDGET_COST, figures))
 
 
 def output_cap(requested: int | None, choices: int, allowances: list[Allowance]) -> int | None:
@@ -93,8 +82,4 @@ def output_cap(requested: int | None, choices: int, allowances: list[Allowance])
 
 
 def too_many_choices(choices: int) -> Trip:
-    return Trip(
-        TripReason.BUDGET_TOKENS,
-        f"the budget left cannot cover one output token for each of {choices} choices",
-        {"choices": choices},
-    )
+    return Trip(TripReason.BUDGET_TOKENS, {"choices": choices, "scope": "the task"})

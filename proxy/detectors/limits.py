@@ -8,11 +8,7 @@ from proxy.detectors.base import Trip, TripReason
 def check_calls(calls_so_far: int, max_calls: int | None) -> Trip | None:
     if max_calls is None or calls_so_far + 1 <= max_calls:
         return None
-    return Trip(
-        TripReason.MAX_CALLS,
-        f"the task reached its limit of {max_calls} calls",
-        {"calls": calls_so_far, "max_calls": max_calls},
-    )
+    return Trip(TripReason.MAX_CALLS, {"calls": calls_so_far, "max_calls": max_calls})
 
 
 def hops_after(last_agent: str | None, agent: str, hops: int) -> int:
@@ -26,8 +22,6 @@ def check_hops(last_agent: str | None, agent: str, hops: int, max_hops: int | No
         return None
     return Trip(
         TripReason.MAX_HOPS,
-        f"handing off from {last_agent} to {agent} would be hop {after}, "
-        f"over the limit of {max_hops}",
         {"hops": after, "max_hops": max_hops, "from_agent": str(last_agent), "to_agent": agent},
     )
 
@@ -37,6 +31,5 @@ def check_deadline(started: float, now: float, max_duration: float | None) -> Tr
         return None
     return Trip(
         TripReason.DEADLINE,
-        f"the task ran {now - started:.0f}s, past its deadline of {max_duration:.0f}s",
         {"elapsed_s": round(now - started, 3), "max_duration_s": max_duration},
     )

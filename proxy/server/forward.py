@@ -64,7 +64,9 @@ class Call:
 
 
 def refusal_message(task: str, trip: Trip) -> str:
-    figures = ", ".join(f"{k}={v}" for k, v in trip.figures.items() if k != "fingerprint")
+    figures = ", ".join(
+        f"{k}={v}" for k, v in trip.figures.items() if k not in ("fingerprint", "scope")
+    )
     text = f"Tripwire stopped task '{task}' ({trip.reason}): {trip.detail}."
     if figures:
         text += f" Figures: {figures}."

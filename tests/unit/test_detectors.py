@@ -86,3 +86,15 @@ def test_cost_allowance() -> None:
     spent = budget.cost_allowance(0.01, 0.0099, 0.0, 1000, price)
     assert spent.trip is not None and spent.trip.reason is TripReason.BUDGET_COST
     assert budget.cost_allowance(0.01, 5.0, 0.0, 1000, None).output is None
+
+
+def test_a_trip_reads_the_same_after_a_round_trip_through_json() -> None:
+    from proxy.detectors.base import Trip
+
+    trip = limits.check_hops("planner", "critic", 12, 12)
+    assert trip is not None
+    again = Trip.from_json(trip.to_json())
+    assert again == trip
+    assert (
+        again.detail == "handing off from planner to critic would be hop 13, over the limit of 12"
+    )

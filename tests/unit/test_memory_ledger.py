@@ -150,7 +150,7 @@ async def test_deadline(ledger: MemoryLedger) -> None:
 async def test_kill_cuts_streams_in_flight(ledger: MemoryLedger) -> None:
     cut: list[Trip] = []
     ledger.board.watch("t", cut.append)
-    trip = Trip(TripReason.OPERATOR, "stopped by hand")
+    trip = Trip(TripReason.OPERATOR, {"by": "ops", "note": "stopped by hand"})
     assert await ledger.kill("t", trip)
     assert cut == [trip]
     assert not await ledger.kill("t", trip)
