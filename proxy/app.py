@@ -24,7 +24,11 @@ LEDGER = web.AppKey("ledger", Ledger)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 
 
-def build_ledger(config: Config) -> MemoryLedger:
+def build_ledger(config: Config) -> Ledger:
+    if config.state.backend == "redis":
+        from proxy.session.redis import RedisLedger
+
+        return RedisLedger(config.state)
     return MemoryLedger(config.state)
 
 
@@ -57,12 +61,21 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
 
     async def healthz(request: web.Request) -> web.Response:
+        """The process answers; says nothing of the state backend."""
         return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        """Ready when the state backend answers, so a load balancer can route around it."""
+        ok = await state.ready()
+        return web.json_response(
+            {"status": "ok" if ok else "unavailable", "state": config.state.backend},
+            status=200 if ok else 503,
+        )
 
     async def proxy(request: web.Request) -> web.StreamResponse:
         return await request.app[FORWARDER].handle(request)
 
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from proxy.errors import ConfigError
@@ -142,10 +150,30 @@ class ServerSettings(Strict):
 
 
 class StateSettings(Strict):
-    backend: Literal["memory"] = "memory"
+    """Where task state lives: this process (``memory``) or Redis, shared by every replica."""
+
+    backend: Literal["memory", "redis"] = "memory"
     task_ttl: Seconds = 3600.0
     max_tasks: int = Field(default=100_000, ge=1)
     max_agents_per_task: int = Field(default=64, ge=1)
+    # redis:// or rediss:// (TLS); with redis_cluster, the URL of any node of the cluster.
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
+    redis_cluster: bool = False
+    key_prefix: str = Field(default="tw", pattern=r"^[A-Za-z0-9_.:-]+$")
+    # closed: refuse calls with 503 while Redis is unreachable; open: forward and account in
+    # memory, writing the counts back when Redis returns.
+    on_state_error: Literal["closed", "open"] = "closed"
+    redis_timeout: Seconds = 1.0
+    # A reservation not settled within this time (a replica died mid-call) is released.
+    reservation_ttl: Seconds = 900.0
+
+    @model_validator(mode="after")
+    def _redis_url_scheme(self) -> StateSettings:
+        if self.backend == "redis" and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return self
 
 
 class Logging(Strict):

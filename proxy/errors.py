@@ -6,6 +6,7 @@
     ├── BadRequest         the body cannot be read as the provider's format (400)
     ├── Refused            policy refused the call: task killed or a limit reached (403 default)
     ├── BudgetBusy         the budget left is reserved by calls in flight: retry shortly (429)
+    ├── StateUnavailable   the shared state (Redis) does not answer, fail-closed mode (503)
     └── UpstreamError      the provider could not be reached (502) or timed out (504)
 
 The server renders each as an error body in the caller's provider format; ``ERROR_TABLE`` is the
@@ -74,6 +75,14 @@ class BudgetBusy(TripwireError):
     retry_after_s = 1
 
 
+class StateUnavailable(TripwireError):
+    """The shared state store does not answer and ``on_state_error`` is ``closed``."""
+
+    status = 503
+    code = "tripwire_state_unavailable"
+    retry = True
+
+
 class UpstreamError(TripwireError):
     status = 502
     code = "upstream_unreachable"
@@ -100,6 +109,7 @@ ERROR_TABLE: dict[type[TripwireError], ErrorKind] = {
     BadRequest: ErrorKind("invalid_request_error", "invalid_request_error", "info"),
     Refused: ErrorKind("tripwire_error", "permission_error", "info"),
     BudgetBusy: ErrorKind("rate_limit_error", "rate_limit_error", "info"),
+    StateUnavailable: ErrorKind("server_error", "overloaded_error", "warning"),
     UpstreamTimeout: ErrorKind("server_error", "timeout_error", "warning"),
     UpstreamError: ErrorKind("server_error", "api_error", "warning"),
     TripwireError: ErrorKind("server_error", "api_error", "error"),

@@ -41,3 +41,13 @@ def make_proxy(mock: MockProviderThread) -> Iterator[Any]:
 def proxy(make_proxy: Any) -> ProxyThread:
     """A proxy with the default policy."""
     return make_proxy()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A redis-server of the tests' own, shared by the session; tests use distinct task ids."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -73,6 +73,8 @@ class Grant:
     output_cap: int | None  # per choice; None: leave the request's cap alone
     view: TaskView
     observed: list[Trip] = field(default_factory=list)  # trips in observe mode, first time only
+    token: str = ""  # the backend's handle on the reservation
+    local: bool = False  # reserved in memory while the shared state was unreachable
 
 
 @dataclass(slots=True)
@@ -108,6 +110,10 @@ class Ledger(Protocol):
 
     async def list(self) -> list[TaskView]: ...
 
+    async def ready(self) -> bool:
+        """Whether the state backend answers (``/readyz``)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -131,6 +137,9 @@ class KillBoard:
             callbacks.discard(cut)
             if not callbacks:
                 del self._streams[task]
+
+    def tasks(self) -> list[str]:
+        return list(self._streams)
 
     def cut(self, task: str, trip: Trip) -> int:
         callbacks = self._streams.pop(task, set())

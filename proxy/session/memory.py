@@ -61,6 +61,9 @@ class MemoryLedger:
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
+    async def ready(self) -> bool:
+        return True
+
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -1,0 +1,479 @@
+"""The shared ledger: task state in Redis, so every replica enforces the same limits.
+
+One round trip per step on the hot path: ``reserve`` and ``settle`` are single Lua scripts
+(``redis_scripts.py``). Kills are published on a channel every replica subscribes to, and each
+replica re-checks the killed flags of its streams in flight after a reconnect and every second,
+so a lost message cannot let a stream run on.
+
+When Redis cannot be reached, ``on_state_error`` decides: ``closed`` refuses calls with
+``StateUnavailable`` until it answers again; ``open`` forwards them, accounting in memory, and
+writes the counts back when Redis returns. Usage of calls that finish while Redis is away is
+kept and written back in both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from proxy.config import StateSettings
+from proxy.detectors import repeat
+from proxy.detectors.base import Trip, TripReason
+from proxy.errors import StateUnavailable
+from proxy.pricing import cost_usd
+from proxy.session import redis_scripts
+from proxy.session.base import (
+    Busy,
+    CallPlan,
+    Denied,
+    Grant,
+    KillBoard,
+    Outcome,
+    Settled,
+    TaskView,
+)
+from proxy.session.memory import MemoryLedger
+from proxy.telemetry.logs import event
+
+_UNREACHABLE = (RedisError, OSError, TimeoutError)
+RECHECK_INTERVAL_S = 1.0
+MAX_PENDING = 100_000
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A settle that could not be written: replayed when Redis answers again."""
+
+    task: str
+    agent: str
+    member: str
+    tokens: int
+    cost: float
+    calls: int  # 1 for a call reserved in memory (open mode), whose call Redis never saw
+
+
+class Keys:
+    """Key names of one task; the ``{task}`` hash tag keeps them in one cluster slot."""
+
+    def __init__(self, prefix: str, task: str) -> None:
+        base = f"{prefix}:{{{task}}}"
+        self.state = f"{base}:s"
+        self.agents = f"{base}:a"
+        self.reservations = f"{base}:z"
+        self.outputs = f"{base}:o"
+        self.requests_prefix = f"{base}:r:"
+
+    def requests(self, agent: str) -> str:
+        return self.requests_prefix + agent
+
+
+def _client(settings: StateSettings, *, for_pubsub: bool = False) -> Any:
+    timeout = None if for_pubsub else settings.redis_timeout
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "decode_responses": True,
+    }
+    if settings.redis_cluster and not for_pubsub:
+        return RedisCluster.from_url(settings.redis_url, **options)
+    # A PUBLISH reaches every node of a cluster, so one subscription to the given node hears
+    # the kills of every replica.
+    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=5, **options)
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+class RedisLedger:
+    def __init__(self, settings: StateSettings) -> None:
+        self.settings = settings
+        self.board = KillBoard()
+        self.client = _client(settings)
+        self.channel = f"{settings.key_prefix}:kills:v{redis_scripts.VERSION}"
+        self._reserve = self.client.register_script(redis_scripts.RESERVE)
+        self._settle = self.client.register_script(redis_scripts.SETTLE)
+        self._kill = self.client.register_script(redis_scripts.KILL)
+        self._fallback = MemoryLedger(settings)
+        self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.reachable = True
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._fallback.start()
+        self._tasks = [
+            asyncio.create_task(self._listen_for_kills()),
+            asyncio.create_task(self._maintain()),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(*_UNREACHABLE):
+            await self._flush_pending()
+        await self._fallback.close()
+        await self.client.aclose()
+
+    async def ready(self) -> bool:
+        try:
+            await self.client.ping()
+        except _UNREACHABLE:
+            self._unreachable("ping")
+            return False
+        return True
+
+    def _unreachable(self, where: str, error: BaseException | None = None) -> None:
+        if self.reachable:
+            event(
+                "state_unreachable",
+                logging.ERROR,
+                backend="redis",
+                during=where,
+                error=type(error).__name__ if error else None,
+                on_state_error=self.settings.on_state_error,
+            )
+        self.reachable = False
+
+    def _keys(self, task: str) -> Keys:
+        return Keys(self.settings.key_prefix, task)
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    async def reserve(self, plan: CallPlan) -> Grant:
+        keys = self._keys(plan.task)
+        lim = plan.policy.limits
+        prompt_cost, out_price = -1.0, 0.0
+        if plan.price is not None:
+            prompt_cost = cost_usd(plan.price, plan.prompt_tokens, 0)
+            out_price = plan.price.for_input(plan.prompt_tokens).output_per_token
+        args = [
+            plan.agent,
+            plan.prompt_tokens,
+            -1 if plan.requested_output is None else plan.requested_output,
+            plan.choices,
+            *(
+                -1 if v is None else v
+                for v in (
+                    lim.max_tokens,
+                    lim.max_tokens_per_agent,
+                    lim.max_cost_usd,
+                    lim.max_calls,
+                    lim.max_hops,
+                    lim.max_duration,
+                )
+            ),
+            repr(prompt_cost),
+            repr(out_price),
+            plan.policy.on_trip,
+            int(self.settings.task_ttl),
+            uuid.uuid4().hex[:16],
+            int(self.settings.reservation_ttl),
+            self.settings.max_agents_per_task,
+            plan.task,
+            plan.price.model_id if plan.price is not None else "",
+            self.channel,
+        ]
+        try:
+            reply = await self._reserve(
+                keys=[keys.state, keys.agents, keys.reservations], args=args
+            )
+        except _UNREACHABLE as error:
+            self._unreachable("reserve", error)
+            if self.settings.on_state_error == "open":
+                grant = await self._fallback.reserve(plan)
+                grant.local = True
+                return grant
+            raise StateUnavailable(
+                "Tripwire cannot reach its state store (Redis), so it cannot check this task's "
+                "limits; calls are refused until Redis answers again."
+            ) from error
+        self.reachable = True
+        return self._grant(plan, reply)
+
+    def _grant(self, plan: CallPlan, reply: list[Any]) -> Grant:
+        verdict = reply[0]
+        if verdict == "killed":
+            raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False)
+        if verdict == "trip":
+            trip = Trip.from_json(reply[1])
+            self.board.cut(plan.task, trip)
+            raise Denied(plan.task, trip, fresh=True)
+        if verdict == "busy":
+            raise Busy(plan.task, int(_num(reply[1])))
+        (
+            _,
+            cap,
+            member,
+            reserved_tokens,
+            reserved_cost,
+            started,
+            used,
+            reserved,
+            cost,
+            calls,
+            hops,
+            observed,
+        ) = reply
+        records = json.loads(observed)
+        view = TaskView(
+            task=plan.task,
+            started=_num(started),
+            last_seen=time.time(),
+            tokens_used=int(used),
+            tokens_reserved=int(reserved),
+            cost_usd=_num(cost),
+            calls=int(calls),
+            hops=int(hops),
+            agents=[],
+            killed=None,
+            max_tokens=plan.policy.limits.max_tokens,
+        )
+        return Grant(
+            plan.task,
+            plan.agent,
+            plan.policy,
+            int(reserved_tokens),
+            _num(reserved_cost),
+            None if int(cap) < 0 else int(cap),
+            view,
+            [Trip.from_json(json.dumps(r)) for r in records] if isinstance(records, list) else [],
+            token=member,
+        )
+
+    async def settle(self, grant: Grant, outcome: Outcome) -> Settled:
+        if grant.local:
+            settled = await self._fallback.settle(grant, outcome)
+            self._pend(_Pending(grant.task, grant.agent, "", outcome.tokens, outcome.cost_usd, 1))
+            return settled
+        keys = self._keys(grant.task)
+        window = grant.policy.repeat.window
+        try:
+            reply = await self._settle(
+                keys=[
+                    keys.state,
+                    keys.agents,
+                    keys.reservations,
+                    keys.outputs,
+                    keys.requests(grant.agent),
+                ],
+                args=[
+                    grant.token,
+                    outcome.tokens,
+                    repr(outcome.cost_usd),
+                    grant.agent,
+                    (outcome.output_fingerprint or "") if outcome.completed else "",
+                    (outcome.request_fingerprint or "") if outcome.completed else "",
+                    window,
+                    int(self.settings.task_ttl),
+                    0,
+                ],
+            )
+        except _UNREACHABLE as error:
+            self._unreachable("settle", error)
+            self._pend(
+                _Pending(grant.task, grant.agent, grant.token, outcome.tokens, outcome.cost_usd, 0)
+            )
+            view = grant.view
+            view.tokens_used += outcome.tokens
+            return Settled(view, [], False)
+        self.reachable = True
+        return await self._after_settle(grant, outcome, reply)
+
+    async def _after_settle(self, grant: Grant, outcome: Outcome, reply: list[Any]) -> Settled:
+        used, reserved, cost, calls, hops, started, last_seen, killed = reply[:8]
+        out_seen, out_len, req_seen, req_len = (int(x) for x in reply[8:12])
+        view = TaskView(
+            task=grant.task,
+            started=_num(started),
+            last_seen=_num(last_seen),
+            tokens_used=int(_num(used)),
+            tokens_reserved=max(int(_num(reserved)), 0),
+            cost_usd=_num(cost),
+            calls=int(_num(calls)),
+            hops=int(_num(hops)),
+            agents=[],
+            killed=Trip.from_json(killed) if killed else None,
+            max_tokens=grant.policy.limits.max_tokens,
+        )
+        settings = grant.policy.repeat
+        trips = [
+            trip
+            for trip in (
+                repeat.repeat_trip(
+                    out_seen,
+                    settings.threshold,
+                    out_len,
+                    TripReason.REPEAT_OUTPUT,
+                    grant.agent,
+                    outcome.output_fingerprint or "",
+                ),
+                repeat.repeat_trip(
+                    req_seen,
+                    settings.threshold,
+                    req_len,
+                    TripReason.REPEAT_REQUEST,
+                    grant.agent,
+                    outcome.request_fingerprint or "",
+                ),
+            )
+            if trip is not None
+        ]
+        killed_now = False
+        if trips and grant.policy.on_trip == "kill" and view.killed is None:
+            killed_now = await self.kill(grant.task, trips[0])
+            view.killed = trips[0] if killed_now else view.killed
+        return Settled(view, trips, killed_now)
+
+    async def kill(self, task: str, trip: Trip) -> bool:
+        keys = self._keys(task)
+        record = trip.to_json()
+        message = json.dumps({"task": task, "trip": json.loads(record)})
+        self.board.cut(task, trip)
+        try:
+            done = await self._kill(
+                keys=[keys.state], args=[record, int(self.settings.task_ttl), self.channel, message]
+            )
+        except _UNREACHABLE as error:
+            self._unreachable("kill", error)
+            return await self._fallback.kill(task, trip)
+        return bool(done)
+
+    async def get(self, task: str) -> TaskView | None:
+        keys = self._keys(task)
+        state = await self.client.hgetall(keys.state)
+        if not state:
+            return None
+        agents = await self.client.hkeys(keys.agents)
+        return self._view(task, state, sorted({a.rsplit("|", 1)[0] for a in agents}))
+
+    async def list(self) -> list[TaskView]:
+        views: list[TaskView] = []
+        pattern = f"{self.settings.key_prefix}:{{*}}:s"
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            task = key[len(self.settings.key_prefix) + 2 : -3]
+            view = await self.get(task)
+            if view is not None:
+                views.append(view)
+        return views
+
+    @staticmethod
+    def _view(task: str, state: dict[str, str], agents: builtins.list[str]) -> TaskView:
+        max_tokens = int(_num(state.get("max_tokens"), -1))
+        killed = state.get("killed")
+        return TaskView(
+            task=task,
+            started=_num(state.get("started")),
+            last_seen=_num(state.get("last_seen")),
+            tokens_used=int(_num(state.get("used"))),
+            tokens_reserved=max(int(_num(state.get("reserved"))), 0),
+            cost_usd=_num(state.get("cost")),
+            calls=int(_num(state.get("calls"))),
+            hops=int(_num(state.get("hops"))),
+            agents=agents,
+            killed=Trip.from_json(killed) if killed else None,
+            max_tokens=max_tokens if max_tokens >= 0 else None,
+        )
+
+    # -- kills from other replicas, and write-back -----------------------------------------
+
+    async def _listen_for_kills(self) -> None:
+        backoff = 0.1
+        while True:
+            client = _client(self.settings, for_pubsub=True)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._recheck_in_flight()
+                backoff = 0.1
+                async for message in pubsub.listen():
+                    self._on_kill_message(message.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except _UNREACHABLE as error:
+                self._unreachable("subscribe", error)
+            finally:
+                with contextlib.suppress(*_UNREACHABLE):
+                    await pubsub.aclose()
+                with contextlib.suppress(*_UNREACHABLE):
+                    await client.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _on_kill_message(self, data: Any) -> None:
+        try:
+            message = json.loads(data)
+            trip = Trip.from_json(json.dumps(message["trip"]))
+            task = str(message["task"])
+        except (TypeError, ValueError, KeyError):
+            return
+        self.board.cut(task, trip)
+
+    async def _recheck_in_flight(self) -> None:
+        """Kills published while this replica was not listening still cut its streams."""
+        for task in self.board.tasks():
+            killed = await self.client.hget(self._keys(task).state, "killed")
+            if killed:
+                self.board.cut(task, Trip.from_json(killed))
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(RECHECK_INTERVAL_S)
+            try:
+                await self._recheck_in_flight()
+                await self._flush_pending()
+            except _UNREACHABLE as error:
+                self._unreachable("maintain", error)
+
+    def _pend(self, pending: _Pending) -> None:
+        if len(self._pending) == self._pending.maxlen:
+            event("state_writeback_dropped", logging.ERROR, task=self._pending[0].task)
+        self._pending.append(pending)
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            item = self._pending[0]
+            keys = self._keys(item.task)
+            await self._settle(
+                keys=[
+                    keys.state,
+                    keys.agents,
+                    keys.reservations,
+                    keys.outputs,
+                    keys.requests(item.agent),
+                ],
+                args=[
+                    item.member,
+                    item.tokens,
+                    repr(item.cost),
+                    item.agent,
+                    "",
+                    "",
+                    1,
+                    int(self.settings.task_ttl),
+                    item.calls,
+                ],
+            )
+            self._pending.popleft()
+            if not self.reachable:
+                self.reachable = True
+                event("state_reachable", backend="redis")

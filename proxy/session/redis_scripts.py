@@ -1,0 +1,249 @@
+"""The Lua scripts of the Redis ledger: each is one atomic step on the server.
+
+They implement the same protocol as ``memory.py`` (see ``base.py``): the detectors' checks are
+repeated here because check-and-reserve must happen in one step on the server, so that calls of
+one task on different replicas can never together overspend. The ledger test suite runs against
+both backends to keep them equal. Trips are returned as ``{"reason", "figures"}`` JSON with the
+same figure names the Python detectors use, so the sentence a client reads is the same.
+
+Keys of one task share the hash tag ``{task}`` so every script touches a single cluster slot:
+
+    <prefix>:{task}:s        hash: started, last_seen, used, reserved, cost, cost_reserved,
+                             calls, hops, last_agent, max_tokens, killed, obs|<reason>
+    <prefix>:{task}:a        hash: <agent>|u (tokens used), <agent>|r (tokens reserved)
+    <prefix>:{task}:z        sorted set of reservations "id|tokens|cost|agent", scored by expiry
+    <prefix>:{task}:o        list: the task's last output fingerprints
+    <prefix>:{task}:r:<a>    list: agent <a>'s last request fingerprints
+
+Every key gets the task TTL on every write. Replies carry floats as strings, since Redis turns
+Lua numbers into integers.
+"""
+
+from __future__ import annotations
+
+# Bump the version when a script's keys, arguments or reply change, so replicas of two
+# versions never share a key layout by accident.
+VERSION = 1
+
+_RELEASE_STALE = """
+local function release(s, a, member)
+  local tokens, cost, who = string.match(member, '^[^|]*|([^|]*)|([^|]*)|(.*)$')
+  redis.call('HINCRBY', s, 'reserved', -tonumber(tokens))
+  redis.call('HINCRBYFLOAT', s, 'cost_reserved', -tonumber(cost))
+  redis.call('HINCRBY', a, who .. '|r', -tonumber(tokens))
+  return who
+end
+"""
+
+RESERVE = (
+    f"-- tripwire reserve v{VERSION}\n"
+    + _RELEASE_STALE
+    + """
+local s, a, z = KEYS[1], KEYS[2], KEYS[3]
+local agent = ARGV[1]
+local prompt = tonumber(ARGV[2])
+local requested = tonumber(ARGV[3])
+local choices = tonumber(ARGV[4])
+local max_tokens, max_agent, max_cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_calls, max_hops, max_duration = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local prompt_cost, out_price = tonumber(ARGV[11]), tonumber(ARGV[12])
+local kill = ARGV[13] == 'kill'
+local ttl, rid = tonumber(ARGV[14]), ARGV[15]
+local rttl, max_agents = tonumber(ARGV[16]), tonumber(ARGV[17])
+local task, model, channel = ARGV[18], ARGV[19], ARGV[20]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+local function touch()
+  redis.call('EXPIRE', s, ttl)
+  redis.call('EXPIRE', a, ttl)
+  redis.call('EXPIRE', z, ttl)
+end
+
+-- Release the reservations of calls that never settled (a replica died mid-call).
+local stale = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+for _, member in ipairs(stale) do release(s, a, member) end
+if #stale > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now) end
+
+local st = redis.call('HMGET', s, 'started', 'killed', 'used', 'reserved', 'cost',
+  'cost_reserved', 'calls', 'hops', 'last_agent')
+if st[2] then
+  redis.call('HSET', s, 'last_seen', now)
+  touch()
+  return {'killed', st[2]}
+end
+local started = tonumber(st[1]) or now
+local used, reserved = tonumber(st[3]) or 0, tonumber(st[4]) or 0
+local cost, cost_reserved = tonumber(st[5]) or 0, tonumber(st[6]) or 0
+local calls, hops = tonumber(st[7]) or 0, tonumber(st[8]) or 0
+local last_agent = st[9]
+
+if redis.call('HEXISTS', a, agent .. '|u') == 0 and redis.call('HLEN', a) >= 2 * max_agents then
+  agent = 'other'
+end
+local ag = redis.call('HMGET', a, agent .. '|u', agent .. '|r')
+local a_used, a_reserved = tonumber(ag[1]) or 0, tonumber(ag[2]) or 0
+
+local trips = {}
+local busy = false
+if max_duration >= 0 and now - started > max_duration then
+  table.insert(trips, {reason = 'deadline', figures = {
+    elapsed_s = math.floor((now - started) * 1000 + 0.5) / 1000, max_duration_s = max_duration}})
+end
+if max_calls >= 0 and calls + 1 > max_calls then
+  table.insert(trips, {reason = 'max_calls', figures = {calls = calls, max_calls = max_calls}})
+end
+local new_hops = hops
+if last_agent and last_agent ~= agent then new_hops = hops + 1 end
+if max_hops >= 0 and new_hops > max_hops then
+  table.insert(trips, {reason = 'max_hops', figures = {hops = new_hops, max_hops = max_hops,
+    from_agent = last_agent, to_agent = agent}})
+end
+
+local bound = -1
+local function tighter(x)
+  if x >= 0 and (bound < 0 or x < bound) then bound = x end
+end
+local function tokens_allowance(reason, limit, u, r, scope)
+  if limit < 0 then return -1 end
+  local left = limit - u - r
+  if prompt + 1 <= left then return left - prompt end
+  if prompt + 1 <= limit - u then busy = true; return 0 end
+  table.insert(trips, {reason = reason, figures = {scope = scope, max_tokens = limit,
+    tokens_used = u, tokens_reserved = r, tokens_left = math.max(left, 0),
+    prompt_tokens_estimate = prompt}})
+  return 0
+end
+tighter(tokens_allowance('budget_tokens', max_tokens, used, reserved, 'task ' .. task))
+tighter(tokens_allowance('budget_agent_tokens', max_agent, a_used, a_reserved, 'agent ' .. agent))
+if max_cost >= 0 and prompt_cost >= 0 then
+  local left = max_cost - cost - cost_reserved
+  local function fits(money)
+    if out_price <= 0 then
+      if money >= prompt_cost then return -1 end
+      return 0
+    end
+    return math.max(math.floor((money - prompt_cost) / out_price), 0)
+  end
+  local out = fits(left)
+  if out < 0 then
+    -- free output: this budget does not bound it
+  elseif out >= 1 then
+    tighter(out)
+  elseif cost_reserved > 0 and fits(max_cost - cost) ~= 0 then
+    busy = true
+    tighter(0)
+  else
+    table.insert(trips, {reason = 'budget_cost', figures = {max_cost_usd = max_cost,
+      cost_usd = cost, cost_reserved_usd = cost_reserved, cost_left_usd = math.max(left, 0),
+      prompt_tokens_estimate = prompt, model = model}})
+    tighter(0)
+  end
+end
+
+if kill and #trips == 0 and busy then
+  redis.call('HSET', s, 'last_seen', now)
+  touch()
+  return {'busy', tostring(reserved)}
+end
+
+local cap = requested
+if bound >= 0 then
+  cap = math.floor(bound / choices)
+  if requested >= 0 and requested < cap then cap = requested end
+  if cap == 0 and #trips == 0 then
+    table.insert(trips, {reason = 'budget_tokens', figures = {choices = choices,
+      scope = 'the task'}})
+  end
+end
+
+if not st[1] then redis.call('HSET', s, 'started', now) end
+local observed = {}
+if #trips > 0 then
+  if kill then
+    local record = cjson.encode(trips[1])
+    redis.call('HSET', s, 'killed', record, 'last_seen', now)
+    touch()
+    redis.call('PUBLISH', channel, cjson.encode({task = task, trip = trips[1]}))
+    return {'trip', record}
+  end
+  for _, trip in ipairs(trips) do
+    if redis.call('HSETNX', s, 'obs|' .. trip.reason, 1) == 1 then
+      table.insert(observed, trip)
+    end
+  end
+end
+
+local enforce = cap >= 0 and cap ~= requested and #trips == 0
+local output = 0
+if cap >= 0 then output = cap * choices end
+local res_tokens = prompt + output
+local res_cost = 0
+if prompt_cost >= 0 then res_cost = prompt_cost + out_price * output end
+redis.call('HSET', s, 'last_seen', now, 'last_agent', agent, 'hops', new_hops,
+  'max_tokens', max_tokens)
+redis.call('HINCRBY', s, 'calls', 1)
+redis.call('HINCRBY', s, 'reserved', res_tokens)
+redis.call('HINCRBYFLOAT', s, 'cost_reserved', res_cost)
+redis.call('HINCRBY', a, agent .. '|r', res_tokens)
+redis.call('HSETNX', a, agent .. '|u', 0)
+local member = rid .. '|' .. res_tokens .. '|' .. string.format('%.17g', res_cost) .. '|' .. agent
+redis.call('ZADD', z, now + rttl, member)
+touch()
+local enforced = -1
+if enforce then enforced = cap end
+return {'ok', enforced, member, res_tokens, string.format('%.17g', res_cost),
+  string.format('%.6f', started), used, reserved + res_tokens, string.format('%.17g', cost),
+  calls + 1, new_hops, cjson.encode(observed)}
+"""
+)
+
+SETTLE = (
+    f"-- tripwire settle v{VERSION}\n"
+    + _RELEASE_STALE
+    + """
+local s, a, z, o, r = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local agent, out_fp, req_fp = ARGV[4], ARGV[5], ARGV[6]
+local window, ttl, extra_calls = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+
+if member ~= '' and redis.call('ZREM', z, member) == 1 then
+  agent = release(s, a, member)
+end
+redis.call('HINCRBY', s, 'used', tokens)
+redis.call('HINCRBYFLOAT', s, 'cost', cost)
+redis.call('HINCRBY', a, agent .. '|u', tokens)
+if extra_calls > 0 then
+  redis.call('HINCRBY', s, 'calls', extra_calls)
+  redis.call('HSETNX', s, 'started', redis.call('TIME')[1])
+end
+
+local function observe(key, fp)
+  if fp == '' then return 0, 0 end
+  redis.call('LPUSH', key, fp)
+  redis.call('LTRIM', key, 0, window - 1)
+  redis.call('EXPIRE', key, ttl)
+  return #redis.call('LPOS', key, fp, 'COUNT', 0), redis.call('LLEN', key)
+end
+local out_seen, out_len = observe(o, out_fp)
+local req_seen, req_len = observe(r, req_fp)
+
+for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, ttl) end
+local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
+  'last_seen', 'killed')
+return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '0',
+  st[7] or '0', st[8] or '', out_seen, out_len, req_seen, req_len}
+"""
+)
+
+KILL = f"""-- tripwire kill v{VERSION}
+local s = KEYS[1]
+if redis.call('HEXISTS', s, 'killed') == 1 then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', s, 'killed', ARGV[1], 'last_seen', t[1])
+redis.call('HSETNX', s, 'started', t[1])
+redis.call('EXPIRE', s, tonumber(ARGV[2]))
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""

@@ -1,0 +1,205 @@
+"""The reserve/settle protocol, run against every state backend: they must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from proxy.config import Limits, RepeatSettings, StateSettings
+from proxy.detectors.base import Trip, TripReason
+from proxy.policy.rules import Effective
+from proxy.session.base import Busy, CallPlan, Denied, Ledger, Outcome
+from proxy.session.memory import MemoryLedger
+from proxy.session.redis import RedisLedger
+
+
+def effective(on_trip: str = "kill", **limits: Any) -> Effective:
+    return Effective(Limits(**limits), RepeatSettings(), on_trip, ())  # type: ignore[arg-type]
+
+
+def plan(
+    task: str,
+    policy: Effective,
+    *,
+    agent: str = "a",
+    prompt: int = 10,
+    cap: int | None = None,
+    choices: int = 1,
+) -> CallPlan:
+    return CallPlan(task, agent, policy, prompt, cap, choices, None, 1000.0)
+
+
+def outcome(tokens: int, output: str | None = None, request: str | None = None) -> Outcome:
+    return Outcome(tokens, 0.0, output, request, completed=True)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+    if request.param == "memory":
+        state: Ledger = MemoryLedger(StateSettings())
+    else:
+        server = request.getfixturevalue("redis_server")
+        state = RedisLedger(StateSettings(backend="redis", redis_url=server.url))
+    await state.start()
+    yield state
+    await state.close()
+
+
+@pytest.fixture
+def task() -> str:
+    return "t-" + uuid.uuid4().hex[:8]
+
+
+async def test_cap_is_lowered_to_what_is_left(ledger: Ledger, task: str) -> None:
+    grant = await ledger.reserve(plan(task, effective(max_tokens=1000), prompt=100))
+    assert grant.output_cap == 900
+    assert grant.reserved_tokens == 1000
+
+
+async def test_a_smaller_client_cap_is_left_alone(ledger: Ledger, task: str) -> None:
+    grant = await ledger.reserve(plan(task, effective(max_tokens=1000), prompt=100, cap=50))
+    assert grant.output_cap is None
+    assert grant.reserved_tokens == 150
+
+
+async def test_choices_share_the_allowance(ledger: Ledger, task: str) -> None:
+    grant = await ledger.reserve(plan(task, effective(max_tokens=1000), prompt=100, choices=3))
+    assert grant.output_cap == 300
+
+
+async def test_settle_books_usage_and_releases_the_reservation(ledger: Ledger, task: str) -> None:
+    policy = effective(max_tokens=1000)
+    grant = await ledger.reserve(plan(task, policy, prompt=100))
+    settled = await ledger.settle(grant, outcome(300))
+    assert settled.view.tokens_used == 300
+    assert settled.view.tokens_reserved == 0
+    assert settled.view.tokens_left == 700
+    view = await ledger.get(task)
+    assert view is not None and view.tokens_used == 300 and view.calls == 1
+
+
+async def test_calls_wait_while_the_budget_is_only_reserved(ledger: Ledger, task: str) -> None:
+    policy = effective(max_tokens=1000)
+    first = await ledger.reserve(plan(task, policy, prompt=100))
+    with pytest.raises(Busy):
+        await ledger.reserve(plan(task, policy, prompt=100))
+    await ledger.settle(first, outcome(400))
+    second = await ledger.reserve(plan(task, policy, prompt=100))
+    assert second.output_cap == 500
+
+
+async def test_spent_budget_kills_the_task(ledger: Ledger, task: str) -> None:
+    policy = effective(max_tokens=1000)
+    grant = await ledger.reserve(plan(task, policy, prompt=100))
+    await ledger.settle(grant, outcome(950))
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan(task, policy, prompt=100))
+    assert refused.value.fresh and refused.value.trip.reason is TripReason.BUDGET_TOKENS
+    assert "has 50 of 1000 tokens left" in refused.value.trip.detail
+    with pytest.raises(Denied) as again:
+        await ledger.reserve(plan(task, policy, prompt=1))
+    assert not again.value.fresh
+
+
+async def test_per_agent_budget(ledger: Ledger, task: str) -> None:
+    policy = effective(max_tokens_per_agent=500)
+    grant = await ledger.reserve(plan(task, policy, agent="writer", prompt=100))
+    await ledger.settle(grant, outcome(450))
+    other = await ledger.reserve(plan(task, policy, agent="critic", prompt=100))
+    assert other.output_cap == 400
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan(task, policy, agent="writer", prompt=100))
+    assert refused.value.trip.reason is TripReason.BUDGET_AGENT_TOKENS
+
+
+async def test_concurrent_reservations_never_exceed_the_budget(ledger: Ledger, task: str) -> None:
+    policy = effective(max_tokens=1000)
+
+    async def one() -> int:
+        for _ in range(50):
+            try:
+                grant = await ledger.reserve(plan(task, policy, prompt=60))
+            except Busy:
+                await asyncio.sleep(0.001)
+                continue
+            except Denied:
+                return 0
+            await asyncio.sleep(0.001)
+            await ledger.settle(grant, outcome(grant.reserved_tokens))
+            return grant.reserved_tokens
+        return 0
+
+    spent = await asyncio.gather(*(one() for _ in range(20)))
+    view = await ledger.get(task)
+    assert view is not None
+    assert 0 < sum(spent) == view.tokens_used <= 1000
+
+
+async def test_the_thirteenth_hop_is_refused(ledger: Ledger, task: str) -> None:
+    policy = effective(max_hops=12)
+    for call in range(13):
+        grant = await ledger.reserve(plan(task, policy, agent="ab"[call % 2]))
+        await ledger.settle(grant, outcome(1))
+    assert grant.view.hops == 12
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan(task, policy, agent="b"))
+    assert refused.value.trip.reason is TripReason.MAX_HOPS
+    assert "would be hop 13" in refused.value.trip.detail
+
+
+async def test_max_calls(ledger: Ledger, task: str) -> None:
+    policy = effective(max_calls=2)
+    for _ in range(2):
+        await ledger.settle(await ledger.reserve(plan(task, policy)), outcome(1))
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan(task, policy))
+    assert refused.value.trip.reason is TripReason.MAX_CALLS
+
+
+async def test_repeated_output_trips_on_the_third(ledger: Ledger, task: str) -> None:
+    policy = effective()
+    for number in range(1, 4):
+        grant = await ledger.reserve(plan(task, policy))
+        settled = await ledger.settle(grant, outcome(5, output="same", request=f"r{number}"))
+    assert settled.killed and settled.trips[0].reason is TripReason.REPEAT_OUTPUT
+    with pytest.raises(Denied):
+        await ledger.reserve(plan(task, policy))
+
+
+async def test_repeated_request_by_one_agent(ledger: Ledger, task: str) -> None:
+    policy = effective()
+    for number in range(3):
+        grant = await ledger.reserve(plan(task, policy))
+        settled = await ledger.settle(grant, outcome(5, output=f"o{number}", request="same"))
+    assert [t.reason for t in settled.trips] == [TripReason.REPEAT_REQUEST]
+
+
+async def test_observe_mode_records_once_and_never_refuses(ledger: Ledger, task: str) -> None:
+    policy = effective(on_trip="observe", max_calls=2)
+    observed = []
+    for _ in range(5):
+        grant = await ledger.reserve(plan(task, policy))
+        observed.extend(grant.observed)
+        await ledger.settle(grant, outcome(1))
+    assert [t.reason for t in observed] == [TripReason.MAX_CALLS]
+
+
+async def test_kill_cuts_streams_in_flight_and_refuses_later_calls(
+    ledger: Ledger, task: str
+) -> None:
+    cut: list[Trip] = []
+    ledger.board.watch(task, cut.append)
+    trip = Trip(TripReason.OPERATOR, {"by": "ops", "note": "stopped by hand"})
+    assert await ledger.kill(task, trip)
+    assert cut == [trip]
+    assert not await ledger.kill(task, trip)
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan(task, effective()))
+    assert (
+        refused.value.trip == trip
+        and refused.value.trip.detail == "stopped by ops: stopped by hand"
+    )
