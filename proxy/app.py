@@ -65,11 +65,15 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        """Ready when the state backend answers, so a load balancer can route around it."""
+        """Ready when the state backend answers, so a load balancer can route around a replica
+        that cannot check limits. In fail-open mode a replica keeps serving without it, so it
+        stays ready and reports itself degraded."""
         ok = await state.ready()
+        fail_open = config.state.on_state_error == "open"
+        status = "ok" if ok else "degraded" if fail_open else "unavailable"
         return web.json_response(
-            {"status": "ok" if ok else "unavailable", "state": config.state.backend},
-            status=200 if ok else 503,
+            {"status": status, "state": config.state.backend},
+            status=200 if ok or fail_open else 503,
         )
 
     async def proxy(request: web.Request) -> web.StreamResponse:

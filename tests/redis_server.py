@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too, as Redis Cluster needs."""
+    for _ in range(200):
+        port = random.randint(20000, 55000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 10) -> None:
@@ -87,33 +106,38 @@ class RedisClusterServers:
     def __init__(self, workdir: Path) -> None:
         if REDIS_CLI is None:
             pytest.fail("redis-cli is not installed")
-        self.nodes = [
-            RedisServer(
-                workdir / f"node{i}",
-                None,
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
+        self.nodes: list[RedisServer] = []
+        try:
+            for i in range(3):
+                self.nodes.append(
+                    RedisServer(
+                        workdir / f"node{i}",
+                        free_cluster_port(),
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    )
+                )
+            assert REDIS_CLI is not None
+            subprocess.run(
+                [
+                    REDIS_CLI,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=30,
             )
-            for i in range(3)
-        ]
-        assert REDIS_CLI is not None
-        subprocess.run(
-            [
-                REDIS_CLI,
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{node.port}" for node in self.nodes),
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        self._wait_until_ok()
+            self._wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_until_ok(self) -> None:
         assert REDIS_CLI is not None

@@ -117,6 +117,11 @@ class RedisLedger:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if isinstance(self.client, RedisCluster):
+            # Learn the slot map before traffic: the client would otherwise do it on the first
+            # calls, concurrently.
+            with contextlib.suppress(*_UNREACHABLE):
+                await self.client.initialize()
         await self._fallback.start()
         self._tasks = [
             asyncio.create_task(self._listen_for_kills()),
