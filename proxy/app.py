@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.exposition import choose_encoder
 
 from proxy.config import Config
 from proxy.pricing import PriceBook
@@ -17,18 +18,23 @@ from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
 from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.record import Telemetry
 from proxy.tokens import preload as preload_tokenizer
 
 CONFIG = web.AppKey("config", Config)
 LEDGER = web.AppKey("ledger", Ledger)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+METRICS = web.AppKey("metrics", Metrics)
 
 
-def build_ledger(config: Config) -> Ledger:
+def build_ledger(config: Config, metrics: Metrics) -> Ledger:
     if config.state.backend == "redis":
         from proxy.session.redis import RedisLedger
 
-        return RedisLedger(config.state)
+        redis_ledger = RedisLedger(config.state, metrics)
+        metrics.state_up = lambda: redis_ledger.reachable
+        return redis_ledger
     return MemoryLedger(config.state)
 
 
@@ -38,8 +44,15 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
         middlewares=[error_middleware(formats)], client_max_size=config.server.max_body_bytes
     )
     app[CONFIG] = config
-    state = ledger if ledger is not None else build_ledger(config)
+    metrics = Metrics(
+        backend=config.state.backend,
+        max_models=config.telemetry.max_model_labels,
+        max_agents=config.telemetry.max_agent_labels,
+        active_window_s=config.telemetry.active_task_window,
+    )
+    state = ledger if ledger is not None else build_ledger(config, metrics)
     app[LEDGER] = state
+    app[METRICS] = metrics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
@@ -51,7 +64,9 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
         )
         await state.start()
         preload_tokenizer()  # ~0.1 s once, rather than on the first call
-        app[FORWARDER] = Forwarder(config, state, PriceBook(), session)
+        app[FORWARDER] = Forwarder(
+            config, state, PriceBook(), session, Telemetry(metrics, config.logging.calls)
+        )
         try:
             yield
         finally:
@@ -76,10 +91,16 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
             status=200 if ok or fail_open else 503,
         )
 
+    async def scrape(request: web.Request) -> web.Response:
+        # OpenMetrics when the scraper asks for it: only that format carries exemplars.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(metrics.registry), headers={"Content-Type": content_type})
+
     async def proxy(request: web.Request) -> web.StreamResponse:
         return await request.app[FORWARDER].handle(request)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get(config.telemetry.metrics_path, scrape)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app

@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     from proxy.telemetry.logs import setup_logging
 
     config = _config(args)
-    setup_logging(config.logging.level)
+    setup_logging(config.logging.level, config.logging.format)
     asyncio.run(serve(config, mock=args.mock))
     return 0
 

@@ -178,6 +178,17 @@ class StateSettings(Strict):
 
 class Logging(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    calls: bool = True  # one line per call; trips and refusals are always logged
+
+
+class TelemetrySettings(Strict):
+    metrics_path: str = "/metrics"
+    # Label values beyond these counts fold into "other", so cardinality stays bounded.
+    max_model_labels: int = Field(default=50, ge=1)
+    max_agent_labels: int = Field(default=50, ge=1)
+    # A task with no call for this long counts as ended for the per-task histograms.
+    active_task_window: Seconds = 300.0
 
 
 class Config(BaseSettings):
@@ -194,6 +205,7 @@ class Config(BaseSettings):
     policy: Policy = Policy()
     state: StateSettings = StateSettings()
     logging: Logging = Logging()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @field_validator("upstreams")
     @classmethod

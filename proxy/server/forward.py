@@ -26,6 +26,8 @@ from proxy.errors import (
     BadRequest,
     BudgetBusy,
     Refused,
+    StateUnavailable,
+    TripwireError,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -38,6 +40,7 @@ from proxy.server.streaming import StreamRelay
 from proxy.server.tagging import Tagger
 from proxy.session.base import Busy, CallPlan, Denied, Grant, Ledger, Outcome, Settled, TaskView
 from proxy.telemetry.logs import event
+from proxy.telemetry.record import CallRecord, Telemetry
 from proxy.tokens import estimate_prompt, family_for
 
 _KNOWN_KINDS = ("chat", "responses", "messages")
@@ -61,6 +64,8 @@ class Call:
     body: dict[str, Any] | None  # the parsed JSON body, for known kinds
     request_fingerprint: str | None
     price: Price | None = None
+    sent: float = 0.0  # perf_counter when the call left for the provider
+    headers_at: float = 0.0  # perf_counter when the provider's headers arrived
 
 
 def refusal_message(task: str, trip: Trip) -> str:
@@ -75,9 +80,15 @@ def refusal_message(task: str, trip: Trip) -> str:
 
 class Forwarder:
     def __init__(
-        self, config: Config, ledger: Ledger, prices: PriceBook, session: aiohttp.ClientSession
+        self,
+        config: Config,
+        ledger: Ledger,
+        prices: PriceBook,
+        session: aiohttp.ClientSession,
+        telemetry: Telemetry,
     ) -> None:
         self.config = config
+        self.telemetry = telemetry
         self.ledger = ledger
         self.prices = prices
         self.session = session
@@ -93,8 +104,35 @@ class Forwarder:
         started = time.perf_counter()
         route = routing.resolve(request.rel_url.raw_path, self.upstream_names)
         call = await self._prepare(request, route, started)
-        grant = await self._reserve(call)
+        try:
+            grant = await self._reserve(call)
+        except TripwireError as error:
+            self._not_forwarded(call, error)
+            raise
         return await self._forward(call, grant, self._enforce(call, grant))
+
+    def _not_forwarded(self, call: Call, error: TripwireError) -> None:
+        if isinstance(error, Refused):
+            outcome, reason = "refused", error.reason
+        elif isinstance(error, BudgetBusy):
+            outcome = reason = "budget_busy"
+        elif isinstance(error, StateUnavailable):
+            outcome = reason = "state_unavailable"
+        else:
+            outcome = reason = error.code
+        self.telemetry.refused(reason)
+        self.telemetry.call(
+            CallRecord(
+                call.task,
+                call.agent,
+                call.upstream_name,
+                call.info.model,
+                outcome,
+                error.status,
+                overhead_s=time.perf_counter() - call.started,
+                forwarded=False,
+            )
+        )
 
     # -- before forwarding ------------------------------------------------------------------
 
@@ -168,10 +206,10 @@ class Forwarder:
             ) from None
         except Denied as denied:
             if denied.fresh:
-                self._log_trip(call.task, call.agent, denied.trip, "kill")
+                self.telemetry.trip(call.task, call.agent, denied.trip, "kill")
             raise self._refused(call, denied.trip) from None
         for trip in grant.observed:
-            self._log_trip(call.task, call.agent, trip, "observe")
+            self.telemetry.trip(call.task, call.agent, trip, "observe")
         call.price = price
         return grant
 
@@ -213,7 +251,7 @@ class Forwarder:
             connect=call.upstream.connect_timeout,
             sock_read=call.upstream.read_timeout,
         )
-        sent = time.perf_counter()
+        call.sent = time.perf_counter()
         try:
             upstream = await self.session.request(
                 request.method,
@@ -224,24 +262,29 @@ class Forwarder:
                 allow_redirects=False,
             )
         except BaseException as exc:
-            await asyncio.shield(self._settle(call, grant, Usage(), completed=False))
-            raise _upstream_error(exc) from exc
+            error = _upstream_error(exc)
+            await asyncio.shield(self._settle(call, grant, Usage(), _outcome_of(error), 502))
+            raise error from exc
+        call.headers_at = time.perf_counter()
         try:
             content_type = upstream.headers.get("Content-Type", "")
             if content_type.startswith("text/event-stream"):
-                return await self._stream(call, grant, upstream, sent)
-            return await self._buffered(call, grant, upstream, sent)
+                return await self._stream(call, grant, upstream)
+            return await self._buffered(call, grant, upstream)
         finally:
             upstream.release()
 
     async def _buffered(
-        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse, sent: float
+        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse
     ) -> web.Response:
         try:
             data = await upstream.read()
         except BaseException as exc:
-            await asyncio.shield(self._settle(call, grant, Usage(), completed=False))
-            raise _upstream_error(exc) from exc
+            error = _upstream_error(exc)
+            await asyncio.shield(
+                self._settle(call, grant, Usage(), _outcome_of(error), upstream.status)
+            )
+            raise error from exc
         received = time.perf_counter()
         usage: Usage | None = None
         fingerprint: str | None = None
@@ -258,19 +301,22 @@ class Forwarder:
             usage = Usage(
                 input_tokens=call.prompt_tokens if ok and call.info.kind in _KNOWN_KINDS else 0
             )
-        settled = await self._settle(call, grant, usage, ok, fingerprint)
+        outcome = "ok" if ok else "provider_error"
+        settled = await self._settle(
+            call, grant, usage, outcome, upstream.status, fingerprint, received
+        )
         headers = response_headers(upstream.headers)
-        overhead = (sent - call.started) + (time.perf_counter() - received)
+        overhead = (call.sent - call.started) + (time.perf_counter() - received)
         self._tag_headers(headers, call, settled.view, overhead)
         return web.Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=data
         )
 
     async def _stream(
-        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse, sent: float
+        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
-        self._tag_headers(headers, call, grant.view, sent - call.started)
+        self._tag_headers(headers, call, grant.view, call.sent - call.started)
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
@@ -280,6 +326,7 @@ class Forwarder:
             upstream,
             call.adapter.stream_tally(call.info),
             lambda trip: self._error_event(call, trip),
+            lambda: self._broken_event(call),
         )
         self.ledger.board.watch(call.task, relay.cut)
         deadline = self._deadline_timer(call, grant, relay)
@@ -291,9 +338,13 @@ class Forwarder:
             self.ledger.board.unwatch(call.task, relay.cut)
             tally = relay.tally
             usage = tally.billed_usage(call.prompt_tokens)
-            completed = 200 <= upstream.status < 300 and tally.final and relay.trip is None
-            fingerprint = tally.output().fingerprint() if completed else None
-            await asyncio.shield(self._settle(call, grant, usage, completed, fingerprint))
+            outcome = relay.outcome(upstream.status)
+            if relay.trip is not None:
+                self.telemetry.stream_cut(str(relay.trip.reason))
+            fingerprint = tally.output().fingerprint() if outcome == "ok" else None
+            await asyncio.shield(
+                self._settle(call, grant, usage, outcome, upstream.status, fingerprint)
+            )
         return response
 
     def _error_event(self, call: Call, trip: Trip) -> bytes:
@@ -303,6 +354,16 @@ class Forwarder:
         )
         return call.adapter.error_event(
             refusal_message(call.task, trip), error_type, f"tripwire_{trip.reason}", call.info
+        )
+
+    def _broken_event(self, call: Call) -> bytes:
+        error = UpstreamError("the provider's stream broke off before its end")
+        kind = ERROR_TABLE[UpstreamError]
+        error_type = (
+            kind.anthropic_type if call.upstream.format == "anthropic" else kind.openai_type
+        )
+        return call.adapter.error_event(
+            error.message, error_type, "upstream_stream_broken", call.info
         )
 
     def _deadline_timer(
@@ -327,7 +388,7 @@ class Forwarder:
     def _after_kill(self, call: Call, trip: Trip, done: asyncio.Future[bool]) -> None:
         self._background.discard(done)
         if not done.cancelled() and done.exception() is None and done.result():
-            self._log_trip(call.task, call.agent, trip, "kill")
+            self.telemetry.trip(call.task, call.agent, trip, "kill")
 
     # -- after the call ---------------------------------------------------------------------
 
@@ -336,9 +397,12 @@ class Forwarder:
         call: Call,
         grant: Grant,
         usage: Usage,
-        completed: bool,
+        outcome: str,
+        status: int,
         fingerprint: str | None = None,
+        received: float | None = None,
     ) -> Settled:
+        """Book the call's usage, run the completion detectors, and record the call."""
         price = call.price
         cost = 0.0
         if price is not None:
@@ -350,28 +414,40 @@ class Forwarder:
                 usage.cached_tokens,
                 usage.cache_write_tokens,
             )
-        outcome = Outcome(
-            usage.total,
-            cost,
-            fingerprint,
-            call.request_fingerprint if completed else None,
-            completed,
+        completed = outcome == "ok"
+        settled = await self.ledger.settle(
+            grant,
+            Outcome(
+                usage.total,
+                cost,
+                fingerprint,
+                call.request_fingerprint if completed else None,
+                completed,
+            ),
         )
-        settled = await self.ledger.settle(grant, outcome)
         for trip in settled.trips:
-            self._log_trip(call.task, call.agent, trip, "kill" if settled.killed else "observe")
-        event(
-            "call",
-            logging.DEBUG,
-            task=call.task,
-            agent=call.agent,
-            model=call.info.model,
-            kind=call.info.kind,
-            tokens=usage.total,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cost_usd=round(cost, 6),
-            completed=completed,
+            self.telemetry.trip(
+                call.task, call.agent, trip, "kill" if settled.killed else "observe"
+            )
+        now = time.perf_counter()
+        view = settled.view
+        self.telemetry.task(call.task, view.tokens_used, view.calls, view.hops, view.cost_usd)
+        self.telemetry.call(
+            CallRecord(
+                call.task,
+                call.agent,
+                call.upstream_name,
+                call.info.model,
+                outcome,
+                status,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_tokens,
+                cost,
+                latency_s=(received or now) - call.sent,
+                ttfb_s=(call.headers_at or now) - call.sent,
+                overhead_s=(call.sent - call.started) + (now - (received or now)),
+            )
         )
         return settled
 
@@ -386,19 +462,6 @@ class Forwarder:
         headers["X-Tripwire-Hops"] = str(view.hops)
         headers["X-Tripwire-Overhead-Ms"] = f"{overhead_s * 1000:.2f}"
 
-    @staticmethod
-    def _log_trip(task: str, agent: str, trip: Trip, action: str) -> None:
-        event(
-            "trip",
-            logging.WARNING,
-            task=task,
-            agent=agent,
-            reason=str(trip.reason),
-            action=action,
-            detail=trip.detail,
-            figures=trip.figures,
-        )
-
 
 def _json_copy(data: bytes, content_type: str) -> Any:
     if "json" not in content_type or not data:
@@ -407,6 +470,14 @@ def _json_copy(data: bytes, content_type: str) -> Any:
         return json.loads(data)
     except ValueError:
         return None
+
+
+def _outcome_of(error: Exception) -> str:
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamError):
+        return "unreachable"
+    return "interrupted"
 
 
 def _upstream_error(exc: BaseException) -> Exception:

@@ -28,14 +28,27 @@ class StreamRelay:
         upstream: aiohttp.ClientResponse,
         tally: StreamTally,
         error_event: Callable[[Trip], bytes],
+        broken_event: Callable[[], bytes],
     ) -> None:
         self.response = response
         self.upstream = upstream
         self.tally = tally
         self.error_event = error_event
+        self.broken_event = broken_event
         self.trip: Trip | None = None
         self.client_gone = False
         self.broken = False  # the provider's stream failed before its end
+
+    def outcome(self, status: int) -> str:
+        if self.trip is not None:
+            return "cut"
+        if self.client_gone:
+            return "client_disconnected"
+        if self.broken:
+            return "stream_broken"
+        if not 200 <= status < 300:
+            return "provider_error"
+        return "ok" if self.tally.final else "stream_incomplete"
 
     def cut(self, trip: Trip) -> None:
         if self.trip is None:
@@ -71,6 +84,9 @@ class StreamRelay:
         try:
             if self.trip is not None:
                 await self.response.write(self.error_event(self.trip))
+            elif self.broken:
+                # A silently truncated stream would look complete to the client's SDK.
+                await self.response.write(self.broken_event())
             await self.response.write_eof()
         except _CLIENT_GONE:
             self.client_gone = True

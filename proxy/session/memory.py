@@ -169,7 +169,12 @@ class MemoryLedger:
                 observed.append(trip)
         # Shadow mode changes nothing the agent receives, so an over-budget cap is left alone.
         tripped = any(trip is not None for trip in checks)
-        enforce = cap is not None and cap != plan.requested_output and not tripped
+        enforce = (
+            plan.policy.on_trip == "kill"
+            and cap is not None
+            and cap != plan.requested_output
+            and not tripped
+        )
         output = cap * plan.choices if cap is not None else 0
         reserved = plan.prompt_tokens + output
         reserved_cost = 0.0

@@ -46,6 +46,7 @@ from proxy.session.base import (
 )
 from proxy.session.memory import MemoryLedger
 from proxy.telemetry.logs import event
+from proxy.telemetry.metrics import Metrics
 
 _UNREACHABLE = (RedisError, OSError, TimeoutError)
 RECHECK_INTERVAL_S = 1.0
@@ -101,8 +102,9 @@ def _num(value: Any, default: float = 0.0) -> float:
 
 
 class RedisLedger:
-    def __init__(self, settings: StateSettings) -> None:
+    def __init__(self, settings: StateSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.board = KillBoard()
         self.client = _client(settings)
         self.channel = f"{settings.key_prefix}:kills:v{redis_scripts.VERSION}"
@@ -148,6 +150,8 @@ class RedisLedger:
         return True
 
     def _unreachable(self, where: str, error: BaseException | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.state_errors.labels("redis", where).inc()
         if self.reachable:
             event(
                 "state_unreachable",

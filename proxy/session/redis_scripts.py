@@ -175,7 +175,7 @@ if #trips > 0 then
   end
 end
 
-local enforce = cap >= 0 and cap ~= requested and #trips == 0
+local enforce = kill and cap >= 0 and cap ~= requested and #trips == 0
 local output = 0
 if cap >= 0 then output = cap * choices end
 local res_tokens = prompt + output

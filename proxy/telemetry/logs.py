@@ -32,9 +32,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str) -> None:
+class TextFormatter(logging.Formatter):
+    """``time level event key=value ...`` for people reading a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = getattr(record, "fields", None) or {}
+        pairs = " ".join(f"{k}={v}" for k, v in fields.items())
+        return f"{stamp} {record.levelname.lower():7} {record.getMessage()} {pairs}".rstrip()
+
+
+def setup_logging(level: str, format_: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter() if format_ == "json" else TextFormatter())
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False

@@ -126,33 +126,48 @@ class Reply:
     body: bytes = b""  # the raw body of a JSON answer
 
 
-def summarize_stream(kind: str, items: list[Any]) -> tuple[str, int | None]:
-    """The completion text and the reported usage of a stream, from the SDK's items."""
+def _chat_stream(items: list[Any]) -> tuple[str, int | None]:
     texts: list[str] = []
     usage: int | None = None
-    if kind == "chat":
-        for chunk in items:
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    texts.append(choice.delta.content)
-            if chunk.usage is not None:
-                usage = chunk.usage.total_tokens
-    elif kind == "responses":
-        for item in items:
-            if item.type == "response.output_text.delta":
-                texts.append(item.delta)
-            elif item.type in ("response.completed", "response.incomplete"):
-                usage = item.response.usage.total_tokens
-    else:
-        prompt = 0
-        for item in items:
-            if item.type == "message_start":
-                prompt = item.message.usage.input_tokens
-            elif item.type == "content_block_delta" and item.delta.type == "text_delta":
-                texts.append(item.delta.text)
-            elif item.type == "message_delta":
-                usage = prompt + item.usage.output_tokens
+    for chunk in items:
+        texts.extend(c.delta.content for c in chunk.choices if c.delta.content)
+        if chunk.usage is not None:
+            usage = chunk.usage.total_tokens
     return "".join(texts), usage
+
+
+def _responses_stream(items: list[Any]) -> tuple[str, int | None]:
+    texts: list[str] = []
+    usage: int | None = None
+    for item in items:
+        if item.type == "response.output_text.delta":
+            texts.append(item.delta)
+        elif item.type in ("response.completed", "response.incomplete"):
+            usage = item.response.usage.total_tokens
+    return "".join(texts), usage
+
+
+def _messages_stream(items: list[Any]) -> tuple[str, int | None]:
+    texts: list[str] = []
+    usage: int | None = None
+    prompt = 0
+    for item in items:
+        if item.type == "message_start":
+            prompt = item.message.usage.input_tokens
+        elif item.type == "content_block_delta" and item.delta.type == "text_delta":
+            texts.append(item.delta.text)
+        elif item.type == "message_delta":
+            usage = prompt + item.usage.output_tokens
+    return "".join(texts), usage
+
+
+def summarize_stream(kind: str, items: list[Any]) -> tuple[str, int | None]:
+    """The completion text and the reported usage of a stream, from the SDK's items."""
+    if kind == "chat":
+        return _chat_stream(items)
+    if kind == "responses":
+        return _responses_stream(items)
+    return _messages_stream(items)
 
 
 def summarize_body(kind: str, parsed: Any) -> tuple[str, int | None]:
@@ -322,3 +337,21 @@ def eventually(check: Callable[[], Any], timeout: float = 2.0, interval: float =
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def assert_generation_stopped(
+    provider: Any, task_view: Callable[[], Any], full_reply_tokens: int, chunk_delay: float
+) -> None:
+    """The provider stopped generating soon after the proxy gave up on the stream, and the
+    task has been charged at least everything the provider billed.
+
+    ``provider`` is the mock's recorder; ``task_view`` returns the task's ``TaskView``.
+    """
+    view = eventually(lambda: (v := task_view()) and v.tokens_reserved == 0 and v)
+    assert view, task_view()
+    billed = provider.total_usage
+    time.sleep(3 * chunk_delay)  # a provider still generating would bill a few more deltas
+    assert provider.total_usage == billed
+    assert billed.completion_tokens < full_reply_tokens
+    view = task_view()
+    assert view.tokens_used >= billed.total_tokens, (view, billed)

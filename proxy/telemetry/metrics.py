@@ -1,0 +1,269 @@
+"""Every Prometheus metric Tripwire exports, in one place, each name a constant.
+
+Labels are bounded: upstream (from config), model and agent (the first ``max_models`` /
+``max_agents`` seen keep their name, later ones fold into ``other``), reason, action, outcome.
+Task ids are never a label, except on ``tripwire_top_task_spend_usd``, bounded to the ten
+tasks that spent most. They travel as exemplars (OpenMetrics) on the trip and token counters,
+so a dashboard can jump from a spike to the task.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from proxy import __version__
+
+CALLS = "tripwire_calls"
+TOKENS = "tripwire_tokens"
+COST = "tripwire_cost_usd"
+TRIPS = "tripwire_trips"
+REFUSED = "tripwire_refused_calls"
+STREAMS_CUT = "tripwire_streams_cut"
+STATE_ERRORS = "tripwire_state_backend_errors"
+ACTIVE_TASKS = "tripwire_active_tasks"
+TASK_TOKENS = "tripwire_task_tokens"
+TASK_HOPS = "tripwire_task_hops"
+TASK_CALLS = "tripwire_task_calls"
+UPSTREAM_LATENCY = "tripwire_upstream_latency_seconds"
+UPSTREAM_TTFB = "tripwire_upstream_ttfb_seconds"
+OVERHEAD = "tripwire_overhead_seconds"
+TOP_TASK_SPEND = "tripwire_top_task_spend_usd"
+STATE_UP = "tripwire_state_backend_up"
+INFO = "tripwire_build_info"
+
+OTHER = "other"
+TOP_TASKS = 10
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_TOKEN_BUCKETS = (100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000)
+_COUNT_BUCKETS = (1, 2, 3, 5, 8, 12, 20, 50, 100, 200, 500, 1000)
+
+
+def _always_up() -> bool:
+    return True
+
+
+class _Capped:
+    """The first ``limit`` values keep their name as a label value; later ones are ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.known: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.known:
+            return value
+        if len(self.known) < self.limit:
+            self.known.add(value)
+            return value
+        return OTHER
+
+
+@dataclass(slots=True)
+class _TaskFigures:
+    last_seen: float
+    tokens: int
+    calls: int
+    hops: int
+    cost: float
+
+
+class _TaskCollector(Collector):
+    """Active tasks and the top spenders, computed at scrape time from a bounded table."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        self.metrics.expire_tasks(time.time())
+        tasks = self.metrics.tasks
+        active = GaugeMetricFamily(
+            ACTIVE_TASKS, "Tasks with a call through this replica in the active window."
+        )
+        active.add_metric([], len(tasks))
+        yield active
+        top = GaugeMetricFamily(
+            TOP_TASK_SPEND,
+            "Spend of the tasks that spent most, bounded to the top ten.",
+            labels=["task"],
+        )
+        for name, figures in heapq.nlargest(TOP_TASKS, tasks.items(), key=lambda i: i[1].cost):
+            top.add_metric([name], figures.cost)
+        yield top
+        up = GaugeMetricFamily(STATE_UP, "1 when the state backend answers.", labels=["backend"])
+        up.add_metric([self.metrics.backend], 1.0 if self.metrics.state_up() else 0.0)
+        yield up
+
+
+class Metrics:
+    def __init__(
+        self,
+        backend: str = "memory",
+        max_models: int = 50,
+        max_agents: int = 50,
+        active_window_s: float = 300.0,
+        max_tracked_tasks: int = 100_000,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.backend = backend
+        self.model = _Capped(max_models)
+        self.agent = _Capped(max_agents)
+        self.active_window_s = active_window_s
+        self.max_tracked_tasks = max_tracked_tasks
+        self.tasks: OrderedDict[str, _TaskFigures] = OrderedDict()
+        self.state_up: Callable[[], bool] = _always_up
+        r = self.registry
+        self.calls = Counter(
+            CALLS,
+            "Calls through the proxy, by outcome.",
+            ["upstream", "model", "agent", "outcome"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            TOKENS,
+            "Tokens the providers reported, by direction.",
+            ["upstream", "model", "agent", "direction"],
+            registry=r,
+        )
+        self.cost = Counter(
+            COST, "Dollars spent, from provider-reported usage.", ["upstream", "model"], registry=r
+        )
+        self.trips = Counter(
+            TRIPS,
+            "Detector trips, by reason and action (kill or observe).",
+            ["reason", "action"],
+            registry=r,
+        )
+        self.refused = Counter(
+            REFUSED, "Calls refused without reaching the provider.", ["reason"], registry=r
+        )
+        self.streams_cut = Counter(
+            STREAMS_CUT, "Streams ended by Tripwire mid-flight.", ["reason"], registry=r
+        )
+        self.state_errors = Counter(
+            STATE_ERRORS,
+            "Errors talking to the state backend.",
+            ["backend", "operation"],
+            registry=r,
+        )
+        self.task_tokens = Histogram(
+            TASK_TOKENS,
+            "Tokens per task, observed at task end.",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.task_hops = Histogram(
+            TASK_HOPS, "Agent hand-offs per task, at task end.", buckets=_COUNT_BUCKETS, registry=r
+        )
+        self.task_calls = Histogram(
+            TASK_CALLS, "Calls per task, at task end.", buckets=_COUNT_BUCKETS, registry=r
+        )
+        self.upstream_latency = Histogram(
+            UPSTREAM_LATENCY,
+            "Time from sending a call upstream to its last byte.",
+            ["upstream", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_ttfb = Histogram(
+            UPSTREAM_TTFB,
+            "Time from sending a call upstream to its response headers.",
+            ["upstream", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            OVERHEAD,
+            "Time spent in Tripwire itself per call, provider time excluded.",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        Gauge(INFO, "Tripwire build information.", ["version"], registry=r).labels(__version__).set(
+            1
+        )
+        r.register(_TaskCollector(self))
+
+    # -- per call ---------------------------------------------------------------------------
+
+    def call(self, upstream: str, model: str, agent: str, outcome: str) -> None:
+        self.calls.labels(
+            upstream, self.model(model or "unknown"), self.agent(agent), outcome
+        ).inc()
+
+    def usage(
+        self,
+        upstream: str,
+        model: str,
+        agent: str,
+        task: str,
+        prompt: int,
+        completion: int,
+        cached: int,
+        cost: float,
+    ) -> None:
+        model = self.model(model or "unknown")
+        agent = self.agent(agent)
+        exemplar = {"task_id": task[:64]}
+        for direction, count in (
+            ("prompt", prompt),
+            ("completion", completion),
+            ("cached", cached),
+        ):
+            if count:
+                self.tokens.labels(upstream, model, agent, direction).inc(count, exemplar)
+        if cost:
+            self.cost.labels(upstream, model).inc(cost, exemplar)
+
+    def timings(
+        self, upstream: str, model: str, latency: float, ttfb: float, overhead: float
+    ) -> None:
+        model = self.model(model or "unknown")
+        self.upstream_latency.labels(upstream, model).observe(latency)
+        self.upstream_ttfb.labels(upstream, model).observe(ttfb)
+        self.overhead.observe(overhead)
+
+    def trip(self, reason: str, action: str, task: str) -> None:
+        self.trips.labels(reason, action).inc(1, {"task_id": task[:64]})
+
+    # -- per task ---------------------------------------------------------------------------
+
+    def task_seen(self, task: str, tokens: int, calls: int, hops: int, cost: float) -> None:
+        figures = self.tasks.get(task)
+        now = time.time()
+        if figures is None:
+            self.tasks[task] = _TaskFigures(now, tokens, calls, hops, cost)
+            if len(self.tasks) > self.max_tracked_tasks:
+                self._end(*self.tasks.popitem(last=False))
+        else:
+            figures.last_seen, figures.tokens, figures.calls = now, tokens, calls
+            figures.hops, figures.cost = hops, cost
+            self.tasks.move_to_end(task)
+
+    def task_ended(self, task: str) -> None:
+        """A killed task ends now rather than when it goes idle."""
+        figures = self.tasks.pop(task, None)
+        if figures is not None:
+            self._end(task, figures)
+
+    def expire_tasks(self, now: float) -> None:
+        horizon = now - self.active_window_s
+        while self.tasks:
+            name, figures = next(iter(self.tasks.items()))
+            if figures.last_seen > horizon:
+                break
+            self.tasks.popitem(last=False)
+            self._end(name, figures)
+
+    def _end(self, task: str, figures: _TaskFigures) -> None:
+        self.task_tokens.observe(figures.tokens)
+        self.task_hops.observe(figures.hops)
+        self.task_calls.observe(figures.calls)
