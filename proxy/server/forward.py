@@ -425,13 +425,14 @@ class Forwarder:
                 completed,
             ),
         )
+        view = settled.view
+        # Figures first: a kill below ends the task with them.
+        self.telemetry.task(call.task, view.tokens_used, view.calls, view.hops, view.cost_usd)
         for trip in settled.trips:
             self.telemetry.trip(
                 call.task, call.agent, trip, "kill" if settled.killed else "observe"
             )
         now = time.perf_counter()
-        view = settled.view
-        self.telemetry.task(call.task, view.tokens_used, view.calls, view.hops, view.cost_usd)
         self.telemetry.call(
             CallRecord(
                 call.task,
