@@ -33,12 +33,22 @@ from proxy.errors import (
 )
 from proxy.policy.rules import PolicyBook
 from proxy.pricing import Price, PriceBook, cost_usd
-from proxy.providers import ADAPTERS, Adapter, CallInfo, Usage
+from proxy.providers import ADAPTERS, Adapter, CallInfo, Output, Usage
 from proxy.server import routing
 from proxy.server.headers import request_headers, response_headers
 from proxy.server.streaming import StreamRelay
 from proxy.server.tagging import Tagger
-from proxy.session.base import Busy, CallPlan, Denied, Grant, Ledger, Outcome, Settled, TaskView
+from proxy.session.base import (
+    PREVIEW_CHARS,
+    Busy,
+    CallPlan,
+    Denied,
+    Grant,
+    Ledger,
+    Outcome,
+    Settled,
+    TaskView,
+)
 from proxy.telemetry.logs import event
 from proxy.telemetry.record import CallRecord, Telemetry
 from proxy.tokens import estimate_prompt, family_for
@@ -287,7 +297,7 @@ class Forwarder:
             raise error from exc
         received = time.perf_counter()
         usage: Usage | None = None
-        fingerprint: str | None = None
+        output: Output | None = None
         ok = 200 <= upstream.status < 300
         if ok or call.info.kind == "other":
             parsed = _json_copy(data, upstream.headers.get("Content-Type", ""))
@@ -295,16 +305,13 @@ class Forwarder:
                 usage = call.adapter.usage_from_body(call.info, parsed)
                 if ok and call.info.kind in _KNOWN_KINDS:
                     output = call.adapter.output_from_body(call.info, parsed)
-                    fingerprint = output.fingerprint()
         if usage is None:
             # An answer without usage still cost its prompt; an error answer costs nothing.
             usage = Usage(
                 input_tokens=call.prompt_tokens if ok and call.info.kind in _KNOWN_KINDS else 0
             )
         outcome = "ok" if ok else "provider_error"
-        settled = await self._settle(
-            call, grant, usage, outcome, upstream.status, fingerprint, received
-        )
+        settled = await self._settle(call, grant, usage, outcome, upstream.status, output, received)
         headers = response_headers(upstream.headers)
         overhead = (call.sent - call.started) + (time.perf_counter() - received)
         self._tag_headers(headers, call, settled.view, overhead)
@@ -341,10 +348,8 @@ class Forwarder:
             outcome = relay.outcome(upstream.status)
             if relay.trip is not None:
                 self.telemetry.stream_cut(str(relay.trip.reason))
-            fingerprint = tally.output().fingerprint() if outcome == "ok" else None
-            await asyncio.shield(
-                self._settle(call, grant, usage, outcome, upstream.status, fingerprint)
-            )
+            output = tally.output() if outcome == "ok" else None
+            await asyncio.shield(self._settle(call, grant, usage, outcome, upstream.status, output))
         return response
 
     def _error_event(self, call: Call, trip: Trip) -> bytes:
@@ -399,7 +404,7 @@ class Forwarder:
         usage: Usage,
         outcome: str,
         status: int,
-        fingerprint: str | None = None,
+        output: Output | None = None,
         received: float | None = None,
     ) -> Settled:
         """Book the call's usage, run the completion detectors, and record the call."""
@@ -420,9 +425,10 @@ class Forwarder:
             Outcome(
                 usage.total,
                 cost,
-                fingerprint,
+                output.fingerprint() if output is not None else None,
                 call.request_fingerprint if completed else None,
                 completed,
+                output.text[:PREVIEW_CHARS] if output is not None else "",
             ),
         )
         view = settled.view

@@ -36,6 +36,38 @@ class CallPlan:
     choices: int
     price: Price | None
     now: float
+    tenant: str | None = None  # from a verified token; stored on the task's first call
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A recent completion: its fingerprint and the first characters of its text."""
+
+    agent: str
+    fingerprint: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    at: float
+    kind: str  # created, trip, kill, resume, extend
+    detail: str
+
+
+PREVIEWS_PER_TASK = 5
+PREVIEW_CHARS = 160
+TIMELINE_PER_TASK = 50
+# Limits an operator or a task's creator may set on one task, over what the policy says.
+OVERRIDABLE = (
+    "max_tokens",
+    "max_tokens_per_agent",
+    "max_cost_usd",
+    "max_calls",
+    "max_hops",
+    "max_duration",
+)
 
 
 @dataclass(slots=True)
@@ -53,6 +85,12 @@ class TaskView:
     agents: list[str]
     killed: Trip | None
     max_tokens: int | None = None
+    tenant: str | None = None
+    owner: str | None = None
+    overrides: dict[str, float] = field(default_factory=dict)
+    extra_duration: float = 0.0
+    previews: list[Preview] = field(default_factory=list)
+    timeline: list[TimelineEvent] = field(default_factory=list)
 
     @property
     def tokens_left(self) -> int | None:
@@ -86,6 +124,7 @@ class Outcome:
     output_fingerprint: str | None
     request_fingerprint: str | None
     completed: bool  # the provider answered successfully; only then do the loop windows move
+    preview: str = ""  # the start of the completion's text, for operators
 
 
 @dataclass(slots=True)
@@ -107,6 +146,20 @@ class Ledger(Protocol):
         ...
 
     async def get(self, task: str) -> TaskView | None: ...
+
+    async def create(
+        self, task: str, *, tenant: str | None, owner: str | None, overrides: dict[str, float]
+    ) -> TaskView:
+        """Register a task ahead of its first call, with its own limits and owner."""
+        ...
+
+    async def resume(self, task: str, overrides: dict[str, float], note: str) -> TaskView | None:
+        """Clear a kill (the human-approval path), optionally raising the task's limits."""
+        ...
+
+    async def extend(self, task: str, seconds: float, note: str) -> TaskView | None:
+        """Move the task's deadline later."""
+        ...
 
     async def list(self) -> list[TaskView]: ...
 

@@ -18,7 +18,20 @@ from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason
 from proxy.pricing import cost_usd
-from proxy.session.base import Busy, CallPlan, Denied, Grant, KillBoard, Outcome, Settled, TaskView
+from proxy.session.base import (
+    PREVIEWS_PER_TASK,
+    TIMELINE_PER_TASK,
+    Busy,
+    CallPlan,
+    Denied,
+    Grant,
+    KillBoard,
+    Outcome,
+    Preview,
+    Settled,
+    TaskView,
+    TimelineEvent,
+)
 
 OTHER_AGENTS = "other"
 
@@ -47,6 +60,15 @@ class _Task:
     killed: Trip | None = None
     observed: set[TripReason] = field(default_factory=set)
     max_tokens: int | None = None
+    tenant: str | None = None
+    owner: str | None = None
+    overrides: dict[str, float] = field(default_factory=dict)
+    extra_duration: float = 0.0
+    previews: deque[Preview] = field(default_factory=lambda: deque(maxlen=PREVIEWS_PER_TASK))
+    timeline: deque[TimelineEvent] = field(default_factory=lambda: deque(maxlen=TIMELINE_PER_TASK))
+
+    def mark(self, kind: str, detail: str) -> None:
+        self.timeline.append(TimelineEvent(time.time(), kind, detail))
 
 
 class MemoryLedger:
@@ -117,11 +139,18 @@ class MemoryLedger:
         task = self._touch(plan.task, plan.now)
         if task.killed is not None:
             raise Denied(plan.task, task.killed, fresh=False)
+        if task.tenant is None and plan.tenant is not None:
+            task.tenant = plan.tenant
+        if task.owner is None and plan.owner is not None:
+            task.owner = plan.owner
         lim = plan.policy.limits
+        if task.overrides:
+            lim = lim.model_copy(update=task.overrides)
         task.max_tokens = lim.max_tokens
         agent = self._agent(task, plan.agent)
+        duration = lim.max_duration + task.extra_duration if lim.max_duration else None
         checks = [
-            limits.check_deadline(task.started, plan.now, lim.max_duration),
+            limits.check_deadline(task.started, plan.now, duration),
             limits.check_calls(task.calls, lim.max_calls),
             limits.check_hops(task.last_agent, plan.agent, task.hops, lim.max_hops),
         ]
@@ -162,6 +191,7 @@ class MemoryLedger:
                 continue
             if plan.policy.on_trip == "kill":
                 task.killed = trip
+                task.mark("kill", trip.detail)
                 self.board.cut(plan.task, trip)
                 raise Denied(plan.task, trip, fresh=True)
             if trip.reason not in task.observed:
@@ -209,6 +239,8 @@ class MemoryLedger:
         agent.tokens_used += outcome.tokens
         task.cost_used += outcome.cost_usd
         trips: list[Trip] = []
+        if outcome.completed and outcome.output_fingerprint is not None:
+            task.previews.append(Preview(grant.agent, outcome.output_fingerprint, outcome.preview))
         if outcome.completed:
             settings = grant.policy.repeat
             if outcome.output_fingerprint is not None:
@@ -234,6 +266,7 @@ class MemoryLedger:
         killed = False
         if trips and grant.policy.on_trip == "kill" and task.killed is None:
             task.killed = trips[0]
+            task.mark("kill", trips[0].detail)
             killed = True
             self.board.cut(grant.task, trips[0])
         elif grant.policy.on_trip == "observe":
@@ -246,8 +279,37 @@ class MemoryLedger:
         if task.killed is not None:
             return False
         task.killed = trip
+        task.mark("kill", trip.detail)
         self.board.cut(task_name, trip)
         return True
+
+    async def create(
+        self, task: str, *, tenant: str | None, owner: str | None, overrides: dict[str, float]
+    ) -> TaskView:
+        state = self._touch(task, time.time())
+        state.tenant = tenant if tenant is not None else state.tenant
+        state.owner = owner if owner is not None else state.owner
+        state.overrides.update(overrides)
+        state.mark("created", _describe_limits(overrides))
+        return self._view(state)
+
+    async def resume(self, task: str, overrides: dict[str, float], note: str) -> TaskView | None:
+        state = self._tasks.get(task)
+        if state is None:
+            return None
+        state.killed = None
+        state.observed.clear()
+        state.overrides.update(overrides)
+        state.mark("resume", f"{note} {_describe_limits(overrides)}".strip())
+        return self._view(state)
+
+    async def extend(self, task: str, seconds: float, note: str) -> TaskView | None:
+        state = self._tasks.get(task)
+        if state is None:
+            return None
+        state.extra_duration += seconds
+        state.mark("extend", f"deadline moved {seconds:.0f}s later {note}".strip())
+        return self._view(state)
 
     async def get(self, task: str) -> TaskView | None:
         state = self._tasks.get(task)
@@ -272,11 +334,21 @@ class MemoryLedger:
             agents=list(task.agents),
             killed=task.killed,
             max_tokens=task.max_tokens,
+            tenant=task.tenant,
+            owner=task.owner,
+            overrides=dict(task.overrides),
+            extra_duration=task.extra_duration,
+            previews=list(task.previews),
+            timeline=list(task.timeline),
         )
 
     @staticmethod
     def _empty_view(name: str) -> TaskView:
         return TaskView(name, 0.0, 0.0, 0, 0, 0.0, 0, 0, [], None)
+
+
+def _describe_limits(overrides: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(overrides.items()))
 
 
 def _bound(window: deque[str], size: int) -> None:

@@ -35,14 +35,17 @@ from proxy.errors import StateUnavailable
 from proxy.pricing import cost_usd
 from proxy.session import redis_scripts
 from proxy.session.base import (
+    TIMELINE_PER_TASK,
     Busy,
     CallPlan,
     Denied,
     Grant,
     KillBoard,
     Outcome,
+    Preview,
     Settled,
     TaskView,
+    TimelineEvent,
 )
 from proxy.session.memory import MemoryLedger
 from proxy.telemetry.logs import event
@@ -74,6 +77,8 @@ class Keys:
         self.agents = f"{base}:a"
         self.reservations = f"{base}:z"
         self.outputs = f"{base}:o"
+        self.previews = f"{base}:p"
+        self.timeline = f"{base}:t"
         self.requests_prefix = f"{base}:r:"
 
     def requests(self, agent: str) -> str:
@@ -92,6 +97,21 @@ def _client(settings: StateSettings, *, for_pubsub: bool = False) -> Any:
     # A PUBLISH reaches every node of a cluster, so one subscription to the given node hears
     # the kills of every replica.
     return aioredis.Redis.from_url(settings.redis_url, health_check_interval=5, **options)
+
+
+def _timeline_event(entry: str) -> TimelineEvent:
+    record = json.loads(entry)
+    if "trip" in record:  # written by a Lua script, which leaves the sentence to Python
+        record["detail"] = Trip.from_json(json.dumps(record.pop("trip"))).detail
+    return TimelineEvent(**record)
+
+
+def _timeline_entry(kind: str, detail: str) -> str:
+    return json.dumps({"at": time.time(), "kind": kind, "detail": detail})
+
+
+def _describe(overrides: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(overrides.items()))
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -114,6 +134,7 @@ class RedisLedger:
         self._fallback = MemoryLedger(settings)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Future[Any]] = set()
         self.reachable = True
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -201,10 +222,12 @@ class RedisLedger:
             plan.task,
             plan.price.model_id if plan.price is not None else "",
             self.channel,
+            plan.tenant or "",
+            plan.owner or "",
         ]
         try:
             reply = await self._reserve(
-                keys=[keys.state, keys.agents, keys.reservations], args=args
+                keys=[keys.state, keys.agents, keys.reservations, keys.timeline], args=args
             )
         except _UNREACHABLE as error:
             self._unreachable("reserve", error)
@@ -274,28 +297,24 @@ class RedisLedger:
             settled = await self._fallback.settle(grant, outcome)
             self._pend(_Pending(grant.task, grant.agent, "", outcome.tokens, outcome.cost_usd, 1))
             return settled
-        keys = self._keys(grant.task)
         window = grant.policy.repeat.window
         try:
-            reply = await self._settle(
-                keys=[
-                    keys.state,
-                    keys.agents,
-                    keys.reservations,
-                    keys.outputs,
-                    keys.requests(grant.agent),
-                ],
-                args=[
-                    grant.token,
-                    outcome.tokens,
-                    repr(outcome.cost_usd),
-                    grant.agent,
-                    (outcome.output_fingerprint or "") if outcome.completed else "",
-                    (outcome.request_fingerprint or "") if outcome.completed else "",
-                    window,
-                    int(self.settings.task_ttl),
-                    0,
-                ],
+            reply = await self._run_settle(
+                grant.task,
+                grant.agent,
+                grant.token,
+                outcome.tokens,
+                outcome.cost_usd,
+                output=(outcome.output_fingerprint or "") if outcome.completed else "",
+                request=(outcome.request_fingerprint or "") if outcome.completed else "",
+                window=window,
+                preview=json.dumps(
+                    {
+                        "agent": grant.agent,
+                        "fingerprint": outcome.output_fingerprint,
+                        "text": outcome.preview,
+                    }
+                ),
             )
         except _UNREACHABLE as error:
             self._unreachable("settle", error)
@@ -307,6 +326,44 @@ class RedisLedger:
             return Settled(view, [], False)
         self.reachable = True
         return await self._after_settle(grant, outcome, reply)
+
+    async def _run_settle(
+        self,
+        task: str,
+        agent: str,
+        member: str,
+        tokens: int,
+        cost: float,
+        *,
+        output: str = "",
+        request: str = "",
+        window: int = 1,
+        preview: str = "",
+        calls: int = 0,
+    ) -> Any:
+        keys = self._keys(task)
+        return await self._settle(
+            keys=[
+                keys.state,
+                keys.agents,
+                keys.reservations,
+                keys.outputs,
+                keys.requests(agent),
+                keys.previews,
+            ],
+            args=[
+                member,
+                tokens,
+                repr(cost),
+                agent,
+                output,
+                request,
+                window,
+                int(self.settings.task_ttl),
+                calls,
+                preview,
+            ],
+        )
 
     async def _after_settle(self, grant: Grant, outcome: Outcome, reply: list[Any]) -> Settled:
         used, reserved, cost, calls, hops, started, last_seen, killed = reply[:8]
@@ -360,7 +417,14 @@ class RedisLedger:
         self.board.cut(task, trip)
         try:
             done = await self._kill(
-                keys=[keys.state], args=[record, int(self.settings.task_ttl), self.channel, message]
+                keys=[keys.state, keys.timeline],
+                args=[
+                    record,
+                    int(self.settings.task_ttl),
+                    self.channel,
+                    message,
+                    _timeline_entry("kill", trip.detail),
+                ],
             )
         except _UNREACHABLE as error:
             self._unreachable("kill", error)
@@ -369,14 +433,21 @@ class RedisLedger:
 
     async def get(self, task: str) -> TaskView | None:
         keys = self._keys(task)
-        state = await self.client.hgetall(keys.state)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.state)
+            pipe.hkeys(keys.agents)
+            pipe.lrange(keys.previews, 0, -1)
+            pipe.lrange(keys.timeline, 0, -1)
+            state, agents, previews, timeline = await pipe.execute()
         if not state:
             return None
-        agents = await self.client.hkeys(keys.agents)
-        return self._view(task, state, sorted({a.rsplit("|", 1)[0] for a in agents}))
+        view = self._view(task, state, sorted({a.rsplit("|", 1)[0] for a in agents}))
+        view.previews = [Preview(**json.loads(p)) for p in reversed(previews)]
+        view.timeline = [_timeline_event(entry) for entry in reversed(timeline)]
+        return view
 
-    async def list(self) -> list[TaskView]:
-        views: list[TaskView] = []
+    async def list(self) -> builtins.list[TaskView]:
+        views: builtins.list[TaskView] = []
         pattern = f"{self.settings.key_prefix}:{{*}}:s"
         async for key in self.client.scan_iter(match=pattern, count=1000):
             task = key[len(self.settings.key_prefix) + 2 : -3]
@@ -385,10 +456,79 @@ class RedisLedger:
                 views.append(view)
         return views
 
+    async def create(
+        self, task: str, *, tenant: str | None, owner: str | None, overrides: dict[str, float]
+    ) -> TaskView:
+        keys = self._keys(task)
+        fields: dict[str, Any] = {f"lim|{k}": repr(float(v)) for k, v in overrides.items()}
+        if tenant is not None:
+            fields["tenant"] = tenant
+        if owner is not None:
+            fields["owner"] = owner
+        now = time.time()
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(keys.state, "started", repr(now))
+            pipe.hset(keys.state, mapping={"last_seen": repr(now), **fields})
+            self._push_timeline(pipe, keys, "created", _describe(overrides))
+            pipe.expire(keys.state, int(self.settings.task_ttl))
+            await pipe.execute()
+        view = await self.get(task)
+        assert view is not None
+        return view
+
+    async def resume(self, task: str, overrides: dict[str, float], note: str) -> TaskView | None:
+        keys = self._keys(task)
+        state = await self.client.hkeys(keys.state)
+        if not state:
+            return None
+        observed = [field for field in state if field.startswith("obs|")]
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.state, "killed", *observed)
+            if overrides:
+                pipe.hset(
+                    keys.state, mapping={f"lim|{k}": repr(float(v)) for k, v in overrides.items()}
+                )
+            self._push_timeline(pipe, keys, "resume", f"{note} {_describe(overrides)}".strip())
+            await pipe.execute()
+        return await self.get(task)
+
+    async def extend(self, task: str, seconds: float, note: str) -> TaskView | None:
+        keys = self._keys(task)
+        if not await self.client.exists(keys.state):
+            return None
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrbyfloat(keys.state, "extra_duration", seconds)
+            self._push_timeline(
+                pipe, keys, "extend", f"deadline moved {seconds:.0f}s later {note}".strip()
+            )
+            await pipe.execute()
+        return await self.get(task)
+
+    def _push_timeline(self, pipe: Any, keys: Keys, kind: str, detail: str) -> None:
+        pipe.lpush(keys.timeline, _timeline_entry(kind, detail))
+        pipe.ltrim(keys.timeline, 0, TIMELINE_PER_TASK - 1)
+        pipe.expire(keys.timeline, int(self.settings.task_ttl))
+
+    async def _mark(self, task: str, kind: str, detail: str) -> None:
+        keys = self._keys(task)
+        async with self.client.pipeline(transaction=True) as pipe:
+            self._push_timeline(pipe, keys, kind, detail)
+            await pipe.execute()
+
+    def _spawn(self, coroutine: Any) -> None:
+        """Fire and forget, keeping a reference so the task is not collected mid-flight."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
     @staticmethod
     def _view(task: str, state: dict[str, str], agents: builtins.list[str]) -> TaskView:
-        max_tokens = int(_num(state.get("max_tokens"), -1))
+        max_tokens = int(_num(state.get("lim|max_tokens") or state.get("max_tokens"), -1))
         killed = state.get("killed")
+        overrides = {
+            name[4:]: _num(value) for name, value in state.items() if name.startswith("lim|")
+        }
         return TaskView(
             task=task,
             started=_num(state.get("started")),
@@ -401,6 +541,10 @@ class RedisLedger:
             agents=agents,
             killed=Trip.from_json(killed) if killed else None,
             max_tokens=max_tokens if max_tokens >= 0 else None,
+            tenant=state.get("tenant"),
+            owner=state.get("owner"),
+            overrides=overrides,
+            extra_duration=_num(state.get("extra_duration")),
         )
 
     # -- kills from other replicas, and write-back -----------------------------------------
@@ -461,26 +605,8 @@ class RedisLedger:
     async def _flush_pending(self) -> None:
         while self._pending:
             item = self._pending[0]
-            keys = self._keys(item.task)
-            await self._settle(
-                keys=[
-                    keys.state,
-                    keys.agents,
-                    keys.reservations,
-                    keys.outputs,
-                    keys.requests(item.agent),
-                ],
-                args=[
-                    item.member,
-                    item.tokens,
-                    repr(item.cost),
-                    item.agent,
-                    "",
-                    "",
-                    1,
-                    int(self.settings.task_ttl),
-                    item.calls,
-                ],
+            await self._run_settle(
+                item.task, item.agent, item.member, item.tokens, item.cost, calls=item.calls
             )
             self._pending.popleft()
             if not self.reachable:

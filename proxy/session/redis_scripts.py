@@ -14,12 +14,19 @@ Keys of one task share the hash tag ``{task}`` so every script touches a single 
     <prefix>:{task}:z        sorted set of reservations "id|tokens|cost|agent", scored by expiry
     <prefix>:{task}:o        list: the task's last output fingerprints
     <prefix>:{task}:r:<a>    list: agent <a>'s last request fingerprints
+    <prefix>:{task}:p        list: previews of the last completions (JSON)
+    <prefix>:{task}:t        list: the task's timeline of trips, kills, resumes (JSON)
+
+Limits set on one task (at creation, or raised on resume) live in the state hash as
+``lim|<name>`` and win over the policy's; ``extra_duration`` moves the deadline.
 
 Every key gets the task TTL on every write. Replies carry floats as strings, since Redis turns
 Lua numbers into integers.
 """
 
 from __future__ import annotations
+
+from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments or reply change, so replicas of two
 # versions never share a key layout by accident.
@@ -39,7 +46,7 @@ RESERVE = (
     f"-- tripwire reserve v{VERSION}\n"
     + _RELEASE_STALE
     + """
-local s, a, z = KEYS[1], KEYS[2], KEYS[3]
+local s, a, z, timeline = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local agent = ARGV[1]
 local prompt = tonumber(ARGV[2])
 local requested = tonumber(ARGV[3])
@@ -51,6 +58,7 @@ local kill = ARGV[13] == 'kill'
 local ttl, rid = tonumber(ARGV[14]), ARGV[15]
 local rttl, max_agents = tonumber(ARGV[16]), tonumber(ARGV[17])
 local task, model, channel = ARGV[18], ARGV[19], ARGV[20]
+local tenant, owner = ARGV[21], ARGV[22]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -67,7 +75,8 @@ for _, member in ipairs(stale) do release(s, a, member) end
 if #stale > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now) end
 
 local st = redis.call('HMGET', s, 'started', 'killed', 'used', 'reserved', 'cost',
-  'cost_reserved', 'calls', 'hops', 'last_agent')
+  'cost_reserved', 'calls', 'hops', 'last_agent', 'lim|max_tokens', 'lim|max_tokens_per_agent',
+  'lim|max_cost_usd', 'lim|max_calls', 'lim|max_hops', 'lim|max_duration', 'extra_duration')
 if st[2] then
   redis.call('HSET', s, 'last_seen', now)
   touch()
@@ -78,6 +87,16 @@ local used, reserved = tonumber(st[3]) or 0, tonumber(st[4]) or 0
 local cost, cost_reserved = tonumber(st[5]) or 0, tonumber(st[6]) or 0
 local calls, hops = tonumber(st[7]) or 0, tonumber(st[8]) or 0
 local last_agent = st[9]
+-- Limits set on this task by its creator or an operator win over the policy's.
+max_tokens = tonumber(st[10]) or max_tokens
+max_agent = tonumber(st[11]) or max_agent
+max_cost = tonumber(st[12]) or max_cost
+max_calls = tonumber(st[13]) or max_calls
+max_hops = tonumber(st[14]) or max_hops
+max_duration = tonumber(st[15]) or max_duration
+if max_duration >= 0 then max_duration = max_duration + (tonumber(st[16]) or 0) end
+if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
+if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
 
 if redis.call('HEXISTS', a, agent .. '|u') == 0 and redis.call('HLEN', a) >= 2 * max_agents then
   agent = 'other'
@@ -164,6 +183,9 @@ if #trips > 0 then
   if kill then
     local record = cjson.encode(trips[1])
     redis.call('HSET', s, 'killed', record, 'last_seen', now)
+    redis.call('LPUSH', timeline, cjson.encode({at = now, kind = 'kill', trip = trips[1]}))
+    redis.call('LTRIM', timeline, 0, TIMELINE - 1)
+    redis.call('EXPIRE', timeline, ttl)
     touch()
     redis.call('PUBLISH', channel, cjson.encode({task = task, trip = trips[1]}))
     return {'trip', record}
@@ -196,17 +218,18 @@ if enforce then enforced = cap end
 return {'ok', enforced, member, res_tokens, string.format('%.17g', res_cost),
   string.format('%.6f', started), used, reserved + res_tokens, string.format('%.17g', cost),
   calls + 1, new_hops, cjson.encode(observed)}
-"""
+""".replace("TIMELINE", str(TIMELINE_PER_TASK))
 )
 
 SETTLE = (
     f"-- tripwire settle v{VERSION}\n"
     + _RELEASE_STALE
     + """
-local s, a, z, o, r = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local s, a, z, o, r, p = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local agent, out_fp, req_fp = ARGV[4], ARGV[5], ARGV[6]
 local window, ttl, extra_calls = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local preview = ARGV[10]
 
 if member ~= '' and redis.call('ZREM', z, member) == 1 then
   agent = release(s, a, member)
@@ -226,6 +249,11 @@ local function observe(key, fp)
   redis.call('EXPIRE', key, ttl)
   return #redis.call('LPOS', key, fp, 'COUNT', 0), redis.call('LLEN', key)
 end
+if out_fp ~= '' then
+  redis.call('LPUSH', p, preview)
+  redis.call('LTRIM', p, 0, PREVIEWS - 1)
+  redis.call('EXPIRE', p, ttl)
+end
 local out_seen, out_len = observe(o, out_fp)
 local req_seen, req_len = observe(r, req_fp)
 
@@ -234,16 +262,19 @@ local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', '
   'last_seen', 'killed')
 return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '0',
   st[7] or '0', st[8] or '', out_seen, out_len, req_seen, req_len}
-"""
+""".replace("PREVIEWS", str(PREVIEWS_PER_TASK))
 )
 
 KILL = f"""-- tripwire kill v{VERSION}
-local s = KEYS[1]
+local s, timeline = KEYS[1], KEYS[2]
 if redis.call('HEXISTS', s, 'killed') == 1 then return 0 end
 local t = redis.call('TIME')
 redis.call('HSET', s, 'killed', ARGV[1], 'last_seen', t[1])
 redis.call('HSETNX', s, 'started', t[1])
 redis.call('EXPIRE', s, tonumber(ARGV[2]))
+redis.call('LPUSH', timeline, ARGV[5])
+redis.call('LTRIM', timeline, 0, {TIMELINE_PER_TASK - 1})
+redis.call('EXPIRE', timeline, tonumber(ARGV[2]))
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """

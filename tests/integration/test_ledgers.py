@@ -203,3 +203,53 @@ async def test_kill_cuts_streams_in_flight_and_refuses_later_calls(
         refused.value.trip == trip
         and refused.value.trip.detail == "stopped by ops: stopped by hand"
     )
+
+
+async def test_a_task_created_ahead_gets_its_own_limits_and_owner(
+    ledger: Ledger, task: str
+) -> None:
+    view = await ledger.create(task, tenant="acme", owner="ops-team", overrides={"max_tokens": 500})
+    assert (view.tenant, view.owner, view.overrides) == ("acme", "ops-team", {"max_tokens": 500})
+    grant = await ledger.reserve(plan(task, effective(max_tokens=100_000), prompt=100))
+    assert grant.output_cap == 400  # the task's own budget wins over the policy's
+
+
+async def test_resume_clears_the_kill_and_raises_the_budget(ledger: Ledger, task: str) -> None:
+    policy = effective(max_tokens=1000)
+    grant = await ledger.reserve(plan(task, policy, prompt=100))
+    await ledger.settle(grant, outcome(990))
+    with pytest.raises(Denied):
+        await ledger.reserve(plan(task, policy, prompt=100))
+    view = await ledger.resume(task, {"max_tokens": 3000}, "approved by ops")
+    assert view is not None and view.killed is None
+    grant = await ledger.reserve(plan(task, policy, prompt=100))
+    assert grant.output_cap == 3000 - 990 - 100
+    kinds = [event.kind for event in (await ledger.get(task) or view).timeline]
+    assert kinds == ["kill", "resume"]
+    assert await ledger.resume("no-such-task-" + task, {}, "") is None
+
+
+async def test_extend_moves_the_deadline(ledger: Ledger, task: str) -> None:
+    policy = effective(max_duration=0.2)
+    await ledger.settle(await ledger.reserve(plan(task, policy)), outcome(1))
+    await ledger.extend(task, 60, "by ops")
+    await asyncio.sleep(0.3)
+    if isinstance(ledger, MemoryLedger):
+        grant = await ledger.reserve(
+            CallPlan(task, "a", policy, 10, None, 1, None, (await ledger.get(task)).started + 1)  # type: ignore[union-attr]
+        )
+    else:
+        grant = await ledger.reserve(plan(task, policy))
+    assert grant.view.calls == 2
+
+
+async def test_previews_of_the_last_completions(ledger: Ledger, task: str) -> None:
+    policy = effective()
+    for number in range(7):
+        grant = await ledger.reserve(plan(task, policy))
+        done = Outcome(3, 0.0, f"fp{number}", f"r{number}", True, f"answer number {number}")
+        await ledger.settle(grant, done)
+    view = await ledger.get(task)
+    assert view is not None
+    assert [p.text for p in view.previews] == [f"answer number {n}" for n in range(2, 7)]
+    assert view.previews[-1].fingerprint == "fp6"
