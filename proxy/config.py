@@ -176,6 +176,66 @@ class StateSettings(Strict):
         return self
 
 
+class AuthSettings(Strict):
+    """Tripwire tokens (JWT). ``mode: jwt`` requires one on every agent call; the admin API
+    always requires one with the ``admin`` role, whatever the mode."""
+
+    mode: Literal["none", "jwt"] = "none"
+    hs256_secret: str | None = Field(default=None, repr=False)
+    hs256_secret_env: str | None = None
+    public_key_file: Path | None = None  # PEM; RS256 or ES256 by key type
+    jwks_file: Path | None = None  # keys chosen by kid, for rotation
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _keys_for_jwt(self) -> AuthSettings:
+        if self.mode == "jwt" and not (
+            self.hs256_secret or self.hs256_secret_env or self.public_key_file or self.jwks_file
+        ):
+            raise ValueError("mode jwt needs hs256_secret(_env), public_key_file or jwks_file")
+        return self
+
+
+class UpstreamKey(Strict):
+    api_key: str | None = Field(default=None, repr=False)
+    api_key_env: str | None = None
+
+    def resolved(self) -> str | None:
+        if self.api_key:
+            return self.api_key
+        return os.environ.get(self.api_key_env) or None if self.api_key_env else None
+
+
+class Tenant(Strict):
+    # Provider keys Tripwire injects for this tenant's calls, by upstream name: agents never
+    # hold them.
+    upstream_keys: dict[str, UpstreamKey] = {}
+
+
+class Owner(Strict):
+    url: str
+    format: Literal["json", "slack"] = "json"
+
+
+class Escalation(Strict):
+    """Where trips are reported: the task owner's webhook, signed with HMAC-SHA256."""
+
+    owners: dict[str, Owner] = {}  # names a token's or task's ``owner`` may use
+    secret: str | None = Field(default=None, repr=False)
+    secret_env: str | None = None
+    attempts: int = Field(default=5, ge=1, le=20)
+    timeout: Seconds = 5.0
+    public_url: str | None = None  # how owners reach the admin API, for the action links
+    allow_any_url: bool = False  # owners given as URLs in tokens; otherwise names only
+
+    def resolved_secret(self) -> str | None:
+        if self.secret:
+            return self.secret
+        return os.environ.get(self.secret_env) or None if self.secret_env else None
+
+
 class Logging(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -206,6 +266,9 @@ class Config(BaseSettings):
     state: StateSettings = StateSettings()
     logging: Logging = Logging()
     telemetry: TelemetrySettings = TelemetrySettings()
+    auth: AuthSettings = AuthSettings()
+    tenants: dict[str, Tenant] = {}
+    escalation: Escalation = Escalation()
 
     @field_validator("upstreams")
     @classmethod

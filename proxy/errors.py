@@ -3,6 +3,7 @@
     TripwireError
     ├── ConfigError        bad configuration: start-up fails with the message
     ├── RouteError         no upstream serves this path (404)
+    ├── AuthError          a missing or invalid Tripwire token (401)
     ├── BadRequest         the body cannot be read as the provider's format (400)
     ├── Refused            policy refused the call: task killed or a limit reached (403 default)
     ├── BudgetBusy         the budget left is reserved by calls in flight: retry shortly (429)
@@ -36,6 +37,13 @@ class ConfigError(TripwireError):
 class RouteError(TripwireError):
     status = 404
     code = "not_found"
+
+
+class AuthError(TripwireError):
+    """A missing, invalid or insufficient Tripwire token."""
+
+    status = 401
+    code = "tripwire_unauthorized"
 
 
 class BadRequest(TripwireError):
@@ -107,6 +115,7 @@ class ErrorKind:
 ERROR_TABLE: dict[type[TripwireError], ErrorKind] = {
     RouteError: ErrorKind("invalid_request_error", "not_found_error", "info"),
     BadRequest: ErrorKind("invalid_request_error", "invalid_request_error", "info"),
+    AuthError: ErrorKind("invalid_request_error", "authentication_error", "info"),
     Refused: ErrorKind("tripwire_error", "permission_error", "info"),
     BudgetBusy: ErrorKind("rate_limit_error", "rate_limit_error", "info"),
     StateUnavailable: ErrorKind("server_error", "overloaded_error", "warning"),

@@ -134,7 +134,6 @@ class RedisLedger:
         self._fallback = MemoryLedger(settings)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Future[Any]] = set()
         self.reachable = True
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -508,19 +507,6 @@ class RedisLedger:
         pipe.lpush(keys.timeline, _timeline_entry(kind, detail))
         pipe.ltrim(keys.timeline, 0, TIMELINE_PER_TASK - 1)
         pipe.expire(keys.timeline, int(self.settings.task_ttl))
-
-    async def _mark(self, task: str, kind: str, detail: str) -> None:
-        keys = self._keys(task)
-        async with self.client.pipeline(transaction=True) as pipe:
-            self._push_timeline(pipe, keys, kind, detail)
-            await pipe.execute()
-
-    def _spawn(self, coroutine: Any) -> None:
-        """Fire and forget, keeping a reference so the task is not collected mid-flight."""
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     @staticmethod
     def _view(task: str, state: dict[str, str], agents: builtins.list[str]) -> TaskView:

@@ -1,0 +1,158 @@
+"""Tripwire tokens: JWTs that say who may call, for which tenant and task, within what budget.
+
+Keys are loaded once at start-up: an HS256 secret, a PEM public key (RS256 or ES256, by key
+type) or a JWKS file (keys chosen by ``kid``, so keys can rotate). Each key accepts exactly one
+algorithm, chosen by the key and never by the token, so ``alg: none`` and HS/RS confusion are
+refused. ``exp`` is required; ``nbf``, ``iss`` and ``aud`` are checked when configured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from proxy.config import AuthSettings, Limits
+from proxy.errors import AuthError, ConfigError
+
+ADMIN_ROLE = "admin"
+
+
+class Claims(BaseModel):
+    """What a Tripwire token may carry besides the registered JWT claims."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sub: str | None = None
+    tenant: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: str | None = Field(default=None, max_length=128)
+    agent: str | None = Field(default=None, max_length=128)
+    owner: str | None = Field(default=None, max_length=2048)
+    role: str | None = None
+    roles: list[str] = []
+    limits: Limits | None = None  # the budget minted with the token: a client cannot raise it
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN_ROLE or ADMIN_ROLE in self.roles
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    key: Any
+    algorithm: str
+
+
+def _pem_key(path: str) -> _Key:
+    try:
+        data = open(path, "rb").read()  # noqa: SIM115 - read once at start-up
+    except OSError as exc:
+        raise ConfigError(f"auth.public_key_file: cannot read {path}: {exc.strerror}") from exc
+    for algorithm, loader in (("RS256", RSAAlgorithm), ("ES256", ECAlgorithm)):
+        try:
+            key = loader(loader.SHA256).prepare_key(data)
+        except (jwt.InvalidKeyError, ValueError, TypeError):
+            continue
+        if hasattr(key, "public_bytes") or hasattr(key, "public_key"):
+            return _Key(key, algorithm)
+    raise ConfigError(f"auth.public_key_file: {path} holds no RSA or EC public key")
+
+
+def _jwks(path: str) -> dict[str, _Key]:
+    try:
+        document = json.loads(open(path, encoding="utf-8").read())  # noqa: SIM115
+        keys = jwt.PyJWKSet.from_dict(document)
+    except (OSError, ValueError, jwt.PyJWKSetError) as exc:
+        raise ConfigError(f"auth.jwks_file: cannot load {path}: {exc}") from exc
+    loaded: dict[str, _Key] = {}
+    for jwk in keys.keys:
+        if not jwk.key_id:
+            raise ConfigError(f"auth.jwks_file: every key in {path} needs a kid")
+        algorithm = jwk.algorithm_name
+        if algorithm not in ("RS256", "ES256"):
+            raise ConfigError(
+                f"auth.jwks_file: key {jwk.key_id} uses {algorithm}; "
+                "only RS256 and ES256 are accepted"
+            )
+        loaded[jwk.key_id] = _Key(jwk.key, algorithm)
+    return loaded
+
+
+class TokenVerifier:
+    def __init__(self, settings: AuthSettings) -> None:
+        self.settings = settings
+        secret = settings.hs256_secret or (
+            os.environ.get(settings.hs256_secret_env) if settings.hs256_secret_env else None
+        )
+        self._hmac = _Key(secret.encode(), "HS256") if secret else None
+        self._pem = _pem_key(str(settings.public_key_file)) if settings.public_key_file else None
+        self._jwks = _jwks(str(settings.jwks_file)) if settings.jwks_file else {}
+        self.configured = bool(self._hmac or self._pem or self._jwks)
+        required = ["exp"]
+        if settings.issuer:
+            required.append("iss")
+        if settings.audience:
+            required.append("aud")
+        self._options: Any = {"require": required}
+
+    def _key_for(self, token: str) -> _Key:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError("the Tripwire token is not a JWT") from exc
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if kid is not None and self._jwks:
+            key = self._jwks.get(str(kid))
+            if key is None:
+                raise AuthError("the Tripwire token is signed with an unknown key id")
+            candidates = [key]
+        else:
+            candidates = [k for k in (self._hmac, self._pem) if k is not None]
+        for key in candidates:
+            if key.algorithm == algorithm:
+                return key
+        raise AuthError(f"the Tripwire token's algorithm {algorithm!r} is not accepted")
+
+    def verify(self, token: str) -> Claims:
+        if not self.configured:
+            raise AuthError("Tripwire has no token keys configured")
+        key = self._key_for(token)
+        try:
+            payload = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=self.settings.leeway,
+                options=self._options,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("the Tripwire token has expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise AuthError("the Tripwire token is not valid yet") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise AuthError("the Tripwire token is for another audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise AuthError("the Tripwire token has the wrong issuer") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"the Tripwire token is invalid: {exc}") from exc
+        try:
+            return Claims.model_validate(payload)
+        except ValidationError as exc:
+            detail = exc.errors()[0]["msg"]
+            raise AuthError(f"the Tripwire token's claims are invalid: {detail}") from None
+
+
+def mint(secret: str, claims: dict[str, Any], ttl_s: float, **registered: Any) -> str:
+    """An HS256 token, for ``tripwire token`` and the tests."""
+    import time
+
+    now = int(time.time())
+    payload = {"iat": now, "exp": now + int(ttl_s), **registered, **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
