@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from proxy.audit import AuditLog, MemoryAuditLog, RedisAuditLog, trip_recorder
 from proxy.config import Config
 from proxy.pricing import PriceBook
 from proxy.server.errors import error_middleware
@@ -26,6 +27,16 @@ CONFIG = web.AppKey("config", Config)
 LEDGER = web.AppKey("ledger", Ledger)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", Metrics)
+TELEMETRY = web.AppKey("telemetry", Telemetry)
+AUDIT = web.AppKey("audit", AuditLog)
+
+
+def build_audit(config: Config, ledger: Ledger) -> AuditLog:
+    from proxy.session.redis import RedisLedger
+
+    if isinstance(ledger, RedisLedger):
+        return RedisAuditLog(ledger.client, f"{config.state.key_prefix}:audit")
+    return MemoryAuditLog(config.state.audit_file)
 
 
 def build_ledger(config: Config, metrics: Metrics) -> Ledger:
@@ -53,6 +64,11 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
     state = ledger if ledger is not None else build_ledger(config, metrics)
     app[LEDGER] = state
     app[METRICS] = metrics
+    telemetry = Telemetry(metrics, config.logging.calls)
+    app[TELEMETRY] = telemetry
+    audit = build_audit(config, state)
+    app[AUDIT] = audit
+    telemetry.trip_listeners.append(trip_recorder(audit))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
@@ -64,9 +80,7 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
         )
         await state.start()
         preload_tokenizer()  # ~0.1 s once, rather than on the first call
-        app[FORWARDER] = Forwarder(
-            config, state, PriceBook(), session, Telemetry(metrics, config.logging.calls)
-        )
+        app[FORWARDER] = Forwarder(config, state, PriceBook(), session, telemetry)
         try:
             yield
         finally:

@@ -166,6 +166,8 @@ class StateSettings(Strict):
     redis_timeout: Seconds = 1.0
     # A reservation not settled within this time (a replica died mid-call) is released.
     reservation_ttl: Seconds = 900.0
+    # Embedded mode keeps the audit trail's last events in memory; this file keeps them all.
+    audit_file: Path | None = None
 
     @model_validator(mode="after")
     def _redis_url_scheme(self) -> StateSettings:

@@ -8,6 +8,7 @@ dropping the usage chunk Tripwire asked for, or by ending it with an error event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,11 +19,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from proxy.auth import Claims, TokenVerifier
 from proxy.config import Config, Upstream
 from proxy.detectors import limits
 from proxy.detectors.base import Trip
 from proxy.errors import (
     ERROR_TABLE,
+    AuthError,
     BadRequest,
     BudgetBusy,
     Refused,
@@ -37,7 +40,7 @@ from proxy.providers import ADAPTERS, Adapter, CallInfo, Output, Usage
 from proxy.server import routing
 from proxy.server.headers import request_headers, response_headers
 from proxy.server.streaming import StreamRelay
-from proxy.server.tagging import Tagger
+from proxy.server.tagging import Tagger, clean_id
 from proxy.session.base import (
     PREVIEW_CHARS,
     Busy,
@@ -54,6 +57,7 @@ from proxy.telemetry.record import CallRecord, Telemetry
 from proxy.tokens import estimate_prompt, family_for
 
 _KNOWN_KINDS = ("chat", "responses", "messages")
+TOKEN_HEADER = "X-Tripwire-Token"
 
 
 @dataclass(slots=True)
@@ -74,6 +78,7 @@ class Call:
     body: dict[str, Any] | None  # the parsed JSON body, for known kinds
     request_fingerprint: str | None
     price: Price | None = None
+    claims: Claims | None = None  # from a verified Tripwire token
     sent: float = 0.0  # perf_counter when the call left for the provider
     headers_at: float = 0.0  # perf_counter when the provider's headers arrived
 
@@ -106,6 +111,12 @@ class Forwarder:
         self.tagger = Tagger(config.tagging)
         self.upstream_names = frozenset(config.upstreams)
         self.keys = {name: up.resolved_key() for name, up in config.upstreams.items()}
+        self.tenant_keys = {
+            (tenant, upstream): key.resolved()
+            for tenant, settings in config.tenants.items()
+            for upstream, key in settings.upstream_keys.items()
+        }
+        self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
         self._background: set[asyncio.Future[bool]] = set()
 
     # -- entry point ------------------------------------------------------------------------
@@ -149,6 +160,7 @@ class Forwarder:
     async def _prepare(self, request: web.Request, route: routing.Route, started: float) -> Call:
         upstream = self.config.upstreams[route.upstream]
         adapter = ADAPTERS[upstream.format]
+        claims = self._claims(request) if self.verifier is not None else None
         raw = await request.read()
         info = CallInfo(kind="other")
         parsed: Any = None
@@ -163,6 +175,12 @@ class Forwarder:
         headers = request.headers
         task = self.tagger.task(headers, route.task)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
+        if claims is not None:
+            # Signed claims win over anything the client says in headers or the URL.
+            task = clean_id(claims.task) if claims.task else task
+            agent = clean_id(claims.agent) if claims.agent else agent
+            if claims.tenant:
+                task = f"{claims.tenant}/{task}"
         prompt = (
             estimate_prompt(info.prompt, family_for(upstream.format, info.model))
             if info.kind in _KNOWN_KINDS
@@ -183,10 +201,30 @@ class Forwarder:
             raw,
             parsed if isinstance(parsed, dict) else None,
             fingerprint,
+            claims=claims,
         )
+
+    def _claims(self, request: web.Request) -> Claims:
+        assert self.verifier is not None
+        token = request.headers.get(TOKEN_HEADER)
+        if not token:
+            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+        if not token:
+            raise AuthError(
+                f"this Tripwire needs a token: send it as {TOKEN_HEADER} "
+                "or as Authorization: Bearer"
+            )
+        return self.verifier.verify(token)
 
     async def _reserve(self, call: Call) -> Grant:
         effective = self.policy.resolve(call.task, call.agent)
+        claims = call.claims
+        if claims is not None and claims.limits is not None:
+            signed = {k: getattr(claims.limits, k) for k in claims.limits.model_fields_set}
+            effective = dataclasses.replace(
+                effective, limits=effective.limits.model_copy(update=signed)
+            )
         price = (
             self.prices.lookup(call.info.model, call.upstream.format) if call.info.model else None
         )
@@ -206,6 +244,8 @@ class Forwarder:
             call.info.choices,
             price,
             time.time(),
+            tenant=claims.tenant if claims else None,
+            owner=claims.owner if claims else None,
         )
         try:
             grant = await self.ledger.reserve(plan)
@@ -216,10 +256,10 @@ class Forwarder:
             ) from None
         except Denied as denied:
             if denied.fresh:
-                self.telemetry.trip(call.task, call.agent, denied.trip, "kill")
+                self.telemetry.trip(call.task, call.agent, denied.trip, "kill", _tenant(call))
             raise self._refused(call, denied.trip) from None
         for trip in grant.observed:
-            self.telemetry.trip(call.task, call.agent, trip, "observe")
+            self.telemetry.trip(call.task, call.agent, trip, "observe", _tenant(call))
         call.price = price
         return grant
 
@@ -250,11 +290,13 @@ class Forwarder:
         url = call.upstream.base_url + call.path
         if request.rel_url.raw_query_string:
             url += "?" + request.rel_url.raw_query_string
+        drop = self.tagger.consumed
+        if call.claims is not None and not request.headers.get(TOKEN_HEADER):
+            drop = drop | {"authorization"}  # it carried the Tripwire token, not a provider key
+        tenant = call.claims.tenant if call.claims else None
+        key = self.tenant_keys.get((tenant, call.upstream_name)) if tenant else None
         headers = request_headers(
-            request.headers,
-            self.tagger.consumed,
-            call.upstream.format,
-            self.keys[call.upstream_name],
+            request.headers, drop, call.upstream.format, key or self.keys[call.upstream_name]
         )
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -393,7 +435,7 @@ class Forwarder:
     def _after_kill(self, call: Call, trip: Trip, done: asyncio.Future[bool]) -> None:
         self._background.discard(done)
         if not done.cancelled() and done.exception() is None and done.result():
-            self.telemetry.trip(call.task, call.agent, trip, "kill")
+            self.telemetry.trip(call.task, call.agent, trip, "kill", _tenant(call))
 
     # -- after the call ---------------------------------------------------------------------
 
@@ -435,9 +477,8 @@ class Forwarder:
         # Figures first: a kill below ends the task with them.
         self.telemetry.task(call.task, view.tokens_used, view.calls, view.hops, view.cost_usd)
         for trip in settled.trips:
-            self.telemetry.trip(
-                call.task, call.agent, trip, "kill" if settled.killed else "observe"
-            )
+            action = "kill" if settled.killed else "observe"
+            self.telemetry.trip(call.task, call.agent, trip, action, _tenant(call))
         now = time.perf_counter()
         self.telemetry.call(
             CallRecord(
@@ -468,6 +509,10 @@ class Forwarder:
         headers["X-Tripwire-Calls"] = str(view.calls)
         headers["X-Tripwire-Hops"] = str(view.hops)
         headers["X-Tripwire-Overhead-Ms"] = f"{overhead_s * 1000:.2f}"
+
+
+def _tenant(call: Call) -> str | None:
+    return call.claims.tenant if call.claims is not None else None
 
 
 def _json_copy(data: bytes, content_type: str) -> Any:

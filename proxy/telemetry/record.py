@@ -7,6 +7,7 @@ logs can never disagree about what happened.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.detectors.base import Trip
@@ -32,10 +33,24 @@ class CallRecord:
     forwarded: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class TripEvent:
+    task: str
+    agent: str
+    tenant: str | None
+    trip: Trip
+    action: str  # kill or observe
+
+
+TripListener = Callable[[TripEvent], None]
+
+
 class Telemetry:
     def __init__(self, metrics: Metrics, log_calls: bool = True) -> None:
         self.metrics = metrics
         self.log_calls = log_calls
+        # Called on every trip, after metrics and the log line: the audit trail, escalation.
+        self.trip_listeners: list[TripListener] = []
 
     def call(self, record: CallRecord) -> None:
         m = self.metrics
@@ -75,7 +90,9 @@ class Telemetry:
     def task(self, task: str, tokens: int, calls: int, hops: int, cost: float) -> None:
         self.metrics.task_seen(task, tokens, calls, hops, cost)
 
-    def trip(self, task: str, agent: str, trip: Trip, action: str) -> None:
+    def trip(
+        self, task: str, agent: str, trip: Trip, action: str, tenant: str | None = None
+    ) -> None:
         self.metrics.trip(str(trip.reason), action, task)
         if action == "kill":
             self.metrics.task_ended(task)
@@ -89,6 +106,12 @@ class Telemetry:
             detail=trip.detail,
             figures=trip.figures,
         )
+        happened = TripEvent(task, agent, tenant, trip, action)
+        for listener in self.trip_listeners:
+            try:
+                listener(happened)
+            except Exception as exc:  # a faulty listener must never break traffic
+                event("trip_listener_failed", logging.ERROR, error=repr(exc))
 
     def refused(self, reason: str) -> None:
         self.metrics.refused.labels(reason).inc()
