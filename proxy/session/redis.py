@@ -26,6 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from proxy.config import StateSettings
@@ -96,7 +97,10 @@ def _client(settings: StateSettings, *, for_pubsub: bool = False) -> Any:
         return RedisCluster.from_url(settings.redis_url, **options)
     # A PUBLISH reaches every node of a cluster, so one subscription to the given node hears
     # the kills of every replica.
-    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=5, **options)
+    if for_pubsub:
+        # An idle subscription must still notice a dead server.
+        options["health_check_interval"] = 5
+    return aioredis.Redis.from_url(settings.redis_url, **options)
 
 
 def _timeline_event(entry: str) -> TimelineEvent:
@@ -128,13 +132,29 @@ class RedisLedger:
         self.board = KillBoard()
         self.client = _client(settings)
         self.channel = f"{settings.key_prefix}:kills:v{redis_scripts.VERSION}"
-        self._reserve = self.client.register_script(redis_scripts.RESERVE)
-        self._settle = self.client.register_script(redis_scripts.SETTLE)
-        self._kill = self.client.register_script(redis_scripts.KILL)
+        self._reserve = self._resilient(self.client.register_script(redis_scripts.RESERVE))
+        self._settle = self._resilient(self.client.register_script(redis_scripts.SETTLE))
+        self._kill = self._resilient(self.client.register_script(redis_scripts.KILL))
         self._fallback = MemoryLedger(settings)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         self._tasks: list[asyncio.Task[None]] = []
         self.reachable = True
+
+    def _resilient(self, script: Any) -> Any:
+        """After a Redis restart every pooled connection is dead: drop them and try once more
+        on a fresh one, rather than fail the call that happened to pick a stale one."""
+
+        async def run(keys: list[str], args: list[Any]) -> Any:
+            try:
+                return await script(keys=keys, args=args)
+            except RedisConnectionError:
+                pool = getattr(self.client, "connection_pool", None)
+                if pool is None:  # a cluster client reconnects by itself
+                    raise
+                await pool.disconnect()
+                return await script(keys=keys, args=args)
+
+        return run
 
     # -- lifecycle --------------------------------------------------------------------------
 
