@@ -24,6 +24,9 @@ test: $(STAMP)  ## lint, type-check and run the whole test suite
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+bench: $(STAMP)  ## benchmark harness: quick (~2 min); ARGS=--full for the long run
+	$(BIN)/python -m bench $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,1 @@
+"""Tripwire benchmark harness: `python -m bench` (see bench/README.md)."""
