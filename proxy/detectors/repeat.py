@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import MutableSequence
 
 from proxy.detectors.base import Trip, TripReason
 
@@ -26,11 +26,15 @@ def repeat_trip(
 
 
 def observe_repeat(
-    window: deque[str], fingerprint: str, threshold: int, reason: TripReason, agent: str
+    window: MutableSequence[str],
+    fingerprint: str,
+    threshold: int,
+    reason: TripReason,
+    agent: str,
 ) -> Trip | None:
     """Append ``fingerprint`` to the bounded ``window``; trip at ``threshold`` occurrences.
 
-    The window is the caller's (a ``deque`` the caller keeps bounded), so memory per task stays
+    The window is the caller's, which the caller keeps bounded, so memory per task stays
     bounded.
     """
     window.append(fingerprint)

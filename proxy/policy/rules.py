@@ -31,15 +31,24 @@ class PolicyBook:
             for rule in policy.rules
         ]
         self.resolve = lru_cache(maxsize=cache_size)(self._resolve)
+        # Most calls match the same few rule sets: build each set's result once.
+        self._combine = lru_cache(maxsize=256)(self._combine_rules)
 
     def _resolve(self, task: str, agent: str) -> Effective:
+        matched = tuple(
+            index
+            for index, (task_glob, agent_glob, _) in enumerate(self._compiled)
+            if task_glob.match(task) and agent_glob.match(agent)
+        )
+        return self._combine(matched)
+
+    def _combine_rules(self, matched: tuple[int, ...]) -> Effective:
         limits = self.policy.defaults.model_dump()
         repeat = self.policy.repeat
         on_trip = self.policy.on_trip
         applied: list[str] = []
-        for index, (task_glob, agent_glob, rule) in enumerate(self._compiled):
-            if not (task_glob.match(task) and agent_glob.match(agent)):
-                continue
+        for index in matched:
+            rule = self._compiled[index][2]
             applied.append(rule.name or f"rules[{index}]")
             limits.update({k: getattr(rule.limits, k) for k in rule.limits.model_fields_set})
             if rule.repeat is not None:

@@ -38,6 +38,7 @@ class StreamRelay:
         self.trip: Trip | None = None
         self.client_gone = False
         self.broken = False  # the provider's stream failed before its end
+        self._decoder = SSEDecoder()
 
     def outcome(self, status: int) -> str:
         if self.trip is not None:
@@ -60,7 +61,7 @@ class StreamRelay:
             await self._pump()
         except _CLIENT_GONE:
             self.client_gone = True
-            self.upstream.close()
+            await self._drain()
             return
         except (TimeoutError, aiohttp.ClientError) as exc:
             if self.trip is None:
@@ -68,17 +69,32 @@ class StreamRelay:
                 event("upstream_stream_broken", logging.WARNING, error=type(exc).__name__)
         await self._finish()
 
+    async def _drain(self) -> None:
+        """The client left: close the upstream connection so the provider stops generating,
+        but first account what already arrived and sits unread in the connection's buffer
+        (a provider faster than its reader is billed for it)."""
+        content = self.upstream.content
+        try:
+            while content.is_eof() is False and (chunk := content.read_nowait()):
+                for sse in self._decoder.feed(chunk):
+                    self.tally.feed(sse)
+        except (aiohttp.ClientError, RuntimeError):
+            pass
+        finally:
+            self.upstream.close()
+
     async def _pump(self) -> None:
-        decoder = SSEDecoder()
+        decoder = self._decoder
         async for chunk in self.upstream.content.iter_any():
-            for sse in decoder.feed(chunk):
-                if self.trip is not None:
-                    return
-                if self.tally.feed(sse):
-                    await self.response.write(sse.raw)
-        for sse in decoder.flush():
-            if self.trip is None and self.tally.feed(sse):
-                await self.response.write(sse.raw)
+            # The events of one upstream read leave in one write: fewer syscalls, same timing.
+            out = [sse.raw for sse in decoder.feed(chunk) if self.tally.feed(sse)]
+            if self.trip is not None:
+                return
+            if out:
+                await self.response.write(out[0] if len(out) == 1 else b"".join(out))
+        out = [sse.raw for sse in decoder.flush() if self.tally.feed(sse)]
+        if out and self.trip is None:
+            await self.response.write(b"".join(out))
 
     async def _finish(self) -> None:
         try:

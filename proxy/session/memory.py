@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from proxy.config import StateSettings
@@ -40,7 +40,7 @@ OTHER_AGENTS = "other"
 class _Agent:
     tokens_used: int = 0
     tokens_reserved: int = 0
-    requests: deque[str] = field(default_factory=deque)
+    requests: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -56,19 +56,21 @@ class _Task:
     hops: int = 0
     last_agent: str | None = None
     agents: dict[str, _Agent] = field(default_factory=dict)
-    outputs: deque[str] = field(default_factory=deque)
+    # Plain lists, trimmed by hand: an empty deque costs ~760 bytes, and there are 100k tasks.
+    outputs: list[str] = field(default_factory=list)
     killed: Trip | None = None
-    observed: set[TripReason] = field(default_factory=set)
+    observed: frozenset[TripReason] = frozenset()
     max_tokens: int | None = None
     tenant: str | None = None
     owner: str | None = None
     overrides: dict[str, float] = field(default_factory=dict)
     extra_duration: float = 0.0
-    previews: deque[Preview] = field(default_factory=lambda: deque(maxlen=PREVIEWS_PER_TASK))
-    timeline: deque[TimelineEvent] = field(default_factory=lambda: deque(maxlen=TIMELINE_PER_TASK))
+    previews: list[Preview] = field(default_factory=list)
+    timeline: list[TimelineEvent] = field(default_factory=list)
 
     def mark(self, kind: str, detail: str) -> None:
         self.timeline.append(TimelineEvent(time.time(), kind, detail))
+        del self.timeline[:-TIMELINE_PER_TASK]
 
 
 class MemoryLedger:
@@ -195,7 +197,7 @@ class MemoryLedger:
                 self.board.cut(plan.task, trip)
                 raise Denied(plan.task, trip, fresh=True)
             if trip.reason not in task.observed:
-                task.observed.add(trip.reason)
+                task.observed |= {trip.reason}
                 observed.append(trip)
         # Shadow mode changes nothing the agent receives, so an over-budget cap is left alone.
         tripped = any(trip is not None for trip in checks)
@@ -241,6 +243,7 @@ class MemoryLedger:
         trips: list[Trip] = []
         if outcome.completed and outcome.output_fingerprint is not None:
             task.previews.append(Preview(grant.agent, outcome.output_fingerprint, outcome.preview))
+            del task.previews[:-PREVIEWS_PER_TASK]
         if outcome.completed:
             settings = grant.policy.repeat
             if outcome.output_fingerprint is not None:
@@ -271,7 +274,7 @@ class MemoryLedger:
             self.board.cut(grant.task, trips[0])
         elif grant.policy.on_trip == "observe":
             trips = [t for t in trips if t.reason not in task.observed]
-            task.observed.update(t.reason for t in trips)
+            task.observed |= {t.reason for t in trips}
         return Settled(self._view(task), trips, killed)
 
     async def kill(self, task_name: str, trip: Trip) -> bool:
@@ -298,7 +301,7 @@ class MemoryLedger:
         if state is None:
             return None
         state.killed = None
-        state.observed.clear()
+        state.observed = frozenset()
         state.overrides.update(overrides)
         state.mark("resume", f"{note} {_describe_limits(overrides)}".strip())
         return self._view(state)
@@ -351,7 +354,8 @@ def _describe_limits(overrides: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(overrides.items()))
 
 
-def _bound(window: deque[str], size: int) -> None:
-    """Windows are sized by policy, which a rule may change between calls of one task."""
-    while len(window) >= size:
-        window.popleft()
+def _bound(window: list[str], size: int) -> None:
+    """Make room for one more entry; windows are sized by policy, which a rule may change
+    between calls of one task."""
+    if len(window) >= size:
+        del window[: len(window) - size + 1]

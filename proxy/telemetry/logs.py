@@ -6,10 +6,13 @@ Only fields passed explicitly are written: request headers never reach a log lin
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import sys
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 LOGGER_NAME = "tripwire"
@@ -42,10 +45,22 @@ class TextFormatter(logging.Formatter):
         return f"{stamp} {record.levelname.lower():7} {record.getMessage()} {pairs}".rstrip()
 
 
+_listener: QueueListener | None = None
+
+
 def setup_logging(level: str, format_: str = "json") -> None:
+    """Log lines are formatted and written by a thread, so a slow stderr (a pipe to a log
+    shipper that lags) never blocks the event loop."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if format_ == "json" else TextFormatter())
-    log.handlers[:] = [handler]
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = QueueListener(records, handler)
+    _listener.start()
+    atexit.register(_listener.stop)
+    log.handlers[:] = [QueueHandler(records)]
     log.setLevel(level)
     log.propagate = False
 

@@ -14,12 +14,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy import __version__
+from proxy.detectors.base import TripReason
 
 CALLS = "tripwire_calls"
 TOKENS = "tripwire_tokens"
@@ -43,7 +45,21 @@ OTHER = "other"
 TOP_TASKS = 10
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
-_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_OVERHEAD_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 _TOKEN_BUCKETS = (100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000)
 _COUNT_BUCKETS = (1, 2, 3, 5, 8, 12, 20, 50, 100, 200, 500, 1000)
 
@@ -121,6 +137,8 @@ class Metrics:
         self.max_tracked_tasks = max_tracked_tasks
         self.tasks: OrderedDict[str, _TaskFigures] = OrderedDict()
         self.state_up: Callable[[], bool] = _always_up
+        # Bounded by the label caps: every label value here comes from a capped set.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.calls = Counter(
             CALLS,
@@ -191,12 +209,29 @@ class Metrics:
             1
         )
         r.register(_TaskCollector(self))
+        # Every trip series exists from the start at 0, so the first kill after a restart is
+        # an increase Prometheus can see, not a series appearing out of nowhere.
+        for reason in TripReason:
+            self.refused.labels(str(reason))
+            self.streams_cut.labels(str(reason))
+            for action in ("kill", "observe"):
+                self.trips.labels(str(reason), action)
+        for other in ("budget_busy", "state_unavailable"):
+            self.refused.labels(other)
 
     # -- per call ---------------------------------------------------------------------------
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(...)``, looked up once per label set: it is costly on every call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def call(self, upstream: str, model: str, agent: str, outcome: str) -> None:
-        self.calls.labels(
-            upstream, self.model(model or "unknown"), self.agent(agent), outcome
+        self._child(
+            self.calls, upstream, self.model(model or "unknown"), self.agent(agent), outcome
         ).inc()
 
     def usage(
@@ -219,20 +254,20 @@ class Metrics:
             ("cached", cached),
         ):
             if count:
-                self.tokens.labels(upstream, model, agent, direction).inc(count, exemplar)
+                self._child(self.tokens, upstream, model, agent, direction).inc(count, exemplar)
         if cost:
-            self.cost.labels(upstream, model).inc(cost, exemplar)
+            self._child(self.cost, upstream, model).inc(cost, exemplar)
 
     def timings(
         self, upstream: str, model: str, latency: float, ttfb: float, overhead: float
     ) -> None:
         model = self.model(model or "unknown")
-        self.upstream_latency.labels(upstream, model).observe(latency)
-        self.upstream_ttfb.labels(upstream, model).observe(ttfb)
+        self._child(self.upstream_latency, upstream, model).observe(latency)
+        self._child(self.upstream_ttfb, upstream, model).observe(ttfb)
         self.overhead.observe(overhead)
 
     def trip(self, reason: str, action: str, task: str) -> None:
-        self.trips.labels(reason, action).inc(1, {"task_id": task[:64]})
+        self._child(self.trips, reason, action).inc(1, {"task_id": task[:64]})
 
     # -- per task ---------------------------------------------------------------------------
 
