@@ -54,14 +54,14 @@ class StreamRelay:
     def cut(self, trip: Trip) -> None:
         if self.trip is None:
             self.trip = trip
-            self.upstream.close()  # stops the provider generating (and billing) more
+            self._close_upstream()
 
     async def run(self) -> None:
         try:
             await self._pump()
         except _CLIENT_GONE:
             self.client_gone = True
-            await self._drain()
+            self._close_upstream()
             return
         except (TimeoutError, aiohttp.ClientError) as exc:
             if self.trip is None:
@@ -69,19 +69,18 @@ class StreamRelay:
                 event("upstream_stream_broken", logging.WARNING, error=type(exc).__name__)
         await self._finish()
 
-    async def _drain(self) -> None:
-        """The client left: close the upstream connection so the provider stops generating,
-        but first account what already arrived and sits unread in the connection's buffer
-        (a provider faster than its reader is billed for it)."""
+    def _close_upstream(self) -> None:
+        """Close the connection so the provider stops generating, but first account what
+        already arrived and sits unread in the connection's buffer: a provider faster than
+        its reader is billed for it."""
         content = self.upstream.content
         try:
-            while content.is_eof() is False and (chunk := content.read_nowait()):
+            while chunk := content.read_nowait():
                 for sse in self._decoder.feed(chunk):
                     self.tally.feed(sse)
         except (aiohttp.ClientError, RuntimeError):
-            pass
-        finally:
-            self.upstream.close()
+            pass  # RuntimeError: the pump is waiting for data, so the buffer is empty
+        self.upstream.close()
 
     async def _pump(self) -> None:
         decoder = self._decoder

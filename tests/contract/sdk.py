@@ -30,13 +30,8 @@ CLAUDE_MAX_TOKENS = 1024
 
 KINDS = ("chat", "responses", "messages")
 MODES = ("sync", "async")
-OPENAI_KINDS = ("chat", "responses")
 
 SDK_DEFAULT = object()  # pass as max_retries to leave the SDK's default retries in place
-
-
-def sdk_of(kind: str) -> str:
-    return "anthropic" if kind == "messages" else "openai"
 
 
 def errors_of(kind: str) -> Any:
@@ -54,21 +49,28 @@ def make_client(
     on_request: Callable[[], None] | None = None,
 ) -> Any:
     """A client of the SDK serving ``kind``; ``on_request`` runs for every HTTP request the
-    SDK sends, retries included."""
+    SDK sends, retries included.
+
+    The HTTP client is the SDK's default one, minus certificate loading: every URL here is
+    plain http, and loading the CA bundle would dominate the suite's run time.
+    """
     options: dict[str, Any] = {"api_key": api_key}
     if max_retries is not SDK_DEFAULT:
         options["max_retries"] = max_retries
-    if on_request is not None:
-        sdk = errors_of(kind)
-        if mode == "sync":
-            hooks: dict[str, list[Any]] = {"request": [lambda _request: on_request()]}
-            options["http_client"] = sdk.DefaultHttpxClient(event_hooks=hooks)
-        else:
+    sdk = errors_of(kind)
+    hooks: dict[str, list[Any]] = {}
+    if mode == "sync":
+        if on_request is not None:
+            hooks["request"] = [lambda _request: on_request()]
+        options["http_client"] = sdk.DefaultHttpxClient(verify=False, event_hooks=hooks)
+    else:
+        if on_request is not None:
 
             async def hook(_request: Any) -> None:
                 on_request()
 
-            options["http_client"] = sdk.DefaultAsyncHttpxClient(event_hooks={"request": [hook]})
+            hooks["request"] = [hook]
+        options["http_client"] = sdk.DefaultAsyncHttpxClient(verify=False, event_hooks=hooks)
     if kind == "messages":
         cls = anthropic.Anthropic if mode == "sync" else anthropic.AsyncAnthropic
         return cls(base_url=root, **options)
@@ -340,18 +342,26 @@ def eventually(check: Callable[[], Any], timeout: float = 2.0, interval: float =
 
 
 def assert_generation_stopped(
-    provider: Any, task_view: Callable[[], Any], full_reply_tokens: int, chunk_delay: float
+    provider: Any,
+    task_view: Callable[[], Any],
+    full_reply_tokens: int,
+    chunk_delay: float,
+    delta_tokens: int,
 ) -> None:
     """The provider stopped generating soon after the proxy gave up on the stream, and the
-    task has been charged at least everything the provider billed.
+    task has been charged for what the provider billed.
 
-    ``provider`` is the mock's recorder; ``task_view`` returns the task's ``TaskView``.
+    ``provider`` is the mock's recorder; ``task_view`` returns the task's ``TaskView``. The
+    provider's figures are read once they have stopped moving. A delta the provider sent while
+    the proxy was closing the connection is billed yet never reaches the proxy, so the task may
+    be short of the provider's figure by one delta (``delta_tokens``), never more.
     """
     view = eventually(lambda: (v := task_view()) and v.tokens_reserved == 0 and v)
     assert view, task_view()
+    time.sleep(3 * chunk_delay)
     billed = provider.total_usage
     time.sleep(3 * chunk_delay)  # a provider still generating would bill a few more deltas
-    assert provider.total_usage == billed
+    assert provider.total_usage == billed, "the provider kept generating"
     assert billed.completion_tokens < full_reply_tokens
     view = task_view()
-    assert view.tokens_used >= billed.total_tokens, (view, billed)
+    assert view.tokens_used >= billed.total_tokens - delta_tokens, (view, billed)

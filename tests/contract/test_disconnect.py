@@ -8,6 +8,7 @@ from tests.contract.sdk import KINDS, MODES, ask, assert_generation_stopped
 from tests.harness import MockProviderThread, ProxyThread
 
 REPLY_TOKENS = 120
+CHUNKS = 40
 CHUNK_DELAY = 0.02
 
 
@@ -24,14 +25,16 @@ def test_client_leaving_mid_stream_is_charged_for_what_was_generated(
         headers={
             "X-Task-Id": task,
             "x-mock-reply-tokens": str(REPLY_TOKENS),
-            "x-mock-chunks": "40",
+            "x-mock-chunks": str(CHUNKS),
             "x-mock-chunk-delay": str(CHUNK_DELAY),
         },
         stop_after=6,
     )
     assert len(reply.items) == 6
 
-    assert_generation_stopped(mock.provider, lambda: proxy.task(task), REPLY_TOKENS, CHUNK_DELAY)
+    assert_generation_stopped(
+        mock.provider, lambda: proxy.task(task), REPLY_TOKENS, CHUNK_DELAY, REPLY_TOKENS // CHUNKS
+    )
     billed = mock.provider.total_usage
     assert billed.completion_tokens > 0
     view = proxy.task(task)

@@ -93,7 +93,8 @@ def test_refusal_with_a_retryable_status_is_still_not_retried(
     proxy = make_proxy(policy={"refuse_status": status, "defaults": {"max_calls": 1}})
     ask(kind, proxy.base_url, mode=mode, headers={"X-Task-Id": task})
     requests = Counter()
-    expected = errors_of(kind).RateLimitError if status == 429 else errors_of(kind).APIStatusError
+    sdk = errors_of(kind)
+    expected = sdk.RateLimitError if status == 429 else sdk.InternalServerError
     with pytest.raises(expected) as refused:
         ask(
             kind,
@@ -142,11 +143,11 @@ def test_handoffs_are_refused_at_hop_13(
 def test_one_agent_calling_repeatedly_makes_no_hops(
     proxy: ProxyThread, mock: MockProviderThread, task: str
 ) -> None:
-    for call in range(16):
+    for call in range(14):
         ask("chat", proxy.base_url, prompt=f"step {call}", headers={"X-Task-Id": task})
     view = proxy.task(task)
     assert view is not None and view.hops == 0 and view.killed is None
-    assert mock.provider.total_hits == 16
+    assert mock.provider.total_hits == 14
 
 
 # -- (c) concurrent calls against one token budget --------------------------------------------
@@ -238,7 +239,7 @@ async def test_concurrent_calls_retrying_as_told_stay_within_the_token_budget(
 # -- (d) a streaming call of a task that passes its deadline ---------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["chat", "messages"])
 def test_stream_past_the_deadline_ends_with_an_error_and_the_task_is_refused(
     make_proxy: Any, mock: MockProviderThread, task: str, kind: str
 ) -> None:

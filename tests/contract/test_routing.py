@@ -85,7 +85,7 @@ def test_unknown_upstream_is_a_404_in_openai_format(
 def test_path_outside_v1_is_a_404(
     proxy: ProxyThread, mock: MockProviderThread, method: str, path: str
 ) -> None:
-    with httpx2.Client() as client:
+    with httpx2.Client(verify=False) as client:
         response = client.request(
             method, proxy.base_url + path, json={"model": "gpt-4o-mini", "messages": []}
         )
@@ -132,7 +132,7 @@ def test_no_request_reaches_a_host_not_in_config(
         answer = _raw_http(proxy.port, request)
         assert answer.startswith(b"HTTP/1.1 "), answer[:100]
 
-    with httpx2.Client() as client:
+    with httpx2.Client(verify=False) as client:
         response = client.post(
             proxy.openai_url + "/chat/completions",
             content=body,

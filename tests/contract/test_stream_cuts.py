@@ -13,18 +13,21 @@ import pytest
 from tests.contract.sdk import KINDS, MODES, ask, assert_generation_stopped, errors_of
 from tests.harness import MockProviderThread, ProxyThread
 
-REPLY_TOKENS = 80
+REPLY_TOKENS = 120
 DEADLINE = 0.3
-CHUNK_DELAY = 0.05
+CHUNK_DELAY = 0.02
+CHUNKS = 60
 SLOW_STREAM = {
     "x-mock-reply-tokens": str(REPLY_TOKENS),
-    "x-mock-chunks": "40",
+    "x-mock-chunks": str(CHUNKS),
     "x-mock-chunk-delay": str(CHUNK_DELAY),
 }
 
 
 def _provider_stopped(mock: MockProviderThread, proxy: ProxyThread, task: str) -> None:
-    assert_generation_stopped(mock.provider, lambda: proxy.task(task), REPLY_TOKENS, CHUNK_DELAY)
+    assert_generation_stopped(
+        mock.provider, lambda: proxy.task(task), REPLY_TOKENS, CHUNK_DELAY, REPLY_TOKENS // CHUNKS
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -12,13 +12,14 @@ from tests.harness import MockProviderThread, ProxyThread
 def test_task_from_another_gateways_session_header(
     proxy: ProxyThread, mock: MockProviderThread, kind: str
 ) -> None:
-    reply = ask(kind, proxy.base_url, headers={"x-litellm-session-id": "sess-81"})
-    assert reply.headers["x-tripwire-task"] == "sess-81"
-    view = proxy.task("sess-81")
+    session = f"sess-81-{kind}"
+    reply = ask(kind, proxy.base_url, headers={"x-litellm-session-id": session})
+    assert reply.headers["x-tripwire-task"] == session
+    view = proxy.task(session)
     assert view is not None and view.tokens_used == reply.usage
     # Other gateways' headers travel on unchanged.
     assert mock.provider.last_request is not None
-    assert mock.provider.last_request.headers["x-litellm-session-id"] == "sess-81"
+    assert mock.provider.last_request.headers["x-litellm-session-id"] == session
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -26,8 +27,9 @@ def test_task_from_another_gateways_session_header(
 def test_task_and_agent_from_the_url_prefix(
     proxy: ProxyThread, mock: MockProviderThread, kind: str, mode: str
 ) -> None:
-    reply = ask(kind, f"{proxy.base_url}/t/job-42/a/planner", mode=mode, stream=True)
-    assert reply.headers["x-tripwire-task"] == "job-42"
+    job = f"job-42-{kind}-{mode}"
+    reply = ask(kind, f"{proxy.base_url}/t/{job}/a/planner", mode=mode, stream=True)
+    assert reply.headers["x-tripwire-task"] == job
     assert reply.headers["x-tripwire-agent"] == "planner"
     forwarded = mock.provider.last_request
     assert forwarded is not None and forwarded.path in (
@@ -35,7 +37,7 @@ def test_task_and_agent_from_the_url_prefix(
         "/v1/responses",
         "/v1/messages",
     )
-    view = proxy.task("job-42")
+    view = proxy.task(job)
     assert view is not None and view.agents == ["planner"] and view.calls == 1
 
 
@@ -47,7 +49,7 @@ def test_header_names_the_task_over_the_url_prefix(proxy: ProxyThread) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_task_from_the_trace_id_of_traceparent(proxy: ProxyThread, kind: str) -> None:
-    trace = "4BF92F3577B34DA6A3CE929D0E0E4736"
+    trace = "4BF92F3577B34DA6A3CE929D0E0E473" + str(KINDS.index(kind))
     reply = ask(kind, proxy.base_url, headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
     assert reply.headers["x-tripwire-task"] == trace.lower()
     assert proxy.task(trace.lower()) is not None
@@ -55,9 +57,9 @@ def test_task_from_the_trace_id_of_traceparent(proxy: ProxyThread, kind: str) ->
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_task_from_the_credential(proxy: ProxyThread, kind: str) -> None:
-    first = ask(kind, proxy.base_url, api_key="sk-team-alpha")
-    again = ask(kind, proxy.base_url, api_key="sk-team-alpha")
-    other = ask(kind, proxy.base_url, api_key="sk-team-beta")
+    first = ask(kind, proxy.base_url, api_key=f"sk-team-alpha-{kind}")
+    again = ask(kind, proxy.base_url, api_key=f"sk-team-alpha-{kind}")
+    other = ask(kind, proxy.base_url, api_key=f"sk-team-beta-{kind}")
 
     task = first.headers["x-tripwire-task"]
     assert task.startswith("key:")
