@@ -48,6 +48,30 @@ def _demo(args: argparse.Namespace) -> int:
     return int(run_demo())
 
 
+def _dashboards_push(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from proxy.dashboards import PushError, push
+
+    url = args.grafana_url or os.environ.get("GRAFANA_URL")
+    if not url:
+        print("tripwire: give --grafana-url or GRAFANA_URL", file=sys.stderr)
+        return 2
+    try:
+        push(
+            url,
+            args.token or os.environ.get("GRAFANA_TOKEN"),
+            folder=args.folder,
+            directory=Path(args.dir) if args.dir else None,
+            report=lambda done: print(f"{done.title}: {done.url}", flush=True),
+        )
+    except PushError as exc:
+        print(f"tripwire: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tripwire", description="Observability proxy and circuit breaker for LLM agents."
@@ -73,6 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="three runaway agents against a built-in mock provider")
     demo.set_defaults(run=_demo)
+
+    dashboards = commands.add_parser("dashboards", help="Grafana dashboards of Tripwire's metrics")
+    dashboard_commands = dashboards.add_subparsers(dest="dashboards_command", required=True)
+    push = dashboard_commands.add_parser(
+        "push",
+        help="create or update the dashboards in Grafana (safe to repeat)",
+        description="Upload the dashboards of dashboards/ into a Grafana folder, replacing "
+        "earlier uploads of the same dashboards.",
+    )
+    push.add_argument(
+        "--grafana-url",
+        metavar="URL",
+        help="Grafana's root URL, e.g. http://127.0.0.1:3000 (default: $GRAFANA_URL)",
+    )
+    push.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="a Grafana service account token with the Editor role (default: $GRAFANA_TOKEN)",
+    )
+    push.add_argument(
+        "--folder", metavar="TITLE", default="Tripwire", help="Grafana folder (default: Tripwire)"
+    )
+    push.add_argument(
+        "--dir",
+        metavar="PATH",
+        help="folder of dashboard JSON files (default: dashboards/ of this checkout)",
+    )
+    push.set_defaults(run=_dashboards_push)
     return parser
 
 
