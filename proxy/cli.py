@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from proxy import __version__
 from proxy.config import Config, load_config
@@ -12,15 +13,19 @@ from proxy.errors import ConfigError
 
 
 def _config(args: argparse.Namespace) -> Config:
-    overrides = {}
-    if getattr(args, "host", None) or getattr(args, "port", None) is not None:
-        server = {}
-        if args.host:
-            server["host"] = args.host
-        if args.port is not None:
-            server["port"] = args.port
-        overrides["server"] = server
-    return load_config(args.config, **overrides)
+    config = load_config(args.config)
+    server = {
+        key: value
+        for key, value in (
+            ("host", getattr(args, "host", None)),
+            ("port", getattr(args, "port", None)),
+        )
+        if value is not None
+    }
+    if server:
+        # Flags override single settings; the rest of the file's server section stays.
+        config = config.model_copy(update={"server": config.server.model_copy(update=server)})
+    return config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,6 +77,110 @@ def _dashboards_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from proxy.admin.commands import token
+
+    return token(args)
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from proxy.admin.commands import tasks
+
+    return tasks(args)
+
+
+def _duration(value: str) -> float:
+    from proxy.config import parse_duration
+
+    try:
+        seconds = float(parse_duration(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive duration")
+    return seconds
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-tokens", type=int, metavar="N", help="prompt + completion tokens")
+    parser.add_argument("--max-tokens-per-agent", type=int, metavar="N")
+    parser.add_argument("--max-cost-usd", type=float, metavar="USD")
+    parser.add_argument("--max-calls", type=int, metavar="N")
+    parser.add_argument("--max-hops", type=int, metavar="N")
+    parser.add_argument(
+        "--max-duration", type=_duration, metavar="DURATION", help="e.g. 90s, 30m, 2h"
+    )
+
+
+def _add_admin_commands(commands: Any) -> None:
+    token = commands.add_parser(
+        "token",
+        help="mint a Tripwire token (an HS256 JWT) for an agent or an admin",
+        description="Print a signed token. Its task, agent, tenant and limits win over anything "
+        "a client sends; --role admin makes it a token for the admin API and `tripwire tasks`.",
+    )
+    secret = token.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--secret", help="the HS256 secret (auth.hs256_secret)")
+    secret.add_argument("--secret-env", metavar="NAME", help="the variable holding the secret")
+    token.add_argument("--sub", help="who holds the token; the actor in the audit trail")
+    token.add_argument("--task", help="the task every call with this token belongs to")
+    token.add_argument("--tenant", help="the tenant: its tasks, its provider keys")
+    token.add_argument("--agent", help="the agent every call with this token comes from")
+    token.add_argument("--owner", help="who is told when the task trips")
+    token.add_argument("--role", choices=["admin"], help="admin: may use the admin API")
+    _limit_flags(token)
+    token.add_argument(
+        "--ttl", type=_duration, default=3600.0, metavar="DURATION", help="lifetime (default 1h)"
+    )
+    token.add_argument("--issuer", help="the iss claim (auth.issuer)")
+    token.add_argument("--audience", help="the aud claim (auth.audience)")
+    token.set_defaults(run=_token)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", help="Tripwire's root URL (default: $TRIPWIRE_URL or http://127.0.0.1:8787)"
+    )
+    common.add_argument("--token", help="an admin token (default: $TRIPWIRE_ADMIN_TOKEN)")
+    common.add_argument("--json", action="store_true", help="print the API's JSON")
+    tasks = commands.add_parser("tasks", help="list, show, kill, resume and extend tasks")
+    actions = tasks.add_subparsers(dest="tasks_command", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help, parents=[common])
+        parser.set_defaults(run=_tasks)
+        return parser
+
+    listing = action("list", "tasks with their figures, biggest spenders first")
+    listing.add_argument("--state", choices=["active", "killed", "all"], default="all")
+    listing.add_argument("--sort", choices=["spend", "calls", "tokens", "age"], default="spend")
+    listing.add_argument("--order", choices=["desc", "asc"], default="desc")
+    listing.add_argument("--limit", type=int, default=50, help="tasks per page (1-500)")
+    listing.add_argument("--agent", help="only tasks this agent called in")
+    listing.add_argument("--tenant", help="only this tenant's tasks (global admins)")
+    listing.add_argument("--cursor", help="the next page, as printed by the previous one")
+    show = action("show", "one task: figures, trip, last completions, timeline")
+    show.add_argument("task")
+    create = action("create", "register a task ahead of its first call, with limits and owner")
+    create.add_argument("task")
+    create.add_argument("--tenant", help="the task's tenant (global admins)")
+    create.add_argument("--owner", help="who is told when the task trips")
+    _limit_flags(create)
+    kill = action("kill", "stop a task: its streams are cut, its later calls refused")
+    kill.add_argument("task")
+    kill.add_argument("--reason", required=True)
+    resume = action("resume", "let a killed task call again, optionally with raised limits")
+    resume.add_argument("task")
+    _limit_flags(resume)
+    resume.add_argument("--note", help="why, for the audit trail")
+    extend = action("extend", "move a task's deadline later")
+    extend.add_argument("task")
+    extend.add_argument("--seconds", type=_duration, required=True, help="e.g. 600 or 10m")
+    extend.add_argument("--note", help="why, for the audit trail")
+    audit = action("audit", "the audit trail: trips, kills, resumes, budget changes")
+    audit.add_argument("--task", help="only this task's events")
+    audit.add_argument("--limit", type=int, default=20)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tripwire", description="Observability proxy and circuit breaker for LLM agents."
@@ -97,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="three runaway agents against a built-in mock provider")
     demo.set_defaults(run=_demo)
+    _add_admin_commands(commands)
 
     dashboards = commands.add_parser("dashboards", help="Grafana dashboards of Tripwire's metrics")
     dashboard_commands = dashboards.add_subparsers(dest="dashboards_command", required=True)

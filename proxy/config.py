@@ -291,6 +291,19 @@ class Config(BaseSettings):
         return (env_settings, init_settings)
 
 
+def _check_environment() -> None:
+    """A misspelt TRIPWIRE_* variable must fail like a misspelt key in the file."""
+    sections = set(Config.model_fields)
+    for name in os.environ:
+        if name.startswith("TRIPWIRE_"):
+            section = name[len("TRIPWIRE_") :].split("__", 1)[0].lower()
+            if section not in sections:
+                raise ConfigError(
+                    f"environment variable {name}: no setting {section!r} "
+                    f"(known: {', '.join(sorted(sections))})"
+                )
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for item in error.errors():
@@ -331,6 +344,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
             data["policy"] = _read_yaml(file)
             sources.append(str(file))
     data.update(overrides)
+    _check_environment()
     try:
         return Config(**data)
     except ValidationError as exc:

@@ -1,0 +1,26 @@
+# The image the Helm chart (helm/tripwire) runs. Build and tag it as the chart expects:
+#   docker build -t tripwire:$(python3 -c 'import proxy; print(proxy.__version__)') .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY proxy ./proxy
+RUN pip install . && rm -rf /src
+
+# The default policy, for `docker run` without a config; the chart mounts its own.
+WORKDIR /app
+COPY rules/policy.yaml rules/policy.yaml
+
+RUN groupadd --system --gid 10001 tripwire \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin tripwire
+USER 10001:10001
+
+# Tripwire listens on 127.0.0.1 by default, unreachable from outside a container.
+ENV TRIPWIRE_SERVER__HOST=0.0.0.0
+EXPOSE 8787
+ENTRYPOINT ["tripwire", "serve"]
