@@ -231,6 +231,7 @@ class Escalation(Strict):
     timeout: Seconds = 5.0
     public_url: str | None = None  # how owners reach the admin API, for the action links
     allow_any_url: bool = False  # owners given as URLs in tokens; otherwise names only
+    on: list[TripAction] = ["kill"]  # which trips reach the owner; observe trips can be noisy
 
     def resolved_secret(self) -> str | None:
         if self.secret:
