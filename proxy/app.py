@@ -17,6 +17,7 @@ from proxy.config import Config
 from proxy.pricing import PriceBook
 from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
+from proxy.server.limits import handler_args
 from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
 from proxy.telemetry.metrics import Metrics
@@ -52,7 +53,9 @@ def build_ledger(config: Config, metrics: Metrics) -> Ledger:
 def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
     formats = {name: upstream.format for name, upstream in config.upstreams.items()}
     app = web.Application(
-        middlewares=[error_middleware(formats)], client_max_size=config.server.max_body_bytes
+        middlewares=[error_middleware(formats)],
+        client_max_size=config.server.max_body_bytes,
+        handler_args=handler_args(config.server),
     )
     app[CONFIG] = config
     metrics = Metrics(
@@ -81,9 +84,17 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
         await state.start()
         preload_tokenizer()  # ~0.1 s once, rather than on the first call
         app[FORWARDER] = Forwarder(config, state, PriceBook(), session, telemetry)
+        from proxy.escalation import Escalator
+
+        escalator = Escalator(config.escalation, state, audit)
+        await escalator.start()
+        telemetry.trip_listeners.append(escalator.listener)
         try:
             yield
         finally:
+            telemetry.trip_listeners.remove(escalator.listener)
+            # Before the ledger closes: a delivery still reads the task and writes the audit.
+            await escalator.close()
             await session.close()
             await state.close()
 
@@ -116,5 +127,9 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(config.telemetry.metrics_path, scrape)
+    from proxy.admin import build_admin_app
+
+    # Before the catch-all, so no admin path can ever be forwarded to a provider.
+    app.add_subapp("/tripwire/v1", build_admin_app(config, state, audit))
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app

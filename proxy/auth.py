@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -50,7 +51,7 @@ class _Key:
 
 def _pem_key(path: str) -> _Key:
     try:
-        data = open(path, "rb").read()  # noqa: SIM115 - read once at start-up
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"auth.public_key_file: cannot read {path}: {exc.strerror}") from exc
     for algorithm, loader in (("RS256", RSAAlgorithm), ("ES256", ECAlgorithm)):
@@ -65,7 +66,7 @@ def _pem_key(path: str) -> _Key:
 
 def _jwks(path: str) -> dict[str, _Key]:
     try:
-        document = json.loads(open(path, encoding="utf-8").read())  # noqa: SIM115
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
         keys = jwt.PyJWKSet.from_dict(document)
     except (OSError, ValueError, jwt.PyJWKSetError) as exc:
         raise ConfigError(f"auth.jwks_file: cannot load {path}: {exc}") from exc

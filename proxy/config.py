@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
 from proxy.errors import ConfigError
 
 DEFAULT_POLICY_PATH = Path("rules/policy.yaml")
@@ -79,6 +80,38 @@ class Match(Strict):
 TripAction = Literal["kill", "observe"]
 
 
+FaultName = Literal[
+    "rate_limit",
+    "server_error",
+    "overloaded",
+    "timeout",
+    "stream_stall",
+    "stream_break",
+    "malformed",
+]
+FAULTS: tuple[FaultName, ...] = (
+    "rate_limit",
+    "server_error",
+    "overloaded",
+    "timeout",
+    "stream_stall",
+    "stream_break",
+    "malformed",
+)
+
+
+class ChaosSettings(Strict):
+    """Fault injection: Tripwire answers some calls with a provider failure of its own making,
+    so a team can watch its orchestrator cope. Refused unless the config sets ``allow_chaos``."""
+
+    probability: float = Field(ge=0, le=1)
+    faults: tuple[FaultName, ...] = Field(default=FAULTS, min_length=1)
+    # Only calls that carry ``X-Tripwire-Chaos`` are eligible: test traffic opts in per request.
+    header_opt_in: bool = False
+    retry_after: int = Field(default=1, ge=0, le=3600)  # seconds, on an injected 429 or 503
+    stall: Seconds = 10.0  # how long a timeout or a stalled stream holds the call
+
+
 class Rule(Strict):
     """A policy rule: every rule whose globs match a call applies, later rules win per field."""
 
@@ -86,12 +119,20 @@ class Rule(Strict):
     match: Match = Match()
     limits: Limits = Limits()
     repeat: RepeatSettings | None = None
+    cycle: CycleSettings | None = None
+    near_duplicate: NearDuplicateSettings | None = None
+    no_progress: NoProgressSettings | None = None
     on_trip: TripAction | None = None
+    chaos: ChaosSettings | None = None
 
 
 class Policy(Strict):
     defaults: Limits = DEFAULT_LIMITS
     repeat: RepeatSettings = RepeatSettings()
+    # Loops that are not word for word; each has its own action, ``observe`` by default.
+    cycle: CycleSettings = CycleSettings()
+    near_duplicate: NearDuplicateSettings = NearDuplicateSettings()
+    no_progress: NoProgressSettings = NoProgressSettings()
     on_trip: TripAction = "kill"
     refuse_status: int = Field(default=403, ge=400, le=599)
     rules: list[Rule] = []
@@ -147,6 +188,17 @@ class ServerSettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # The request line and each header line; a longer one is answered 400 before any routing.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_headers: int = Field(default=128, ge=16)
+    # A connection that delivers no complete request head for this long, new or idle between
+    # requests, is closed. Longer than the idle timeout of the load balancers in front.
+    idle_timeout: Seconds = 620.0
+    # To receive a request's body once its head has arrived: a client trickling it gets 408.
+    body_timeout: Seconds = 60.0
+    # Streams open at once through one replica; more are refused with 429 until one ends.
+    max_streams_per_task: int | None = Field(default=64, ge=1)
+    max_streams_per_client: int | None = Field(default=1024, ge=1)  # per API key (or address)
 
 
 class StateSettings(Strict):
@@ -272,12 +324,25 @@ class Config(BaseSettings):
     auth: AuthSettings = AuthSettings()
     tenants: dict[str, Tenant] = {}
     escalation: Escalation = Escalation()
+    # Fault injection is a second, deliberate switch: a policy file alone cannot turn it on.
+    allow_chaos: bool = False
 
     @field_validator("upstreams")
     @classmethod
     def _with_defaults(cls, value: dict[str, Upstream]) -> dict[str, Upstream]:
         # The default routes (/v1/messages -> anthropic, /v1/* -> openai) need both names.
         return {**_default_upstreams(), **value}
+
+    @model_validator(mode="after")
+    def _chaos_allowed(self) -> Config:
+        if not self.allow_chaos:
+            for index, rule in enumerate(self.policy.rules):
+                if rule.chaos is not None:
+                    raise ValueError(
+                        f"policy.rules[{index}].chaos: fault injection is refused unless the "
+                        "configuration also sets allow_chaos: true"
+                    )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -232,7 +232,12 @@ class TripRecorder(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         fields = getattr(record, "fields", None)
-        if record.getMessage() == "trip" and isinstance(fields, dict):
+        # The kill is the story; shadow-mode detectors may report earlier on the same task.
+        if (
+            record.getMessage() == "trip"
+            and isinstance(fields, dict)
+            and fields.get("action") == "kill"
+        ):
             self.trips.setdefault(str(fields.get("task")), fields)
 
 

@@ -23,6 +23,9 @@ class TripReason(StrEnum):
     DEADLINE = "deadline"
     REPEAT_OUTPUT = "repeat_output"
     REPEAT_REQUEST = "repeat_request"
+    CYCLE = "cycle"
+    NEAR_DUPLICATE = "near_duplicate"
+    NO_PROGRESS = "no_progress"
     OPERATOR = "operator"
 
 
@@ -55,6 +58,18 @@ _DETAILS: dict[TripReason, str] = {
     ),
     TripReason.REPEAT_REQUEST: (
         "agent {agent} repeated the same request {repeats} times within its last {window} requests"
+    ),
+    TripReason.CYCLE: (
+        "the task went round the same cycle of {period} outputs ({cycle}) {rounds} times in a "
+        "row; each output at least {similarity:.0%} like the one a cycle earlier"
+    ),
+    TripReason.NEAR_DUPLICATE: (
+        "agent {agent} gave {repeats} nearly identical outputs (similarity up to "
+        "{max_similarity:.0%}, threshold {similarity:.0%}) within the task's last {window} outputs"
+    ),
+    TripReason.NO_PROGRESS: (
+        "the task's last {completions} outputs added {new_share:.1%} new content, below the "
+        "minimum of {min_new_share:.0%}"
     ),
     TripReason.OPERATOR: "stopped by {by}: {note}",
 }

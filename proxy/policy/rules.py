@@ -8,11 +8,15 @@ first call of a pair.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import translate
 from functools import lru_cache
 
-from proxy.config import Limits, Policy, RepeatSettings, TripAction
+from proxy.config import ChaosSettings, Limits, Policy, RepeatSettings, TripAction
+from proxy.detectors.base import TripReason
+from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+
+_CONTENT = ("cycle", "near_duplicate", "no_progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +25,26 @@ class Effective:
     repeat: RepeatSettings
     on_trip: TripAction
     rules: tuple[str, ...]  # names (or indexes) of the rules that applied
+    chaos: ChaosSettings | None = None
+    cycle: CycleSettings = field(default_factory=CycleSettings)
+    near_duplicate: NearDuplicateSettings = field(default_factory=NearDuplicateSettings)
+    no_progress: NoProgressSettings = field(default_factory=NoProgressSettings)
+
+    @property
+    def content_detection(self) -> bool:
+        return self.cycle.enabled or self.near_duplicate.enabled or self.no_progress.enabled
+
+    def action_for(self, reason: TripReason) -> TripAction:
+        """A content detector acts by its own setting, unless the policy is in shadow mode."""
+        if self.on_trip == "observe":
+            return "observe"
+        if reason is TripReason.CYCLE:
+            return self.cycle.action
+        if reason is TripReason.NEAR_DUPLICATE:
+            return self.near_duplicate.action
+        if reason is TripReason.NO_PROGRESS:
+            return self.no_progress.action
+        return self.on_trip
 
 
 class PolicyBook:
@@ -46,6 +70,8 @@ class PolicyBook:
         limits = self.policy.defaults.model_dump()
         repeat = self.policy.repeat
         on_trip = self.policy.on_trip
+        chaos: ChaosSettings | None = None
+        content = {name: getattr(self.policy, name) for name in _CONTENT}
         applied: list[str] = []
         for index in matched:
             rule = self._compiled[index][2]
@@ -55,4 +81,18 @@ class PolicyBook:
                 repeat = rule.repeat
             if rule.on_trip is not None:
                 on_trip = rule.on_trip
-        return Effective(Limits(**limits), repeat, on_trip, tuple(applied))
+            if rule.chaos is not None:
+                chaos = rule.chaos
+            for name in _CONTENT:
+                if getattr(rule, name) is not None:
+                    content[name] = getattr(rule, name)
+        return Effective(
+            Limits(**limits),
+            repeat,
+            on_trip,
+            tuple(applied),
+            chaos,
+            content["cycle"],
+            content["near_duplicate"],
+            content["no_progress"],
+        )

@@ -15,11 +15,13 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
 
 from proxy.auth import Claims, TokenVerifier
+from proxy.chaos import Chaos
 from proxy.config import Config, Upstream
 from proxy.detectors import limits
 from proxy.detectors.base import Trip
@@ -29,6 +31,7 @@ from proxy.errors import (
     BadRequest,
     BudgetBusy,
     Refused,
+    RouteError,
     StateUnavailable,
     TripwireError,
     UpstreamError,
@@ -39,6 +42,7 @@ from proxy.pricing import Price, PriceBook, cost_usd
 from proxy.providers import ADAPTERS, Adapter, CallInfo, Output, Usage
 from proxy.server import routing
 from proxy.server.headers import request_headers, response_headers
+from proxy.server.limits import StreamSlots, TooManyStreams, client_key, read_body
 from proxy.server.streaming import StreamRelay
 from proxy.server.tagging import Tagger, clean_id
 from proxy.session.base import (
@@ -57,6 +61,9 @@ from proxy.telemetry.record import CallRecord, Telemetry
 from proxy.tokens import estimate_prompt, family_for
 
 _KNOWN_KINDS = ("chat", "responses", "messages")
+# What reading a body of the wrong shape raises (a list where an object belongs, a string for
+# a number, nesting past the recursion limit).
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, LookupError, RecursionError)
 TOKEN_HEADER = "X-Tripwire-Token"
 
 
@@ -117,7 +124,11 @@ class Forwarder:
             for upstream, key in settings.upstream_keys.items()
         }
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
-        self._background: set[asyncio.Future[bool]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        self.chaos = Chaos.from_config(config, self.policy, ledger, telemetry)
+        self.streams = StreamSlots.from_settings(config.server)
+        self.max_body_bytes = config.server.max_body_bytes
+        self.body_timeout = config.server.body_timeout
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -125,16 +136,34 @@ class Forwarder:
         started = time.perf_counter()
         route = routing.resolve(request.rel_url.raw_path, self.upstream_names)
         call = await self._prepare(request, route, started)
+        if self.chaos is not None:
+            injected = await self.chaos.inject(call)
+            if injected is not None:
+                return injected
+        streams, client = self.streams, None
+        if streams is not None and call.info.stream:
+            client = client_key(request.headers, request.remote)
+            try:
+                streams.acquire(call.task, client)
+            except TooManyStreams as error:
+                self._not_forwarded(call, error)
+                raise
         try:
-            grant = await self._reserve(call)
-        except TripwireError as error:
-            self._not_forwarded(call, error)
-            raise
-        return await self._forward(call, grant, self._enforce(call, grant))
+            try:
+                grant = await self._reserve(call)
+            except TripwireError as error:
+                self._not_forwarded(call, error)
+                raise
+            return await self._forward(call, grant, self._enforce(call, grant))
+        finally:
+            if client is not None and streams is not None:
+                streams.release(call.task, client)
 
     def _not_forwarded(self, call: Call, error: TripwireError) -> None:
         if isinstance(error, Refused):
             outcome, reason = "refused", error.reason
+        elif isinstance(error, TooManyStreams):
+            outcome = reason = "too_many_streams"
         elif isinstance(error, BudgetBusy):
             outcome = reason = "budget_busy"
         elif isinstance(error, StateUnavailable):
@@ -160,18 +189,28 @@ class Forwarder:
     async def _prepare(self, request: web.Request, route: routing.Route, started: float) -> Call:
         upstream = self.config.upstreams[route.upstream]
         adapter = ADAPTERS[upstream.format]
+        path = route.path
+        if "." in path or "%" in path:
+            path = _provider_path(path)
         claims = self._claims(request) if self.verifier is not None else None
-        raw = await request.read()
+        raw = await read_body(request, self.max_body_bytes, self.body_timeout)
         info = CallInfo(kind="other")
         parsed: Any = None
         if raw and request.method == "POST":
             try:
                 parsed = json.loads(raw)
-            except ValueError as exc:
-                if adapter.parse_request(route.path, {}).kind in _KNOWN_KINDS:
+            except (ValueError, RecursionError) as exc:
+                if adapter.parse_request(path, {}).kind in _KNOWN_KINDS:
                     raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
             if isinstance(parsed, dict):
-                info = adapter.parse_request(route.path, parsed)
+                try:
+                    info = adapter.parse_request(path, parsed)
+                except _SHAPE_ERRORS as exc:
+                    # Without reading the prompt its budget cannot be checked: refuse, not guess.
+                    raise BadRequest(
+                        f"the request body does not have the shape of a {route.path} request "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from exc
         headers = request.headers
         task = self.tagger.task(headers, route.task)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
@@ -344,9 +383,15 @@ class Forwarder:
         if ok or call.info.kind == "other":
             parsed = _json_copy(data, upstream.headers.get("Content-Type", ""))
             if isinstance(parsed, dict):
-                usage = call.adapter.usage_from_body(call.info, parsed)
-                if ok and call.info.kind in _KNOWN_KINDS:
-                    output = call.adapter.output_from_body(call.info, parsed)
+                try:
+                    usage = call.adapter.usage_from_body(call.info, parsed)
+                    if ok and call.info.kind in _KNOWN_KINDS:
+                        output = call.adapter.output_from_body(call.info, parsed)
+                except _SHAPE_ERRORS as exc:
+                    # The body still reaches the client as sent; it is accounted as if it
+                    # carried no usage.
+                    usage, output = None, None
+                    event("unreadable_response", logging.WARNING, error=type(exc).__name__)
         if usage is None:
             # An answer without usage still cost its prompt; an error answer costs nothing.
             usage = Usage(
@@ -479,6 +524,12 @@ class Forwarder:
         for trip in settled.trips:
             action = "kill" if settled.killed else "observe"
             self.telemetry.trip(call.task, call.agent, trip, action, _tenant(call))
+        if completed and output is not None and output.text and grant.policy.content_detection:
+            # Off the response's path: these detectors are heuristics over a window, and a
+            # kill they decide refuses the task's next call like any other.
+            detection = asyncio.ensure_future(self._observe_content(call, grant, output.text))
+            self._background.add(detection)
+            detection.add_done_callback(self._background.discard)
         now = time.perf_counter()
         self.telemetry.call(
             CallRecord(
@@ -499,6 +550,15 @@ class Forwarder:
         )
         return settled
 
+    async def _observe_content(self, call: Call, grant: Grant, text: str) -> None:
+        try:
+            reported = await self.ledger.observe_content(call.task, call.agent, text, grant.policy)
+        except Exception as exc:  # a faulty detector is logged, never breaks traffic
+            event("detector_failed", logging.ERROR, task=call.task, error=repr(exc))
+            return
+        for trip, action in reported:
+            self.telemetry.trip(call.task, call.agent, trip, action, _tenant(call))
+
     def _tag_headers(self, headers: Any, call: Call, view: TaskView, overhead_s: float) -> None:
         headers["X-Tripwire-Task"] = call.task
         headers["X-Tripwire-Agent"] = call.agent
@@ -515,12 +575,24 @@ def _tenant(call: Call) -> str | None:
     return call.claims.tenant if call.claims is not None else None
 
 
+def _provider_path(path: str) -> str:
+    """The path as the provider reads it, to classify the call by. The HTTP client resolves
+    ``.`` and ``..`` segments and providers decode escapes, so a call must not be checked here
+    as one thing and served there as another: ``/v1/chat/completions/%2e%2e/completions`` would
+    reach the provider as a chat completion that escaped its cap, and ``/u/x/../..`` would leave
+    the upstream's base path."""
+    decoded = unquote(path)
+    if any(part in (".", "..") for part in decoded.replace("\\", "/").split("/")):
+        raise RouteError(f"no route for a path with '.' or '..' segments: {path}")
+    return decoded
+
+
 def _json_copy(data: bytes, content_type: str) -> Any:
     if "json" not in content_type or not data:
         return None
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

@@ -161,6 +161,13 @@ class Ledger(Protocol):
         """Move the task's deadline later."""
         ...
 
+    async def observe_content(
+        self, task: str, agent: str, text: str, policy: Effective
+    ) -> list[tuple[Trip, str]]:
+        """Run the content detectors (cycle, near-duplicate, no progress) on one completion;
+        the trips to report with their action, a ``kill`` one already applied."""
+        ...
+
     async def list(self) -> list[TaskView]: ...
 
     async def ready(self) -> bool:

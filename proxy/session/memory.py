@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason
+from proxy.detectors.content import ContentState, observe_content
+from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session.base import (
     PREVIEWS_PER_TASK,
@@ -66,6 +68,7 @@ class _Task:
     overrides: dict[str, float] = field(default_factory=dict)
     extra_duration: float = 0.0
     previews: list[Preview] = field(default_factory=list)
+    content: ContentState | None = None
     timeline: list[TimelineEvent] = field(default_factory=list)
 
     def mark(self, kind: str, detail: str) -> None:
@@ -285,6 +288,34 @@ class MemoryLedger:
         task.mark("kill", trip.detail)
         self.board.cut(task_name, trip)
         return True
+
+    async def observe_content(
+        self, task: str, agent: str, text: str, policy: Effective
+    ) -> list[tuple[Trip, str]]:
+        state = self._tasks.get(task)
+        if state is None or state.killed is not None:
+            return []
+        state.content, trips = observe_content(
+            state.content or ContentState(),
+            agent,
+            text,
+            cycle=policy.cycle,
+            near_duplicate=policy.near_duplicate,
+            no_progress=policy.no_progress,
+        )
+        reported: list[tuple[Trip, str]] = []
+        for trip in trips:
+            action = policy.action_for(trip.reason)
+            if action == "kill":
+                if state.killed is None:
+                    state.killed = trip
+                    state.mark("kill", trip.detail)
+                    self.board.cut(task, trip)
+                    reported.append((trip, action))
+            elif trip.reason not in state.observed:
+                state.observed |= {trip.reason}
+                reported.append((trip, action))
+        return reported
 
     async def create(
         self, task: str, *, tenant: str | None, owner: str | None, overrides: dict[str, float]

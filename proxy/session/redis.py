@@ -14,6 +14,7 @@ kept and written back in both modes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import contextlib
 import json
@@ -32,7 +33,9 @@ from redis.exceptions import RedisError
 from proxy.config import StateSettings
 from proxy.detectors import repeat
 from proxy.detectors.base import Trip, TripReason
+from proxy.detectors.content import ContentState, observe_content
 from proxy.errors import StateUnavailable
+from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session import redis_scripts
 from proxy.session.base import (
@@ -474,6 +477,39 @@ class RedisLedger:
             if view is not None:
                 views.append(view)
         return views
+
+    async def observe_content(
+        self, task: str, agent: str, text: str, policy: Effective
+    ) -> builtins.list[tuple[Trip, str]]:
+        """Read, update and write back the task's detector state. Two replicas settling the
+        same task at the same instant may each miss the other's completion (last writer wins):
+        these are heuristics over a window, not budgets."""
+        keys = self._keys(task)
+        stored, killed = await self.client.hmget(keys.state, "content", "killed")
+        if killed:
+            return []
+        try:
+            state = ContentState.from_bytes(base64.b64decode(stored or ""))
+        except ValueError:
+            state = ContentState()
+        state, trips = observe_content(
+            state,
+            agent,
+            text,
+            cycle=policy.cycle,
+            near_duplicate=policy.near_duplicate,
+            no_progress=policy.no_progress,
+        )
+        await self.client.hset(keys.state, "content", base64.b64encode(state.to_bytes()).decode())
+        reported: builtins.list[tuple[Trip, str]] = []
+        for trip in trips:
+            action = policy.action_for(trip.reason)
+            if action == "kill":
+                if await self.kill(task, trip):
+                    reported.append((trip, action))
+            elif await self.client.hsetnx(keys.state, f"obs|{trip.reason}", 1):
+                reported.append((trip, action))
+        return reported
 
     async def create(
         self, task: str, *, tenant: str | None, owner: str | None, overrides: dict[str, float]

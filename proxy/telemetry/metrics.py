@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy import __version__
+from proxy.config import FAULTS
 from proxy.detectors.base import TripReason
 
 CALLS = "tripwire_calls"
@@ -29,6 +30,7 @@ COST = "tripwire_cost_usd"
 TRIPS = "tripwire_trips"
 REFUSED = "tripwire_refused_calls"
 STREAMS_CUT = "tripwire_streams_cut"
+FAULTS_INJECTED = "tripwire_faults_injected"
 STATE_ERRORS = "tripwire_state_backend_errors"
 ACTIVE_TASKS = "tripwire_active_tasks"
 TASK_TOKENS = "tripwire_task_tokens"
@@ -167,6 +169,12 @@ class Metrics:
         self.streams_cut = Counter(
             STREAMS_CUT, "Streams ended by Tripwire mid-flight.", ["reason"], registry=r
         )
+        self.faults_injected = Counter(
+            FAULTS_INJECTED,
+            "Provider failures injected by chaos rules, never forwarded.",
+            ["fault"],
+            registry=r,
+        )
         self.state_errors = Counter(
             STATE_ERRORS,
             "Errors talking to the state backend.",
@@ -218,6 +226,8 @@ class Metrics:
                 self.trips.labels(str(reason), action)
         for other in ("budget_busy", "state_unavailable"):
             self.refused.labels(other)
+        for fault in FAULTS:
+            self.faults_injected.labels(fault)
 
     # -- per call ---------------------------------------------------------------------------
 

@@ -1,0 +1,412 @@
+"""The admin API: tasks created ahead, listed, inspected, killed, resumed and extended.
+
+Every call needs a Tripwire token with the ``admin`` role, whatever ``auth.mode`` says for agent
+traffic. A token with a ``tenant`` claim sees only that tenant's tasks and addresses them by
+their plain id (the ledger's key is ``<tenant>/<task>``); a token without one is a global admin
+and addresses every task by its full key. Another tenant's task answers 404, exactly like a task
+that does not exist, so an admin cannot learn which ids other tenants use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
+
+from proxy.admin import models
+from proxy.admin.openapi import build_document
+from proxy.audit import AuditEvent, AuditLog
+from proxy.auth import Claims, TokenVerifier
+from proxy.config import Config
+from proxy.detectors.base import Trip, TripReason
+from proxy.errors import AuthError, StateUnavailable
+from proxy.session.base import Ledger, TaskView
+from proxy.telemetry.logs import event
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _not_found(task: str) -> ApiError:
+    return ApiError(404, "task_not_found", f"no task {task!r}")
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> web.Response:
+    body = models.ErrorBody(error=models.ErrorDetail(code=code, message=message))
+    return web.json_response(body.model_dump(mode="json"), status=status, headers=headers)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer of the admin API is JSON, errors included, and a failure of ours is a 500
+    with a message, never a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(error.status, error.code, error.message)
+    except AuthError as error:
+        return error_response(401, "unauthorized", error.message, **{"WWW-Authenticate": "Bearer"})
+    except (StateUnavailable, RedisError, OSError, TimeoutError) as error:
+        event("admin_state_unavailable", logging.WARNING, path=request.path, error=repr(error))
+        return error_response(
+            503, "state_unavailable", "Tripwire cannot reach its state store; retry shortly"
+        )
+    except web.HTTPException as error:
+        code = "not_found" if error.status == 404 else error.reason.lower().replace(" ", "_")
+        extra = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else {}
+        return error_response(error.status, code, error.text or error.reason, **extra)
+    except Exception as exc:
+        event("admin_internal_error", logging.ERROR, path=request.path, error=repr(exc))
+        return error_response(500, "internal_error", "Tripwire failed to handle this request")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified admin: ``tenant`` None means every tenant."""
+
+    claims: Claims
+
+    @property
+    def tenant(self) -> str | None:
+        return self.claims.tenant
+
+    @property
+    def actor(self) -> str:
+        return self.claims.sub or "admin"
+
+    def key(self, task: str) -> str:
+        return f"{self.tenant}/{task}" if self.tenant else task
+
+    def public_id(self, key: str) -> str:
+        if self.tenant and key.startswith(f"{self.tenant}/"):
+            return key[len(self.tenant) + 1 :]
+        return key
+
+    def sees(self, view: TaskView) -> bool:
+        if self.tenant is None:
+            return True
+        return view.tenant == self.tenant and view.task.startswith(f"{self.tenant}/")
+
+
+def _validation_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(part) for part in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def _view_out(caller: Caller, view: TaskView, now: float) -> dict[str, Any]:
+    trip = view.killed
+    return {
+        "task": caller.public_id(view.task),
+        "key": view.task,
+        "tenant": view.tenant,
+        "owner": view.owner,
+        "state": "killed" if trip is not None else "active",
+        "tokens_used": view.tokens_used,
+        "tokens_reserved": view.tokens_reserved,
+        "tokens_left": view.tokens_left,
+        "max_tokens": view.max_tokens,
+        "cost_usd": view.cost_usd,
+        "calls": view.calls,
+        "hops": view.hops,
+        "agents": list(view.agents),
+        "started": view.started,
+        "last_seen": view.last_seen,
+        "age_s": max(now - view.started, 0.0) if view.started else 0.0,
+        "limits": dict(view.overrides),
+        "extra_duration_s": view.extra_duration,
+        "trip": (
+            {"reason": str(trip.reason), "detail": trip.detail, "figures": trip.figures}
+            if trip is not None
+            else None
+        ),
+    }
+
+
+def summary(caller: Caller, view: TaskView, now: float) -> models.TaskSummary:
+    return models.TaskSummary.model_validate(_view_out(caller, view, now))
+
+
+def detail(caller: Caller, view: TaskView, now: float) -> models.TaskDetail:
+    fields = _view_out(caller, view, now)
+    fields["previews"] = [
+        {"agent": p.agent, "fingerprint": p.fingerprint or "", "text": p.text or ""}
+        for p in view.previews
+    ]
+    fields["timeline"] = [{"at": e.at, "kind": e.kind, "detail": e.detail} for e in view.timeline]
+    return models.TaskDetail.model_validate(fields)
+
+
+_SORT_KEYS: dict[str, Callable[[TaskView], float]] = {
+    "spend": lambda view: view.cost_usd,
+    "calls": lambda view: view.calls,
+    "tokens": lambda view: view.tokens_used,
+    # Older first under "desc", as with the other keys: the largest age first.
+    "age": lambda view: -view.started,
+}
+
+
+class AdminState:
+    def __init__(self, config: Config, ledger: Ledger, audit: AuditLog) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.audit = audit
+        self.verifier = TokenVerifier(config.auth)
+        self.document = build_document()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def caller(self, request: web.Request) -> Caller:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("the admin API needs a Tripwire token as Authorization: Bearer")
+        claims = self.verifier.verify(token.strip())
+        if not claims.is_admin:
+            raise ApiError(403, "forbidden", "this token does not carry the admin role")
+        return Caller(claims)
+
+    @staticmethod
+    async def body(
+        request: web.Request, model: type[RequestModel], *, optional: bool = False
+    ) -> RequestModel:
+        raw = await request.read()
+        if not raw.strip():
+            if not optional:
+                raise ApiError(400, "invalid_request", "this endpoint needs a JSON body")
+            raw = b"{}"
+        elif request.content_type not in ("application/json", "application/octet-stream") and (
+            not request.content_type.endswith("+json")
+        ):
+            raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+        try:
+            return model.model_validate_json(raw, strict=True)
+        except ValidationError as error:
+            raise ApiError(400, "invalid_request", _validation_message(error)) from None
+
+    @staticmethod
+    def query(request: web.Request, model: type[RequestModel]) -> RequestModel:
+        try:
+            return model.model_validate({k: request.query[k] for k in request.query})
+        except ValidationError as error:
+            raise ApiError(400, "invalid_request", _validation_message(error)) from None
+
+    def scope_tenant(self, caller: Caller, tenant: str | None) -> str | None:
+        """The tenant a filter may name: a tenant admin only its own."""
+        if caller.tenant is None:
+            return tenant
+        if tenant is not None and tenant != caller.tenant:
+            raise ApiError(404, "tenant_not_found", f"no tenant {tenant!r}")
+        return caller.tenant
+
+    async def task(self, caller: Caller, task: str) -> TaskView:
+        view = await self.ledger.get(caller.key(task))
+        if view is None and caller.tenant is not None and task.startswith(f"{caller.tenant}/"):
+            # The full key, as trip notifications link to it, names the same task.
+            view = await self.ledger.get(task)
+        if view is None or not caller.sees(view):
+            raise _not_found(task)
+        return view
+
+    async def record(
+        self, caller: Caller, action: str, view: TaskView, detail: str, **data: Any
+    ) -> None:
+        tenant = view.tenant if view.tenant is not None else caller.tenant
+        await self.audit.record(AuditEvent(action, view.task, caller.actor, tenant, detail, data))
+        event(f"admin_{action}", task=view.task, actor=caller.actor, tenant=tenant, detail=detail)
+
+    @staticmethod
+    def reply(model: BaseModel, status: int = 200) -> web.Response:
+        return web.json_response(model.model_dump(mode="json"), status=status)
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.document)
+
+    async def create(self, request: web.Request) -> web.Response:
+        caller = self.caller(request)
+        body = await self.body(request, models.CreateTask)
+        if caller.tenant is not None and body.tenant not in (None, caller.tenant):
+            raise ApiError(403, "forbidden", "a tenant admin creates tasks of its own tenant only")
+        tenant = caller.tenant or body.tenant
+        owner = body.owner
+        is_url = owner is not None and owner.lower().startswith(("http://", "https://"))
+        if is_url and not self.config.escalation.allow_any_url:
+            raise ApiError(
+                400,
+                "invalid_request",
+                "owner: give an owner's name from escalation.owners; URLs are accepted "
+                "only with escalation.allow_any_url",
+            )
+        key = f"{tenant}/{body.task}" if tenant else body.task
+        if await self.ledger.get(key) is not None:
+            raise ApiError(409, "task_exists", f"task {body.task!r} exists already")
+        overrides = body.limits.overrides() if body.limits is not None else {}
+        view = await self.ledger.create(key, tenant=tenant, owner=owner, overrides=overrides)
+        await self.record(
+            caller, "create", view, "created ahead of its first call", limits=overrides, owner=owner
+        )
+        return self.reply(detail(caller, view, time.time()), 201)
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        caller = self.caller(request)
+        query = self.query(request, models.ListQuery)
+        tenant = self.scope_tenant(caller, query.tenant)
+        views = [view for view in await self.ledger.list() if caller.sees(view)]
+        if tenant is not None:
+            views = [view for view in views if view.tenant == tenant]
+        if query.state != "all":
+            killed = query.state == "killed"
+            views = [view for view in views if (view.killed is not None) == killed]
+        if query.agent is not None:
+            views = [view for view in views if query.agent in view.agents]
+        metric = _SORT_KEYS[query.sort]
+        views.sort(key=lambda view: view.task)  # a stable order among equals, page after page
+        views.sort(key=metric, reverse=query.order == "desc")
+        start = int(query.cursor) if query.cursor is not None else 0
+        page = views[start : start + query.limit]
+        end = start + len(page)
+        now = time.time()
+        return self.reply(
+            models.TaskList(
+                tasks=[summary(caller, view, now) for view in page],
+                next_cursor=str(end) if end < len(views) else None,
+            )
+        )
+
+    async def show(self, request: web.Request) -> web.Response:
+        caller = self.caller(request)
+        view = await self.task(caller, request.match_info["task"])
+        return self.reply(detail(caller, view, time.time()))
+
+    async def kill(self, request: web.Request) -> web.Response:
+        caller = self.caller(request)
+        task = request.match_info["task"]
+        view = await self.task(caller, task)
+        body = await self.body(request, models.KillTask)
+        if view.killed is not None:
+            raise ApiError(
+                409, "task_killed", f"task {task!r} is killed already: {view.killed.detail}"
+            )
+        trip = Trip(TripReason.OPERATOR, {"by": caller.actor, "note": body.reason})
+        if not await self.ledger.kill(view.task, trip):
+            raise ApiError(409, "task_killed", f"task {task!r} is killed already")
+        await self.record(caller, "kill", view, body.reason, reason=str(trip.reason))
+        return self.reply(detail(caller, await self.task(caller, task), time.time()))
+
+    async def resume(self, request: web.Request) -> web.Response:
+        caller = self.caller(request)
+        task = request.match_info["task"]
+        view = await self.task(caller, task)
+        body = await self.body(request, models.ResumeTask, optional=True)
+        overrides = body.limits.overrides() if body.limits is not None else {}
+        resumed = await self.ledger.resume(view.task, overrides, body.note)
+        if resumed is None:  # expired between the two reads
+            raise _not_found(task)
+        data: dict[str, Any] = {
+            "was_killed": str(view.killed.reason) if view.killed is not None else None,
+        }
+        if overrides:
+            data["limits"] = overrides
+            data["previous_limits"] = {name: view.overrides.get(name) for name in overrides}
+            data["previous_max_tokens"] = view.max_tokens
+        await self.record(caller, "resume", view, body.note, **data)
+        return self.reply(detail(caller, resumed, time.time()))
+
+    async def extend(self, request: web.Request) -> web.Response:
+        caller = self.caller(request)
+        task = request.match_info["task"]
+        view = await self.task(caller, task)
+        body = await self.body(request, models.ExtendTask)
+        extended = await self.ledger.extend(view.task, body.seconds, body.note)
+        if extended is None:
+            raise _not_found(task)
+        await self.record(
+            caller,
+            "extend",
+            view,
+            body.note,
+            seconds=body.seconds,
+            extra_duration_s=extended.extra_duration,
+        )
+        return self.reply(detail(caller, extended, time.time()))
+
+    async def audit_trail(self, request: web.Request) -> web.Response:
+        caller = self.caller(request)
+        query = self.query(request, models.AuditQuery)
+        tenant = self.scope_tenant(caller, query.tenant)
+        task = caller.key(query.task) if query.task is not None else None
+        events = await self.audit.list(tenant=tenant, task=task, limit=query.limit)
+        return self.reply(
+            models.AuditList(
+                events=[
+                    models.AuditEventOut(
+                        action=e.action,
+                        task=caller.public_id(e.task),
+                        actor=e.actor,
+                        tenant=e.tenant,
+                        detail=e.detail,
+                        data=json.loads(json.dumps(e.data, default=str)),
+                        at=e.at,
+                    )
+                    for e in events
+                ]
+            )
+        )
+
+    async def fallback(self, request: web.Request) -> web.Response:
+        """Unknown paths and methods under the prefix answer here, in JSON, rather than fall
+        through to the provider routes."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is request.match_info.route.resource:
+                continue
+            match, methods = await resource.resolve(request)
+            if match is None:
+                allowed |= methods
+        if allowed:
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here; use {', '.join(sorted(allowed))}",
+                Allow=", ".join(sorted(allowed)),
+            )
+        return error_response(404, "not_found", f"no admin endpoint at {request.path}")
+
+
+STATE = web.AppKey("admin_state", AdminState)
+
+
+def build_admin_app(config: Config, ledger: Ledger, audit: AuditLog) -> web.Application:
+    """The admin API as an aiohttp sub-application, to mount at ``/tripwire/v1``."""
+    state = AdminState(config, ledger, audit)
+    app = web.Application(middlewares=[_errors])
+    app[STATE] = state
+    router = app.router
+    router.add_get("/openapi.json", state.openapi, allow_head=False)
+    router.add_post("/tasks", state.create)
+    router.add_get("/tasks", state.list_tasks, allow_head=False)
+    router.add_get("/tasks/{task}", state.show, allow_head=False)
+    router.add_post("/tasks/{task}/kill", state.kill)
+    router.add_post("/tasks/{task}/resume", state.resume)
+    router.add_post("/tasks/{task}/extend", state.extend)
+    router.add_get("/audit", state.audit_trail, allow_head=False)
+    router.add_route("*", "/{tail:.*}", state.fallback)
+    return app

@@ -1,0 +1,89 @@
+"""The content detectors together: one shingling per completion, one state per task.
+
+``observe_content`` hashes the completion once and runs the cycle, near-duplicate and
+no-progress detectors on it; ``ContentState`` is their states in one value that serializes to a
+few kilobytes at most (one Redis hash field):
+
+    state = ContentState.from_bytes(stored)      # b"" for a new task
+    state, trips = observe_content(state, agent, text, cycle=..., near_duplicate=..., ...)
+    stored = state.to_bytes()
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from proxy.detectors.base import Trip
+from proxy.detectors.cycle import CycleState
+from proxy.detectors.cycle import observe_shingles as observe_cycle
+from proxy.detectors.progress import NoProgressState
+from proxy.detectors.progress import observe_shingles as observe_progress
+from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from proxy.detectors.shingles import shingle
+from proxy.detectors.similarity import NearDuplicateState
+from proxy.detectors.similarity import observe_shingles as observe_near_duplicate
+
+_VERSION = 1
+_HEADER = struct.Struct("<BIII")
+
+
+@dataclass(frozen=True, slots=True)
+class ContentState:
+    cycle: CycleState = field(default_factory=CycleState)
+    near_duplicate: NearDuplicateState = field(default_factory=NearDuplicateState)
+    no_progress: NoProgressState = field(default_factory=NoProgressState)
+
+    def to_bytes(self) -> bytes:
+        parts = (self.cycle.to_bytes(), self.near_duplicate.to_bytes(), self.no_progress.to_bytes())
+        return _HEADER.pack(_VERSION, *(len(part) for part in parts)) + b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ContentState:
+        """The state written by ``to_bytes``; ``b""`` is a new task's. Raises ``ValueError`` on
+        anything else (the caller starts the task's detection afresh)."""
+        if not data:
+            return cls()
+        if len(data) < _HEADER.size or data[0] != _VERSION:
+            raise ValueError("not a content detector state")
+        _, *sizes = _HEADER.unpack_from(data)
+        if _HEADER.size + sum(sizes) != len(data):
+            raise ValueError("corrupt content detector state")
+        start = _HEADER.size
+        parts = []
+        for size in sizes:
+            parts.append(data[start : start + size])
+            start += size
+        return cls(
+            CycleState.from_bytes(parts[0]),
+            NearDuplicateState.from_bytes(parts[1]),
+            NoProgressState.from_bytes(parts[2]),
+        )
+
+
+def observe_content(
+    state: ContentState,
+    agent: str,
+    text: str,
+    *,
+    cycle: CycleSettings,
+    near_duplicate: NearDuplicateSettings,
+    no_progress: NoProgressSettings,
+) -> tuple[ContentState, list[Trip]]:
+    """Feed one completion's text to every enabled content detector; the trips, in the order
+    cycle, near-duplicate, no-progress. An empty text changes nothing."""
+    shingles = shingle(text)
+    if shingles.count == 0:
+        return state, []
+    trips: list[Trip] = []
+    cycle_state, near_state, progress_state = state.cycle, state.near_duplicate, state.no_progress
+    if cycle.enabled:
+        cycle_state, trip = observe_cycle(cycle_state, agent, shingles, cycle)
+        trips.extend([trip] if trip else [])
+    if near_duplicate.enabled:
+        near_state, trip = observe_near_duplicate(near_state, agent, shingles, near_duplicate)
+        trips.extend([trip] if trip else [])
+    if no_progress.enabled:
+        progress_state, trip = observe_progress(progress_state, agent, shingles, no_progress)
+        trips.extend([trip] if trip else [])
+    return ContentState(cycle_state, near_state, progress_state), trips

@@ -1,0 +1,102 @@
+"""Cycles: the task's outputs go round the same short loop, A B A B ... or A B C A B C ...
+
+Two agents handing a task back and forth each say something a little different every time, so
+no single output repeats often enough for the exact-repeat detector, yet the conversation is
+going round in circles. Output ``i`` continues a cycle of period ``p`` when it comes from the
+same agent as output ``i - p`` and their sketches are at least ``similarity`` alike. The state
+keeps, for every period from 1 to 6, how many outputs in a row have continued it, and the
+sketches of the last six outputs: a cycle of period ``p`` has run ``rounds`` times once
+``p * (rounds - 1)`` outputs in a row continued it.
+
+A period whose outputs all continue period 1 as well (one agent saying the same thing over and
+over) is left to the repeat and near-duplicate detectors.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from proxy.detectors.base import Trip, TripReason
+from proxy.detectors.settings import CycleSettings
+from proxy.detectors.shingles import (
+    Entry,
+    Shingles,
+    agent_key,
+    pack_entries,
+    shingle,
+    similarities,
+    unpack_entries,
+)
+
+MAX_PERIOD = 6
+_NAME_CHARS = 40  # agent names kept for the trip's sentence, cut to bound the state
+_VERSION = 1
+_HEADER = struct.Struct(f"<BB{MAX_PERIOD}H")
+
+
+@dataclass(frozen=True, slots=True)
+class CycleState:
+    recent: tuple[Entry, ...] = ()  # the last MAX_PERIOD outputs, oldest first
+    names: tuple[str, ...] = ()  # their agents' names
+    runs: tuple[int, ...] = (0,) * MAX_PERIOD  # runs[p - 1]: outputs in a row continuing p
+
+    def to_bytes(self) -> bytes:
+        names = "\n".join(self.names).encode()
+        head = _HEADER.pack(_VERSION, len(self.recent), *(min(r, 0xFFFF) for r in self.runs))
+        return head + pack_entries(self.recent) + names
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CycleState:
+        if not data:
+            return cls()
+        if len(data) < _HEADER.size or data[0] != _VERSION:
+            raise ValueError("not a cycle detector state")
+        _, count, *runs = _HEADER.unpack_from(data)
+        recent, end = unpack_entries(data, _HEADER.size, count)
+        names = tuple(data[end:].decode().split("\n")) if count else ()
+        if len(names) != count:
+            raise ValueError("corrupt cycle detector state")
+        return cls(recent, names, tuple(runs))
+
+
+def observe_shingles(
+    state: CycleState, agent: str, shingles: Shingles, settings: CycleSettings
+) -> tuple[CycleState, Trip | None]:
+    if shingles.count == 0:
+        return state, None
+    key = agent_key(agent)
+    scores = similarities(shingles.sketch, [sketch for _, sketch in state.recent])
+    runs = list(state.runs)
+    for period in range(1, MAX_PERIOD + 1):
+        back = len(state.recent) - period
+        continues = (
+            back >= 0 and state.recent[back][0] == key and bool(scores[back] >= settings.similarity)
+        )
+        runs[period - 1] = runs[period - 1] + 1 if continues else 0
+    recent = (*state.recent, (key, shingles.sketch))[-MAX_PERIOD:]
+    names = (*state.names, agent[:_NAME_CHARS].replace("\n", " "))[-MAX_PERIOD:]
+    new_state = CycleState(recent, names, tuple(runs))
+    for period in range(2, settings.max_period + 1):
+        if runs[period - 1] >= period * (settings.rounds - 1) and runs[0] < period - 1:
+            return new_state, _trip(names[-period:], period, agent, settings)
+    return new_state, None
+
+
+def _trip(names: tuple[str, ...], period: int, agent: str, settings: CycleSettings) -> Trip:
+    return Trip(
+        TripReason.CYCLE,
+        {
+            "agent": agent,
+            "period": period,
+            "rounds": settings.rounds,
+            "cycle": " -> ".join(names),
+            "similarity": settings.similarity,
+        },
+    )
+
+
+def observe(
+    state: CycleState, agent: str, text: str, settings: CycleSettings
+) -> tuple[CycleState, Trip | None]:
+    return observe_shingles(state, agent, shingle(text), settings)

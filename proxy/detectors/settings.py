@@ -1,0 +1,67 @@
+"""Policy settings of the content detectors: the ``cycle:``, ``near_duplicate:`` and
+``no_progress:`` sections of a policy or a rule.
+
+Every section has ``action``: ``kill`` stops the task like any other trip, ``observe`` only logs
+and counts the trip (shadow mode, the recommended start: watch what a detector would have
+stopped on your own traffic before letting it stop anything). The defaults were chosen on real
+multi-agent traces; ``bench/detection/results.md`` has the measurements behind them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DetectorAction = Literal["kill", "observe"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    action: DetectorAction = "observe"
+
+
+class CycleSettings(_Section):
+    """The task's outputs go round a cycle: A B A B ..., A B C A B C ...
+
+    Output ``i`` continues a cycle of period ``p`` when it comes from the same agent as output
+    ``i - p`` and the two are at least ``similarity`` alike. A cycle trips once it has run
+    ``rounds`` times in a row (so period 2, 3 rounds: six outputs).
+    """
+
+    rounds: int = Field(default=2, ge=2, le=100)
+    max_period: int = Field(default=6, ge=2, le=6)
+    # Estimated Jaccard similarity of word 3-shingles; 1.0: the same text.
+    similarity: float = Field(default=0.7, gt=0.0, le=1.0)
+
+
+class NearDuplicateSettings(_Section):
+    """One agent keeps giving nearly the same output, worded a little differently.
+
+    Trips when an output and ``repeats - 1`` of the same agent's outputs among the task's last
+    ``window`` (this one included) are each at least ``similarity`` alike. Outputs under
+    ``min_shingles`` word 3-shingles are neither compared nor counted in the window.
+    """
+
+    similarity: float = Field(default=0.8, gt=0.0, le=1.0)
+    repeats: int = Field(default=2, ge=2, le=64)
+    window: int = Field(default=10, ge=2, le=64)
+    # Shorter outputs ("OK", "TERMINATE") are alike by nature: they are not compared.
+    min_shingles: int = Field(default=8, ge=1)
+
+
+class NoProgressSettings(_Section):
+    """The task's recent outputs hardly say anything it has not said before.
+
+    Over the task's last ``completions`` outputs, the share of word 3-shingles never seen
+    earlier in the task stays below ``min_new_share``. The task's past is kept as a consistent
+    sample of at most ``sample_size`` shingle hashes, so state stays bounded however long the
+    task runs; ``min_sampled`` sampled shingles over the window are needed for a verdict.
+    """
+
+    completions: int = Field(default=4, ge=2, le=64)
+    min_new_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    sample_size: int = Field(default=512, ge=64, le=16384)
+    min_sampled: int = Field(default=32, ge=1)

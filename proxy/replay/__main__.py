@@ -1,0 +1,5 @@
+import sys
+
+from proxy.replay.cli import main
+
+sys.exit(main())

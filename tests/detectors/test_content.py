@@ -1,0 +1,69 @@
+"""All content detectors through one state: what the ledger stores per task."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from proxy.detectors.base import TripReason
+from proxy.detectors.content import ContentState, observe_content
+from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from tests.detectors.helpers import prose, reword
+
+DEFAULTS: dict[str, Any] = {
+    "cycle": CycleSettings(),
+    "near_duplicate": NearDuplicateSettings(),
+    "no_progress": NoProgressSettings(),
+}
+
+
+def test_a_ping_pong_loop_trips_every_content_detector() -> None:
+    state, reasons = ContentState(), []
+    ask, answer = prose(1, 100), prose(2, 100)
+    for n in range(6):
+        state, trips = observe_content(state, "planner", reword(ask, n), **DEFAULTS)
+        reasons += [t.reason for t in trips]
+        state, trips = observe_content(state, "critic", reword(answer, n), **DEFAULTS)
+        reasons += [t.reason for t in trips]
+    assert {TripReason.CYCLE, TripReason.NEAR_DUPLICATE, TripReason.NO_PROGRESS} <= set(reasons)
+
+
+def test_disabled_detectors_and_empty_texts() -> None:
+    off = {
+        name: settings.model_copy(update={"enabled": False}) for name, settings in DEFAULTS.items()
+    }
+    state = ContentState()
+    for _ in range(10):
+        state, trips = observe_content(state, "a", prose(1), **off)
+        assert trips == []
+    assert state == ContentState()
+    same, trips = observe_content(state, "a", "", **DEFAULTS)
+    assert same is state and trips == []
+
+
+def test_state_stays_bounded_after_ten_thousand_completions() -> None:
+    rng = random.Random(7)
+    state = ContentState()
+    sizes = []
+    for n in range(10_000):
+        text = prose(rng.randrange(400), rng.randrange(5, 120))
+        state, _ = observe_content(state, f"agent-{n % 40}", text, **DEFAULTS)
+        if n % 1000 == 999:
+            sizes.append(len(state.to_bytes()))
+    assert max(sizes) < 5000
+    assert sizes[-1] <= sizes[0] + 64  # full from early on, then constant
+    assert ContentState.from_bytes(state.to_bytes()) == state
+
+
+def test_serialized_form_round_trips_and_rejects_garbage() -> None:
+    state = ContentState()
+    for n in range(30):
+        state, _ = observe_content(state, f"a{n % 3}", prose(n % 4), **DEFAULTS)
+    data = state.to_bytes()
+    assert ContentState.from_bytes(data) == state
+    assert ContentState.from_bytes(b"") == ContentState()
+    for bad in (data[:-1], b"\x07" + data[1:], b"xx"):
+        with pytest.raises(ValueError):
+            ContentState.from_bytes(bad)

@@ -1,0 +1,88 @@
+"""The content detectors wired into the proxy: a paraphrasing agent is caught on either backend."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import openai
+import pytest
+
+from tests.harness import MockProviderThread
+
+ANSWERS = [
+    "The plan is to collect the quarterly figures, compare them with last year and write a "
+    "short summary for the board with the three main risks and what we do next about them.",
+    "The plan is to collect the quarterly figures, compare them with last year and write a "
+    "short summary for the board with the three main risks and what we will do next about them.",
+]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def state(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "memory":
+        return {}
+    return {"backend": "redis", "redis_url": request.getfixturevalue("redis_server").url}
+
+
+def test_a_paraphrasing_agent_is_killed_when_the_detector_says_kill(
+    make_proxy: Any, mock: MockProviderThread, state: dict[str, Any]
+) -> None:
+    proxy = make_proxy(
+        state=state, policy={"near_duplicate": {"action": "kill"}, "cycle": {"enabled": False}}
+    )
+    task = "para-" + uuid.uuid4().hex[:6]
+    client = openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0)
+    for number, answer in enumerate(ANSWERS):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"plan {number}"}],
+            extra_headers={"X-Task-Id": task, "x-mock-reply": answer},
+        )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the detectors run just after the response
+        view = proxy.task(task)
+        if view is not None and view.killed is not None:
+            break
+        time.sleep(0.05)
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "plan 3"}],
+            extra_headers={"X-Task-Id": task},
+        )
+    assert "near_duplicate" in refused.value.message
+    assert mock.provider.total_hits == 2
+
+
+def test_shadow_mode_only_reports(
+    make_proxy: Any,
+    mock: MockProviderThread,
+    state: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = make_proxy(state=state)  # the shipped defaults: observe
+    task = "shadow-" + uuid.uuid4().hex[:6]
+    client = openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0)
+    for number in range(4):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"plan {number}"}],
+            extra_headers={"X-Task-Id": task, "x-mock-reply": ANSWERS[number % 2]},
+        )
+
+    def observed() -> list[str]:
+        return [
+            r.fields["reason"]  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage() == "trip" and r.fields.get("task") == task  # type: ignore[attr-defined]
+        ]
+
+    deadline = time.monotonic() + 5
+    while "near_duplicate" not in observed() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "near_duplicate" in observed()
+    view = proxy.task(task)
+    assert view is not None and view.killed is None
+    assert mock.provider.total_hits == 4
