@@ -113,6 +113,14 @@ def _validation_message(error: ValidationError) -> str:
 
 def _view_out(caller: Caller, view: TaskView, now: float) -> dict[str, Any]:
     trip = view.killed
+    # A limit set on the task wins over the policy's and the token's; a view may still carry
+    # the budget its last call saw, from before a resume raised it.
+    max_tokens = view.max_tokens
+    if "max_tokens" in view.overrides:
+        max_tokens = int(view.overrides["max_tokens"])
+    left = None
+    if max_tokens is not None:
+        left = max(max_tokens - view.tokens_used - view.tokens_reserved, 0)
     return {
         "task": caller.public_id(view.task),
         "key": view.task,
@@ -121,8 +129,8 @@ def _view_out(caller: Caller, view: TaskView, now: float) -> dict[str, Any]:
         "state": "killed" if trip is not None else "active",
         "tokens_used": view.tokens_used,
         "tokens_reserved": view.tokens_reserved,
-        "tokens_left": view.tokens_left,
-        "max_tokens": view.max_tokens,
+        "tokens_left": left,
+        "max_tokens": max_tokens,
         "cost_usd": view.cost_usd,
         "calls": view.calls,
         "hops": view.hops,

@@ -166,6 +166,19 @@ def render_detail(task: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _budget_changes(data: dict[str, Any]) -> str:
+    limits = data.get("limits") or {}
+    before = data.get("previous_limits") or {}
+    changes = []
+    for name, value in sorted(limits.items()):
+        previous = before.get(name)
+        if previous is None and name == "max_tokens":
+            previous = data.get("previous_max_tokens")
+        was = f"{previous:g}" if isinstance(previous, int | float) else "-"
+        changes.append(f"{name} {was} -> {value:g}")
+    return ", ".join(changes)
+
+
 def render_audit(events: list[dict[str, Any]]) -> str:
     lines = []
     for entry in events:
@@ -173,6 +186,9 @@ def render_audit(events: list[dict[str, Any]]) -> str:
         line = f"{_stamp(entry['at'])}  {entry['action']:<8} {entry['task']}  by {who}"
         if entry.get("detail"):
             line += f": {entry['detail']}"
+        changes = _budget_changes(entry.get("data") or {})
+        if changes:
+            line += f" [{changes}]"
         lines.append(line)
     return "\n".join(lines) or "no events"
 

@@ -388,15 +388,14 @@ class Forwarder:
                     if ok and call.info.kind in _KNOWN_KINDS:
                         output = call.adapter.output_from_body(call.info, parsed)
                 except _SHAPE_ERRORS as exc:
-                    # The body still reaches the client as sent; it is accounted as if it
-                    # carried no usage.
-                    usage, output = None, None
+                    # The body still reaches the client as sent, accounted by what could be read.
+                    output = None
                     event("unreadable_response", logging.WARNING, error=type(exc).__name__)
-        if usage is None:
-            # An answer without usage still cost its prompt; an error answer costs nothing.
-            usage = Usage(
-                input_tokens=call.prompt_tokens if ok and call.info.kind in _KNOWN_KINDS else 0
-            )
+        answered = ok and call.info.kind in _KNOWN_KINDS
+        if usage is None or (answered and not usage.total):
+            # An answer without usage still cost its prompt (a usage block of nulls or strings
+            # reads as none at all); an error answer costs nothing.
+            usage = Usage(input_tokens=call.prompt_tokens if answered else 0)
         outcome = "ok" if ok else "provider_error"
         settled = await self._settle(call, grant, usage, outcome, upstream.status, output, received)
         headers = response_headers(upstream.headers)
@@ -432,6 +431,11 @@ class Forwarder:
             self.ledger.board.unwatch(call.task, relay.cut)
             tally = relay.tally
             usage = tally.billed_usage(call.prompt_tokens)
+            if not usage.total and tally.final and call.info.kind in _KNOWN_KINDS:
+                # Closing usage of nulls or strings: count the stream as if it sent none.
+                tally.usage, tally.final = None, False
+                usage = tally.billed_usage(call.prompt_tokens)
+                tally.final = True
             outcome = relay.outcome(upstream.status)
             if relay.trip is not None:
                 self.telemetry.stream_cut(str(relay.trip.reason))

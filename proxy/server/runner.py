@@ -7,11 +7,17 @@ import gc
 import signal
 
 from aiohttp import web
+from yarl import URL
 
 from proxy import __version__
 from proxy.app import build_app
 from proxy.config import Config, Upstream
 from proxy.telemetry.logs import event
+
+
+def _shown(url: str) -> str:
+    """A base URL may carry a credential (``https://user:key@host``): logs get it without."""
+    return str(URL(url).with_user(None)) if "@" in url else url
 
 
 def with_mock_upstreams(config: Config, mock_url: str) -> Config:
@@ -43,7 +49,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
             "listening",
             version=__version__,
             url=f"http://{host}:{port}",
-            upstreams={name: up.base_url for name, up in config.upstreams.items()},
+            upstreams={name: _shown(up.base_url) for name, up in config.upstreams.items()},
             state=config.state.backend,
             mock_provider=mock,
         )

@@ -8,14 +8,14 @@ client's stream with an error event in that stream's format.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 from aiohttp import web
 
 from proxy.detectors.base import Trip
 from proxy.providers import StreamTally
-from proxy.server.sse import SSEDecoder
+from proxy.server.sse import SSEDecoder, SSEEvent
 from proxy.telemetry.logs import event
 
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
@@ -38,6 +38,7 @@ class StreamRelay:
         self.trip: Trip | None = None
         self.client_gone = False
         self.broken = False  # the provider's stream failed before its end
+        self.unreadable = 0  # events the tally could not read; relayed all the same
         self._decoder = SSEDecoder()
 
     def outcome(self, status: int) -> str:
@@ -76,22 +77,38 @@ class StreamRelay:
         content = self.upstream.content
         try:
             while chunk := content.read_nowait():
-                for sse in self._decoder.feed(chunk):
-                    self.tally.feed(sse)
+                self._accept(self._decoder.feed(chunk))
         except (aiohttp.ClientError, RuntimeError):
             pass  # RuntimeError: the pump is waiting for data, so the buffer is empty
         self.upstream.close()
+
+    def _accept(self, events: Iterable[SSEEvent]) -> list[bytes]:
+        """The raw events the client is to see, each read by the tally on its way. An event the
+        tally cannot read (a provider's odd or hostile payload) is relayed all the same: the
+        stream is the provider's, and its usage falls back to what was counted."""
+        feed = self.tally.feed
+        out: list[bytes] = []
+        for sse in events:
+            try:
+                if not feed(sse):
+                    continue
+            except Exception as exc:
+                if not self.unreadable:
+                    event("unreadable_stream_event", logging.WARNING, error=type(exc).__name__)
+                self.unreadable += 1
+            out.append(sse.raw)
+        return out
 
     async def _pump(self) -> None:
         decoder = self._decoder
         async for chunk in self.upstream.content.iter_any():
             # The events of one upstream read leave in one write: fewer syscalls, same timing.
-            out = [sse.raw for sse in decoder.feed(chunk) if self.tally.feed(sse)]
+            out = self._accept(decoder.feed(chunk))
             if self.trip is not None:
                 return
             if out:
                 await self.response.write(out[0] if len(out) == 1 else b"".join(out))
-        out = [sse.raw for sse in decoder.flush() if self.tally.feed(sse)]
+        out = self._accept(decoder.flush())
         if out and self.trip is None:
             await self.response.write(b"".join(out))
 

@@ -21,9 +21,11 @@ ANONYMOUS_TASK = "anonymous"
 
 
 def clean_id(value: str) -> str:
-    """Ids end up in headers and logs: keep them short, printable and ASCII."""
+    """Ids end up in headers and logs: keep them short, printable and ASCII. A slash is escaped
+    because ``tenant/task`` is how a tenant's tasks are keyed: no client-chosen id may reach
+    into a tenant's namespace."""
     value = value.strip()[:MAX_ID_LENGTH]
-    if value.isascii() and value.isprintable():
+    if value.isascii() and value.isprintable() and "/" not in value:
         return value
     return quote(value, safe="")[:MAX_ID_LENGTH]
 

@@ -144,10 +144,7 @@ class MemoryLedger:
         task = self._touch(plan.task, plan.now)
         if task.killed is not None:
             raise Denied(plan.task, task.killed, fresh=False)
-        if task.tenant is None and plan.tenant is not None:
-            task.tenant = plan.tenant
-        if task.owner is None and plan.owner is not None:
-            task.owner = plan.owner
+        _first_call(task, plan)
         lim = plan.policy.limits
         if task.overrides:
             lim = lim.model_copy(update=task.overrides)
@@ -367,7 +364,7 @@ class MemoryLedger:
             hops=task.hops,
             agents=list(task.agents),
             killed=task.killed,
-            max_tokens=task.max_tokens,
+            max_tokens=_limit(task.overrides.get("max_tokens"), task.max_tokens),
             tenant=task.tenant,
             owner=task.owner,
             overrides=dict(task.overrides),
@@ -379,6 +376,21 @@ class MemoryLedger:
     @staticmethod
     def _empty_view(name: str) -> TaskView:
         return TaskView(name, 0.0, 0.0, 0, 0, 0.0, 0, 0, [], None)
+
+
+def _first_call(task: _Task, plan: CallPlan) -> None:
+    """What a task's first call settles: its clock (the deadline runs from the first call,
+    not from creation ahead of it), and the tenant and owner its token names."""
+    if task.calls == 0:
+        task.started = plan.now
+    if task.tenant is None:
+        task.tenant = plan.tenant
+    if task.owner is None:
+        task.owner = plan.owner
+
+
+def _limit(override: float | None, current: int | None) -> int | None:
+    return int(override) if override is not None else current
 
 
 def _describe_limits(overrides: dict[str, float]) -> str:

@@ -522,7 +522,6 @@ class RedisLedger:
             fields["owner"] = owner
         now = time.time()
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(keys.state, "started", repr(now))
             pipe.hset(keys.state, mapping={"last_seen": repr(now), **fields})
             self._push_timeline(pipe, keys, "created", _describe(overrides))
             pipe.expire(keys.state, int(self.settings.task_ttl))

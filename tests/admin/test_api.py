@@ -52,6 +52,7 @@ def test_create_ahead_kill_by_budget_resume_with_more(
     assert body["task"] == body["key"] == task
     assert body["owner"] == "team-research" and body["limits"] == {"max_tokens": 300}
     assert body["state"] == "active" and body["calls"] == 0 and body["trip"] is None
+    assert body["max_tokens"] == body["tokens_left"] == 300
     assert [e["kind"] for e in body["timeline"]] == ["created"]
     again = admin.post("/tasks", {"task": task})
     assert again.status_code == 409 and error_of(again)["code"] == "task_exists"
@@ -73,6 +74,8 @@ def test_create_ahead_kill_by_budget_resume_with_more(
     assert resumed.status_code == 200, resumed.text
     assert resumed.json()["state"] == "active"
     assert resumed.json()["limits"] == {"max_tokens": 5000}
+    assert resumed.json()["max_tokens"] == 5000
+    assert resumed.json()["tokens_left"] == 5000 - detail["tokens_used"]
     assert call(proxy, task).status == 200
     assert admin.task(task).json()["max_tokens"] == 5000
 
@@ -166,6 +169,8 @@ def test_extend_moves_the_deadline(proxy: ProxyThread, admin: Admin) -> None:
     for task in (late, extended):
         response = admin.post("/tasks", {"task": task, "limits": {"max_duration": 0.3}})
         assert response.status_code == 201
+        time.sleep(0.4)  # the deadline runs from the first call, not from creation
+        assert call(proxy, task).status == 200
     moved = admin.act(extended, "extend", {"seconds": 60, "note": "the report is long"})
     assert moved.status_code == 200 and moved.json()["extra_duration_s"] == 60
     time.sleep(0.4)

@@ -157,7 +157,7 @@ def test_walkthrough(proxy: ProxyThread, capsys: pytest.CaptureFixture[str]) -> 
     code, out, _ = tripwire(capsys, "tasks", "audit", "--task", task)
     actions = [line.split()[2] for line in out.splitlines()]
     assert code == 0 and actions == ["kill", "extend", "resume", "kill"]
-    assert "by cli-user: approved by dana" in out
+    assert "by cli-user: approved by dana [max_tokens 300 -> 5000]" in out
 
 
 @pytest.mark.usefixtures("env")

@@ -30,12 +30,6 @@ from tests.harness import MockProviderThread
 ISSUER = "https://auth.example.com"
 AUDIENCE = "tripwire"
 HS256 = {"mode": "jwt", "hs256_secret": SECRET, "issuer": ISSUER, "audience": AUDIENCE}
-# proxy/auth.py reads the key files with open(...).read() and leaves closing them to the garbage
-# collector; remove this once it closes them itself.
-KEY_FILE_LEFT_OPEN = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <_io\.(FileIO|TextIOWrapper) name='[^']*(tripwire\.pub|jwks\.json)'"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
 
 
 def b64(data: bytes) -> str:
@@ -188,7 +182,6 @@ def pem_proxy(make_proxy: Any, keys: dict[str, Any], tmp_path: Path) -> Any:
     return make_proxy(auth={"mode": "jwt", "public_key_file": str(path), "audience": AUDIENCE})
 
 
-@KEY_FILE_LEFT_OPEN
 def test_rs256_with_a_public_key(pem_proxy: Any, keys: dict[str, Any], mock: Any) -> None:
     good = rs256(claims(), keys["main"])
     assert ask("chat", pem_proxy.base_url, api_key=good).status == 200
@@ -213,7 +206,6 @@ def jwks_proxy(make_proxy: Any, keys: dict[str, Any], tmp_path: Path) -> Any:
     return make_proxy(auth={"mode": "jwt", "jwks_file": str(path), "audience": AUDIENCE})
 
 
-@KEY_FILE_LEFT_OPEN
 def test_jwks_keys_are_chosen_by_kid(jwks_proxy: Any, keys: dict[str, Any], mock: Any) -> None:
     assert ask("chat", jwks_proxy.base_url, api_key=rs256(claims(), keys["main"], "2026-01"))
     mock.provider.reset()

@@ -53,3 +53,10 @@ def test_agent_sources_in_order() -> None:
     assert inferred.startswith("sys:")
     assert inferred == tagger.agent({}, None, "You are a planner.")
     assert inferred != tagger.agent({}, None, "You are a critic.")
+
+
+def test_a_client_chosen_task_id_cannot_reach_into_a_tenants_namespace() -> None:
+    tagger = Tagger(Tagging())
+    # Tasks of tenant acme are keyed "acme/<task>"; a client's own id never contains a raw "/".
+    assert tagger.task({"x-task-id": "acme/job-42"}, None) == "acme%2Fjob-42"
+    assert tagger.task({}, "acme/job-42") == "acme%2Fjob-42"
