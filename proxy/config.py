@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from proxy.envelopes.settings import EnvelopeSettings
 from proxy.errors import ConfigError
 
 DEFAULT_POLICY_PATH = Path("rules/policy.yaml")
@@ -124,6 +125,8 @@ class Rule(Strict):
     no_progress: NoProgressSettings | None = None
     on_trip: TripAction | None = None
     chaos: ChaosSettings | None = None
+    # The agents this rule matches are workers: their answers must be status envelopes.
+    envelope: EnvelopeSettings | None = None
 
 
 class Policy(Strict):

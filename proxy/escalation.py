@@ -48,6 +48,9 @@ from proxy.telemetry.logs import event
 from proxy.telemetry.record import TripEvent
 
 EVENT_TYPE = "tripwire.trip"
+# A worker's status envelope under its confidence threshold: delivered, and put to its owner.
+LOW_CONFIDENCE_EVENT = "tripwire.low_confidence"
+ESCALATE = "escalate"
 SIGNATURE_HEADER = "X-Tripwire-Signature"
 TIMESTAMP_HEADER = "X-Tripwire-Timestamp"
 EVENT_ID_HEADER = "X-Tripwire-Event-Id"
@@ -193,7 +196,9 @@ class Escalator:
     def listener(self, happened: TripEvent) -> None:
         """Schedule the delivery of one trip; returns at once and never raises."""
         try:
-            if self._closed or not self.enabled or happened.action not in self.actions:
+            # An escalation is asked for by the worker's rule itself, whatever ``on`` says.
+            wanted = happened.action in self.actions or happened.action == ESCALATE
+            if self._closed or not self.enabled or not wanted:
                 return
             event_id = str(uuid.uuid4())
             if len(self._pending) >= self.max_pending:
@@ -395,8 +400,8 @@ class Escalator:
         # A suggestion the owner edits: resuming needs a budget above what is already used.
         budget = 2 * max(view.max_tokens or 0, view.tokens_used, 500)
         extend_s = int(trip.figures.get("max_duration_s") or DEFAULT_EXTEND_S)
-        return {
-            "event": EVENT_TYPE,
+        payload: dict[str, Any] = {
+            "event": LOW_CONFIDENCE_EVENT if happened.action == ESCALATE else EVENT_TYPE,
             "id": event_id,
             "at": _iso(at),
             "task": happened.task,
@@ -435,6 +440,9 @@ class Escalator:
                 },
             },
         }
+        if happened.envelope is not None:
+            payload["envelope"] = happened.envelope
+        return payload
 
 
 def slack_text(payload: dict[str, Any]) -> str:
@@ -442,6 +450,11 @@ def slack_text(payload: dict[str, Any]) -> str:
     task, reason = _slack(payload["task"]), payload["reason"]
     if payload["action"] == "kill":
         head = f"Tripwire stopped task `{task}` ({reason}): {_slack(payload['detail'])}."
+    elif payload["action"] == ESCALATE:
+        head = (
+            f"Tripwire asks the owner of task `{task}` to review an answer ({reason}): "
+            f"{_slack(payload['detail'])}. The answer was delivered."
+        )
     else:
         head = (
             f"Tripwire saw task `{task}` trip ({reason}) in observe mode, and let it run: "

@@ -145,6 +145,7 @@ def _view_out(caller: Caller, view: TaskView, now: float) -> dict[str, Any]:
             if trip is not None
             else None
         ),
+        "envelopes": dict(view.envelopes),
     }
 
 

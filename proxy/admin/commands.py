@@ -154,6 +154,7 @@ def render_detail(task: dict[str, Any]) -> str:
         lines.append(f"limits    {limits}")
     if task.get("extra_duration_s"):
         lines.append(f"extended  {task['extra_duration_s']:g}s past the policy's deadline")
+    lines += _envelope_lines(task)
     if task.get("previews"):
         lines.append("last completions:")
         for preview in task["previews"]:
@@ -164,6 +165,13 @@ def render_detail(task: dict[str, Any]) -> str:
         for entry in task["timeline"]:
             lines.append(f"  {_stamp(entry['at'])}  {entry['kind']:<8} {entry['detail']}")
     return "\n".join(lines)
+
+
+def _envelope_lines(task: dict[str, Any]) -> list[str]:
+    counts = task.get("envelopes") or {}
+    if not counts:
+        return []
+    return ["envelopes " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
 
 
 def _budget_changes(data: dict[str, Any]) -> str:

@@ -164,6 +164,9 @@ class TaskSummary(Response):
     limits: dict[str, float] = Field(description="limits set on this task, over the policy's")
     extra_duration_s: float
     trip: TripOut | None
+    envelopes: dict[str, int] = Field(
+        description="workers' status envelopes by status: success, failed, partial, invalid"
+    )
 
 
 class TaskDetail(TaskSummary):

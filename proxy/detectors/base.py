@@ -27,6 +27,8 @@ class TripReason(StrEnum):
     NEAR_DUPLICATE = "near_duplicate"
     NO_PROGRESS = "no_progress"
     OPERATOR = "operator"
+    INVALID_ENVELOPE = "invalid_envelope"
+    LOW_CONFIDENCE = "low_confidence"
 
 
 _DETAILS: dict[TripReason, str] = {
@@ -72,6 +74,12 @@ _DETAILS: dict[TripReason, str] = {
         "minimum of {min_new_share:.0%}"
     ),
     TripReason.OPERATOR: "stopped by {by}: {note}",
+    # The problem itself is among the figures, which every refusal lists after the sentence.
+    TripReason.INVALID_ENVELOPE: "agent {agent} answered without a valid status envelope",
+    TripReason.LOW_CONFIDENCE: (
+        "agent {agent} reported confidence {confidence:g} (status {status}), below the "
+        "threshold of {min_confidence:g}"
+    ),
 }
 
 

@@ -2,7 +2,8 @@
 
 The test suite, `tripwire demo` and the benchmarks put it where a real
 provider would be; requests are scripted with `x-mock-*` headers (see
-`behaviour`).
+`behaviour`). An Anthropic request whose `tool_choice` forces a tool is answered with that
+tool's `tool_use` block, its input the scripted reply as JSON; other formats answer text.
 """
 
 from .app import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,8 +101,53 @@ def parse_messages_request(body: Any) -> ParsedRequest:
     )
 
 
-def _stop_reason(completion: Completion) -> str:
-    return "max_tokens" if completion.truncated else "end_turn"
+def _stop_reason(completion: Completion, tool: str | None = None) -> str:
+    if completion.truncated:
+        return "max_tokens"
+    return "tool_use" if tool is not None else "end_turn"
+
+
+def forced_tool(body: Mapping[str, Any]) -> str | None:
+    """The tool a request's ``tool_choice`` forces (``tool``, or ``any`` of its tools), whose
+    ``tool_use`` block is then the whole reply, as the API answers it."""
+    choice = body.get("tool_choice")
+    tools = body.get("tools")
+    if not isinstance(choice, Mapping) or not isinstance(tools, list) or not tools:
+        return None
+    if choice.get("type") == "tool" and isinstance(choice.get("name"), str):
+        return str(choice["name"])
+    first = tools[0]
+    if choice.get("type") == "any" and isinstance(first, Mapping):
+        return str(first.get("name", ""))
+    return None
+
+
+def tool_input_text(reply: str) -> str:
+    """A scripted reply as a forced tool's input: the reply itself when it is a JSON object,
+    else the reply wrapped as ``{"text": ...}`` (a model forced to a tool answers in JSON)."""
+    try:
+        if isinstance(json.loads(reply), dict):
+            return reply
+    except ValueError:
+        pass
+    return json.dumps({"text": reply})
+
+
+def _tool_input(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}  # cut by max_tokens mid-object
+    return value if isinstance(value, dict) else {}
+
+
+def _tool_block(name: str, tool_input: Any) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": random_id("toolu_01", 22, _ID_ALPHABET),
+        "name": name,
+        "input": tool_input,
+    }
 
 
 def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
@@ -139,11 +185,17 @@ def _message_id() -> str:
 
 
 def message_body(request: ParsedRequest, completion: Completion) -> dict[str, Any]:
+    tool = forced_tool(request.body)
+    content = (
+        [_tool_block(tool, _tool_input(completion.text))]
+        if tool is not None
+        else [{"type": "text", "text": completion.text}]
+    )
     return _message(
         _message_id(),
         request.model,
-        [{"type": "text", "text": completion.text}],
-        _stop_reason(completion),
+        content,
+        _stop_reason(completion, tool),
         usage(request.prompt_tokens, completion.tokens),
     )
 
@@ -162,20 +214,22 @@ def message_stream(request: ParsedRequest, completion: Completion) -> list[Strea
         "message_start",
         {"message": _message(start, request.model, [], None, usage(request.prompt_tokens, 1))},
     )
-    emit("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+    tool = forced_tool(request.body)
+    block = _tool_block(tool, {}) if tool is not None else {"type": "text", "text": ""}
+    emit("content_block_start", {"index": 0, "content_block": block})
     emit("ping", {})
     for part in completion.chunks:
-        emit(
-            "content_block_delta",
-            {"index": 0, "delta": {"type": "text_delta", "text": part.text}},
-            tokens=part.tokens,
-            delta=True,
+        delta = (
+            {"type": "input_json_delta", "partial_json": part.text}
+            if tool is not None
+            else {"type": "text_delta", "text": part.text}
         )
+        emit("content_block_delta", {"index": 0, "delta": delta}, tokens=part.tokens, delta=True)
     emit("content_block_stop", {"index": 0})
     emit(
         "message_delta",
         {
-            "delta": {"stop_reason": _stop_reason(completion), "stop_sequence": None},
+            "delta": {"stop_reason": _stop_reason(completion, tool), "stop_sequence": None},
             "usage": {
                 "input_tokens": request.prompt_tokens,
                 "cache_creation_input_tokens": 0,

@@ -8,7 +8,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -24,6 +24,7 @@ from .common import (
     StreamEvent,
     encoding,
     plan_completion,
+    reply_text,
 )
 
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
@@ -245,6 +246,10 @@ async def _serve(request: web.Request, protocol: _Protocol) -> web.StreamRespons
     except RequestError as exc:
         return error(400, protocol.invalid_request(exc, request_id))
 
+    if protocol is _MESSAGES and anthropic_wire.forced_tool(parsed.body) is not None:
+        # A forced tool's input is JSON; the reply is sized and streamed as that JSON.
+        scripted = anthropic_wire.tool_input_text(reply_text(behaviour, parsed.last_user_text))
+        behaviour = replace(behaviour, reply=scripted, reply_tokens=None)
     completion = plan_completion(behaviour, parsed.last_user_text, parsed.cap)
     if parsed.stream:
         return await _stream(

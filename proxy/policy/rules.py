@@ -15,6 +15,7 @@ from functools import lru_cache
 from proxy.config import ChaosSettings, Limits, Policy, RepeatSettings, TripAction
 from proxy.detectors.base import TripReason
 from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from proxy.envelopes.settings import EnvelopeSettings, merge_envelope
 
 _CONTENT = ("cycle", "near_duplicate", "no_progress")
 
@@ -29,6 +30,7 @@ class Effective:
     cycle: CycleSettings = field(default_factory=CycleSettings)
     near_duplicate: NearDuplicateSettings = field(default_factory=NearDuplicateSettings)
     no_progress: NoProgressSettings = field(default_factory=NoProgressSettings)
+    envelope: EnvelopeSettings | None = None  # set: the agent is a worker
 
     @property
     def content_detection(self) -> bool:
@@ -71,6 +73,7 @@ class PolicyBook:
         repeat = self.policy.repeat
         on_trip = self.policy.on_trip
         chaos: ChaosSettings | None = None
+        envelope: EnvelopeSettings | None = None
         content = {name: getattr(self.policy, name) for name in _CONTENT}
         applied: list[str] = []
         for index in matched:
@@ -83,6 +86,7 @@ class PolicyBook:
                 on_trip = rule.on_trip
             if rule.chaos is not None:
                 chaos = rule.chaos
+            envelope = merge_envelope(envelope, rule.envelope)
             for name in _CONTENT:
                 if getattr(rule, name) is not None:
                     content[name] = getattr(rule, name)
@@ -95,4 +99,5 @@ class PolicyBook:
             content["cycle"],
             content["near_duplicate"],
             content["no_progress"],
+            envelope,
         )

@@ -1,8 +1,9 @@
 """The proxy handler: tag, reserve, forward, stream back, settle.
 
 Bytes reach the client as the provider sent them; parsers read copies. The body is rewritten
-only to enforce the output cap or to ask for stream usage, and a stream is only ever changed by
-dropping the usage chunk Tripwire asked for, or by ending it with an error event on a kill.
+only to enforce the output cap, to ask for stream usage, or to ask for a worker's status
+envelope, and a stream is only ever changed by dropping the usage chunk Tripwire asked for, or
+by ending it with an error event on a kill or in place of a blocked worker's closing events.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ from proxy.chaos import Chaos
 from proxy.config import Config, Upstream
 from proxy.detectors import limits
 from proxy.detectors.base import Trip
+from proxy.envelopes import core as envelopes
+from proxy.envelopes.gate import (
+    BLOCK_STATUS,
+    EnvelopeGate,
+    block_headers,
+    blocked_body,
+    blocked_event,
+)
 from proxy.errors import (
     ERROR_TABLE,
     AuthError,
@@ -37,7 +46,7 @@ from proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from proxy.policy.rules import PolicyBook
+from proxy.policy.rules import Effective, PolicyBook
 from proxy.pricing import Price, PriceBook, cost_usd
 from proxy.providers import ADAPTERS, Adapter, CallInfo, Output, Usage
 from proxy.server import routing
@@ -126,6 +135,7 @@ class Forwarder:
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
         self._background: set[asyncio.Future[Any]] = set()
         self.chaos = Chaos.from_config(config, self.policy, ledger, telemetry)
+        self.envelopes = EnvelopeGate(ledger, telemetry)
         self.streams = StreamSlots.from_settings(config.server)
         self.max_body_bytes = config.server.max_body_bytes
         self.body_timeout = config.server.body_timeout
@@ -264,6 +274,10 @@ class Forwarder:
             effective = dataclasses.replace(
                 effective, limits=effective.limits.model_copy(update=signed)
             )
+        if _injects(effective) and call.body is not None and effective.envelope is not None:
+            call.prompt_tokens += envelopes.injection_tokens(
+                call.body, call.info, effective.envelope
+            )
         price = (
             self.prices.lookup(call.info.model, call.upstream.format) if call.info.model else None
         )
@@ -318,7 +332,10 @@ class Forwarder:
         cap_field = call.info.cap_field
         if cap_field is None and call.info.kind == "chat":
             cap_field = call.upstream.cap_field
-        if call.adapter.enforce(call.body, call.info, grant.output_cap, cap_field):
+        changed = call.adapter.enforce(call.body, call.info, grant.output_cap, cap_field)
+        if _injects(grant.policy) and grant.policy.envelope is not None:
+            changed = envelopes.inject(call.body, call.info, grant.policy.envelope) or changed
+        if changed:
             return json.dumps(call.body).encode()
         return call.raw
 
@@ -399,11 +416,21 @@ class Forwarder:
         outcome = "ok" if ok else "provider_error"
         settled = await self._settle(call, grant, usage, outcome, upstream.status, output, received)
         headers = response_headers(upstream.headers)
+        status, reason = upstream.status, upstream.reason
+        if output is not None and grant.policy.envelope is not None:
+            decision = await self.envelopes.judge(
+                call.task, call.agent, _tenant(call), grant.policy, output
+            )
+            if decision is not None and decision.action == "kill" and decision.trip is not None:
+                raise self._refused(call, decision.trip)
+            if decision is not None and decision.action == "block":
+                # The provider's 200 is replaced: the caller must not act on this answer.
+                status, reason = BLOCK_STATUS, None
+                data = blocked_body(call.adapter, call.upstream.format, decision.message)
+                block_headers(headers)
         overhead = (call.sent - call.started) + (time.perf_counter() - received)
         self._tag_headers(headers, call, settled.view, overhead)
-        return web.Response(
-            status=upstream.status, reason=upstream.reason, headers=headers, body=data
-        )
+        return web.Response(status=status, reason=reason, headers=headers, body=data)
 
     async def _stream(
         self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse
@@ -421,6 +448,10 @@ class Forwarder:
             lambda trip: self._error_event(call, trip),
             lambda: self._broken_event(call),
         )
+        settings = grant.policy.envelope
+        if settings is not None and settings.may_withhold and _injects(grant.policy):
+            relay.hold = envelopes.final_event(call.info.kind)
+            relay.release = lambda: self._envelope_verdict(call, grant, relay)
         self.ledger.board.watch(call.task, relay.cut)
         deadline = self._deadline_timer(call, grant, relay)
         try:
@@ -441,7 +472,27 @@ class Forwarder:
                 self.telemetry.stream_cut(str(relay.trip.reason))
             output = tally.output() if outcome == "ok" else None
             await asyncio.shield(self._settle(call, grant, usage, outcome, upstream.status, output))
+            if output is not None and settings is not None and relay.release is None:
+                # Nothing to withhold: the answer is judged once it has reached the caller.
+                await asyncio.shield(
+                    self.envelopes.judge(call.task, call.agent, _tenant(call), grant.policy, output)
+                )
         return response
+
+    async def _envelope_verdict(self, call: Call, grant: Grant, relay: StreamRelay) -> bytes | None:
+        """What replaces a worker's held closing events: None delivers them."""
+        # This verdict's own kill ends the stream with the event returned here, not as a cut.
+        self.ledger.board.unwatch(call.task, relay.cut)
+        decision = await self.envelopes.judge(
+            call.task, call.agent, _tenant(call), grant.policy, relay.tally.output()
+        )
+        if decision is None:
+            return None
+        if decision.action == "block":
+            return blocked_event(call.adapter, call.upstream.format, decision.message, call.info)
+        if decision.action == "kill" and decision.trip is not None:
+            return self._error_event(call, decision.trip)
+        return None
 
     def _error_event(self, call: Call, trip: Trip) -> bytes:
         kind = ERROR_TABLE[Refused]
@@ -573,6 +624,11 @@ class Forwarder:
         headers["X-Tripwire-Calls"] = str(view.calls)
         headers["X-Tripwire-Hops"] = str(view.hops)
         headers["X-Tripwire-Overhead-Ms"] = f"{overhead_s * 1000:.2f}"
+
+
+def _injects(policy: Effective) -> bool:
+    """Whether a worker's envelope may change its traffic: not in shadow mode."""
+    return policy.envelope is not None and policy.on_trip != "observe"
 
 
 def _tenant(call: Call) -> str | None:

@@ -8,7 +8,7 @@ client's stream with an error event in that stream's format.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +29,12 @@ class StreamRelay:
         tally: StreamTally,
         error_event: Callable[[Trip], bytes],
         broken_event: Callable[[], bytes],
+        hold: Callable[[SSEEvent], bool] | None = None,
+        release: Callable[[], Awaitable[bytes | None]] | None = None,
     ) -> None:
+        """``hold`` recognises the stream's first closing event: from it on, events wait until
+        the stream ends, then ``release`` says what the client gets instead (None: the held
+        events themselves)."""
         self.response = response
         self.upstream = upstream
         self.tally = tally
@@ -39,6 +44,9 @@ class StreamRelay:
         self.client_gone = False
         self.broken = False  # the provider's stream failed before its end
         self.unreadable = 0  # events the tally could not read; relayed all the same
+        self.hold = hold
+        self.release = release
+        self.held: list[bytes] = []
         self._decoder = SSEDecoder()
 
     def outcome(self, status: int) -> str:
@@ -96,6 +104,9 @@ class StreamRelay:
                 if not self.unreadable:
                     event("unreadable_stream_event", logging.WARNING, error=type(exc).__name__)
                 self.unreadable += 1
+            if self.hold is not None and (self.held or self.hold(sse)):
+                self.held.append(sse.raw)
+                continue
             out.append(sse.raw)
         return out
 
@@ -114,6 +125,8 @@ class StreamRelay:
 
     async def _finish(self) -> None:
         try:
+            if self.held and self.trip is None:
+                await self._release()
             if self.trip is not None:
                 await self.response.write(self.error_event(self.trip))
             elif self.broken:
@@ -122,3 +135,8 @@ class StreamRelay:
             await self.response.write_eof()
         except _CLIENT_GONE:
             self.client_gone = True
+
+    async def _release(self) -> None:
+        instead = await self.release() if self.release is not None else None
+        if self.trip is None:  # a kill while the verdict was awaited ends it as any kill does
+            await self.response.write(instead if instead is not None else b"".join(self.held))

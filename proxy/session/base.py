@@ -91,6 +91,8 @@ class TaskView:
     extra_duration: float = 0.0
     previews: list[Preview] = field(default_factory=list)
     timeline: list[TimelineEvent] = field(default_factory=list)
+    # Workers' status envelopes by status (success, failed, partial, invalid).
+    envelopes: dict[str, int] = field(default_factory=dict)
 
     @property
     def tokens_left(self) -> int | None:
@@ -166,6 +168,10 @@ class Ledger(Protocol):
     ) -> list[tuple[Trip, str]]:
         """Run the content detectors (cycle, near-duplicate, no progress) on one completion;
         the trips to report with their action, a ``kill`` one already applied."""
+        ...
+
+    async def count_envelope(self, task: str, status: str) -> None:
+        """Count one worker's status envelope of the task, by status."""
         ...
 
     async def list(self) -> list[TaskView]: ...

@@ -70,6 +70,7 @@ class _Task:
     previews: list[Preview] = field(default_factory=list)
     content: ContentState | None = None
     timeline: list[TimelineEvent] = field(default_factory=list)
+    envelopes: dict[str, int] | None = None  # only workers' tasks pay for the table
 
     def mark(self, kind: str, detail: str) -> None:
         self.timeline.append(TimelineEvent(time.time(), kind, detail))
@@ -314,6 +315,13 @@ class MemoryLedger:
                 reported.append((trip, action))
         return reported
 
+    async def count_envelope(self, task: str, status: str) -> None:
+        state = self._tasks.get(task)
+        if state is not None:
+            if state.envelopes is None:
+                state.envelopes = {}
+            state.envelopes[status] = state.envelopes.get(status, 0) + 1
+
     async def create(
         self, task: str, *, tenant: str | None, owner: str | None, overrides: dict[str, float]
     ) -> TaskView:
@@ -371,6 +379,7 @@ class MemoryLedger:
             extra_duration=task.extra_duration,
             previews=list(task.previews),
             timeline=list(task.timeline),
+            envelopes=dict(task.envelopes or {}),
         )
 
     @staticmethod

@@ -511,6 +511,13 @@ class RedisLedger:
                 reported.append((trip, action))
         return reported
 
+    async def count_envelope(self, task: str, status: str) -> None:
+        keys = self._keys(task)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.state, f"env|{status}", 1)
+            pipe.expire(keys.state, int(self.settings.task_ttl))
+            await pipe.execute()
+
     async def create(
         self, task: str, *, tenant: str | None, owner: str | None, overrides: dict[str, float]
     ) -> TaskView:
@@ -586,6 +593,11 @@ class RedisLedger:
             owner=state.get("owner"),
             overrides=overrides,
             extra_duration=_num(state.get("extra_duration")),
+            envelopes={
+                name[4:]: int(_num(value))
+                for name, value in state.items()
+                if name.startswith("env|")
+            },
         )
 
     # -- kills from other replicas, and write-back -----------------------------------------

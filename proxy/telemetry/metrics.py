@@ -41,6 +41,10 @@ UPSTREAM_TTFB = "tripwire_upstream_ttfb_seconds"
 OVERHEAD = "tripwire_overhead_seconds"
 TOP_TASK_SPEND = "tripwire_top_task_spend_usd"
 STATE_UP = "tripwire_state_backend_up"
+ENVELOPES = "tripwire_envelopes"
+ENVELOPE_CONFIDENCE = "tripwire_envelope_confidence"
+ENVELOPES_BLOCKED = "tripwire_envelopes_blocked"
+ENVELOPE_STATUSES = ("success", "failed", "partial", "invalid")
 INFO = "tripwire_build_info"
 
 OTHER = "other"
@@ -64,6 +68,7 @@ _OVERHEAD_BUCKETS = (
 )
 _TOKEN_BUCKETS = (100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000)
 _COUNT_BUCKETS = (1, 2, 3, 5, 8, 12, 20, 50, 100, 200, 500, 1000)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 def _always_up() -> bool:
@@ -213,6 +218,25 @@ class Metrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
+        self.envelopes = Counter(
+            ENVELOPES,
+            "Status envelopes of workers' answers, by status (invalid: not an envelope).",
+            ["agent", "status"],
+            registry=r,
+        )
+        self.envelope_confidence = Histogram(
+            ENVELOPE_CONFIDENCE,
+            "Confidence the workers' valid envelopes reported.",
+            ["agent"],
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.envelopes_blocked = Counter(
+            ENVELOPES_BLOCKED,
+            "Workers' answers held back for a confidence under the threshold.",
+            ["agent"],
+            registry=r,
+        )
         Gauge(INFO, "Tripwire build information.", ["version"], registry=r).labels(__version__).set(
             1
         )
@@ -275,6 +299,15 @@ class Metrics:
         self._child(self.upstream_latency, upstream, model).observe(latency)
         self._child(self.upstream_ttfb, upstream, model).observe(ttfb)
         self.overhead.observe(overhead)
+
+    def envelope(self, agent: str, status: str, confidence: float | None) -> None:
+        agent = self.agent(agent)
+        self._child(self.envelopes, agent, status).inc()
+        if confidence is not None:
+            self._child(self.envelope_confidence, agent).observe(confidence)
+
+    def envelope_blocked(self, agent: str) -> None:
+        self._child(self.envelopes_blocked, self.agent(agent)).inc()
 
     def trip(self, reason: str, action: str, task: str) -> None:
         self._child(self.trips, reason, action).inc(1, {"task_id": task[:64]})

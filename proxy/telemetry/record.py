@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.detectors.base import Trip
 from proxy.telemetry.logs import event
@@ -39,7 +40,8 @@ class TripEvent:
     agent: str
     tenant: str | None
     trip: Trip
-    action: str  # kill or observe
+    action: str  # kill, observe, or escalate (a worker's low-confidence envelope)
+    envelope: dict[str, Any] | None = None  # the envelope behind an escalation
 
 
 TripListener = Callable[[TripEvent], None]
@@ -107,6 +109,37 @@ class Telemetry:
             figures=trip.figures,
         )
         happened = TripEvent(task, agent, tenant, trip, action)
+        for listener in self.trip_listeners:
+            try:
+                listener(happened)
+            except Exception as exc:  # a faulty listener must never break traffic
+                event("trip_listener_failed", logging.ERROR, error=repr(exc))
+
+    def envelope(self, agent: str, status: str, confidence: float | None) -> None:
+        self.metrics.envelope(agent, status, confidence)
+
+    def envelope_blocked(self, agent: str) -> None:
+        self.metrics.envelope_blocked(agent)
+
+    def escalate(
+        self,
+        task: str,
+        agent: str,
+        trip: Trip,
+        tenant: str | None,
+        envelope: dict[str, Any] | None,
+    ) -> None:
+        """A worker's answer the task's owner should look at; it was delivered all the same."""
+        event(
+            "envelope_escalated",
+            logging.WARNING,
+            task=task,
+            agent=agent,
+            reason=str(trip.reason),
+            detail=trip.detail,
+            figures=trip.figures,
+        )
+        happened = TripEvent(task, agent, tenant, trip, "escalate", envelope)
         for listener in self.trip_listeners:
             try:
                 listener(happened)

@@ -112,6 +112,8 @@ def test_the_scrape_has_what_the_traffic_caused(scrape: Scrape) -> None:
         "tripwire_streams_cut_total",
         "tripwire_top_task_spend_usd",
         "tripwire_task_hops_bucket",
+        "tripwire_envelopes_total",
+        "tripwire_envelopes_blocked_total",
     } <= scrape.with_samples
 
 

@@ -1,10 +1,13 @@
 """Traffic that makes every family the dashboards read carry samples: ordinary calls with
 hand-offs, a provider error, a stream cut at its deadline, a shadow-mode trip, a budget trip,
-and a runaway agent that repeats itself until it is killed and refused."""
+a worker's status envelopes (one blocked), and a runaway agent that repeats itself until it is
+killed and refused."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -16,8 +19,18 @@ POLICY: dict[str, Any] = {
         {"match": {"task": "cut-*"}, "limits": {"max_duration": 0.3}},
         {"match": {"task": "shadow-*"}, "on_trip": "observe"},
         {"match": {"task": "budget-*"}, "limits": {"max_tokens": 120}},
+        {
+            "match": {"task": "workers-*", "agent": "worker"},
+            "envelope": {"min_confidence": 0.7, "on_low_confidence": "block"},
+        },
     ]
 }
+
+
+def envelope(status: str, confidence: float) -> dict[str, str]:
+    reply = json.dumps({"status": status, "result": "rows", "confidence": confidence})
+    return {"x-mock-reply": quote(reply)}
+
 
 SLOW_STREAM = {"x-mock-reply-tokens": "120", "x-mock-chunks": "60", "x-mock-chunk-delay": "0.02"}
 
@@ -65,6 +78,12 @@ def fleet(base_url: str) -> None:
         assert statuses == [200] * 4  # observed, never refused
         budget = [chat(client, "budget-1", f"question {n} " * 20) for n in range(6)]
         assert 403 in budget, budget
+        # Workers' status envelopes: one of each status, and one held back for low confidence.
+        assert chat(client, "workers-1", "a", headers=envelope("success", 0.9)) == 200
+        assert chat(client, "workers-1", "b", headers=envelope("partial", 0.8)) == 200
+        assert chat(client, "workers-1", "c", headers=envelope("failed", 0.95)) == 200
+        assert chat(client, "workers-1", "d", headers={"x-mock-reply": "prose"}) == 200
+        assert chat(client, "workers-1", "e", headers=envelope("partial", 0.2)) == 422
 
 
 def runaway(base_url: str) -> list[int]:

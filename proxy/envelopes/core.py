@@ -1,0 +1,253 @@
+"""The pure parts: what an envelope is, how a completion is read as one, how a request asks
+the provider for one, and which stream events wait for the verdict. No I/O here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from proxy.envelopes.settings import EnvelopeSettings, load_validator
+from proxy.providers.base import CallInfo, Output, load_json
+from proxy.server.sse import SSEEvent
+from proxy.tokens import count_text
+
+Status = Literal["success", "failed", "partial"]
+STATUSES: tuple[str, ...] = ("success", "failed", "partial")
+INVALID = "invalid"
+# The name of the forced Anthropic tool and of the OpenAI JSON schema.
+ENVELOPE_NAME = "status_envelope"
+MAX_PROBLEM_CHARS = 300
+
+Confidence = Annotated[float, Field(ge=0, le=1, strict=True)]
+
+
+class Envelope(BaseModel):
+    """The default envelope. ``result`` may be any JSON value; ``reason`` says why a status
+    is not ``success`` (or what the confidence rests on)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Status
+    result: Any
+    confidence: Confidence
+    reason: str = ""
+
+
+class _Core(BaseModel):
+    """What the gate reads from an envelope of a custom schema: the schema says the rest."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    status: Status
+    confidence: Confidence
+
+
+# What Tripwire asks the provider for. ``result`` is a string so the schema stays within what
+# OpenAI's strict structured outputs accept; the check itself accepts any JSON value there.
+DEFAULT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "result": {"type": "string", "description": "the work's result"},
+        "confidence": {
+            "type": "number",
+            "description": "how sure the worker is of the result, from 0 to 1",
+        },
+        "reason": {
+            "type": "string",
+            "description": "why the status is failed or partial, or what the confidence rests on",
+        },
+    },
+    "required": ["status", "result", "confidence", "reason"],
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    status: str  # success, failed, partial, or invalid
+    confidence: float | None = None
+    envelope: dict[str, Any] | None = None
+    problem: str | None = None  # why it is invalid
+    low_confidence: bool = False
+    min_confidence: float | None = None
+
+
+def schema_of(settings: EnvelopeSettings) -> dict[str, Any]:
+    if settings.schema_file is None:
+        return DEFAULT_SCHEMA
+    schema = load_validator(settings.schema_file).schema
+    return dict(schema) if isinstance(schema, dict) else DEFAULT_SCHEMA
+
+
+def check(output: Output, settings: EnvelopeSettings) -> Verdict | None:
+    """Read one completion as an envelope. None when it is not a final answer: the worker
+    called one of its own tools, and its envelope comes with a later completion."""
+    envelope_call = next((args for name, args in output.tool_calls if name == ENVELOPE_NAME), None)
+    if envelope_call is not None:
+        source = envelope_call
+    elif output.tool_calls and not output.text.strip():
+        return None
+    else:
+        source = output.text
+    data = _parse(source)
+    if not isinstance(data, dict):
+        what = "no text" if not source.strip() else "text that is not a JSON object"
+        return Verdict(INVALID, problem=f"the completion is {what}")
+    if settings.schema_file is not None:
+        errors = sorted(
+            load_validator(settings.schema_file).iter_errors(data), key=lambda e: list(e.path)
+        )
+        if errors:
+            first = errors[0]
+            where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+            return Verdict(INVALID, problem=_short(f"schema: {where}: {first.message}"))
+    try:
+        model = _Core if settings.schema_file is not None else Envelope
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        item = exc.errors()[0]
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        return Verdict(INVALID, problem=_short(f"{where}: {item['msg']}"))
+    confidence = float(parsed.confidence)
+    threshold = settings.min_confidence
+    return Verdict(
+        parsed.status,
+        confidence,
+        data,
+        low_confidence=threshold is not None and confidence < threshold,
+        min_confidence=threshold,
+    )
+
+
+def _parse(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("```"):
+        # Models asked for JSON in prose often fence it; the fence is not part of the answer.
+        lines = text.splitlines()
+        if len(lines) >= 2 and lines[-1].strip() == "```":
+            text = "\n".join(lines[1:-1])
+    if not text.startswith("{"):
+        return None
+    return load_json(text)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 3] + "..."
+
+
+# -- asking the provider for an envelope ---------------------------------------------------
+
+
+def wants_injection(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> bool:
+    """Whether the request leaves the output format open, so the envelope can be asked for."""
+    if not settings.inject:
+        return False
+    if info.kind == "chat":
+        return _is_plain(body.get("response_format"))
+    if info.kind == "responses":
+        text = body.get("text")
+        if text is not None and not isinstance(text, dict):
+            return False
+        return _is_plain((text or {}).get("format"))
+    if info.kind == "messages":
+        # The agent's own tools are its format; a forced tool would take them away.
+        thinking = body.get("thinking")
+        thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+        return not body.get("tools") and body.get("tool_choice") is None and not thinks
+    return False
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and value.get("type") == "text")
+
+
+def inject(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> bool:
+    """Ask the provider for the envelope; True when the body changed."""
+    if not wants_injection(body, info, settings):
+        return False
+    schema = schema_of(settings)
+    strict = settings.schema_file is None
+    if info.kind == "chat":
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": ENVELOPE_NAME, "schema": schema, "strict": strict},
+        }
+    elif info.kind == "responses":
+        text = body.get("text")
+        body["text"] = {
+            **(text if isinstance(text, dict) else {}),
+            "format": {
+                "type": "json_schema",
+                "name": ENVELOPE_NAME,
+                "schema": schema,
+                "strict": strict,
+            },
+        }
+    else:
+        body["tools"] = [
+            {
+                "name": ENVELOPE_NAME,
+                "description": "Report the outcome of the work as a typed status envelope.",
+                "input_schema": schema,
+            }
+        ]
+        body["tool_choice"] = {"type": "tool", "name": ENVELOPE_NAME}
+    return True
+
+
+# -- streams: the events that wait for the verdict -----------------------------------------
+
+
+def _chat_final(event: SSEEvent) -> bool:
+    data = event.data
+    if data.startswith("[DONE]"):
+        return True
+    if '"finish_reason"' not in data and '"usage"' not in data:
+        return False  # the common delta: no parse
+    chunk = load_json(data)
+    if not isinstance(chunk, dict):
+        return False
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices:
+        return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+    return isinstance(chunk.get("usage"), dict)
+
+
+_RESPONSES_FINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
+def _responses_final(event: SSEEvent) -> bool:
+    if event.event:
+        return event.event in _RESPONSES_FINAL
+    payload = load_json(event.data) if event.data else None
+    return isinstance(payload, dict) and payload.get("type") in _RESPONSES_FINAL
+
+
+def _messages_final(event: SSEEvent) -> bool:
+    if event.event:
+        return event.event == "message_stop"
+    payload = load_json(event.data) if event.data else None
+    return isinstance(payload, dict) and payload.get("type") == "message_stop"
+
+
+def final_event(kind: str) -> Callable[[SSEEvent], bool] | None:
+    """The predicate that recognises a stream's first closing event: it and every event after
+    it are held back until the envelope is judged. Chat Completions: the chunk carrying
+    ``finish_reason`` (then the usage chunk and ``[DONE]``); Responses API:
+    ``response.completed``; Anthropic: ``message_stop``."""
+    return {"chat": _chat_final, "responses": _responses_final, "messages": _messages_final}.get(
+        kind
+    )
+
+
+def injection_tokens(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> int:
+    """What an injection adds to the prompt, for the pre-flight estimate: high rather than
+    low, as the estimate is everywhere (the tokenizer of Anthropic models is not public)."""
+    if not wants_injection(body, info, settings):
+        return 0
+    return int(count_text(json.dumps(schema_of(settings))) * 1.35) + 40
