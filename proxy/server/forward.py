@@ -456,6 +456,12 @@ class Forwarder:
         deadline = self._deadline_timer(call, grant, relay)
         try:
             await relay.run()
+        except Exception:
+            # The headers are out, so no error answer can follow: drop the connection rather
+            # than leave the client waiting for the rest of a stream that will never come.
+            if call.request.transport is not None:
+                call.request.transport.close()
+            raise
         finally:
             if deadline is not None:
                 deadline.cancel()

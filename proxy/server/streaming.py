@@ -72,7 +72,8 @@ class StreamRelay:
             self.client_gone = True
             self._close_upstream()
             return
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
+            # RuntimeError: aiohttp's "Connection closed." on a read after the upstream closed.
             if self.trip is None:
                 self.broken = True
                 event("upstream_stream_broken", logging.WARNING, error=type(exc).__name__)
@@ -119,6 +120,8 @@ class StreamRelay:
                 return
             if out:
                 await self.response.write(out[0] if len(out) == 1 else b"".join(out))
+                if self.trip is not None:
+                    return  # cut during the write: the upstream connection is closed already
         out = self._accept(decoder.flush())
         if out and self.trip is None:
             await self.response.write(b"".join(out))

@@ -154,7 +154,7 @@ class RedisLedger:
                 pool = getattr(self.client, "connection_pool", None)
                 if pool is None:  # a cluster client reconnects by itself
                     raise
-                await pool.disconnect()
+                await pool.disconnect(inuse_connections=False)
                 return await script(keys=keys, args=args)
 
         return run
