@@ -649,6 +649,8 @@ class RedisLedger:
                 await self._flush_pending()
             except _UNREACHABLE as error:
                 self._unreachable("maintain", error)
+            except Exception as error:  # this loop must outlive any one failure
+                event("state_maintenance_failed", logging.ERROR, error=repr(error))
 
     def _pend(self, pending: _Pending) -> None:
         if len(self._pending) == self._pending.maxlen:
