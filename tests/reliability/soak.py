@@ -30,6 +30,7 @@ import random
 import re
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -1077,8 +1078,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = short_plan(replicas, args.seconds)
         if args.agents:
             plan.agents = args.agents
-        with MockProviderThread(provider=BillingProvider()) as mock:
-            report = run_soak(plan, args.out / f"work-{replicas}", mock)
+        with (
+            tempfile.TemporaryDirectory(prefix="tripwire-soak-") as work,
+            MockProviderThread(provider=BillingProvider()) as mock,
+        ):
+            report = run_soak(plan, Path(work), mock)
         report["violations"] = violations(report, strict_memory=args.seconds >= 60)
         print(json.dumps(report, indent=2), flush=True)
         reports.append(report)
