@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
-
-from proxy.config import StateSettings
 from proxy.session.base import Ledger
-from proxy.session.memory import MemoryLedger
-from proxy.session.redis import RedisLedger
-from tests.integration.test_ledgers import effective, outcome, plan
+from tests.integration.test_ledgers import effective, ledger, outcome, plan
 
-
-@pytest.fixture(params=["memory", "redis"])
-async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
-    if request.param == "memory":
-        state: Ledger = MemoryLedger(StateSettings())
-    else:
-        server = request.getfixturevalue("redis_server")
-        state = RedisLedger(StateSettings(backend="redis", redis_url=server.url))
-    await state.start()
-    yield state
-    await state.close()
+__all__ = ["ledger"]  # the fixture that runs every test on both backends
 
 
 async def test_envelopes_are_counted_per_task_by_status(ledger: Ledger) -> None:
