@@ -6,10 +6,10 @@ exposes its ``event`` name and joined ``data`` lines for the parsers that read c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_LONGEST_SEPARATOR = max(map(len, _SEPARATORS))
 
 
 @dataclass(slots=True)
@@ -36,31 +36,44 @@ def _parse(raw: bytes) -> SSEEvent:
 
 
 class SSEDecoder:
-    """Feed bytes as they arrive; get back every event completed by them."""
+    """Feed bytes as they arrive; get back every event completed by them.
 
-    __slots__ = ("_buffer",)
+    Only bytes not searched before are searched for a separator (plus the few before them a
+    separator could straddle), so an event that arrives in many reads costs time linear in its
+    size, not quadratic.
+    """
+
+    __slots__ = ("_buffer", "_searched")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._searched = 0  # bytes of the buffer known to hold no separator
 
-    def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
-        buffer = self._buffer + chunk if self._buffer else chunk
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buffer = self._buffer
+        buffer += chunk
+        events: list[SSEEvent] = []
         start = 0
+        search_from = max(0, self._searched - _LONGEST_SEPARATOR + 1)
         while True:
             end = -1
             width = 0
             for separator in _SEPARATORS:
-                found = buffer.find(separator, start)
+                found = buffer.find(separator, search_from)
                 if found != -1 and (end == -1 or found < end):
                     end, width = found, len(separator)
             if end == -1:
                 break
-            yield _parse(buffer[start : end + width])
-            start = end + width
-        self._buffer = buffer[start:]
+            events.append(_parse(bytes(buffer[start : end + width])))
+            start = search_from = end + width
+        if start:
+            del buffer[:start]
+        self._searched = len(buffer)
+        return events
 
-    def flush(self) -> Iterator[SSEEvent]:
+    def flush(self) -> list[SSEEvent]:
         """Whatever is left when the stream ends without a final blank line."""
-        if self._buffer.strip():
-            yield _parse(self._buffer)
-        self._buffer = b""
+        events = [_parse(bytes(self._buffer))] if self._buffer.strip() else []
+        self._buffer = bytearray()
+        self._searched = 0
+        return events
