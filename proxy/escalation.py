@@ -109,13 +109,14 @@ class Target:
 
     @property
     def shown(self) -> str:
-        """The URL as logs and the audit trail show it. Slack-style webhooks carry their
-        credential in the path, so only their origin is shown."""
+        """The URL as logs and the audit trail show it: its origin only. Webhook URLs often
+        carry their credential in the path (Slack's always do), and the owner's name already
+        says where the call went."""
         parts = urlsplit(self.url)
         host = parts.hostname or ""
         if parts.port is not None:
             host = f"{host}:{parts.port}"
-        path = "/..." if self.format == "slack" else parts.path
+        path = "/..." if parts.path.strip("/") else ""
         return urlunsplit((parts.scheme, host, path, "", ""))
 
 

@@ -131,7 +131,7 @@ def test_owner_named_in_a_token_gets_a_signed_event(
     assert (record.detail, record.actor, record.tenant) == ("delivered", "tripwire", "acme")
     assert record.data["attempt"] == 1
     assert record.data["status"] == 200
-    assert record.data["url"] == receiver.url + "/hooks/tripwire"
+    assert record.data["url"] == receiver.url + "/..."  # a path may hold a credential
     assert record.data["event_id"] == sent["id"]
 
 
