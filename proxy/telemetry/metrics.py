@@ -315,8 +315,11 @@ class Metrics:
     # -- per task ---------------------------------------------------------------------------
 
     def task_seen(self, task: str, tokens: int, calls: int, hops: int, cost: float) -> None:
-        figures = self.tasks.get(task)
         now = time.time()
+        # Idle tasks end here too, not only at a scrape: their histograms must not wait for one.
+        # The table is in last-seen order, so this looks at the oldest entry only.
+        self.expire_tasks(now)
+        figures = self.tasks.get(task)
         if figures is None:
             self.tasks[task] = _TaskFigures(now, tokens, calls, hops, cost)
             if len(self.tasks) > self.max_tracked_tasks:

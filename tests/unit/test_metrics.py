@@ -57,3 +57,15 @@ def test_task_histograms_observe_ended_tasks_once() -> None:
     assert samples["tripwire_task_calls_sum"] == 5
     active = scrape(metrics)["tripwire_active_tasks"]
     assert active[0].value == 0
+
+
+def test_an_idle_task_ends_when_traffic_moves_on_without_a_scrape() -> None:
+    metrics = Metrics(active_window_s=0.0)
+    metrics.task_seen("idle", tokens=50, calls=3, hops=0, cost=0.0)
+    metrics.task_seen("next", tokens=10, calls=1, hops=0, cost=0.0)
+    # Read the histogram alone: collecting the whole registry would expire tasks itself.
+    [family] = metrics.task_calls.collect()
+    samples = {s.name: s.value for s in family.samples}
+    assert samples["tripwire_task_calls_count"] == 1
+    assert samples["tripwire_task_calls_sum"] == 3
+    assert list(metrics.tasks) == ["next"]
