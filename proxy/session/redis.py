@@ -83,6 +83,7 @@ class Keys:
         self.outputs = f"{base}:o"
         self.previews = f"{base}:p"
         self.timeline = f"{base}:t"
+        self.settled = f"{base}:d"
         self.requests_prefix = f"{base}:r:"
 
     def requests(self, agent: str) -> str:
@@ -317,7 +318,11 @@ class RedisLedger:
     async def settle(self, grant: Grant, outcome: Outcome) -> Settled:
         if grant.local:
             settled = await self._fallback.settle(grant, outcome)
-            self._pend(_Pending(grant.task, grant.agent, "", outcome.tokens, outcome.cost_usd, 1))
+            # Its own id, so that a write-back whose reply is lost is not counted twice.
+            member = f"local:{uuid.uuid4().hex}"
+            self._pend(
+                _Pending(grant.task, grant.agent, member, outcome.tokens, outcome.cost_usd, 1)
+            )
             return settled
         window = grant.policy.repeat.window
         try:
@@ -372,6 +377,7 @@ class RedisLedger:
                 keys.outputs,
                 keys.requests(agent),
                 keys.previews,
+                keys.settled,
             ],
             args=[
                 member,

@@ -30,7 +30,10 @@ from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments or reply change, so replicas of two
 # versions never share a key layout by accident.
-VERSION = 1
+VERSION = 2
+# Settled calls remembered per task, so a settle replayed after its reply was lost (the script
+# ran, the answer never came back) is not counted twice.
+SETTLED_PER_TASK = 512
 
 _RELEASE_STALE = """
 local function release(s, a, member)
@@ -225,14 +228,32 @@ SETTLE = (
     f"-- tripwire settle v{VERSION}\n"
     + _RELEASE_STALE
     + """
-local s, a, z, o, r, p = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local s, a, z, o, r, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local agent, out_fp, req_fp = ARGV[4], ARGV[5], ARGV[6]
 local window, ttl, extra_calls = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local preview = ARGV[10]
 
-if member ~= '' and redis.call('ZREM', z, member) == 1 then
-  agent = release(s, a, member)
+local function state()
+  local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
+    'last_seen', 'killed')
+  return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '0',
+    st[7] or '0', st[8] or ''}
+end
+
+if member ~= '' then
+  local id = string.match(member, '^[^|]*')
+  if redis.call('ZADD', d, 'NX', redis.call('TIME')[1], id) == 0 then
+    local st = state()
+    for _ = 1, 4 do table.insert(st, 0) end
+    table.insert(st, 1)  -- a replay: counted when it first ran
+    return st
+  end
+  redis.call('ZREMRANGEBYRANK', d, 0, -(SETTLED + 1))
+  redis.call('EXPIRE', d, ttl)
+  if redis.call('ZREM', z, member) == 1 then
+    agent = release(s, a, member)
+  end
 end
 redis.call('HINCRBY', s, 'used', tokens)
 redis.call('HINCRBYFLOAT', s, 'cost', cost)
@@ -258,11 +279,10 @@ local out_seen, out_len = observe(o, out_fp)
 local req_seen, req_len = observe(r, req_fp)
 
 for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, ttl) end
-local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
-  'last_seen', 'killed')
-return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '0',
-  st[7] or '0', st[8] or '', out_seen, out_len, req_seen, req_len}
-""".replace("PREVIEWS", str(PREVIEWS_PER_TASK))
+local st = state()
+for _, n in ipairs({out_seen, out_len, req_seen, req_len, 0}) do table.insert(st, n) end
+return st
+""".replace("PREVIEWS", str(PREVIEWS_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
 
 KILL = f"""-- tripwire kill v{VERSION}
