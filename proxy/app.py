@@ -32,11 +32,11 @@ TELEMETRY = web.AppKey("telemetry", Telemetry)
 AUDIT = web.AppKey("audit", AuditLog)
 
 
-def build_audit(config: Config, ledger: Ledger) -> AuditLog:
+def build_audit(config: Config, ledger: Ledger, metrics: Metrics | None = None) -> AuditLog:
     from proxy.session.redis import RedisLedger
 
     if isinstance(ledger, RedisLedger):
-        return RedisAuditLog(ledger.client, f"{config.state.key_prefix}:audit")
+        return RedisAuditLog(ledger.client, f"{config.state.key_prefix}:audit", metrics)
     return MemoryAuditLog(config.state.audit_file)
 
 
@@ -69,7 +69,7 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
     app[METRICS] = metrics
     telemetry = Telemetry(metrics, config.logging.calls)
     app[TELEMETRY] = telemetry
-    audit = build_audit(config, state)
+    audit = build_audit(config, state, metrics)
     app[AUDIT] = audit
     telemetry.trip_listeners.append(trip_recorder(audit))
 
@@ -82,6 +82,7 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
             trust_env=False,
         )
         await state.start()
+        await audit.start()
         preload_tokenizer()  # ~0.1 s once, rather than on the first call
         app[FORWARDER] = Forwarder(config, state, PriceBook(), session, telemetry)
         from proxy.escalation import Escalator
@@ -95,6 +96,8 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
             telemetry.trip_listeners.remove(escalator.listener)
             # Before the ledger closes: a delivery still reads the task and writes the audit.
             await escalator.close()
+            # Before the ledger closes its Redis client: events kept through an outage.
+            await audit.close()
             await session.close()
             await state.close()
 

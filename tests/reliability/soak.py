@@ -72,9 +72,7 @@ EXACT = frozenset(
 # also closes connections other calls are sending on; redis-py then raises AttributeError
 # (not a RedisError), which reaches the client as a 500 and loses a settle caught by it.
 KNOWN_ISSUE = "'NoneType' object has no attribute 'writelines'"
-# proxy/audit.py, RedisAuditLog.record, scheduled and never awaited by trip_recorder: during a
-# Redis outage the trip's audit event is lost, and asyncio prints the task's traceback.
-KNOWN_TRACEBACKS = (KNOWN_ISSUE, "coro=<RedisAuditLog.record()")
+KNOWN_TRACEBACKS = (KNOWN_ISSUE,)
 
 _CALL: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "soak_call", default=None
