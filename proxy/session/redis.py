@@ -58,6 +58,8 @@ from proxy.telemetry.metrics import Metrics
 _UNREACHABLE = (RedisError, OSError, TimeoutError)
 RECHECK_INTERVAL_S = 1.0
 MAX_PENDING = 100_000
+# Replicas updating one task's detector state at the same instant retry this many times.
+CONTENT_SWAP_ATTEMPTS = 5
 
 
 @dataclass(slots=True)
@@ -76,6 +78,7 @@ class Keys:
     """Key names of one task; the ``{task}`` hash tag keeps them in one cluster slot."""
 
     def __init__(self, prefix: str, task: str) -> None:
+        self.task = task
         base = f"{prefix}:{{{task}}}"
         self.state = f"{base}:s"
         self.agents = f"{base}:a"
@@ -139,6 +142,9 @@ class RedisLedger:
         self._reserve = self._resilient(self.client.register_script(redis_scripts.RESERVE))
         self._settle = self._resilient(self.client.register_script(redis_scripts.SETTLE))
         self._kill = self._resilient(self.client.register_script(redis_scripts.KILL))
+        self._content_swap = self._resilient(
+            self.client.register_script(redis_scripts.CONTENT_SWAP)
+        )
         self._fallback = MemoryLedger(settings)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         self._tasks: list[asyncio.Task[None]] = []
@@ -487,26 +493,15 @@ class RedisLedger:
     async def observe_content(
         self, task: str, agent: str, text: str, policy: Effective
     ) -> builtins.list[tuple[Trip, str]]:
-        """Read, update and write back the task's detector state. Two replicas settling the
-        same task at the same instant may each miss the other's completion (last writer wins):
-        these are heuristics over a window, not budgets."""
+        """Read the task's detector state, update it and write it back unless another replica
+        wrote it in between; then read again and redo the update, so no completion is missed."""
         keys = self._keys(task)
-        stored, killed = await self.client.hmget(keys.state, "content", "killed")
-        if killed:
-            return []
         try:
-            state = ContentState.from_bytes(base64.b64decode(stored or ""))
-        except ValueError:
-            state = ContentState()
-        state, trips = observe_content(
-            state,
-            agent,
-            text,
-            cycle=policy.cycle,
-            near_duplicate=policy.near_duplicate,
-            no_progress=policy.no_progress,
-        )
-        await self.client.hset(keys.state, "content", base64.b64encode(state.to_bytes()).decode())
+            trips = await self._swap_content(keys, agent, text, policy)
+        except _UNREACHABLE as error:
+            # Detection is a heuristic over a window: a completion Redis cannot take is skipped.
+            self._unreachable("observe_content", error)
+            return []
         reported: builtins.list[tuple[Trip, str]] = []
         for trip in trips:
             action = policy.action_for(trip.reason)
@@ -516,6 +511,34 @@ class RedisLedger:
             elif await self.client.hsetnx(keys.state, f"obs|{trip.reason}", 1):
                 reported.append((trip, action))
         return reported
+
+    async def _swap_content(
+        self, keys: Keys, agent: str, text: str, policy: Effective
+    ) -> builtins.list[Trip]:
+        for _ in range(CONTENT_SWAP_ATTEMPTS):
+            stored, version, killed = await self.client.hmget(
+                keys.state, "content", "content_v", "killed"
+            )
+            if killed:
+                return []
+            try:
+                state = ContentState.from_bytes(base64.b64decode(stored or ""))
+            except ValueError:
+                state = ContentState()
+            state, trips = observe_content(
+                state,
+                agent,
+                text,
+                cycle=policy.cycle,
+                near_duplicate=policy.near_duplicate,
+                no_progress=policy.no_progress,
+            )
+            encoded = base64.b64encode(state.to_bytes()).decode()
+            ttl = int(self.settings.task_ttl)
+            if await self._content_swap(keys=[keys.state], args=[version or "0", encoded, ttl]):
+                return trips
+        event("content_state_contended", logging.WARNING, task=keys.task)
+        return []
 
     async def count_envelope(self, task: str, status: str) -> None:
         keys = self._keys(task)

@@ -298,3 +298,13 @@ redis.call('EXPIRE', timeline, tonumber(ARGV[2]))
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
+
+# Content-detector state is computed in Python (sketches, shingles) and written back only if no
+# other replica wrote it in between; the caller re-reads and recomputes when it did.
+CONTENT_SWAP = f"""-- tripwire content swap v{VERSION}
+local s = KEYS[1]
+if (redis.call('HGET', s, 'content_v') or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', s, 'content', ARGV[2], 'content_v', tonumber(ARGV[1]) + 1)
+redis.call('EXPIRE', s, tonumber(ARGV[3]))
+return 1
+"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 import openai
 import pytest
 
+from proxy.config import Limits, RepeatSettings, StateSettings
+from proxy.detectors.settings import CycleSettings, NoProgressSettings
+from proxy.policy.rules import Effective
+from proxy.session.redis import RedisLedger
 from tests.harness import MockProviderThread
 
 ANSWERS = [
@@ -86,3 +91,33 @@ def test_shadow_mode_only_reports(
     view = proxy.task(task)
     assert view is not None and view.killed is None
     assert mock.provider.total_hits == 4
+
+
+async def test_two_replicas_observing_one_task_at_once_miss_nothing(redis_server: Any) -> None:
+    """Each replica reads the task's detector state before either writes it back: the one that
+    writes second must redo its update on the other's state, not overwrite it."""
+    settings = StateSettings(backend="redis", redis_url=redis_server.url)
+    replicas = [RedisLedger(settings), RedisLedger(settings)]
+    policy = Effective(
+        Limits(),
+        RepeatSettings(),
+        "kill",
+        (),
+        cycle=CycleSettings(enabled=False),
+        no_progress=NoProgressSettings(enabled=False),
+    )
+    task = "race-" + uuid.uuid4().hex[:6]
+    for replica in replicas:
+        await replica.start()
+    try:
+        reported = await asyncio.gather(
+            *(
+                replica.observe_content(task, "writer", answer, policy)
+                for replica, answer in zip(replicas, ANSWERS, strict=True)
+            )
+        )
+    finally:
+        for replica in replicas:
+            await replica.close()
+    trips = [trip for found in reported for trip, _ in found]
+    assert [trip.reason for trip in trips] == ["near_duplicate"]
