@@ -58,6 +58,8 @@ from proxy.telemetry.metrics import Metrics
 _UNREACHABLE = (RedisError, OSError, TimeoutError)
 RECHECK_INTERVAL_S = 1.0
 MAX_PENDING = 100_000
+# Tasks read per round trip when listing them all.
+LIST_BATCH = 500
 # Replicas updating one task's detector state at the same instant retry this many times.
 CONTENT_SWAP_ATTEMPTS = 5
 
@@ -481,14 +483,32 @@ class RedisLedger:
         return view
 
     async def list(self) -> builtins.list[TaskView]:
+        """Every task's summary (no previews, no timeline), read a batch of tasks per round
+        trip: a fleet of ten thousand tasks is listed in tens of round trips, not thousands."""
         views: builtins.list[TaskView] = []
         pattern = f"{self.settings.key_prefix}:{{*}}:s"
-        async for key in self.client.scan_iter(match=pattern, count=1000):
-            task = key[len(self.settings.key_prefix) + 2 : -3]
-            view = await self.get(task)
-            if view is not None:
-                views.append(view)
+        batch: builtins.list[str] = []
+        async for key in self.client.scan_iter(match=pattern, count=LIST_BATCH):
+            batch.append(key[len(self.settings.key_prefix) + 2 : -3])
+            if len(batch) >= LIST_BATCH:
+                views += await self._summaries(batch)
+                batch = []
+        if batch:
+            views += await self._summaries(batch)
         return views
+
+    async def _summaries(self, tasks: builtins.list[str]) -> builtins.list[TaskView]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                keys = self._keys(task)
+                pipe.hgetall(keys.state)
+                pipe.hkeys(keys.agents)
+            replies = await pipe.execute()
+        return [
+            self._view(task, state, sorted({a.rsplit("|", 1)[0] for a in agents}))
+            for task, state, agents in zip(tasks, replies[::2], replies[1::2], strict=True)
+            if state
+        ]
 
     async def observe_content(
         self, task: str, agent: str, text: str, policy: Effective

@@ -253,3 +253,18 @@ async def test_previews_of_the_last_completions(ledger: Ledger, task: str) -> No
     assert view is not None
     assert [p.text for p in view.previews] == [f"answer number {n}" for n in range(2, 7)]
     assert view.previews[-1].fingerprint == "fp6"
+
+
+async def test_listing_returns_every_task_with_its_figures(ledger: Ledger, task: str) -> None:
+    # More tasks than one batch of the Redis listing, some of them used.
+    names = [f"{task}-{number}" for number in range(1234)]
+    for name in names:
+        await ledger.create(name, tenant="acme", owner=None, overrides={})
+    for name in names[:3]:
+        grant = await ledger.reserve(plan(name, effective(), agent="lister"))
+        await ledger.settle(grant, outcome(42))
+    listed = {view.task: view for view in await ledger.list() if view.task.startswith(task)}
+    assert sorted(listed) == sorted(names)
+    assert {listed[n].tenant for n in names} == {"acme"}
+    assert [(listed[n].tokens_used, listed[n].agents) for n in names[:3]] == [(42, ["lister"])] * 3
+    assert listed[names[3]].tokens_used == 0
