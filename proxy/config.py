@@ -204,6 +204,41 @@ class ServerSettings(Strict):
     max_streams_per_client: int | None = Field(default=1024, ge=1)  # per API key (or address)
 
 
+def _address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``); the port defaults to Sentinel's 26379."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or "]" in port:  # no port, or a bare IPv6 address in brackets
+        host, port = value.strip(), "26379"
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"not a sentinel address: {value!r} (use host:port, e.g. sentinel-0:26379)"
+        )
+    return host, int(port)
+
+
+class SentinelSettings(Strict):
+    """Redis Sentinel names the current primary of ``service``; ``redis_url`` still gives the
+    primary's scheme (rediss:// for TLS), credentials and database, but not its address."""
+
+    service: str = Field(min_length=1)  # the master name the sentinels monitor, e.g. mymaster
+    sentinels: list[str] = Field(min_length=1)  # host:port of each sentinel
+    # Credentials and TLS of the sentinels themselves, which often differ from the primary's.
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    tls: bool = False
+
+    @field_validator("sentinels")
+    @classmethod
+    def _each_an_address(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _address(item)
+        return value
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [_address(item) for item in self.sentinels]
+
+
 class StateSettings(Strict):
     """Where task state lives: this process (``memory``) or Redis, shared by every replica."""
 
@@ -211,9 +246,12 @@ class StateSettings(Strict):
     task_ttl: Seconds = 3600.0
     max_tasks: int = Field(default=100_000, ge=1)
     max_agents_per_task: int = Field(default=64, ge=1)
-    # redis:// or rediss:// (TLS); with redis_cluster, the URL of any node of the cluster.
+    # redis:// or rediss:// (TLS); with redis_cluster, the URL of any node of the cluster; with
+    # redis_sentinel, only its scheme, credentials and database count.
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_cluster: bool = False
+    # The primary as named by Redis Sentinel, followed across failovers.
+    redis_sentinel: SentinelSettings | None = None
     key_prefix: str = Field(default="tw", pattern=r"^[A-Za-z0-9_.:-]+$")
     # closed: refuse calls with 503 while Redis is unreachable; open: forward and account in
     # memory, writing the counts back when Redis returns.
@@ -230,6 +268,17 @@ class StateSettings(Strict):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if self.redis_sentinel is not None:
+            if self.redis_cluster:
+                raise ValueError(
+                    "redis_sentinel and redis_cluster exclude each other: Sentinel watches one "
+                    "primary, a Redis Cluster fails over by itself"
+                )
+            if self.redis_url.startswith("unix://"):
+                raise ValueError(
+                    "redis_sentinel needs a redis:// or rediss:// redis_url (its credentials and "
+                    "database are used; the sentinels name the host)"
+                )
         return self
 
 

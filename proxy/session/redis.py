@@ -25,10 +25,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 
 from proxy.config import StateSettings
 from proxy.detectors import repeat
@@ -52,6 +51,7 @@ from proxy.session.base import (
     TimelineEvent,
 )
 from proxy.session.memory import MemoryLedger
+from proxy.session.redis_client import build_client
 from proxy.telemetry.logs import event
 from proxy.telemetry.metrics import Metrics
 
@@ -95,23 +95,6 @@ class Keys:
         return self.requests_prefix + agent
 
 
-def _client(settings: StateSettings, *, for_pubsub: bool = False) -> Any:
-    timeout = None if for_pubsub else settings.redis_timeout
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": settings.redis_timeout,
-        "decode_responses": True,
-    }
-    if settings.redis_cluster and not for_pubsub:
-        return RedisCluster.from_url(settings.redis_url, **options)
-    # A PUBLISH reaches every node of a cluster, so one subscription to the given node hears
-    # the kills of every replica.
-    if for_pubsub:
-        # An idle subscription must still notice a dead server.
-        options["health_check_interval"] = 5
-    return aioredis.Redis.from_url(settings.redis_url, **options)
-
-
 def _timeline_event(entry: str) -> TimelineEvent:
     record = json.loads(entry)
     if "trip" in record:  # written by a Lua script, which leaves the sentence to Python
@@ -139,7 +122,7 @@ class RedisLedger:
         self.settings = settings
         self.metrics = metrics
         self.board = KillBoard()
-        self.client = _client(settings)
+        self.client = build_client(settings)
         self.channel = f"{settings.key_prefix}:kills:v{redis_scripts.VERSION}"
         self._reserve = self._resilient(self.client.register_script(redis_scripts.RESERVE))
         self._settle = self._resilient(self.client.register_script(redis_scripts.SETTLE))
@@ -154,12 +137,14 @@ class RedisLedger:
 
     def _resilient(self, script: Any) -> Any:
         """After a Redis restart every pooled connection is dead: drop them and try once more
-        on a fresh one, rather than fail the call that happened to pick a stale one."""
+        on a fresh one, rather than fail the call that happened to pick a stale one. The same
+        after a failover behind a DNS name: connections to the demoted primary answer READONLY
+        (a Sentinel-managed pool turns that into a connection error itself)."""
 
         async def run(keys: list[str], args: list[Any]) -> Any:
             try:
                 return await script(keys=keys, args=args)
-            except RedisConnectionError:
+            except (RedisConnectionError, ReadOnlyError):
                 pool = getattr(self.client, "connection_pool", None)
                 if pool is None:  # a cluster client reconnects by itself
                     raise
@@ -654,7 +639,7 @@ class RedisLedger:
     async def _listen_for_kills(self) -> None:
         backoff = 0.1
         while True:
-            client = _client(self.settings, for_pubsub=True)
+            client = build_client(self.settings, for_pubsub=True)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
