@@ -161,3 +161,62 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class RedisSentinel:
+    """One ``redis-server --sentinel`` watching ``service`` on a primary, alone (quorum 1), with
+    short timeouts so that a failover takes a second or two."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        primary_port: int,
+        service: str = "mymaster",
+        *,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+    ) -> None:
+        if REDIS_SERVER is None:
+            pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+        self.port = free_port()
+        self.service = service
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Sentinel rewrites its configuration file as it learns the topology: it must be
+        # writable, and this process's own.
+        self.config = workdir / "sentinel.conf"
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    "bind 127.0.0.1",
+                    "daemonize no",
+                    f"dir {workdir}",
+                    f"sentinel monitor {service} 127.0.0.1 {primary_port} 1",
+                    f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                    f"sentinel failover-timeout {service} {failover_timeout_ms}",
+                    f"sentinel parallel-syncs {service} 1",
+                    "",
+                ]
+            ),
+            encoding="utf-8",
+        )
+        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [REDIS_SERVER, str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for_port(self.port, self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None

@@ -42,9 +42,7 @@ class PrimaryPool(SentinelConnectionPool):
         self._rechecked = 0.0
         self._recheck: asyncio.Task[None] | None = None
 
-    async def get_connection(
-        self, command_name: Any = None, *keys: Any, **options: Any
-    ) -> AbstractConnection:
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         now = time.monotonic()
         if now - self._rechecked >= PRIMARY_RECHECK_S and (
             self._recheck is None or self._recheck.done()
@@ -52,9 +50,8 @@ class PrimaryPool(SentinelConnectionPool):
             self._rechecked = now
             self._recheck = asyncio.create_task(self._ask_for_primary())
             await asyncio.wait({self._recheck}, timeout=PRIMARY_RECHECK_WAIT_S)
-        connection: AbstractConnection = await super().get_connection(  # type: ignore[no-untyped-call]
-            command_name, *keys, **options
-        )
+        # Arguments passed on as given: redis-py warns of the older ones.
+        connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         return connection
 
     async def _ask_for_primary(self) -> None:
