@@ -3,8 +3,8 @@
 Labels are bounded: upstream (from config), model and agent (the first ``max_models`` /
 ``max_agents`` seen keep their name, later ones fold into ``other``), reason, action, outcome.
 Task ids are never a label, except on ``tripwire_top_task_spend_usd``, bounded to the ten
-tasks that spent most. They travel as exemplars (OpenMetrics) on the trip and token counters,
-so a dashboard can jump from a spike to the task.
+tasks that spent most. They travel as exemplars (OpenMetrics) on the trip, token and cost
+counters, so a dashboard can jump from a spike to the task.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ ENVELOPES = "tripwire_envelopes"
 ENVELOPE_CONFIDENCE = "tripwire_envelope_confidence"
 ENVELOPES_BLOCKED = "tripwire_envelopes_blocked"
 ENVELOPE_STATUSES = ("success", "failed", "partial", "invalid")
+TRIP_ACTIONS = ("kill", "observe")
 INFO = "tripwire_build_info"
 
 OTHER = "other"
@@ -75,19 +76,34 @@ def _always_up() -> bool:
     return True
 
 
-class _Capped:
-    """The first ``limit`` values keep their name as a label value; later ones are ``other``."""
+def _nothing(label: str) -> None:
+    """No series to prepare for a new label value."""
 
-    def __init__(self, limit: int) -> None:
+
+class _Capped:
+    """The first ``limit`` values keep their name as a label value; later ones are ``other``.
+
+    ``admitted`` hears of each label value the first time it is handed out, ``other``
+    included, so series keyed on it can be created before they are needed.
+    """
+
+    def __init__(self, limit: int, admitted: Callable[[str], None] = _nothing) -> None:
         self.limit = limit
         self.known: set[str] = set()
+        self.admitted = admitted
+        self.folded = False
 
     def __call__(self, value: str) -> str:
         if value in self.known:
             return value
         if len(self.known) < self.limit:
             self.known.add(value)
+            self.admitted(value)
             return value
+        if not self.folded:
+            self.folded = True
+            if OTHER not in self.known:
+                self.admitted(OTHER)
         return OTHER
 
 
@@ -139,7 +155,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.backend = backend
         self.model = _Capped(max_models)
-        self.agent = _Capped(max_agents)
+        self.agent = _Capped(max_agents, self._agent_admitted)
         self.active_window_s = active_window_s
         self.max_tracked_tasks = max_tracked_tasks
         self.tasks: OrderedDict[str, _TaskFigures] = OrderedDict()
@@ -160,12 +176,15 @@ class Metrics:
             registry=r,
         )
         self.cost = Counter(
-            COST, "Dollars spent, from provider-reported usage.", ["upstream", "model"], registry=r
+            COST,
+            "Dollars spent, from provider-reported usage.",
+            ["upstream", "model", "agent"],
+            registry=r,
         )
         self.trips = Counter(
             TRIPS,
-            "Detector trips, by reason and action (kill or observe).",
-            ["reason", "action"],
+            "Detector trips, by reason, action (kill or observe) and the agent that tripped.",
+            ["reason", "action", "agent"],
             registry=r,
         )
         self.refused = Counter(
@@ -241,13 +260,12 @@ class Metrics:
             1
         )
         r.register(_TaskCollector(self))
-        # Every trip series exists from the start at 0, so the first kill after a restart is
-        # an increase Prometheus can see, not a series appearing out of nowhere.
+        # Refusal and cut series exist from the start at 0, so the first one after a restart is
+        # an increase Prometheus can see, not a series appearing out of nowhere. Trip series
+        # do the same per agent, from the agent's first appearance (_agent_admitted).
         for reason in TripReason:
             self.refused.labels(str(reason))
             self.streams_cut.labels(str(reason))
-            for action in ("kill", "observe"):
-                self.trips.labels(str(reason), action)
         for other in ("budget_busy", "state_unavailable"):
             self.refused.labels(other)
         for fault in FAULTS:
@@ -290,7 +308,7 @@ class Metrics:
             if count:
                 self._child(self.tokens, upstream, model, agent, direction).inc(count, exemplar)
         if cost:
-            self._child(self.cost, upstream, model).inc(cost, exemplar)
+            self._child(self.cost, upstream, model, agent).inc(cost, exemplar)
 
     def timings(
         self, upstream: str, model: str, latency: float, ttfb: float, overhead: float
@@ -309,8 +327,16 @@ class Metrics:
     def envelope_blocked(self, agent: str) -> None:
         self._child(self.envelopes_blocked, self.agent(agent)).inc()
 
-    def trip(self, reason: str, action: str, task: str) -> None:
-        self._child(self.trips, reason, action).inc(1, {"task_id": task[:64]})
+    def trip(self, reason: str, action: str, agent: str, task: str) -> None:
+        self._child(self.trips, reason, action, self.agent(agent)).inc(1, {"task_id": task[:64]})
+
+    def _agent_admitted(self, agent: str) -> None:
+        """Every trip series of a new agent label starts at 0: a series born at 1 is no
+        increase() to Prometheus, so the agent's first trip would escape the rate alerts.
+        At most (max_agents + 1) x reasons x 2 series, and only for agents that appear."""
+        for reason in TripReason:
+            for action in TRIP_ACTIONS:
+                self._child(self.trips, str(reason), action, agent)
 
     # -- per task ---------------------------------------------------------------------------
 

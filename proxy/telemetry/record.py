@@ -95,7 +95,7 @@ class Telemetry:
     def trip(
         self, task: str, agent: str, trip: Trip, action: str, tenant: str | None = None
     ) -> None:
-        self.metrics.trip(str(trip.reason), action, task)
+        self.metrics.trip(str(trip.reason), action, agent, task)
         if action == "kill":
             self.metrics.task_ended(task)
         event(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from proxy.detectors.base import TripReason
 from proxy.telemetry.metrics import Metrics
 
 
@@ -27,7 +28,7 @@ def test_agents_and_models_beyond_the_cap_fold_into_other() -> None:
 def test_task_ids_travel_as_exemplars_not_labels() -> None:
     metrics = Metrics()
     metrics.usage("openai", "gpt-4o", "planner", "job-42", 100, 20, 0, 0.01)
-    metrics.trip("max_hops", "kill", "job-42")
+    metrics.trip("max_hops", "kill", "planner", "job-42")
     text = generate_latest(metrics.registry).decode()
     assert 'task_id="job-42"' in text
     for family in text_string_to_metric_families(text):
@@ -69,3 +70,64 @@ def test_an_idle_task_ends_when_traffic_moves_on_without_a_scrape() -> None:
     assert samples["tripwire_task_calls_count"] == 1
     assert samples["tripwire_task_calls_sum"] == 3
     assert list(metrics.tasks) == ["next"]
+
+
+def test_trips_and_dollars_name_the_agent() -> None:
+    metrics = Metrics()
+    metrics.usage("openai", "gpt-4o", "planner", "job-42", 100, 20, 0, 0.01)
+    metrics.usage("openai", "gpt-4o", "critic", "job-42", 100, 20, 0, 0.03)
+    metrics.trip("repeat_output", "kill", "critic", "job-42")
+    samples = scrape(metrics)
+    cost = {
+        (s.labels["upstream"], s.labels["model"], s.labels["agent"]): s.value
+        for s in samples["tripwire_cost_usd"]
+        if s.name == "tripwire_cost_usd_total"
+    }
+    assert cost == {("openai", "gpt-4o", "planner"): 0.01, ("openai", "gpt-4o", "critic"): 0.03}
+    tripped = {
+        (s.labels["reason"], s.labels["action"], s.labels["agent"])
+        for s in samples["tripwire_trips"]
+        if s.name == "tripwire_trips_total" and s.value
+    }
+    assert tripped == {("repeat_output", "kill", "critic")}
+    assert all(
+        set(s.labels) == {"reason", "action", "agent"}
+        for s in samples["tripwire_trips"]
+        if s.name == "tripwire_trips_total"
+    )
+
+
+def test_an_agents_trip_series_exist_at_zero_from_its_first_call() -> None:
+    """A counter born at 1 is no increase() to Prometheus: the agent's first trip would be
+    missed by the rate alerts unless its series were scraped at 0 before."""
+    metrics = Metrics(max_agents=1)
+    assert not [s for s in scrape(metrics)["tripwire_trips"] if s.name == "tripwire_trips_total"]
+    metrics.call("openai", "gpt-4o", "planner", "ok")
+    metrics.call("openai", "gpt-4o", "critic", "ok")  # over the cap: folds into other
+    series = {
+        (s.labels["reason"], s.labels["action"], s.labels["agent"]): s.value
+        for s in scrape(metrics)["tripwire_trips"]
+        if s.name == "tripwire_trips_total"
+    }
+    assert set(series) == {
+        (str(reason), action, agent)
+        for reason in TripReason
+        for action in ("kill", "observe")
+        for agent in ("planner", "other")
+    }
+    assert set(series.values()) == {0}
+
+
+def test_trips_of_agents_beyond_the_cap_fold_into_other() -> None:
+    metrics = Metrics(max_agents=1)
+    metrics.trip("max_hops", "observe", "planner", "t1")
+    metrics.trip("max_hops", "observe", "critic", "t1")
+    metrics.trip("max_hops", "observe", "writer", "t2")
+    counted = {
+        s.labels["agent"]: s.value
+        for s in scrape(metrics)["tripwire_trips"]
+        if s.name == "tripwire_trips_total"
+        and s.labels["reason"] == "max_hops"
+        and s.labels["action"] == "observe"
+    }
+    assert counted == {"planner": 1, "other": 2}
