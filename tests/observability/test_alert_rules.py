@@ -113,8 +113,8 @@ def test_recording_rules_are_named_tripwire_colon() -> None:
 
 @pytest.fixture
 def scrape(make_proxy: Any) -> Iterator[str]:
-    """The proxy's /metrics in the text format, after calls that end in a trip and a refusal,
-    so the call, token, cost, trip and refusal counters have samples."""
+    """The proxy's /metrics in the text format, after calls of agent `planner` that end in a
+    trip and a refusal, so the call, token, cost, trip and refusal counters have samples."""
     proxy: ProxyThread = make_proxy()
     client = openai.OpenAI(
         base_url=proxy.openai_url,
@@ -127,13 +127,13 @@ def scrape(make_proxy: Any) -> Iterator[str]:
             client.chat.completions.create(
                 model="gpt-4o-mini",
                 messages=[{"role": "user", "content": "Is the plan done?"}],
-                extra_headers={"X-Task-Id": "metrics-scrape"},
+                extra_headers={"X-Task-Id": "metrics-scrape", "X-Agent-Id": "planner"},
             )
         with pytest.raises(openai.PermissionDeniedError):
             client.chat.completions.create(
                 model="gpt-4o-mini",
                 messages=[{"role": "user", "content": "Is the plan done?"}],
-                extra_headers={"X-Task-Id": "metrics-scrape"},
+                extra_headers={"X-Task-Id": "metrics-scrape", "X-Agent-Id": "planner"},
             )
     with urllib.request.urlopen(proxy.base_url + "/metrics", timeout=5) as response:
         yield response.read().decode("utf-8")
@@ -179,6 +179,27 @@ def test_rules_use_only_exported_metrics(scrape: str) -> None:
         if metric not in exported | recorded | PROMETHEUS_SERIES
     }
     assert missing == {}, "metrics the rules use that the proxy does not export"
+
+
+def test_trips_and_dollars_name_the_agent(scrape: str) -> None:
+    samples = [
+        sample
+        for family in text_string_to_metric_families(scrape)
+        for sample in family.samples
+        if sample.name in {"tripwire_trips_total", "tripwire_cost_usd_total"}
+    ]
+    tripped = {
+        (s.labels["action"], s.labels["agent"])
+        for s in samples
+        if s.name == "tripwire_trips_total" and s.value
+    }
+    assert tripped == {("kill", "planner")}
+    spent = {
+        (s.labels["upstream"], s.labels["model"], s.labels["agent"])
+        for s in samples
+        if s.name == "tripwire_cost_usd_total"
+    }
+    assert spent == {("openai", "gpt-4o-mini", "planner")}
 
 
 def test_scrape_passes_promtool_check_metrics(scrape: str) -> None:

@@ -24,6 +24,7 @@ from tests.observability.stack import (
 
 ALERT = "TripwireRunawayTaskKilled"
 TASK = "e2e-runaway"
+AGENT = "fixer"
 REPLY = "I could not find config.yaml. Let me search the repository again."
 WITHIN_S = 60.0
 
@@ -56,7 +57,7 @@ def run_away(proxy: ProxyThread) -> int:
                 reply = client.chat.completions.create(
                     model="gpt-4o-mini",
                     messages=messages,
-                    extra_headers={"X-Task-Id": TASK, "X-Agent-Id": "fixer", HEADER_REPLY: REPLY},
+                    extra_headers={"X-Task-Id": TASK, "X-Agent-Id": AGENT, HEADER_REPLY: REPLY},
                 )
             except openai.PermissionDeniedError:
                 return call
@@ -109,6 +110,14 @@ def test_runaway_task_alert_reaches_the_webhook_within_a_minute(
             "severity": "warning",
         }
         assert float(alert["value"]) == 1
+        # The agent's trip series appeared at 0 with its first call; none of them is a kill.
+        others = [a["labels"] for a in alerts(prometheus) if a["labels"].get("alertname") == ALERT]
+        assert others == [alert["labels"]]
+        # The counter names the agent that ran away; the alert adds agents up per reason.
+        killed = query(
+            prometheus, 'tripwire_trips_total{action="kill", reason="repeat_output"} > 0'
+        )
+        assert [(s["metric"]["agent"], s["value"][1]) for s in killed] == [(AGENT, "1")]
 
         delivered = webhook.wait_for_alert(ALERT, deadline)
         assert delivered is not None, (
