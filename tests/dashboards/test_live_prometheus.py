@@ -157,17 +157,25 @@ def test_a_runaway_task_shows_on_the_dashboards_within_a_minute(
     assert statuses.count(403) >= 1
 
     trips = promql(_expr("tripwire-runaways", "Trips by reason"))
+    trips_by_agent = promql(_expr("tripwire-runaways", "Trips by agent"))
 
     def runaway_tripped() -> bool:
-        series = prometheus.query(trips)
-        return any(
+        # Both panels in one look: a trip stays in a rate window for a few seconds only.
+        by_reason = any(
             s["metric"].get("reason", "").startswith("repeat_")
             and s["metric"].get("action") == "kill"
             and float(s["value"][1]) >= 1
-            for s in series
+            for s in prometheus.query(trips)
         )
+        by_agent = any(
+            s["metric"].get("agent") == traffic.RUNAWAY_AGENT
+            and s["metric"].get("action") == "kill"
+            and float(s["value"][1]) >= 1
+            for s in prometheus.query(trips_by_agent)
+        )
+        return by_reason and by_agent
 
-    wait_for(runaway_tripped, 60, "the runaway's trip on 'Trips by reason'")
+    wait_for(runaway_tripped, 60, "the runaway's trip on 'Trips by reason' and 'Trips by agent'")
     kills = promql(_expr("tripwire-runaways", "Kills"))
     assert float(prometheus.query(kills)[0]["value"][1]) >= 1
 
@@ -198,3 +206,8 @@ def test_a_runaway_task_shows_on_the_dashboards_within_a_minute(
 
     top = prometheus.query(promql(_expr("tripwire-runaways", "Top tasks by spend")))
     assert traffic.STEADY in {s["metric"]["task"] for s in top}
+
+    spenders = prometheus.query(promql(_expr("tripwire-cost", "Spend by agent")))
+    assert {"planner", "critic", "writer", traffic.RUNAWAY_AGENT} <= {
+        s["metric"]["agent"] for s in spenders
+    }

@@ -139,11 +139,6 @@ def test_every_label_is_one_the_metric_carries(query: Query, scrape: Scrape) -> 
         assert wanted <= carried, sorted(wanted - carried)
 
 
-# Dollars carry no agent label: tokens of one agent divided by every agent's dollars would
-# be no price at all.
-UNFILTERED = {("Cost per 1k tokens by model", "tripwire_tokens_total"): {"agent"}}
-
-
 def test_panels_filter_on_every_variable_their_metric_carries(scrape: Scrape) -> None:
     """A metric with an upstream, model or agent label is filtered by that variable wherever a
     panel reads it, so the dashboard's selectors mean the same in every panel."""
@@ -152,7 +147,7 @@ def test_panels_filter_on_every_variable_their_metric_carries(scrape: Scrape) ->
             for target in panel.get("targets", []):
                 for metric, matchers in re.findall(r"(tripwire_\w+)\{([^}]*)\}", target["expr"]):
                     filters = {"upstream", "model", "agent"} & scrape.labels[metric]
-                    for label in filters - UNFILTERED.get((panel["title"], metric), set()):
+                    for label in filters:
                         assert f'{label}=~"${label}"' in matchers, (panel["title"], metric)
                 for metric in re.findall(r"(tripwire_\w+)(?![\w{])", target["expr"]):
                     carried = {"upstream", "model", "agent"} & scrape.labels[metric]

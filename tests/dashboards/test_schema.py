@@ -156,11 +156,24 @@ def _panel(uid: str, title: str) -> dict[str, Any]:
 def test_trips_carry_exemplars_to_jump_to_the_task() -> None:
     for uid, title in (
         ("tripwire-runaways", "Trips by reason"),
+        ("tripwire-runaways", "Trips by agent"),
         ("tripwire-cost", "Budget trips by reason"),
     ):
         panel = _panel(uid, title)
         assert panel["type"] == "timeseries"
         assert all(t["exemplar"] and "tripwire_trips_total" in t["expr"] for t in panel["targets"])
+
+
+def test_trips_and_spend_break_down_by_agent() -> None:
+    trips = _panel("tripwire-runaways", "Trips by agent")
+    (target,) = trips["targets"]
+    assert target["expr"].startswith("sum by (agent, action) (")
+    assert target["legendFormat"] == "{{agent}} ({{action}})"
+    spend = _panel("tripwire-cost", "Spend by agent")
+    assert spend["type"] == "bargauge"
+    (target,) = spend["targets"]
+    assert target["expr"].startswith("sort_desc(topk(10, sum by (agent) (")
+    assert target["instant"] and target["legendFormat"] == "{{agent}}"
 
 
 def test_top_tasks_come_from_the_bounded_gauge() -> None:

@@ -12,6 +12,8 @@ from urllib.parse import quote
 import httpx
 
 RUNAWAY = "runaway-1"
+# The runaway's agent trips nowhere else, so the by-agent panels can single it out.
+RUNAWAY_AGENT = "fixer"
 STEADY = "steady-1"
 
 POLICY: dict[str, Any] = {
@@ -89,6 +91,8 @@ def fleet(base_url: str) -> None:
 def runaway(base_url: str) -> list[int]:
     """The same question until Tripwire stops the task; then one more call, refused."""
     with httpx.Client(base_url=base_url, timeout=10) as client:
-        statuses = [chat(client, RUNAWAY, "Is the plan done?") for _ in range(5)]
+        statuses = [
+            chat(client, RUNAWAY, "Is the plan done?", agent=RUNAWAY_AGENT) for _ in range(5)
+        ]
     assert statuses[-1] == 403, statuses
     return statuses
