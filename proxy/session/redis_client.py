@@ -20,7 +20,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection, SSLConnection, parse_url
+from redis.asyncio.connection import (
+    AbstractConnection,
+    BlockingConnectionPool,
+    SSLConnection,
+    parse_url,
+)
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
@@ -34,8 +39,9 @@ PRIMARY_RECHECK_S = 1.0
 PRIMARY_RECHECK_WAIT_S = 0.05
 
 
-class PrimaryPool(SentinelConnectionPool):
-    """Connections to the primary Sentinel names, dropped as soon as it names another one."""
+class PrimaryPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Connections to the primary Sentinel names, dropped as soon as it names another one; a
+    command that finds them all busy waits for one, as with a single server."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -105,14 +111,21 @@ def build_client(settings: StateSettings, *, for_pubsub: bool = False) -> Any:
     }
     if for_pubsub:
         options["health_check_interval"] = PUBSUB_HEALTH_CHECK_S
+    if settings.redis_cluster and not for_pubsub and settings.redis_sentinel is None:
+        # redis-py's cluster client has no waiting pool: beyond its connections a call fails.
+        return RedisCluster.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, **options
+        )
+    # A burst of calls larger than the pool waits for a free connection (bounded by the
+    # timeout) rather than fail as if Redis were down.
+    options["max_connections"] = settings.redis_max_connections
+    options["timeout"] = settings.redis_timeout
     if settings.redis_sentinel is not None:
         # Kills are published on the primary, so subscribing there hears them all.
         return _sentinel_primary(settings, settings.redis_sentinel, options)
-    if settings.redis_cluster and not for_pubsub:
-        return RedisCluster.from_url(settings.redis_url, **options)
     # A PUBLISH reaches every node of a cluster, so one subscription to the given node hears
     # the kills of every replica.
-    return aioredis.Redis.from_url(settings.redis_url, **options)
+    return aioredis.Redis.from_pool(BlockingConnectionPool.from_url(settings.redis_url, **options))
 
 
 def _sentinel_primary(

@@ -268,3 +268,16 @@ async def test_listing_returns_every_task_with_its_figures(ledger: Ledger, task:
     assert {listed[n].tenant for n in names} == {"acme"}
     assert [(listed[n].tokens_used, listed[n].agents) for n in names[:3]] == [(42, ["lister"])] * 3
     assert listed[names[3]].tokens_used == 0
+
+
+async def test_a_burst_of_calls_beyond_the_connection_pool_is_served(ledger: Ledger) -> None:
+    """More calls at once than one replica keeps connections to Redis: they wait their turn
+    for a connection (within the Redis timeout) rather than fail as if Redis were down."""
+    prefix = "burst-" + uuid.uuid4().hex[:6]
+
+    async def one(number: int) -> int:
+        grant = await ledger.reserve(plan(f"{prefix}-{number}", effective(max_tokens=10_000)))
+        settled = await ledger.settle(grant, outcome(7))
+        return settled.view.tokens_used
+
+    assert await asyncio.gather(*(one(n) for n in range(600))) == [7] * 600
