@@ -52,7 +52,7 @@ class Preview:
 @dataclass(frozen=True, slots=True)
 class TimelineEvent:
     at: float
-    kind: str  # created, trip, kill, resume, extend
+    kind: str  # created, trip, kill, resume, extend, charged (a call that never settled)
     detail: str
 
 

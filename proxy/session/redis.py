@@ -243,7 +243,8 @@ class RedisLedger:
         ]
         try:
             reply = await self._reserve(
-                keys=[keys.state, keys.agents, keys.reservations, keys.timeline], args=args
+                keys=[keys.state, keys.agents, keys.reservations, keys.timeline, keys.settled],
+                args=args,
             )
         except _UNREACHABLE as error:
             self._unreachable("reserve", error)

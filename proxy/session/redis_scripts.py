@@ -49,7 +49,7 @@ RESERVE = (
     f"-- tripwire reserve v{VERSION}\n"
     + _RELEASE_STALE
     + """
-local s, a, z, timeline = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local s, a, z, timeline, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local agent = ARGV[1]
 local prompt = tonumber(ARGV[2])
 local requested = tonumber(ARGV[3])
@@ -72,10 +72,30 @@ local function touch()
   redis.call('EXPIRE', z, ttl)
 end
 
--- Release the reservations of calls that never settled (a replica died mid-call).
+-- A call that never settled (its replica died mid-call) may have been billed up to what it
+-- reserved: that is charged as spent, so a budget holds whatever the provider billed. Its id
+-- joins the settled ones, so a settle arriving after all is not counted on top.
 local stale = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-for _, member in ipairs(stale) do release(s, a, member) end
-if #stale > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now) end
+if #stale > 0 then
+  local charged = 0
+  for _, member in ipairs(stale) do
+    local tokens, cost = string.match(member, '^[^|]*|([^|]*)|([^|]*)|')
+    local who = release(s, a, member)
+    redis.call('HINCRBY', s, 'used', tonumber(tokens))
+    redis.call('HINCRBYFLOAT', s, 'cost', tonumber(cost))
+    redis.call('HINCRBY', a, who .. '|u', tonumber(tokens))
+    redis.call('ZADD', d, 'NX', t[1], string.match(member, '^[^|]*'))
+    charged = charged + tonumber(tokens)
+  end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+  redis.call('ZREMRANGEBYRANK', d, 0, -(SETTLED + 1))
+  redis.call('EXPIRE', d, ttl)
+  redis.call('LPUSH', timeline, cjson.encode({at = now, kind = 'charged', detail = string.format(
+    '%d call(s) never settled within the reservation TTL (a replica stopped mid-call); ' ..
+    'their %d reserved tokens are charged as spent', #stale, charged)}))
+  redis.call('LTRIM', timeline, 0, TIMELINE - 1)
+  redis.call('EXPIRE', timeline, ttl)
+end
 
 local st = redis.call('HMGET', s, 'started', 'killed', 'used', 'reserved', 'cost',
   'cost_reserved', 'calls', 'hops', 'last_agent', 'lim|max_tokens', 'lim|max_tokens_per_agent',
@@ -221,7 +241,7 @@ if enforce then enforced = cap end
 return {'ok', enforced, member, res_tokens, string.format('%.17g', res_cost),
   string.format('%.6f', started), used, reserved + res_tokens, string.format('%.17g', cost),
   calls + 1, new_hops, cjson.encode(observed)}
-""".replace("TIMELINE", str(TIMELINE_PER_TASK))
+""".replace("TIMELINE", str(TIMELINE_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
 
 SETTLE = (

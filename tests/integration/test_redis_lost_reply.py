@@ -13,7 +13,7 @@ import redis
 
 from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.policy.rules import Effective
-from proxy.session.base import CallPlan, Outcome
+from proxy.session.base import CallPlan, Denied, Outcome
 from proxy.session.redis import RedisLedger
 
 
@@ -117,3 +117,30 @@ async def test_a_settle_retried_after_a_lost_reply_is_counted_once(
         state = client.hgetall(f"tw:{{{task}}}:s")
     assert int(state["used"]) == 350
     assert int(state["reserved"]) == 0
+
+
+async def test_a_call_that_never_settles_is_charged_its_reservation(redis_server: Any) -> None:
+    """Its replica died mid-call: the provider may have billed all it reserved, so once the
+    reservation expires that is what the task has spent, and a settle arriving late anyway is
+    not counted on top."""
+    settings = StateSettings(backend="redis", redis_url=redis_server.url, reservation_ttl=1)
+    ledger = RedisLedger(settings)
+    await ledger.start()
+    task = "t-" + uuid.uuid4().hex[:8]
+    policy = Effective(Limits(max_tokens=1000), RepeatSettings(), "kill", ())
+    try:
+        lost = await ledger.reserve(CallPlan(task, "writer", policy, 100, None, 1, None, 1000.0))
+        assert lost.reserved_tokens == 1000
+        await asyncio.sleep(1.2)
+        with pytest.raises(Denied) as refused:
+            await ledger.reserve(CallPlan(task, "writer", policy, 100, None, 1, None, 1000.0))
+        late = await ledger.settle(lost, Outcome(400, 0.0, None, None, completed=True))
+        view = await ledger.get(task)
+    finally:
+        await ledger.close()
+
+    assert refused.value.trip.reason == "budget_tokens"
+    assert late.view.tokens_used == 1000
+    assert view is not None and view.tokens_used == 1000 and view.tokens_reserved == 0
+    assert [event.kind for event in view.timeline][:2] == ["charged", "kill"]
+    assert "1000 reserved tokens are charged as spent" in view.timeline[0].detail
