@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,20 @@ from tests.reliability.soak import BillingProvider, markdown, run_soak, short_pl
 
 LONG = float(os.environ.get("SOAK_SECONDS", "0") or 0)
 SHORT = {1: 7.0, 3: 14.0}
+
+
+def write_report(report: dict[str, Any]) -> None:
+    """Into soak/results/latest.*, replacing the run of the same set-up, so the file holds the
+    last long run of each (as ``python -m tests.reliability.soak`` writes it)."""
+    out = Path(__file__).resolve().parents[2] / "soak" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "latest.json"
+    reports = json.loads(path.read_text()) if path.exists() else []
+    replicas = report["plan"]["replicas"]
+    reports = [r for r in reports if r["plan"]["replicas"] != replicas] + [report]
+    reports.sort(key=lambda r: r["plan"]["replicas"])
+    path.write_text(json.dumps(reports, indent=2) + "\n")
+    (out / "latest.md").write_text(markdown(reports) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +47,7 @@ def test_soak_under_faults_keeps_every_invariant(
     report = run_soak(plan, tmp_path, billing_mock)
     print(json.dumps(report, indent=2))
     if LONG:
-        out = Path(__file__).resolve().parents[2] / "soak" / "results"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"latest-{replicas}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / f"latest-{replicas}.md").write_text(markdown([report]) + "\n")
+        write_report(report)
     assert not violations(report, strict_memory=bool(LONG)), violations(
         report, strict_memory=bool(LONG)
     )
