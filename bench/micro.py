@@ -47,6 +47,17 @@ def _vm_rss_kib() -> int:
     return 0
 
 
+# About 180 tokens, the answer the memory runs settle for each task.
+_ANSWER = (
+    "The plan has three steps. First collect the quarterly figures from the finance export "
+    "and check them against the ledger totals. Second compare every region with the same "
+    "quarter last year and mark the ones that moved by more than five percent. Third write a "
+    "one page summary for the board with the three largest risks, what caused them, who owns "
+    "each one, and the date by which we expect an answer. I will start with the export and "
+    "report back when the figures reconcile, or earlier if a region is missing data."
+)
+
+
 def _fp(value: str) -> str:
     return hashlib.blake2b(value.encode(), digest_size=8).hexdigest()
 
@@ -60,12 +71,15 @@ async def _fill(ledger: MemoryLedger, book: PolicyBook, tasks: int, offset: int 
         grant = await ledger.reserve(plan)
         outcome = Outcome(310 + 180, 0.0, _fp(f"out{index}"), _fp(f"req{index}"), True)
         await ledger.settle(grant, outcome)
+        # The content detectors are on by default (in shadow mode): their state counts too.
+        await ledger.observe_content(task, "planner", f"{_ANSWER} {index}", plan.policy)
     return time.perf_counter() - started
 
 
 def memory(tasks: int, traced: bool) -> dict[str, Any]:
-    """Each task: one reserve and one settle with an output and a request fingerprint, as a
-    single completed call leaves it. `max_tasks` is raised so nothing is evicted."""
+    """Each task: one reserve and one settle with an output and a request fingerprint, and
+    the content detectors' look at its answer, as a single completed call leaves it.
+    `max_tasks` is raised so nothing is evicted."""
     settings = StateSettings(max_tasks=max(tasks, 1) * 2)
     book = PolicyBook(Policy())
     ledger = MemoryLedger(settings)

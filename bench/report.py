@@ -401,7 +401,8 @@ def _per_task(results: dict[str, Any]) -> list[str]:
             "## Memory per tracked task (embedded ledger, in-process)",
             "",
             "A `MemoryLedger` with one reserved and settled call per task (one agent, output "
-            "and request fingerprints in their windows), as one completed call leaves a task.",
+            "and request fingerprints in their windows, the content detectors' state of its "
+            "answer), as one completed call leaves a task.",
             "",
             *_table(head, rows),
         ]

@@ -12,7 +12,7 @@ few kilobytes at most (one Redis hash field):
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from proxy.detectors.base import Trip
 from proxy.detectors.cycle import CycleState
@@ -25,14 +25,29 @@ from proxy.detectors.similarity import NearDuplicateState
 from proxy.detectors.similarity import observe_shingles as observe_near_duplicate
 
 _VERSION = 1
+Plain = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
 _HEADER = struct.Struct("<BIII")
 
 
-@dataclass(frozen=True, slots=True)
-class ContentState:
-    cycle: CycleState = field(default_factory=CycleState)
-    near_duplicate: NearDuplicateState = field(default_factory=NearDuplicateState)
-    no_progress: NoProgressState = field(default_factory=NoProgressState)
+class ContentState(NamedTuple):
+    cycle: CycleState = CycleState()
+    near_duplicate: NearDuplicateState = NearDuplicateState()
+    no_progress: NoProgressState = NoProgressState()
+
+    def plain(self) -> Plain:
+        """The state as exact tuples of numbers, bytes and strings, which the garbage collector
+        stops tracking (it never untracks a tuple subclass such as this one): the embedded
+        ledger keeps this form, so 100k tasks' states add nothing to a full collection."""
+        return (tuple(self.cycle), tuple(self.near_duplicate), tuple(self.no_progress))
+
+    @classmethod
+    def from_plain(cls, plain: Plain) -> ContentState:
+        cycle, near_duplicate, no_progress = plain
+        return cls(
+            CycleState._make(cycle),
+            NearDuplicateState._make(near_duplicate),
+            NoProgressState._make(no_progress),
+        )
 
     def to_bytes(self) -> bytes:
         parts = (self.cycle.to_bytes(), self.near_duplicate.to_bytes(), self.no_progress.to_bytes())

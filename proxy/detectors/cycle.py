@@ -15,7 +15,7 @@ over) is left to the repeat and near-duplicate detectors.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import CycleSettings
@@ -35,8 +35,8 @@ _VERSION = 1
 _HEADER = struct.Struct(f"<BB{MAX_PERIOD}H")
 
 
-@dataclass(frozen=True, slots=True)
-class CycleState:
+class CycleState(NamedTuple):
+    # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
     recent: tuple[Entry, ...] = ()  # the last MAX_PERIOD outputs, oldest first
     names: tuple[str, ...] = ()  # their agents' names
     runs: tuple[int, ...] = (0,) * MAX_PERIOD  # runs[p - 1]: outputs in a row continuing p

@@ -16,7 +16,7 @@ verdict against too small a sample.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +30,8 @@ _HEADER = struct.Struct("<BQHB")
 _PAIR = struct.Struct("<HH")
 
 
-@dataclass(frozen=True, slots=True)
-class NoProgressState:
+class NoProgressState(NamedTuple):
+    # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
     threshold: int = _ALL
     sample: bytes = b""  # sorted little-endian uint32 hashes below ``threshold``
     # (new, sampled) shingles of the task's last outputs, oldest first.

@@ -9,7 +9,7 @@ each) and the agents' 32-bit keys, never the texts.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import NearDuplicateSettings
@@ -27,8 +27,8 @@ _VERSION = 1
 _HEADER = struct.Struct("<BB")
 
 
-@dataclass(frozen=True, slots=True)
-class NearDuplicateState:
+class NearDuplicateState(NamedTuple):
+    # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
     # The task's last outputs long enough to compare, oldest first, at most ``window``.
     recent: tuple[Entry, ...] = ()
 

@@ -13,11 +13,12 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason
-from proxy.detectors.content import ContentState, observe_content
+from proxy.detectors.content import ContentState, Plain, observe_content
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session.base import (
@@ -36,13 +37,14 @@ from proxy.session.base import (
 )
 
 OTHER_AGENTS = "other"
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
 class _Agent:
     tokens_used: int = 0
     tokens_reserved: int = 0
-    requests: list[str] = field(default_factory=list)
+    requests: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -58,8 +60,10 @@ class _Task:
     hops: int = 0
     last_agent: str | None = None
     agents: dict[str, _Agent] = field(default_factory=dict)
-    # Plain lists, trimmed by hand: an empty deque costs ~760 bytes, and there are 100k tasks.
-    outputs: list[str] = field(default_factory=list)
+    # Windows are tuples of strings and numbers, not lists or objects: the garbage collector
+    # stops tracking such tuples, so 100k tasks' windows add nothing to a full collection's
+    # pause (and an empty deque would cost ~760 bytes a task).
+    outputs: tuple[str, ...] = ()
     killed: Trip | None = None
     observed: frozenset[TripReason] = frozenset()
     max_tokens: int | None = None
@@ -67,14 +71,13 @@ class _Task:
     owner: str | None = None
     overrides: dict[str, float] = field(default_factory=dict)
     extra_duration: float = 0.0
-    previews: list[Preview] = field(default_factory=list)
-    content: ContentState | None = None
-    timeline: list[TimelineEvent] = field(default_factory=list)
+    previews: tuple[tuple[str, str, str], ...] = ()  # agent, fingerprint, text
+    content: Plain | None = None  # see ContentState.plain
+    timeline: tuple[tuple[float, str, str], ...] = ()  # at, kind, detail
     envelopes: dict[str, int] | None = None  # only workers' tasks pay for the table
 
     def mark(self, kind: str, detail: str) -> None:
-        self.timeline.append(TimelineEvent(time.time(), kind, detail))
-        del self.timeline[:-TIMELINE_PER_TASK]
+        self.timeline = _push(self.timeline, (time.time(), kind, detail), TIMELINE_PER_TASK)
 
 
 class MemoryLedger:
@@ -243,28 +246,30 @@ class MemoryLedger:
         task.cost_used += outcome.cost_usd
         trips: list[Trip] = []
         if outcome.completed and outcome.output_fingerprint is not None:
-            task.previews.append(Preview(grant.agent, outcome.output_fingerprint, outcome.preview))
-            del task.previews[:-PREVIEWS_PER_TASK]
+            preview = (grant.agent, outcome.output_fingerprint, outcome.preview)
+            task.previews = _push(task.previews, preview, PREVIEWS_PER_TASK)
         if outcome.completed:
             settings = grant.policy.repeat
-            if outcome.output_fingerprint is not None:
-                _bound(task.outputs, settings.window)
-                trip = repeat.observe_repeat(
-                    task.outputs,
-                    outcome.output_fingerprint,
+            if (fingerprint := outcome.output_fingerprint) is not None:
+                task.outputs = window = _push(task.outputs, fingerprint, settings.window)
+                trip = repeat.repeat_trip(
+                    window.count(fingerprint),
                     settings.threshold,
+                    len(window),
                     TripReason.REPEAT_OUTPUT,
                     grant.agent,
+                    fingerprint,
                 )
                 trips.extend([trip] if trip else [])
-            if outcome.request_fingerprint is not None:
-                _bound(agent.requests, settings.window)
-                trip = repeat.observe_repeat(
-                    agent.requests,
-                    outcome.request_fingerprint,
+            if (fingerprint := outcome.request_fingerprint) is not None:
+                agent.requests = window = _push(agent.requests, fingerprint, settings.window)
+                trip = repeat.repeat_trip(
+                    window.count(fingerprint),
                     settings.threshold,
+                    len(window),
                     TripReason.REPEAT_REQUEST,
                     grant.agent,
+                    fingerprint,
                 )
                 trips.extend([trip] if trip else [])
         killed = False
@@ -293,14 +298,15 @@ class MemoryLedger:
         state = self._tasks.get(task)
         if state is None or state.killed is not None:
             return []
-        state.content, trips = observe_content(
-            state.content or ContentState(),
+        content, trips = observe_content(
+            ContentState.from_plain(state.content) if state.content else ContentState(),
             agent,
             text,
             cycle=policy.cycle,
             near_duplicate=policy.near_duplicate,
             no_progress=policy.no_progress,
         )
+        state.content = content.plain()
         reported: list[tuple[Trip, str]] = []
         for trip in trips:
             action = policy.action_for(trip.reason)
@@ -377,8 +383,8 @@ class MemoryLedger:
             owner=task.owner,
             overrides=dict(task.overrides),
             extra_duration=task.extra_duration,
-            previews=list(task.previews),
-            timeline=list(task.timeline),
+            previews=[Preview(*preview) for preview in task.previews],
+            timeline=[TimelineEvent(*entry) for entry in task.timeline],
             envelopes=dict(task.envelopes or {}),
         )
 
@@ -406,8 +412,8 @@ def _describe_limits(overrides: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(overrides.items()))
 
 
-def _bound(window: list[str], size: int) -> None:
-    """Make room for one more entry; windows are sized by policy, which a rule may change
-    between calls of one task."""
-    if len(window) >= size:
-        del window[: len(window) - size + 1]
+def _push(window: tuple[_T, ...], entry: _T, size: int) -> tuple[_T, ...]:
+    """``window`` with ``entry`` appended, keeping the last ``size``; windows are sized by
+    policy, which a rule may change between calls of one task."""
+    keep = max(size - 1, 0)
+    return (*window[len(window) - keep :], entry) if len(window) > keep else (*window, entry)
