@@ -396,7 +396,7 @@ def _per_task(results: dict[str, Any]) -> list[str]:
                 "(traced)",
             ],
         ]
-        head = ["measured by", "tasks", "bytes per task", "MiB in all", "µs per reserve+settle"]
+        head = ["measured by", "tasks", "bytes per task", "MiB in all", "µs per task filled"]
         out += [
             "## Memory per tracked task (embedded ledger, in-process)",
             "",
