@@ -290,6 +290,8 @@ async def _stream(
             if index == cut_after:
                 _drop_connection(request)
                 return response
+        if behaviour.linger:
+            await asyncio.sleep(behaviour.linger)
         await response.write_eof()
     except ConnectionError:
         pass  # The client left; usage already holds what it was sent.

@@ -20,6 +20,8 @@ HEADER_RESET = "x-mock-reset"
 HEADER_CHUNK_DELAY = "x-mock-chunk-delay"
 HEADER_CHUNKS = "x-mock-chunks"
 HEADER_DELAY = "x-mock-delay"
+# Seconds a stream stays open after its last event, as a slow connection close would.
+HEADER_LINGER = "x-mock-linger"
 
 CONTROL_HEADERS = (
     HEADER_REPLY,
@@ -30,6 +32,7 @@ CONTROL_HEADERS = (
     HEADER_CHUNK_DELAY,
     HEADER_CHUNKS,
     HEADER_DELAY,
+    HEADER_LINGER,
 )
 
 ResetMode = Literal["before", "mid"]
@@ -67,6 +70,7 @@ class MockBehaviour:
     chunk_delay: float = 0.0
     chunks: int | None = None
     delay: float = 0.0
+    linger: float = 0.0
 
 
 def parse_behaviour(
@@ -116,6 +120,10 @@ def parse_behaviour(
     if chunk_delay_raw is not None:
         chunk_delay = _parse_seconds(HEADER_CHUNK_DELAY, chunk_delay_raw)
         behaviour = replace(behaviour, chunk_delay=chunk_delay)
+
+    linger_raw = lowered.get(HEADER_LINGER)
+    if linger_raw is not None:
+        behaviour = replace(behaviour, linger=_parse_seconds(HEADER_LINGER, linger_raw))
 
     chunks_raw = lowered.get(HEADER_CHUNKS)
     if chunks_raw is not None:

@@ -449,9 +449,44 @@ class Forwarder:
             lambda: self._broken_event(call),
         )
         settings = grant.policy.envelope
-        if settings is not None and settings.may_withhold and _injects(grant.policy):
+        withhold = settings is not None and settings.may_withhold and _injects(grant.policy)
+        # The stream's closing events wait until the call is settled (and a worker's answer
+        # judged): a client reading the end of the stream and calling again at once must find
+        # a kill this answer caused already in place.
+        if withhold:
             relay.hold = envelopes.final_event(call.info.kind)
-            relay.release = lambda: self._envelope_verdict(call, grant, relay)
+        else:
+            relay.hold = lambda _: relay.tally.final
+        settled = False
+
+        async def settle(outcome: str) -> None:
+            nonlocal settled
+            settled = True
+            tally = relay.tally
+            usage = tally.billed_usage(call.prompt_tokens)
+            if not usage.total and tally.final and call.info.kind in _KNOWN_KINDS:
+                # Closing usage of nulls or strings: count the stream as if it sent none.
+                tally.usage, tally.final = None, False
+                usage = tally.billed_usage(call.prompt_tokens)
+                tally.final = True
+            output = tally.output() if outcome == "ok" else None
+            await asyncio.shield(self._settle(call, grant, usage, outcome, upstream.status, output))
+            if output is not None and settings is not None and not withhold:
+                # Nothing to withhold: the answer is judged as it reaches the caller.
+                await asyncio.shield(
+                    self.envelopes.judge(call.task, call.agent, _tenant(call), grant.policy, output)
+                )
+
+        async def release() -> bytes | None:
+            # The answer is whole: a kill from here on, its own included, ends the task's next
+            # call, not this stream.
+            self.ledger.board.unwatch(call.task, relay.cut)
+            if deadline is not None:
+                deadline.cancel()
+            await settle(relay.outcome(upstream.status))
+            return await self._envelope_verdict(call, grant, relay) if withhold else None
+
+        relay.release = release
         self.ledger.board.watch(call.task, relay.cut)
         deadline = self._deadline_timer(call, grant, relay)
         try:
@@ -466,23 +501,10 @@ class Forwarder:
             if deadline is not None:
                 deadline.cancel()
             self.ledger.board.unwatch(call.task, relay.cut)
-            tally = relay.tally
-            usage = tally.billed_usage(call.prompt_tokens)
-            if not usage.total and tally.final and call.info.kind in _KNOWN_KINDS:
-                # Closing usage of nulls or strings: count the stream as if it sent none.
-                tally.usage, tally.final = None, False
-                usage = tally.billed_usage(call.prompt_tokens)
-                tally.final = True
-            outcome = relay.outcome(upstream.status)
             if relay.trip is not None:
                 self.telemetry.stream_cut(str(relay.trip.reason))
-            output = tally.output() if outcome == "ok" else None
-            await asyncio.shield(self._settle(call, grant, usage, outcome, upstream.status, output))
-            if output is not None and settings is not None and relay.release is None:
-                # Nothing to withhold: the answer is judged once it has reached the caller.
-                await asyncio.shield(
-                    self.envelopes.judge(call.task, call.agent, _tenant(call), grant.policy, output)
-                )
+            if not settled:  # cut, broken, left by the client, or ended without its usage
+                await settle(relay.outcome(upstream.status))
         return response
 
     async def _envelope_verdict(self, call: Call, grant: Grant, relay: StreamRelay) -> bytes | None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -81,6 +82,54 @@ def test_agent_getting_the_same_answer_is_stopped_after_three(
         )
     _refusal(refused.value, task, "repeat_output")
     assert requests.count == 1  # the SDK did not retry
+    assert mock.provider.total_hits == 3
+
+
+_STREAM_CALLS = {
+    "chat": (
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini"},
+        {"authorization": "Bearer sk-test"},
+        "data: [DONE]",
+    ),
+    "messages": (
+        "/v1/messages",
+        {"model": "claude-sonnet-4-5", "max_tokens": 200},
+        {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"},
+        "event: message_stop",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["chat", "messages"])
+def test_a_client_calling_again_at_the_end_of_a_stream_finds_the_kill_in_place(
+    proxy: ProxyThread, mock: MockProviderThread, task: str, kind: str
+) -> None:
+    """The third identical answer trips the loop detector. A client that calls again the
+    moment it reads the stream's last event, while the provider has yet to close the
+    connection, must be refused: that event reaches it only once the call is settled."""
+    path, body, auth, last = _STREAM_CALLS[kind]
+    headers = {**auth, "X-Task-Id": task, "x-mock-reply": "same", "x-mock-linger": "0.5"}
+    with httpx.Client(base_url=proxy.base_url, timeout=10) as client:
+        for turn in range(3):
+            payload = {
+                **body,
+                "messages": [{"role": "user", "content": f"again {turn}"}],
+                "stream": True,
+            }
+            with client.stream("POST", path, json=payload, headers=headers) as reply:
+                assert reply.status_code == 200
+                lines = []
+                for line in reply.iter_lines():
+                    lines.append(line)
+                    if line.startswith(last):
+                        break  # the end as the client sees it; the connection is dropped
+            assert lines[-1].startswith(last) and '"same' in "".join(lines)
+        refused = client.post(
+            path, json={**body, "messages": [{"role": "user", "content": "3"}]}, headers=headers
+        )
+    assert refused.status_code == 403
+    assert "repeat_output" in refused.text
     assert mock.provider.total_hits == 3
 
 
