@@ -462,20 +462,8 @@ class Forwarder:
         async def settle(outcome: str) -> None:
             nonlocal settled
             settled = True
-            tally = relay.tally
-            usage = tally.billed_usage(call.prompt_tokens)
-            if not usage.total and tally.final and call.info.kind in _KNOWN_KINDS:
-                # Closing usage of nulls or strings: count the stream as if it sent none.
-                tally.usage, tally.final = None, False
-                usage = tally.billed_usage(call.prompt_tokens)
-                tally.final = True
-            output = tally.output() if outcome == "ok" else None
-            await asyncio.shield(self._settle(call, grant, usage, outcome, upstream.status, output))
-            if output is not None and settings is not None and not withhold:
-                # Nothing to withhold: the answer is judged as it reaches the caller.
-                await asyncio.shield(
-                    self.envelopes.judge(call.task, call.agent, _tenant(call), grant.policy, output)
-                )
+            judge = settings is not None and not withhold
+            await self._settle_stream(call, grant, relay, upstream.status, outcome, judge)
 
         async def release() -> bytes | None:
             # The answer is whole: a kill from here on, its own included, ends the task's next
@@ -483,7 +471,10 @@ class Forwarder:
             self.ledger.board.unwatch(call.task, relay.cut)
             if deadline is not None:
                 deadline.cancel()
-            await settle(relay.outcome(upstream.status))
+            try:
+                await settle(relay.outcome(upstream.status))
+            except Exception as exc:  # the answer is the provider's: it still reaches the client
+                event("settle_failed", logging.ERROR, task=call.task, error=repr(exc))
             return await self._envelope_verdict(call, grant, relay) if withhold else None
 
         relay.release = release
@@ -506,6 +497,24 @@ class Forwarder:
             if not settled:  # cut, broken, left by the client, or ended without its usage
                 await settle(relay.outcome(upstream.status))
         return response
+
+    async def _settle_stream(
+        self, call: Call, grant: Grant, relay: StreamRelay, status: int, outcome: str, judge: bool
+    ) -> None:
+        tally = relay.tally
+        usage = tally.billed_usage(call.prompt_tokens)
+        if not usage.total and tally.final and call.info.kind in _KNOWN_KINDS:
+            # Closing usage of nulls or strings: count the stream as if it sent none.
+            tally.usage, tally.final = None, False
+            usage = tally.billed_usage(call.prompt_tokens)
+            tally.final = True
+        output = tally.output() if outcome == "ok" else None
+        await asyncio.shield(self._settle(call, grant, usage, outcome, status, output))
+        if output is not None and judge:
+            # A worker's answer that was not withheld is judged as it reaches the caller.
+            await asyncio.shield(
+                self.envelopes.judge(call.task, call.agent, _tenant(call), grant.policy, output)
+            )
 
     async def _envelope_verdict(self, call: Call, grant: Grant, relay: StreamRelay) -> bytes | None:
         """What replaces a worker's held closing events: None delivers them."""
