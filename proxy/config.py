@@ -257,8 +257,8 @@ class StateSettings(Strict):
     # memory, writing the counts back when Redis returns.
     on_state_error: Literal["closed", "open"] = "closed"
     redis_timeout: Seconds = 1.0
-    # Connections each replica keeps to Redis. A call that finds them all busy waits for one, up
-    # to redis_timeout (with redis_cluster: per node, and a call beyond it is refused).
+    # Connections each replica keeps to Redis (with redis_cluster: to each node). A call that
+    # finds them all busy waits for one, up to redis_timeout.
     redis_max_connections: int = Field(default=256, ge=1)
     # A reservation not settled within this time (a replica died mid-call) is released.
     reservation_ttl: Seconds = 900.0

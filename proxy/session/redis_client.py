@@ -27,7 +27,7 @@ from redis.asyncio.connection import (
     parse_url,
 )
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError
 
 from proxy.config import SentinelSettings, StateSettings
 
@@ -86,6 +86,31 @@ class PrimaryPool(SentinelConnectionPool, BlockingConnectionPool):
             self._recheck = None
 
 
+class WaitingCluster(RedisCluster):
+    """redis-py's cluster client refuses a command when a node's connections are all busy; this
+    one waits for a free one (up to the timeout), as the single-server and Sentinel pools do.
+    Commands in flight are bounded by one node's connections, so no node runs out."""
+
+    def __init__(self, *args: Any, wait_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = asyncio.Semaphore(kwargs.get("max_connections", 100))
+        self._wait_timeout = wait_timeout
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._wait_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise MaxConnectionsError("no Redis Cluster connection came free in time") from None
+        else:
+            await self._slots.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._slots.release()
+
+
 class SentinelPrimary(aioredis.Redis):
     """The primary's client; closing it also closes its connections to the sentinels, which
     redis-py leaves to the caller."""
@@ -112,9 +137,11 @@ def build_client(settings: StateSettings, *, for_pubsub: bool = False) -> Any:
     if for_pubsub:
         options["health_check_interval"] = PUBSUB_HEALTH_CHECK_S
     if settings.redis_cluster and not for_pubsub and settings.redis_sentinel is None:
-        # redis-py's cluster client has no waiting pool: beyond its connections a call fails.
-        return RedisCluster.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections, **options
+        return WaitingCluster.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            wait_timeout=settings.redis_timeout,
+            **options,
         )
     # A burst of calls larger than the pool waits for a free connection (bounded by the
     # timeout) rather than fail as if Redis were down.

@@ -9,30 +9,63 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from proxy.config import Limits, RepeatSettings, StateSettings
+from proxy.policy.rules import Effective
+from proxy.session.base import CallPlan, Outcome
+from proxy.session.redis import RedisLedger
 from tests.harness import MockProviderThread
 from tests.redis_server import RedisClusterServers
 from tests.replicas import ReplicaSet, redis_config
 
 
 @pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="module")
 def cluster_replicas(
-    tmp_path_factory: pytest.TempPathFactory, mock_thread: MockProviderThread
+    tmp_path_factory: pytest.TempPathFactory,
+    mock_thread: MockProviderThread,
+    cluster: RedisClusterServers,
 ) -> Iterator[ReplicaSet]:
-    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
     config = redis_config(
         mock_thread.base_url,
         cluster.url,
         state={"redis_cluster": True},
         policy={"rules": [{"match": {"task": "budget-*"}, "limits": {"max_tokens": 1000}}]},
     )
-    try:
-        replicas = ReplicaSet(tmp_path_factory.mktemp("cluster-replicas"), config)
-    except BaseException:
-        cluster.stop()
-        raise
+    replicas = ReplicaSet(tmp_path_factory.mktemp("cluster-replicas"), config)
     yield replicas
     replicas.stop()
-    cluster.stop()
+
+
+async def test_a_burst_beyond_the_connection_pool_waits_on_a_cluster(
+    cluster: RedisClusterServers,
+) -> None:
+    """More calls at once than connections per node: they wait for one, as with one server,
+    rather than fail as if Redis were down."""
+    settings = StateSettings(
+        backend="redis", redis_url=cluster.url, redis_cluster=True, redis_max_connections=16
+    )
+    ledger = RedisLedger(settings)
+    await ledger.start()
+    policy = Effective(Limits(max_tokens=10_000), RepeatSettings(), "kill", ())
+    prefix = "burst-" + uuid.uuid4().hex[:6]
+
+    async def one(number: int) -> int:
+        plan = CallPlan(f"{prefix}-{number}", "a", policy, 10, None, 1, None, 1000.0)
+        grant = await ledger.reserve(plan)
+        settled = await ledger.settle(grant, Outcome(7, 0.0, None, None, completed=True))
+        return settled.view.tokens_used
+
+    try:
+        used = await asyncio.gather(*(one(n) for n in range(400)))
+    finally:
+        await ledger.close()
+    assert used == [7] * 400
 
 
 async def test_budget_holds_on_a_cluster(
