@@ -58,6 +58,8 @@ from proxy.telemetry.metrics import Metrics
 _UNREACHABLE = (RedisError, OSError, TimeoutError)
 RECHECK_INTERVAL_S = 1.0
 MAX_PENDING = 100_000
+# A reserve, settle or kill may take this many redis_timeouts at most, its retry included.
+STEP_TIMEOUTS = 4
 # Tasks read per round trip when listing them all.
 LIST_BATCH = 500
 # Replicas updating one task's detector state at the same instant retry this many times.
@@ -121,6 +123,7 @@ class RedisLedger:
     def __init__(self, settings: StateSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._step_timeout = STEP_TIMEOUTS * settings.redis_timeout
         self.board = KillBoard()
         self.client = build_client(settings)
         self.channel = f"{settings.key_prefix}:kills:v{redis_scripts.VERSION}"
@@ -141,7 +144,7 @@ class RedisLedger:
         after a failover behind a DNS name: connections to the demoted primary answer READONLY
         (a Sentinel-managed pool turns that into a connection error itself)."""
 
-        async def run(keys: list[str], args: list[Any]) -> Any:
+        async def attempt(keys: list[str], args: list[Any]) -> Any:
             try:
                 return await script(keys=keys, args=args)
             except (RedisConnectionError, ReadOnlyError):
@@ -150,6 +153,13 @@ class RedisLedger:
                     raise
                 await pool.disconnect(inuse_connections=False)
                 return await script(keys=keys, args=args)
+
+        async def run(keys: list[str], args: list[Any]) -> Any:
+            # Each wait inside redis-py has its own bound (a free connection, connecting, the
+            # reply); this one bounds the whole step, retry included, so no call can hang on
+            # Redis whatever state the client's pool is left in by a restart.
+            async with asyncio.timeout(self._step_timeout):
+                return await attempt(keys, args)
 
         return run
 
