@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.errors import StateUnavailable
 from proxy.policy.rules import Effective
@@ -47,7 +49,13 @@ async def test_a_redis_restart_under_load_fails_calls_only_as_unavailable(tmp_pa
             await asyncio.to_thread(server.start)
 
     try:
-        await asyncio.gather(*(agent(n) for n in range(48)), restarts())
+        work = asyncio.gather(*(agent(n) for n in range(48)), restarts())
+        done, _ = await asyncio.wait({work}, timeout=30)
+        if not done:
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=15)
+            pytest.fail("the agents did not finish")
+        work.result()
     finally:
         await ledger.close()
         server.stop()
