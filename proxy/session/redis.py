@@ -178,15 +178,20 @@ class RedisLedger:
         ]
 
     async def close(self) -> None:
+        # Every wait here is bounded: closing connections to a Redis that just restarted must
+        # not hold up a shutdown.
+        bound = self._step_timeout
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=bound)
         with contextlib.suppress(*_UNREACHABLE):
-            await self._flush_pending()
+            async with asyncio.timeout(bound):
+                await self._flush_pending()
         await self._fallback.close()
-        await self.client.aclose()
+        with contextlib.suppress(*_UNREACHABLE):
+            async with asyncio.timeout(bound):
+                await self.client.aclose()
 
     async def ready(self) -> bool:
         try:
@@ -664,9 +669,11 @@ class RedisLedger:
                 self._unreachable("subscribe", error)
             finally:
                 with contextlib.suppress(*_UNREACHABLE):
-                    await pubsub.aclose()
+                    async with asyncio.timeout(self.settings.redis_timeout):
+                        await pubsub.aclose()
                 with contextlib.suppress(*_UNREACHABLE):
-                    await client.aclose()
+                    async with asyncio.timeout(self.settings.redis_timeout):
+                        await client.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
