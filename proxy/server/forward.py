@@ -517,9 +517,9 @@ class Forwarder:
             )
 
     async def _envelope_verdict(self, call: Call, grant: Grant, relay: StreamRelay) -> bytes | None:
-        """What replaces a worker's held closing events: None delivers them."""
-        # This verdict's own kill ends the stream with the event returned here, not as a cut.
-        self.ledger.board.unwatch(call.task, relay.cut)
+        """What replaces a worker's held closing events: None delivers them. The stream is no
+        longer watched for kills by then, so this verdict's own kill ends it with the event
+        returned here, not as a cut."""
         decision = await self.envelopes.judge(
             call.task, call.agent, _tenant(call), grant.policy, relay.tally.output()
         )
