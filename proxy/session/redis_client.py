@@ -173,7 +173,7 @@ def _sentinel_primary(
         "password": sentinel.password,
         "ssl": sentinel.tls,
     }
-    manager = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    manager = Sentinel(
         sentinel.addresses(), sentinel_kwargs=sentinel_options
     )
     client: SentinelPrimary = manager.master_for(
