@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -381,6 +382,13 @@ class Config(BaseSettings):
     escalation: Escalation = Escalation()
     # Fault injection is a second, deliberate switch: a policy file alone cannot turn it on.
     allow_chaos: bool = False
+    # Where the policy came from, for the start-up summary: a file, the config's own
+    # ``policy:`` section, or the built-in defaults.
+    _policy_source: str = PrivateAttr(default="built-in defaults")
+
+    @property
+    def policy_source(self) -> str:
+        return self._policy_source
 
     @field_validator("upstreams")
     @classmethod
@@ -459,14 +467,18 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
         data = _read_yaml(Path(path))
         sources.append(str(path))
     policy_file = data.pop("policy_file", None)
+    policy_source = f"the policy: section of {path}" if "policy" in data else "built-in defaults"
     if "policy" not in data:
         file = Path(policy_file) if policy_file else DEFAULT_POLICY_PATH
         if policy_file or file.exists():
             data["policy"] = _read_yaml(file)
             sources.append(str(file))
+            policy_source = str(file)
     data.update(overrides)
     _check_environment()
     try:
-        return Config(**data)
+        config = Config(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, " and ".join(sources) or "defaults")) from exc
+    config._policy_source = policy_source
+    return config

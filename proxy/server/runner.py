@@ -5,19 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import sys
 
 from aiohttp import web
-from yarl import URL
 
 from proxy import __version__
 from proxy.app import build_app
 from proxy.config import Config, Upstream
+from proxy.server.summary import shown_url, startup_summary
 from proxy.telemetry.logs import event
-
-
-def _shown(url: str) -> str:
-    """A base URL may carry a credential (``https://user:key@host``): logs get it without."""
-    return str(URL(url).with_user(None)) if "@" in url else url
 
 
 def with_mock_upstreams(config: Config, mock_url: str) -> Config:
@@ -49,10 +45,11 @@ async def serve(config: Config, *, mock: bool = False) -> None:
             "listening",
             version=__version__,
             url=f"http://{host}:{port}",
-            upstreams={name: _shown(up.base_url) for name, up in config.upstreams.items()},
+            upstreams={name: shown_url(up.base_url) for name, up in config.upstreams.items()},
             state=config.state.backend,
             mock_provider=mock,
         )
+        print(startup_summary(config, f"http://{host}:{port}", mock=mock), file=sys.stderr)
         # Objects alive after start-up (tokenizer, price data, config) live as long as the
         # process: keep them out of every full collection, whose pauses are the tail latency.
         gc.collect()

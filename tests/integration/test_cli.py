@@ -96,6 +96,11 @@ def test_serve_uses_config_file_and_environment(
     _, logs = process.communicate(timeout=10)
     assert '"event": "trip"' in logs and '"reason": "max_calls"' in logs
     assert "sk-secret-key" not in logs
+    # The human start-up summary: where to point agents and what the policy does.
+    assert f"OPENAI_BASE_URL={url}/v1" in logs and f"ANTHROPIC_BASE_URL={url}\n" in logs
+    assert "Policy: the policy: section of" in logs
+    assert "limits per task: calls 200, hops 12, duration 30m" in logs
+    assert "detectors that stop a task: repeat" in logs
 
 
 def test_a_typo_in_a_budget_key_fails_start_up_naming_the_field(tmp_path: Path) -> None:
