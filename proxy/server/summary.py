@@ -68,7 +68,7 @@ def startup_summary(config: Config, url: str, *, mock: bool = False) -> str:
         if policy.on_trip == "kill"
         else "observe (log and count only)"
     )
-    state = config.state.backend
+    state: str = config.state.backend
     if state == "memory":
         state = "embedded (in memory, this process only)"
     auth = "JWT required" if config.auth.mode == "jwt" else "off (no Tripwire token needed)"
