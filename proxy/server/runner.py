@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import signal
 import sys
@@ -12,8 +13,28 @@ from aiohttp import web
 from proxy import __version__
 from proxy.app import build_app
 from proxy.config import Config, Upstream
+from proxy.errors import ConfigError
 from proxy.server.summary import shown_url, startup_summary
 from proxy.telemetry.logs import event
+
+
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line that says what is wrong with the listen address and which setting fixes it."""
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the port is in use by another process; choose another with --port "
+            "or TRIPWIRE_SERVER__PORT"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{where}: permission denied (ports below 1024 need privileges); choose another "
+            "with --port or TRIPWIRE_SERVER__PORT"
+        )
+    return (
+        f"{where}: {exc.strerror or exc}; check the address given with --host or "
+        "TRIPWIRE_SERVER__HOST (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)"
+    )
 
 
 def with_mock_upstreams(config: Config, mock_url: str) -> Config:
@@ -39,7 +60,10 @@ async def serve(config: Config, *, mock: bool = False) -> None:
     cleanups.insert(0, runner)
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(listen_error(config.server.host, config.server.port, exc)) from None
         host, port = runner.addresses[0][:2]
         event(
             "listening",
