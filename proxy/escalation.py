@@ -73,32 +73,47 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+# How far a signed timestamp may be from the receiver's clock: past it, a captured request
+# replayed later is refused.
+REPLAY_WINDOW_S = 300.0
+
+
 def verify_signature(
     secret: str,
     timestamp: str | int,
     body: bytes | str,
     header: str | None,
     *,
-    tolerance_s: float | None = None,
+    tolerance_s: float | None = REPLAY_WINDOW_S,
     now: float | None = None,
 ) -> bool:
     """Whether ``header`` is Tripwire's signature of ``body`` sent at ``timestamp``.
 
-    ``body`` must be the raw bytes received, not re-serialized JSON. With ``tolerance_s``,
-    a timestamp further than that from ``now`` (default: the clock) is refused too.
+    ``body`` must be the raw bytes received, not re-serialized JSON. A timestamp further than
+    ``tolerance_s`` from ``now`` (default: the clock) is refused, so a captured request cannot
+    be replayed later; ``tolerance_s=None`` turns that check off. Anything malformed (an empty
+    secret, a timestamp that is not whole seconds, text that is not UTF-8) gives False, never
+    an exception, and the comparison takes constant time.
     """
-    if not header:
+    if not secret or not isinstance(secret, str) or not isinstance(header, str) or not header:
         return False
-    stamp = str(timestamp)
+    stamp = str(timestamp) if isinstance(timestamp, int | str) else ""
+    # Digits only: a timestamp holding "." could move the timestamp/body split of the signed
+    # text, so one signature would cover another body.
+    if not stamp.isascii() or not stamp.isdigit():
+        return False
     if tolerance_s is not None:
-        try:
-            sent = int(stamp)
-        except ValueError:
+        clock = time.time() if now is None else now
+        if abs(clock - int(stamp)) > tolerance_s:
             return False
-        if abs((time.time() if now is None else now) - sent) > tolerance_s:
-            return False
-    raw = body.encode() if isinstance(body, str) else body
-    return hmac.compare_digest(sign(secret, stamp, raw), header.strip())
+    if isinstance(body, str):
+        raw = body.encode("utf-8", "surrogatepass")
+    elif isinstance(body, bytes | bytearray | memoryview):
+        raw = bytes(body)
+    else:
+        return False
+    expected = sign(secret, stamp, raw).encode()
+    return hmac.compare_digest(expected, header.strip().encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True, slots=True)

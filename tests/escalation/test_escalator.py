@@ -218,14 +218,47 @@ def test_signatures() -> None:
     body = b'{"event": "tripwire.trip"}'
     header = sign("s", "1700000000", body)
     assert header.startswith("sha256=") and len(header) == 7 + 64
-    assert verify_signature("s", 1700000000, body, header)
-    assert verify_signature("s", "1700000000", body.decode(), header)
-    assert not verify_signature("s", "1700000001", body, header)
-    assert not verify_signature("other", "1700000000", body, header)
-    assert not verify_signature("s", "1700000000", body, None)
+    at = 1700000000.0
+    assert verify_signature("s", 1700000000, body, header, now=at)
+    assert verify_signature("s", "1700000000", body.decode(), header, now=at)
+    assert not verify_signature("s", "1700000001", body, header, now=at)
+    assert not verify_signature("other", "1700000000", body, header, now=at)
+    assert not verify_signature("s", "1700000000", body, None, now=at)
     assert verify_signature("s", "1700000000", body, header, tolerance_s=300, now=1700000100)
     assert not verify_signature("s", "1700000000", body, header, tolerance_s=300, now=1700000400)
     assert not verify_signature("s", "soon", body, header, tolerance_s=300)
+
+
+def test_signatures_are_refused_outside_the_replay_window_by_default() -> None:
+    body = b'{"event": "tripwire.trip"}'
+    old = str(int(time.time()) - 3600)
+    assert not verify_signature("s", old, body, sign("s", old, body))
+    fresh = str(int(time.time()))
+    assert verify_signature("s", fresh, body, sign("s", fresh, body))
+    assert verify_signature("s", old, body, sign("s", old, body), tolerance_s=None)
+
+
+def test_the_timestamp_cannot_move_the_signed_split() -> None:
+    # "<ts>.<body>" is what is signed: a timestamp holding a dot could claim part of the body.
+    body = b'0.{"event": "x"}'
+    header = sign("s", "1700000000", body)
+    assert not verify_signature("s", "1700000000.0", b'{"event": "x"}', header, tolerance_s=None)
+    assert not verify_signature("s", " 1700000000", body, header, tolerance_s=None)
+    assert not verify_signature("s", "-1700000000", body, header, tolerance_s=None)
+
+
+def test_bad_input_gives_false_never_an_exception() -> None:
+    body = b"{}"
+    stamp = str(int(time.time()))
+    good = sign("s", stamp, body)
+    assert not verify_signature("s", stamp, body, "sha256=é" + good[8:])
+    assert not verify_signature("s", stamp, "ü\udcff", good)
+    arabic_indic = "".join(chr(0x660 + int(digit)) for digit in stamp)  # digits, not ASCII
+    assert not verify_signature("s", arabic_indic, body, good)
+    assert not verify_signature("", stamp, body, sign("", stamp, body))
+    assert not verify_signature("s", stamp, None, good)  # type: ignore[arg-type]
+    assert not verify_signature("s", 1.5, body, good)  # type: ignore[arg-type]
+    assert not verify_signature("s", stamp, body, 7)  # type: ignore[arg-type]
 
 
 async def test_slack_text_keeps_task_text_plain(ledger: MemoryLedger) -> None:
