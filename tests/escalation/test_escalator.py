@@ -285,3 +285,47 @@ async def test_close_lets_a_delivery_under_way_finish(
     await escalator.close(grace=5)
     assert [r.detail for r in reversed(await audit.list())] == ["failed: HTTP 500", "delivered"]
     assert receiver.requests[0].headers[TIMESTAMP_HEADER]
+
+
+async def test_a_tenant_whose_owner_hangs_cannot_starve_another_tenants_kills(
+    make_receiver: MakeReceiver, ledger: MemoryLedger, audit: MemoryAuditLog
+) -> None:
+    hanging, healthy = make_receiver(hang=True), make_receiver()
+    await ledger.create("slow-1", tenant="slowco", owner="slow", overrides={})
+    await ledger.create("fast-1", tenant="acme", owner="ops", overrides={})
+    owners = {"slow": {"url": hanging.url}, "ops": {"url": healthy.url}}
+    escalator = Escalator(
+        Escalation.model_validate({"owners": owners, "secret": "s", "timeout": 30}),
+        ledger,
+        audit,
+        max_pending=50,
+        max_pending_per_tenant=10,
+    )
+    await escalator.start()
+    for _ in range(40):  # the slow tenant's kills pile up behind its hanging owner
+        escalator.listener(TripEvent("slow-1", "a", "slowco", TRIP, "kill"))
+    assert escalator.pending == 10
+    # Its owner gets at most its own share of the sockets.
+    await asyncio.to_thread(hanging.wait_for, 8, 15.0)
+    await asyncio.sleep(0.2)
+    assert len(hanging.requests) == 8
+    escalator.listener(TripEvent("fast-1", "a", "acme", TRIP, "kill"))
+    await asyncio.to_thread(healthy.wait_for, 1, 15.0)
+    await escalator.close(grace=1)
+    dropped = [e for e in await audit.list(tenant="slowco") if "dropped" in e.detail]
+    assert len(dropped) == 30
+    assert dropped[0].detail == "failed: dropped, 10 of its tenant already pending"
+    [delivered] = await audit.list(tenant="acme")
+    assert delivered.detail == "delivered"
+
+
+async def test_one_tenants_flood_keeps_another_tenants_audit_records() -> None:
+    log = MemoryAuditLog()
+    await log.record(AuditEvent("kill", "acme/job", "tripwire", tenant="acme", detail="kept"))
+    for n in range(10_250):
+        await log.record(AuditEvent("trip", f"noisy/{n}", "tripwire", tenant="noisy"))
+    [kept] = await log.list(tenant="acme")
+    assert kept.detail == "kept"
+    assert len(await log.list(tenant="noisy", limit=20_000)) == 10_000
+    everything = await log.list(limit=3)
+    assert [e.task for e in everything] == ["noisy/10249", "noisy/10248", "noisy/10247"]
