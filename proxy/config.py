@@ -322,8 +322,9 @@ def check_hs256_secret(secret: str, where: str = "") -> None:
     """RFC 7518 asks for an HMAC key at least as long as the hash: a shorter one can be
     brute-forced offline from any token it signed."""
     if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
+        prefix = f"{where}: " if where else ""
         raise ValueError(
-            f"{where}{': ' if where else ''}an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes "
+            f"{prefix}an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes "
             f"(got {len(secret.encode())}); make one with: "
             "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
         )

@@ -78,9 +78,10 @@ def _first_description_line(error: BaseException) -> str:
     text = str(getattr(error, "message", None) or error)
     for line in text.splitlines():
         line = line.strip().rstrip(":")
-        if line and not line.startswith(("b'", 'b"', "^")) and ":" not in line:
-            if not line.endswith(", message"):  # the status prefix: "400, message:"
-                return line[:200]
+        quoted = line.startswith(("b'", 'b"', "^"))
+        # ", message" ends the status prefix ("400, message:"), not a description.
+        if line and not quoted and ":" not in line and not line.endswith(", message"):
+            return line[:200]
     return ""
 
 
