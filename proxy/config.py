@@ -297,6 +297,10 @@ class AuthSettings(Strict):
     issuer: str | None = None
     audience: str | None = None
     leeway: float = Field(default=30.0, ge=0)
+    # With mode none, `tripwire serve` writes a random admin token to this file (mode 0600) at
+    # start-up, or reuses the one there, so `tripwire tasks` and the console work with no token
+    # set up; empty turns it off. Never used with mode jwt.
+    local_admin_file: str = "~/.config/tripwire/admin-token"
 
     @model_validator(mode="after")
     def _keys_for_jwt(self) -> AuthSettings:
