@@ -287,7 +287,8 @@ class StateSettings(Strict):
 
 class AuthSettings(Strict):
     """Tripwire tokens (JWT). ``mode: jwt`` requires one on every agent call; the admin API
-    always requires one with the ``admin`` role, whatever the mode."""
+    always requires one with the ``admin`` role (``viewer`` to read), whatever the mode, or
+    with mode none the local admin token."""
 
     mode: Literal["none", "jwt"] = "none"
     hs256_secret: str | None = Field(default=None, repr=False)
