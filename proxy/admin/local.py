@@ -33,7 +33,13 @@ DEFAULT_FILE = "~/.config/tripwire/admin-token"
 def token_path(setting: str | None = None) -> Path | None:
     """The file named by the setting (or, for the CLI, by the environment or the default)."""
     value = setting if setting is not None else os.environ.get(FILE_ENV, DEFAULT_FILE)
-    return Path(value).expanduser() if value.strip() else None
+    if not value.strip():
+        return None
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # "~" of a user with no home: no local token rather than a crash
+        event("local_admin_unavailable", logging.WARNING, file=value, error="no home folder")
+        return None
 
 
 def read_token(path: Path | None) -> str | None:
