@@ -21,8 +21,10 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
+    """Per test: Playwright's sync API runs an event loop in this thread while it is open, which
+    the asyncio tests that come after must not find."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
