@@ -330,14 +330,17 @@
       total.textContent = `Estimated ${money(data.saved_usd_estimate)} saved: the calls each ` +
         "killed task made after its kill, times that task's average cost per call before it. " +
         "An estimate, not a measurement.";
-      stopped.replaceChildren(...data.stopped.map((s) => el("tr", { dataset: { task: s.task } },
+      const none = (text) => el("tr", {}, el("td", { colspan: 7, class: "empty" }, text));
+      if (!data.stopped.length) stopped.replaceChildren(none("No task is killed."));
+      else stopped.replaceChildren(...data.stopped.map((s) => el("tr", { dataset: { task: s.task } },
         el("td", {}, el("a", { href: taskLink(s.task) }, s.task)),
         el("td", {}, s.reason),
         el("td", { class: "num" }, count(s.calls)),
         el("td", { class: "num" }, money(s.average_cost_usd)),
         el("td", { class: "num" }, count(s.refused_calls)),
         el("td", { class: "num" }, money(s.saved_usd_estimate)))));
-      feed.replaceChildren(...data.trips.map((t) => el("tr", {},
+      if (!data.trips.length) feed.replaceChildren(none("No trips yet."));
+      else feed.replaceChildren(...data.trips.map((t) => el("tr", {},
         el("td", {}, clock(t.at)),
         el("td", {}, el("a", { href: taskLink(t.task) }, t.task)),
         el("td", {}, el("span", { class: "badge " + t.action }, t.action === "observe" ? "shadow" : t.action)),
