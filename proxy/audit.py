@@ -1,9 +1,10 @@
 """The audit trail: every trip, kill, resume, budget change and webhook attempt, who and when.
 
-Embedded mode keeps the last ``MAX_EVENTS`` in memory (and appends every event to a JSONL file
-when one is configured); Redis mode appends to a capped Redis Stream shared by every replica.
-An event Redis does not take is kept in memory (the last ``MAX_UNWRITTEN``) and written back,
-in order, when it answers again.
+Embedded mode keeps the last ``MAX_EVENTS`` of each tenant in memory (and appends every event to
+a JSONL file when one is configured); Redis mode appends to one capped Redis Stream per tenant,
+shared by every replica. Each tenant has its own cap, so one tenant's flood of refusals cannot
+push another tenant's records out. An event Redis does not take is kept in memory (the last
+``MAX_UNWRITTEN``) and written back, in order, when it answers again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import json
 import logging
 import time
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.telemetry.logs import event
 
-MAX_EVENTS = 10_000
+MAX_EVENTS = 10_000  # per tenant (events of no tenant count as one more)
 # Events kept while Redis is away: an outage of minutes at a high trip rate, in a few MB.
 MAX_UNWRITTEN = 5_000
 RETRY_INTERVAL_S = 1.0
@@ -66,13 +68,17 @@ class AuditLog(Protocol):
         ...
 
 
+def _at(event: AuditEvent) -> float:
+    return event.at
+
+
 def _matches(event: AuditEvent, tenant: str | None, task: str | None) -> bool:
     return (tenant is None or event.tenant == tenant) and (task is None or event.task == task)
 
 
 class MemoryAuditLog:
     def __init__(self, path: Path | None = None) -> None:
-        self.events: deque[AuditEvent] = deque(maxlen=MAX_EVENTS)
+        self.by_tenant: dict[str | None, deque[AuditEvent]] = {}
         self.path = path
 
     async def start(self) -> None:
@@ -82,7 +88,10 @@ class MemoryAuditLog:
         pass
 
     async def record(self, event: AuditEvent) -> None:
-        self.events.append(event)
+        events = self.by_tenant.get(event.tenant)
+        if events is None:
+            events = self.by_tenant[event.tenant] = deque(maxlen=MAX_EVENTS)
+        events.append(event)
         if self.path is not None:
             line = event.to_json() + "\n"
             await asyncio.to_thread(self._append, line)
@@ -94,8 +103,12 @@ class MemoryAuditLog:
     async def list(
         self, tenant: str | None = None, task: str | None = None, limit: int = 100
     ) -> list[AuditEvent]:
-        found = [e for e in reversed(self.events) if _matches(e, tenant, task)]
-        return found[:limit]
+        if tenant is not None:
+            trails = [self.by_tenant.get(tenant) or deque()]
+        else:
+            trails = list(self.by_tenant.values())
+        newest_first = heapq.merge(*(reversed(t) for t in trails), key=_at, reverse=True)
+        return list(itertools.islice((e for e in newest_first if _matches(e, tenant, task)), limit))
 
 
 class RedisAuditLog:
@@ -113,7 +126,9 @@ class RedisAuditLog:
         retry_interval: float = RETRY_INTERVAL_S,
     ) -> None:
         self.client = client
-        self.key = key
+        self.key = key  # events of no tenant; each tenant's go to ``<key>:tenant:<name>``
+        self._tenants_key = f"{key}:tenants"
+        self._known_tenants: set[str] = set()
         self.metrics = metrics
         self.max_unwritten = max_unwritten
         self.retry_interval = retry_interval
@@ -166,13 +181,23 @@ class RedisAuditLog:
             self._keep(event, payload)
             return
         try:
-            await self._write(payload)
+            await self._write(event.tenant, payload)
         except Exception as error:  # whatever Redis raised, the event must not be lost
             self._failed(error)
             self._keep(event, payload)
 
-    async def _write(self, payload: str) -> None:
-        await self.client.xadd(self.key, {"event": payload}, maxlen=MAX_EVENTS, approximate=True)
+    def _stream(self, tenant: str | None) -> str:
+        # Tenant names are checked when a token is verified (letters, digits, "_.-").
+        return self.key if tenant is None else f"{self.key}:tenant:{tenant}"
+
+    async def _write(self, tenant: str | None, payload: str) -> None:
+        if tenant is not None and tenant not in self._known_tenants:
+            # Listed so that a global admin's read finds every tenant's stream.
+            await self.client.sadd(self._tenants_key, tenant)
+            self._known_tenants.add(tenant)
+        await self.client.xadd(
+            self._stream(tenant), {"event": payload}, maxlen=MAX_EVENTS, approximate=True
+        )
 
     def _keep(self, entry: AuditEvent, payload: str) -> None:
         if self._closed:  # a trip's write that failed during shutdown: nothing would retry it
@@ -223,7 +248,7 @@ class RedisAuditLog:
             entry, payload = self._unwritten[0]
             self._writing = entry
             try:
-                await self._write(payload)
+                await self._write(entry.tenant, payload)
             except Exception as error:
                 self._failed(error)
                 if not self._unwritten or self._unwritten[0][0] is not entry:
@@ -247,22 +272,29 @@ class RedisAuditLog:
     ) -> list[AuditEvent]:
         # Taken before the read: one written back meanwhile is then in the stream or here.
         unwritten = list(self._unwritten)
-        found: list[AuditEvent] = []
+        if tenant is not None:
+            # The tenant's own stream, and the shared one, where trails written before
+            # streams were kept per tenant still are.
+            streams = [self._stream(tenant), self.key]
+        else:
+            names = sorted(await self.client.smembers(self._tenants_key))
+            streams = [self.key, *(self._stream(name) for name in names)]
+        found: list[list[AuditEvent]] = []
         seen: set[str] = set()
-        entries = await self.client.xrevrange(self.key, count=MAX_EVENTS)
-        for _, fields in entries:
-            entry = AuditEvent.from_json(fields["event"])
-            if _matches(entry, tenant, task):
-                found.append(entry)
-                seen.add(fields["event"])
-                if len(found) >= limit:
-                    break
-        if not unwritten:
-            return found
+        for stream in streams:
+            trail: list[AuditEvent] = []
+            for _, fields in await self.client.xrevrange(stream, count=MAX_EVENTS):
+                entry = AuditEvent.from_json(fields["event"])
+                if _matches(entry, tenant, task):
+                    trail.append(entry)
+                    seen.add(fields["event"])
+                    if len(trail) >= limit:
+                        break
+            found.append(trail)
         kept = [e for e, payload in reversed(unwritten) if payload not in seen]
-        kept = [e for e in kept if _matches(e, tenant, task)]
-        newest_first = heapq.merge(found, kept, key=lambda e: e.at, reverse=True)
-        return list(newest_first)[:limit]
+        found.append([e for e in kept if _matches(e, tenant, task)])
+        newest_first = heapq.merge(*found, key=_at, reverse=True)
+        return list(itertools.islice(newest_first, limit))
 
 
 def trip_recorder(audit: AuditLog) -> TripListener:

@@ -109,10 +109,12 @@ def _duration(value: str) -> float:
 
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, metavar="N", help="prompt + completion tokens")
-    parser.add_argument("--max-tokens-per-agent", type=int, metavar="N")
-    parser.add_argument("--max-cost-usd", type=float, metavar="USD")
-    parser.add_argument("--max-calls", type=int, metavar="N")
-    parser.add_argument("--max-hops", type=int, metavar="N")
+    parser.add_argument(
+        "--max-tokens-per-agent", type=int, metavar="N", help="tokens any one agent may use"
+    )
+    parser.add_argument("--max-cost-usd", type=float, metavar="USD", help="dollars, whole task")
+    parser.add_argument("--max-calls", type=int, metavar="N", help="LLM calls, whole task")
+    parser.add_argument("--max-hops", type=int, metavar="N", help="agent-to-agent hand-offs")
     parser.add_argument(
         "--max-duration", type=_duration, metavar="DURATION", help="e.g. 90s, 30m, 2h"
     )
@@ -165,36 +167,41 @@ def _add_admin_commands(commands: Any) -> None:
         return parser
 
     listing = action("list", "tasks with their figures, biggest spenders first")
-    listing.add_argument("--state", choices=["active", "killed", "all"], default="all")
     listing.add_argument(
-        "--sort", choices=["spend", "calls", "tokens", "age", "recent"], default="spend"
+        "--state", choices=["active", "killed", "all"], default="all", help="default: all"
     )
-    listing.add_argument("--order", choices=["desc", "asc"], default="desc")
+    listing.add_argument(
+        "--sort",
+        choices=["spend", "calls", "tokens", "age", "recent"],
+        default="spend",
+        help="default: spend",
+    )
+    listing.add_argument("--order", choices=["desc", "asc"], default="desc", help="default: desc")
     listing.add_argument("--limit", type=int, default=50, help="tasks per page (1-500)")
     listing.add_argument("--agent", help="only tasks this agent called in")
     listing.add_argument("--tenant", help="only this tenant's tasks (global admins)")
     listing.add_argument("--cursor", help="the next page, as printed by the previous one")
     show = action("show", "one task: figures, trip, last completions, timeline")
-    show.add_argument("task")
+    show.add_argument("task", help="the task id")
     create = action("create", "register a task ahead of its first call, with limits and owner")
-    create.add_argument("task")
+    create.add_argument("task", help="the task id its calls will carry")
     create.add_argument("--tenant", help="the task's tenant (global admins)")
     create.add_argument("--owner", help="who is told when the task trips")
     _limit_flags(create)
     kill = action("kill", "stop a task: its streams are cut, its later calls refused")
-    kill.add_argument("task")
-    kill.add_argument("--reason", required=True)
+    kill.add_argument("task", help="the task id")
+    kill.add_argument("--reason", required=True, help="why, for the refusals and the audit trail")
     resume = action("resume", "let a killed task call again, optionally with raised limits")
-    resume.add_argument("task")
+    resume.add_argument("task", help="the task id")
     _limit_flags(resume)
     resume.add_argument("--note", help="why, for the audit trail")
     extend = action("extend", "move a task's deadline later")
-    extend.add_argument("task")
+    extend.add_argument("task", help="the task id")
     extend.add_argument("--seconds", type=_duration, required=True, help="e.g. 600 or 10m")
     extend.add_argument("--note", help="why, for the audit trail")
     audit = action("audit", "the audit trail: trips, kills, resumes, budget changes")
     audit.add_argument("--task", help="only this task's events")
-    audit.add_argument("--limit", type=int, default=20)
+    audit.add_argument("--limit", type=int, default=20, help="events to show (default 20)")
 
     console = commands.add_parser(
         "console",
@@ -217,7 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tripwire {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the proxy")
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the proxy until SIGINT or SIGTERM.",
+        epilog="Every setting of the config file can also be set by an environment variable: "
+        "TRIPWIRE_ followed by its path in capitals, sections joined by a double underscore, "
+        "e.g. TRIPWIRE_SERVER__PORT=9000, TRIPWIRE_STATE__BACKEND=redis, "
+        "TRIPWIRE_STATE__REDIS_URL=redis://127.0.0.1:6379/0. The environment wins over the "
+        "file; a misspelt variable stops start-up.",
+    )
     check = commands.add_parser("check-config", help="validate the configuration and exit")
     for sub in (serve, check):
         sub.add_argument(

@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -303,6 +304,13 @@ class AuthSettings(Strict):
     # set up; empty turns it off. Never used with mode jwt.
     local_admin_file: str = "~/.config/tripwire/admin-token"
 
+    @field_validator("hs256_secret")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_hs256_secret(value)
+        return value
+
     @model_validator(mode="after")
     def _keys_for_jwt(self) -> AuthSettings:
         if self.mode == "jwt" and not (
@@ -310,6 +318,20 @@ class AuthSettings(Strict):
         ):
             raise ValueError("mode jwt needs hs256_secret(_env), public_key_file or jwks_file")
         return self
+
+
+MIN_HS256_SECRET_BYTES = 32
+
+
+def check_hs256_secret(secret: str, where: str = "") -> None:
+    """RFC 7518 asks for an HMAC key at least as long as the hash: a shorter one can be
+    brute-forced offline from any token it signed."""
+    if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
+        raise ValueError(
+            f"{where}{': ' if where else ''}an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes "
+            f"(got {len(secret.encode())}); make one with: "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
 
 
 class UpstreamKey(Strict):
@@ -386,6 +408,13 @@ class Config(BaseSettings):
     escalation: Escalation = Escalation()
     # Fault injection is a second, deliberate switch: a policy file alone cannot turn it on.
     allow_chaos: bool = False
+    # Where the policy came from, for the start-up summary: a file, the config's own
+    # ``policy:`` section, or the built-in defaults.
+    _policy_source: str = PrivateAttr(default="built-in defaults")
+
+    @property
+    def policy_source(self) -> str:
+        return self._policy_source
 
     @field_validator("upstreams")
     @classmethod
@@ -430,12 +459,75 @@ def _check_environment() -> None:
                 )
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _env_name(loc: tuple[int | str, ...]) -> str | None:
+    """The TRIPWIRE_* variable that set the value at ``loc``, when one did."""
+    for end in range(len(loc), 0, -1):
+        name = "TRIPWIRE_" + "__".join(str(part) for part in loc[:end]).upper()
+        if name in os.environ:
+            return name
+    return None
+
+
+def _describe(error: ValidationError, sources: list[str]) -> str:
+    lines: list[str] = []
+    from_env: set[str] = set()
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        variable = _env_name(tuple(item["loc"]))
+        if variable is not None:
+            from_env.add(variable)
+            where = f"{where} (from the environment variable {variable})"
         lines.append(f"  {where}: {item['msg']}")
-    return "\n".join(lines)
+    named = list(sources)
+    if from_env:
+        named.append(f"the environment ({', '.join(sorted(from_env))})")
+    source = " and ".join(named) or "the built-in defaults"
+    return "\n".join([f"invalid configuration in {source}:", *lines])
+
+
+# Top-level keys of a policy file, none of which is a key of the config file.
+_POLICY_KEYS = frozenset(
+    (
+        "defaults",
+        "repeat",
+        "cycle",
+        "near_duplicate",
+        "no_progress",
+        "on_trip",
+        "refuse_status",
+        "rules",
+    )
+)
+
+
+def _not_a_policy_file(data: dict[str, Any], path: str | Path) -> None:
+    keys = set(data)
+    if keys and keys <= _POLICY_KEYS:
+        raise ConfigError(
+            f"{path} is a policy file, not a config file: start with no --config to use "
+            "rules/policy.yaml, or write a config file that names it with "
+            f"`policy_file: {path}` (or holds it under a `policy:` section)"
+        )
+
+
+def _unset_variables(config: Config) -> list[str]:
+    """Every ``*_env`` setting whose variable is unset or empty: a key or secret that would be
+    silently missing at run time."""
+    named: list[tuple[str, str | None]] = [
+        ("auth.hs256_secret_env", config.auth.hs256_secret_env),
+        ("escalation.secret_env", config.escalation.secret_env),
+    ]
+    named += [(f"upstreams.{n}.api_key_env", u.api_key_env) for n, u in config.upstreams.items()]
+    named += [
+        (f"tenants.{tenant}.upstream_keys.{upstream}.api_key_env", key.api_key_env)
+        for tenant, settings in config.tenants.items()
+        for upstream, key in settings.upstream_keys.items()
+    ]
+    return [
+        f"{where}: the environment variable {variable} is not set"
+        for where, variable in named
+        if variable and not os.environ.get(variable)
+    ]
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
@@ -462,16 +554,38 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     data: dict[str, Any] = {}
     if path is not None:
         data = _read_yaml(Path(path))
+        _not_a_policy_file(data, path)
         sources.append(str(path))
     policy_file = data.pop("policy_file", None)
+    policy_source = f"the policy: section of {path}" if "policy" in data else "built-in defaults"
     if "policy" not in data:
         file = Path(policy_file) if policy_file else DEFAULT_POLICY_PATH
+        if policy_file and path is not None and not file.is_absolute():
+            # Relative to the config file that names it, wherever Tripwire was started from.
+            file = Path(path).parent / file
         if policy_file or file.exists():
             data["policy"] = _read_yaml(file)
             sources.append(str(file))
+            policy_source = str(file)
     data.update(overrides)
     _check_environment()
     try:
-        return Config(**data)
+        config = Config(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, " and ".join(sources) or "defaults")) from exc
+        raise ConfigError(_describe(exc, sources)) from exc
+    unset = _unset_variables(config)
+    secret_env = config.auth.hs256_secret_env
+    if secret_env and os.environ.get(secret_env):
+        try:
+            check_hs256_secret(os.environ[secret_env], f"auth.hs256_secret_env ({secret_env})")
+        except ValueError as exc:
+            unset.append(str(exc))
+    if unset:
+        raise ConfigError(
+            "invalid configuration in "
+            + (" and ".join(sources) or "the built-in defaults")
+            + ":\n"
+            + "\n".join(f"  {line}" for line in unset)
+        )
+    config._policy_source = policy_source
+    return config

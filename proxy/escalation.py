@@ -33,6 +33,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,8 +57,14 @@ TIMESTAMP_HEADER = "X-Tripwire-Timestamp"
 EVENT_ID_HEADER = "X-Tripwire-Event-Id"
 ADMIN_PREFIX = "/tripwire/v1/tasks"
 MAX_PENDING = 1000
+# One tenant's trips (or one owner's deliveries) may hold only this share of the queue, and one
+# owner only this many sockets: a tenant whose owner URL hangs cannot delay or drop another
+# tenant's kills.
+MAX_PENDING_PER_TENANT = 100
+MAX_PENDING_PER_OWNER = 100
 # Sockets open at once; further attempts wait for a slot instead of piling onto the receiver.
 MAX_CONCURRENT = 64
+MAX_CONCURRENT_PER_OWNER = 8
 BASE_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
 # Pending deliveries get this long to finish at shutdown before they are cancelled.
@@ -73,32 +80,47 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+# How far a signed timestamp may be from the receiver's clock: past it, a captured request
+# replayed later is refused.
+REPLAY_WINDOW_S = 300.0
+
+
 def verify_signature(
     secret: str,
     timestamp: str | int,
     body: bytes | str,
     header: str | None,
     *,
-    tolerance_s: float | None = None,
+    tolerance_s: float | None = REPLAY_WINDOW_S,
     now: float | None = None,
 ) -> bool:
     """Whether ``header`` is Tripwire's signature of ``body`` sent at ``timestamp``.
 
-    ``body`` must be the raw bytes received, not re-serialized JSON. With ``tolerance_s``,
-    a timestamp further than that from ``now`` (default: the clock) is refused too.
+    ``body`` must be the raw bytes received, not re-serialized JSON. A timestamp further than
+    ``tolerance_s`` from ``now`` (default: the clock) is refused, so a captured request cannot
+    be replayed later; ``tolerance_s=None`` turns that check off. Anything malformed (an empty
+    secret, a timestamp that is not whole seconds, text that is not UTF-8) gives False, never
+    an exception, and the comparison takes constant time.
     """
-    if not header:
+    if not secret or not isinstance(secret, str) or not isinstance(header, str) or not header:
         return False
-    stamp = str(timestamp)
+    stamp = str(timestamp) if isinstance(timestamp, int | str) else ""
+    # Digits only: a timestamp holding "." could move the timestamp/body split of the signed
+    # text, so one signature would cover another body.
+    if not stamp.isascii() or not stamp.isdigit():
+        return False
     if tolerance_s is not None:
-        try:
-            sent = int(stamp)
-        except ValueError:
+        clock = time.time() if now is None else now
+        if abs(clock - int(stamp)) > tolerance_s:
             return False
-        if abs((time.time() if now is None else now) - sent) > tolerance_s:
-            return False
-    raw = body.encode() if isinstance(body, str) else body
-    return hmac.compare_digest(sign(secret, stamp, raw), header.strip())
+    if isinstance(body, str):
+        raw = body.encode("utf-8", "surrogatepass")
+    elif isinstance(body, bytes | bytearray | memoryview):
+        raw = bytes(body)
+    else:
+        return False
+    expected = sign(secret, stamp, raw).encode()
+    return hmac.compare_digest(expected, header.strip().encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +154,8 @@ class Escalator:
         base_delay: float = BASE_DELAY_S,
         max_delay: float = MAX_DELAY_S,
         max_pending: int = MAX_PENDING,
+        max_pending_per_tenant: int = MAX_PENDING_PER_TENANT,
+        max_pending_per_owner: int = MAX_PENDING_PER_OWNER,
         actions: Collection[str] | None = None,
         jitter: bool = True,
     ) -> None:
@@ -141,6 +165,8 @@ class Escalator:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_pending = max_pending
+        self.max_pending_per_tenant = max_pending_per_tenant
+        self.max_pending_per_owner = max_pending_per_owner
         # Observe-mode trips would page owners for shadow traffic unless asked for.
         chosen = actions if actions is not None else settings.on
         self.actions = frozenset(str(action) for action in chosen)
@@ -149,7 +175,10 @@ class Escalator:
         self.public_url = (settings.public_url or "").rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._owner_slots: dict[str, asyncio.Semaphore] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._by_tenant: Counter[str | None] = Counter()
+        self._by_owner: Counter[str] = Counter()
         self._notes: set[asyncio.Task[None]] = set()
         self._warned_unsigned = False
         self._closed = False
@@ -202,25 +231,39 @@ class Escalator:
             if self._closed or not self.enabled or not wanted:
                 return
             event_id = str(uuid.uuid4())
+            tenant = happened.tenant
             if len(self._pending) >= self.max_pending:
-                self._drop(happened, event_id)
+                self._drop(happened, event_id, f"{len(self._pending)} deliveries already pending")
+                return
+            if self._by_tenant[tenant] >= self.max_pending_per_tenant:
+                self._drop(
+                    happened, event_id, f"{self._by_tenant[tenant]} of its tenant already pending"
+                )
                 return
             at = time.time()
             task = asyncio.get_running_loop().create_task(self._escalate(happened, event_id, at))
             self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._by_tenant[tenant] += 1
+            task.add_done_callback(lambda done: self._finished(done, tenant))
         except Exception as exc:
             event("escalation_error", logging.ERROR, task=happened.task, error=repr(exc))
 
-    def _drop(self, happened: TripEvent, event_id: str) -> None:
+    def _finished(self, done: asyncio.Task[None], tenant: str | None) -> None:
+        self._pending.discard(done)
+        self._by_tenant[tenant] -= 1
+        if self._by_tenant[tenant] <= 0:
+            del self._by_tenant[tenant]
+
+    def _drop(self, happened: TripEvent, event_id: str, why: str) -> None:
         event(
             "escalation_dropped",
             logging.ERROR,
             task=happened.task,
+            tenant=happened.tenant,
             reason=str(happened.trip.reason),
             event_id=event_id,
             pending=len(self._pending),
-            note="too many escalations pending; this trip is not sent to its owner",
+            note=f"too many escalations pending ({why}); this trip is not sent to its owner",
         )
         if len(self._notes) >= self.max_pending:
             return
@@ -229,7 +272,7 @@ class Escalator:
             task=happened.task,
             actor="tripwire",
             tenant=happened.tenant,
-            detail=f"failed: dropped, {len(self._pending)} deliveries already pending",
+            detail=f"failed: dropped, {why}",
             data={"attempt": 0, "status": None, "url": None, "event_id": event_id},
         )
         task = asyncio.get_running_loop().create_task(self._record(note))
@@ -272,10 +315,23 @@ class Escalator:
                 )
             )
             return
+        if self._by_owner[target.url] >= self.max_pending_per_owner:
+            why = f"{self._by_owner[target.url]} deliveries to this owner already pending"
+            self._drop(happened, event_id, why)
+            return
         payload = self.payload(happened, view, event_id, at)
         message = payload if target.format == "json" else {"text": slack_text(payload)}
         body = json.dumps(message, default=str).encode()
-        await self._deliver(target, body, happened, view, event_id)
+        self._by_owner[target.url] += 1
+        try:
+            await self._deliver(target, body, happened, view, event_id)
+        finally:
+            self._by_owner[target.url] -= 1
+            if self._by_owner[target.url] <= 0:
+                # No delivery to this owner is under way: its slots go too (owners given as
+                # URLs in tokens must not grow the map for ever).
+                del self._by_owner[target.url]
+                self._owner_slots.pop(target.url, None)
 
     def _target(self, owner: str) -> Target | None:
         named = self.settings.owners.get(owner)
@@ -361,8 +417,15 @@ class Escalator:
                 logging.WARNING,
                 note="escalation.secret is not set: webhooks are sent without a signature",
             )
+        owner_slots = self._owner_slots.get(target.url)
+        if owner_slots is None:
+            owner_slots = self._owner_slots[target.url] = asyncio.Semaphore(
+                MAX_CONCURRENT_PER_OWNER
+            )
         try:
+            # The owner's own slot first: waiting for it holds none of the shared ones.
             async with (
+                owner_slots,
                 self._slots,
                 session.post(target.url, data=body, headers=headers, allow_redirects=False) as r,
             ):

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from proxy.admin.client import AdminError, request, task_path
 from proxy.admin.local import FILE_ENV, read_token, token_path
 from proxy.auth import Claims, mint
-from proxy.config import Limits
+from proxy.config import Limits, check_hs256_secret
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 LIMIT_FLAGS = (
@@ -50,6 +50,10 @@ def token(args: argparse.Namespace) -> int:
         if not secret:
             return _fail(f"the environment variable {args.secret_env} is empty or not set", 2)
     assert secret is not None  # argparse requires one of the two
+    try:
+        check_hs256_secret(secret, "the secret")
+    except ValueError as exc:
+        return _fail(str(exc), 2)
     claims: dict[str, Any] = {
         name: getattr(args, name)
         for name in ("sub", "tenant", "task", "agent", "owner", "role")

@@ -4,6 +4,7 @@ the provider for one, and which stream events wait for the verdict. No I/O here.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -94,7 +95,10 @@ def check(output: Output, settings: EnvelopeSettings) -> Verdict | None:
         return None
     else:
         source = output.text
-    data = _parse(source)
+    try:
+        data = _parse(source)
+    except _Unreadable as exc:
+        return Verdict(INVALID, problem=str(exc))
     if not isinstance(data, dict):
         what = "no text" if not source.strip() else "text that is not a JSON object"
         return Verdict(INVALID, problem=f"the completion is {what}")
@@ -124,6 +128,43 @@ def check(output: Output, settings: EnvelopeSettings) -> Verdict | None:
     )
 
 
+# An envelope is a short status report: bounds that no honest one reaches, so a hostile or
+# broken completion is an invalid envelope, never a crash of the call.
+MAX_ENVELOPE_CHARS = 1024 * 1024
+MAX_ENVELOPE_DEPTH = 32
+
+
+class _Unreadable(ValueError):
+    """JSON that is not read as an envelope at all: the message is the verdict's problem."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        duplicate = next(key for key, count in counts.items() if count > 1)
+        # Parsers disagree on which of two equal keys wins: the worker's intent is unknown.
+        raise _Unreadable(_short(f"the envelope has the key {duplicate!r} twice"))
+    return data
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest, walked without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_ENVELOPE_DEPTH:
+            return deepest
+        todo.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _parse(text: str) -> Any:
     text = text.strip()
     if text.startswith("```"):
@@ -133,7 +174,20 @@ def _parse(text: str) -> Any:
             text = "\n".join(lines[1:-1])
     if not text.startswith("{"):
         return None
-    return load_json(text)
+    if len(text) > MAX_ENVELOPE_CHARS:
+        raise _Unreadable(f"the envelope is longer than {MAX_ENVELOPE_CHARS} characters")
+    too_deep = _Unreadable(f"the envelope nests deeper than {MAX_ENVELOPE_DEPTH} levels")
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise too_deep from None
+    except _Unreadable:
+        raise
+    except ValueError:
+        return None
+    if _depth(data) > MAX_ENVELOPE_DEPTH:
+        raise too_deep
+    return data
 
 
 def _short(text: str) -> str:

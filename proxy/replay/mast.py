@@ -8,21 +8,27 @@ what a model wrote: tool output, relays, prompts and logger noise are kept out, 
 
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from proxy.replay.traces import ASSISTANT, Trace, TraceFormatError, Turn
+from proxy.replay.traces import (
+    ASSISTANT,
+    Trace,
+    TraceFormatError,
+    Turn,
+    parse_json,
+    read_bounded,
+)
 from proxy.replay.who_and_when import magentic_turn
 
 Pieces = Iterator[tuple[str, str, str]]  # (agent, role, text)
 
 
 def _ag2(raw: str) -> Pieces:
-    for message in json.loads(raw)["trajectory"]:
+    for message in parse_json(raw, "a MAST record")["trajectory"]:
         content = message.get("content") or ""
         text = "\n".join(content) if isinstance(content, list) else str(content)
         agent = str(message.get("name") or message.get("role") or "agent")
@@ -52,8 +58,25 @@ def _appworld(raw: str) -> Pieces:
         agent, lines = (name[:1].upper() + name[1:] if name else ""), []
 
 
-_CHATDEV_TURN = re.compile(r"^\[[^\]]*INFO\] (.+?): \*\*.+?<->.+? on : .+?, turn \d+\*\*\s*$")
+_CHATDEV_TURN_END = re.compile(r", turn \d+$")
 _CHATDEV_RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO\]")
+
+
+def _chatdev_speaker(line: str) -> str:
+    """The speaker of a turn header ``[<time> INFO] <agent>: **<a><-><b> on : <phase>, turn
+    <n>**``, or "" for any other record. Read by splitting, not by one pattern: a pattern with
+    several lazy wildcards backtracks in time polynomial in the line's length."""
+    _, sep, rest = line.partition("INFO] ")
+    agent, sep2, tail = rest.partition(": **")
+    tail = tail.rstrip()
+    if not (sep and sep2 and agent and tail.endswith("**")):
+        return ""
+    inner = tail[:-2]
+    pair = inner.find("<->")
+    phase = inner.find(" on : ", pair + 3) if pair > 0 else -1
+    if phase <= pair + 3 or not _CHATDEV_TURN_END.search(inner, phase + 7):
+        return ""
+    return agent
 
 
 def _chatdev(raw: str) -> Pieces:
@@ -71,8 +94,7 @@ def _chatdev(raw: str) -> Pieces:
         if _CHATDEV_RECORD.match(line):
             if agent:
                 yield from finish()
-            match = _CHATDEV_TURN.match(line)
-            agent, lines = (match.group(1) if match else ""), []
+            agent, lines = _chatdev_speaker(line), []
         elif agent:
             lines.append(line)
     if agent:
@@ -86,7 +108,7 @@ _HYPER_HANDOFF = re.compile(r"^(\w+)->(\w+): ?(.*)$", re.DOTALL)
 
 def _hyperagent(raw: str) -> Pieces:
     records: list[str] = []
-    for line in json.loads(raw)["trajectory"]:
+    for line in parse_json(raw, "a MAST record")["trajectory"]:
         match = _HYPER_RECORD.match(line)
         if match:
             records.append(match.group(1))
@@ -137,7 +159,7 @@ _METAGPT_SPEAKER = re.compile(r"^(\w+): ?(.*)$")
 
 def _metagpt(raw: str) -> Pieces:
     try:
-        record = json.loads(raw)
+        record = parse_json(raw, "a MAST record")
     except ValueError:
         yield from _metagpt_messages(raw)
         return
@@ -250,10 +272,7 @@ def split_trace(record: dict[str, Any]) -> Trace:
 
 
 def load_mast(path: Path) -> list[Trace]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise TraceFormatError(f"{path}: not JSON: {exc}") from exc
+    records = parse_json(read_bounded(path), str(path))
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise TraceFormatError(f"{path}: expected a JSON array of MAST records")
     return [split_trace(record) for record in records]

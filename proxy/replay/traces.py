@@ -12,11 +12,16 @@ to ``assistant``. Blank lines and lines starting with ``#`` are skipped.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ASSISTANT = "assistant"
+# A trace is read whole into memory: bound it, so a device or a runaway file (`/dev/zero`, a
+# log with no newline) is refused instead of filling memory.
+MAX_TRACE_BYTES = 256 * 1024 * 1024
+MAX_LINE_CHARS = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,26 +53,57 @@ class TraceFormatError(ValueError):
     """The file is not in the format it was read as; the message says where."""
 
 
+def read_bounded(path: Path) -> str:
+    """The whole file as text, or an error past ``MAX_TRACE_BYTES``."""
+    with path.open("rb") as file:
+        data = file.read(MAX_TRACE_BYTES + 1)
+    if len(data) > MAX_TRACE_BYTES:
+        raise TraceFormatError(f"{path}: larger than {MAX_TRACE_BYTES // 2**20} MiB")
+    return data.decode("utf-8")
+
+
+def bounded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(number, line)`` of a text file, each line and the whole file bounded."""
+    total = 0
+    with path.open(encoding="utf-8") as file:
+        number = 0
+        while line := file.readline(MAX_LINE_CHARS + 1):
+            number += 1
+            if len(line) > MAX_LINE_CHARS:
+                raise TraceFormatError(
+                    f"{path}:{number}: a line longer than {MAX_LINE_CHARS // 2**20} Mi characters"
+                )
+            total += len(line)
+            if total > MAX_TRACE_BYTES:
+                raise TraceFormatError(f"{path}: larger than {MAX_TRACE_BYTES // 2**20} MiB")
+            yield number, line
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON, or a ``TraceFormatError`` naming where: nesting too deep for the parser included."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise TraceFormatError(f"{where}: not JSON: {reason}") from None
+
+
 def load_jsonl(path: Path) -> list[Trace]:
     traces: dict[str, Trace] = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise TraceFormatError(f"{path}:{number}: not JSON: {exc}") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise TraceFormatError(f"{path}:{number}: expected an object with a text")
-            task = str(record.get("task") or path.stem)
-            trace = traces.setdefault(task, Trace(task, []))
-            trace.turns.append(
-                Turn(
-                    len(trace.turns),
-                    str(record.get("agent") or "default"),
-                    str(record.get("role") or ASSISTANT),
-                    record["text"],
-                )
+    for number, line in bounded_lines(path):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        record = parse_json(line, f"{path}:{number}")
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise TraceFormatError(f"{path}:{number}: expected an object with a text")
+        task = str(record.get("task") or path.stem)
+        trace = traces.setdefault(task, Trace(task, []))
+        trace.turns.append(
+            Turn(
+                len(trace.turns),
+                str(record.get("agent") or "default"),
+                str(record.get("role") or ASSISTANT),
+                record["text"],
             )
+        )
     return list(traces.values())

@@ -18,12 +18,18 @@ first message is the task given to the team.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from proxy.replay.traces import ASSISTANT, Trace, TraceFormatError, Turn
+from proxy.replay.traces import (
+    ASSISTANT,
+    Trace,
+    TraceFormatError,
+    Turn,
+    bounded_lines,
+    parse_json,
+)
 
 _TOOLS = {"FileSurfer", "ComputerTerminal", "Computer_terminal"}
 _BROWSER_STATE = re.compile(
@@ -101,22 +107,18 @@ def _algorithm_generated(record: dict[str, Any], task: str) -> Trace:
 
 def load_who_and_when(path: Path) -> list[Trace]:
     traces = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise TraceFormatError(f"{path}:{number}: not JSON: {exc}") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("history"), list):
-                raise TraceFormatError(f"{path}:{number}: not a Who&When record (no history)")
-            subset = str(record.get("_subset") or path.stem)
-            name = Path(str(record.get("_file") or number)).stem
-            task = f"{subset}/{name}"
-            roles = {str(m.get("role", "")) for m in record["history"] if isinstance(m, dict)}
-            if any(role.startswith("Orchestrator") for role in roles):
-                traces.append(_hand_crafted(record, task))
-            else:
-                traces.append(_algorithm_generated(record, task))
+    for number, line in bounded_lines(path):
+        if not line.strip():
+            continue
+        record = parse_json(line, f"{path}:{number}")
+        if not isinstance(record, dict) or not isinstance(record.get("history"), list):
+            raise TraceFormatError(f"{path}:{number}: not a Who&When record (no history)")
+        subset = str(record.get("_subset") or path.stem)
+        name = Path(str(record.get("_file") or number)).stem
+        task = f"{subset}/{name}"
+        roles = {str(m.get("role", "")) for m in record["history"] if isinstance(m, dict)}
+        if any(role.startswith("Orchestrator") for role in roles):
+            traces.append(_hand_crafted(record, task))
+        else:
+            traces.append(_algorithm_generated(record, task))
     return traces

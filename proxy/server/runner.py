@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import signal
 import sys
 
 from aiohttp import web
-from yarl import URL
 
 from proxy import __version__
 from proxy.app import build_app
 from proxy.config import Config, Upstream
+from proxy.errors import ConfigError
+from proxy.server.summary import shown_url, startup_summary
 from proxy.telemetry.logs import event
 
 
-def _shown(url: str) -> str:
-    """A base URL may carry a credential (``https://user:key@host``): logs get it without."""
-    return str(URL(url).with_user(None)) if "@" in url else url
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line that says what is wrong with the listen address and which setting fixes it."""
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the port is in use by another process; choose another with --port "
+            "or TRIPWIRE_SERVER__PORT"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{where}: permission denied (ports below 1024 need privileges); choose another "
+            "with --port or TRIPWIRE_SERVER__PORT"
+        )
+    return (
+        f"{where}: {exc.strerror or exc}; check the address given with --host or "
+        "TRIPWIRE_SERVER__HOST (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)"
+    )
 
 
 def with_mock_upstreams(config: Config, mock_url: str) -> Config:
@@ -48,12 +64,18 @@ def _announce_console(host: str, port: int, config: Config, local_token: str | N
     url = f"http://{shown}:{port}/tripwire/ui/"
     if local_token is None:
         event("console", url=url, sign_in="an admin or viewer token")
+        print(f"  Console: {url} (sign in with an admin or viewer token)", file=sys.stderr)
         return
     event(
         "console",
         url=url,
         sign_in="`tripwire console`",
         local_admin_file=str(token_path(config.auth.local_admin_file)),
+    )
+    print(
+        f"  Console: {url} (`tripwire console` prints a signed-in link)",
+        file=sys.stderr,
+        flush=True,
     )
     # The sign-in link carries the token in its fragment, which browsers never send: it goes
     # to a person's terminal only, never to a log that may be shipped elsewhere.
@@ -75,16 +97,20 @@ async def serve(config: Config, *, mock: bool = False) -> None:
     cleanups.insert(0, runner)
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(listen_error(config.server.host, config.server.port, exc)) from None
         host, port = runner.addresses[0][:2]
         event(
             "listening",
             version=__version__,
             url=f"http://{host}:{port}",
-            upstreams={name: _shown(up.base_url) for name, up in config.upstreams.items()},
+            upstreams={name: shown_url(up.base_url) for name, up in config.upstreams.items()},
             state=config.state.backend,
             mock_provider=mock,
         )
+        print(startup_summary(config, f"http://{host}:{port}", mock=mock), file=sys.stderr)
         _announce_console(host, port, config, local_token)
         # Objects alive after start-up (tokenizer, price data, config) live as long as the
         # process: keep them out of every full collection, whose pauses are the tail latency.

@@ -47,6 +47,42 @@ class TextFormatter(logging.Formatter):
 
 _listener: QueueListener | None = None
 
+# Loggers of the libraries under the server: their records carry raw request bytes (a header
+# line aiohttp could not parse is quoted whole, ``Authorization`` included), so they are
+# rewritten before they reach a handler.
+LIBRARY_LOGGERS = ("aiohttp", "asyncio")
+
+
+class LibraryRecords(logging.Filter):
+    """Turns a library's record into a Tripwire log line that names what went wrong, never
+    what the request carried: the message template without its arguments, the exception only
+    by its type and the line of its description that names the fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The message template without its arguments: a library may format request data in.
+        fields: dict[str, Any] = {"logger": record.name, "detail": str(record.msg)}
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            fields["error"] = type(error).__name__
+            fields["reason"] = _first_description_line(error)
+        record.msg, record.args = "server_error", None
+        record.exc_info = record.exc_text = None
+        record.stack_info = None
+        record.fields = fields
+        return True
+
+
+def _first_description_line(error: BaseException) -> str:
+    """aiohttp's parser errors read ``400, message:\n  Invalid header value char:\n\n
+    b'Authorization: Bearer ...'``: only the line that describes the fault is safe to keep."""
+    text = str(getattr(error, "message", None) or error)
+    for line in text.splitlines():
+        line = line.strip().rstrip(":")
+        if line and not line.startswith(("b'", 'b"', "^")) and ":" not in line:
+            if not line.endswith(", message"):  # the status prefix: "400, message:"
+                return line[:200]
+    return ""
+
 
 def setup_logging(level: str, format_: str = "json") -> None:
     """Log lines are formatted and written by a thread, so a slow stderr (a pipe to a log
@@ -63,6 +99,13 @@ def setup_logging(level: str, format_: str = "json") -> None:
     log.handlers[:] = [QueueHandler(records)]
     log.setLevel(level)
     log.propagate = False
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library_handler = QueueHandler(records)
+        library_handler.addFilter(LibraryRecords())
+        library.handlers[:] = [library_handler]
+        library.setLevel(logging.WARNING)
+        library.propagate = False
 
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:

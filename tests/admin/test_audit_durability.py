@@ -258,3 +258,23 @@ def test_a_task_killed_in_fail_open_mode_while_redis_is_down_is_in_the_trail(
     assert before <= written[0].at < restarted
     assert 'tripwire_state_backend_errors_total{backend="redis",operation="audit"}' in metrics
     assert not logged.unretrieved()
+
+
+async def test_each_tenant_keeps_its_own_records_in_redis(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real cap is 10,000 per tenant; the same code path with a smaller one.
+    monkeypatch.setattr(audit_module, "MAX_EVENTS", 50)
+    key = f"tw-{uuid.uuid4().hex[:8]}:audit"
+    audit = RedisAuditLog(client, key)
+    await audit.record(AuditEvent("kill", "acme/job", "tripwire", tenant="acme", detail="kept"))
+    await audit.record(AuditEvent("trip", "lone", "tripwire", detail="no tenant"))
+    for n in range(400):  # another tenant's refusals flood its own stream only
+        await audit.record(AuditEvent("trip", f"noisy/{n}", "tripwire", tenant="noisy"))
+    [kept] = await audit.list(tenant="acme")
+    assert kept.detail == "kept"
+    assert [e.detail for e in await audit.list(tenant="noisy", limit=1)] == [""]
+    newest = await audit.list(limit=500)
+    assert {"acme/job", "lone"} <= {e.task for e in newest}
+    assert newest[0].task == "noisy/399"
+    assert [e.at for e in newest] == sorted((e.at for e in newest), reverse=True)

@@ -104,3 +104,55 @@ def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad_policy.write_text("near_duplicate: {similarity: 2}\n", encoding="utf-8")
     assert main([str(broken), "--policy", str(bad_policy)]) == 2
     assert "near_duplicate.similarity" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(20)
+def test_a_hostile_chatdev_line_is_read_in_linear_time(tmp_path: Path) -> None:
+    """A turn header read with several lazy wildcards took time polynomial in the line's
+    length (14 s for 7.8 KB); this one, 40 KB, would take hours that way."""
+    hostile = "[2024-01-01 00:00:00 INFO] a: **" + "<-> on : " * 4500 + "x"
+    real = "[2024-01-01 00:00:01 INFO] Programmer: **CTO<->Programmer on : Coding, turn 3**"
+    record = {
+        "trace_id": 1,
+        "mas_name": "ChatDev",
+        "trace": "\n".join([hostile, "text", real, "def f(): pass"]),
+    }
+    path = tmp_path / "mast.json"
+    path.write_text(json.dumps([record]), encoding="utf-8")
+    assert main([str(path), "--format", "mast"]) == 0
+    from proxy.replay.mast import load_mast
+
+    (trace,) = load_mast(path)
+    assert [(turn.agent, turn.text) for turn in trace.turns] == [("Programmer", "def f(): pass")]
+
+
+def test_a_file_without_end_is_refused_not_read_into_memory(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.replay import traces
+
+    # The real bounds are hundreds of MiB; the same code path with smaller ones.
+    monkeypatch.setattr(traces, "MAX_TRACE_BYTES", 4 * 2**20)
+    monkeypatch.setattr(traces, "MAX_LINE_CHARS", 2**20)
+    for fmt in ("jsonl", "mast", "who_and_when"):
+        assert main(["/dev/zero", "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        assert "is not a" in err and ("larger than" in err or "longer than" in err)
+        assert "Traceback" not in err
+
+
+def test_deeply_nested_json_is_a_format_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    for fmt, text in (
+        ("jsonl", nested + "\n"),
+        ("who_and_when", nested + "\n"),
+        ("mast", nested),
+        ("mast", json.dumps([{"trace_id": 1, "mas_name": "AG2", "trace": nested}])),
+    ):
+        path = tmp_path / f"{fmt}.txt"
+        path.write_text(text, encoding="utf-8")
+        assert main([str(path), "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        assert "nested too deeply" in err and "Traceback" not in err

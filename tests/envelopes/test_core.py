@@ -205,3 +205,26 @@ def test_the_events_held_back_are_each_formats_closing_events() -> None:
     )
     assert held("messages", messages) == ['event: message_stop\ndata: {"type":"message_stop"}\n\n']
     assert final_event("other") is None
+
+
+def test_nesting_size_and_duplicate_keys_are_bounded() -> None:
+    from proxy.envelopes.core import MAX_ENVELOPE_CHARS, MAX_ENVELOPE_DEPTH
+
+    nested = envelope(result=json.loads("[" * MAX_ENVELOPE_DEPTH + "]" * MAX_ENVELOPE_DEPTH))
+    verdict = check(Output(nested), DEFAULT)
+    assert verdict is not None and verdict.status == INVALID
+    assert verdict.problem == f"the envelope nests deeper than {MAX_ENVELOPE_DEPTH} levels"
+    fits = envelope(result=json.loads("[" * 30 + "]" * 30))
+    assert check(Output(fits), DEFAULT).status == "success"  # type: ignore[union-attr]
+    for depth in (1000, 100_000):
+        deep = '{"status": "success", "result": ' + "[" * depth + "]" * depth + "}"
+        verdict = check(Output(deep), DEFAULT)
+        assert verdict is not None and verdict.status == INVALID
+        assert "nests deeper" in (verdict.problem or "")
+    huge = envelope(result="x" * MAX_ENVELOPE_CHARS)
+    verdict = check(Output(huge), DEFAULT)
+    assert verdict is not None and "longer than" in (verdict.problem or "")
+    twice = '{"status": "failed", "result": 1, "confidence": 0.5, "status": "success"}'
+    verdict = check(Output(twice), DEFAULT)
+    assert verdict is not None and verdict.status == INVALID
+    assert verdict.problem == "the envelope has the key 'status' twice"

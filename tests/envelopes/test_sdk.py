@@ -326,3 +326,39 @@ def test_shadow_mode_counts_but_never_blocks_kills_or_injects(
     assert all("response_format" not in r.body for r in mock.provider.requests)
     assert envelopes_of(proxy, task) == {"success": 1, "invalid": 1}
     assert proxy.task(task).killed is None  # type: ignore[union-attr]
+
+
+DEEP = '{"status": "success", "result": ' + "[" * 1000 + "]" * 1000 + ', "confidence": 0.9}'
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+def test_a_deeply_nested_envelope_is_invalid_not_a_crash(
+    proxy: ProxyThread, mock: MockProviderThread, kind: str, stream: bool
+) -> None:
+    observed = f"job-{uuid.uuid4().hex[:8]}"
+    reply = ask(kind, proxy.base_url, headers=headers("worker-a", DEEP, observed), stream=stream)
+    assert reply.status == 200 and reply.text == DEEP  # observed: delivered as sent
+    assert envelopes_of(proxy, observed) == {"invalid": 1}
+    killed = f"job-{uuid.uuid4().hex[:8]}"
+    if stream:
+        raw = raw_stream(kind, proxy.base_url, headers=headers("worker-strict", DEEP, killed))
+        assert b"(invalid_envelope)" in raw.data and b"nests deeper than 32" in raw.data
+    else:
+        with pytest.raises(errors_of(kind).PermissionDeniedError) as refused:
+            ask(kind, proxy.base_url, headers=headers("worker-strict", DEEP, killed))
+        assert "nests deeper than 32" in str(refused.value)
+    view = proxy.task(killed)
+    assert view is not None and view.killed is not None
+    assert str(view.killed.reason) == "invalid_envelope"
+
+
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+def test_an_envelope_with_a_key_twice_is_invalid(
+    proxy: ProxyThread, mock: MockProviderThread, kind: str
+) -> None:
+    twice = '{"status": "failed", "result": "x", "confidence": 0.9, "status": "success"}'
+    task = f"job-{uuid.uuid4().hex[:8]}"
+    reply = ask(kind, proxy.base_url, headers=headers("worker-a", twice, task))
+    assert reply.status == 200
+    assert envelopes_of(proxy, task) == {"invalid": 1}

@@ -218,14 +218,47 @@ def test_signatures() -> None:
     body = b'{"event": "tripwire.trip"}'
     header = sign("s", "1700000000", body)
     assert header.startswith("sha256=") and len(header) == 7 + 64
-    assert verify_signature("s", 1700000000, body, header)
-    assert verify_signature("s", "1700000000", body.decode(), header)
-    assert not verify_signature("s", "1700000001", body, header)
-    assert not verify_signature("other", "1700000000", body, header)
-    assert not verify_signature("s", "1700000000", body, None)
+    at = 1700000000.0
+    assert verify_signature("s", 1700000000, body, header, now=at)
+    assert verify_signature("s", "1700000000", body.decode(), header, now=at)
+    assert not verify_signature("s", "1700000001", body, header, now=at)
+    assert not verify_signature("other", "1700000000", body, header, now=at)
+    assert not verify_signature("s", "1700000000", body, None, now=at)
     assert verify_signature("s", "1700000000", body, header, tolerance_s=300, now=1700000100)
     assert not verify_signature("s", "1700000000", body, header, tolerance_s=300, now=1700000400)
     assert not verify_signature("s", "soon", body, header, tolerance_s=300)
+
+
+def test_signatures_are_refused_outside_the_replay_window_by_default() -> None:
+    body = b'{"event": "tripwire.trip"}'
+    old = str(int(time.time()) - 3600)
+    assert not verify_signature("s", old, body, sign("s", old, body))
+    fresh = str(int(time.time()))
+    assert verify_signature("s", fresh, body, sign("s", fresh, body))
+    assert verify_signature("s", old, body, sign("s", old, body), tolerance_s=None)
+
+
+def test_the_timestamp_cannot_move_the_signed_split() -> None:
+    # "<ts>.<body>" is what is signed: a timestamp holding a dot could claim part of the body.
+    body = b'0.{"event": "x"}'
+    header = sign("s", "1700000000", body)
+    assert not verify_signature("s", "1700000000.0", b'{"event": "x"}', header, tolerance_s=None)
+    assert not verify_signature("s", " 1700000000", body, header, tolerance_s=None)
+    assert not verify_signature("s", "-1700000000", body, header, tolerance_s=None)
+
+
+def test_bad_input_gives_false_never_an_exception() -> None:
+    body = b"{}"
+    stamp = str(int(time.time()))
+    good = sign("s", stamp, body)
+    assert not verify_signature("s", stamp, body, "sha256=é" + good[8:])
+    assert not verify_signature("s", stamp, "ü\udcff", good)
+    arabic_indic = "".join(chr(0x660 + int(digit)) for digit in stamp)  # digits, not ASCII
+    assert not verify_signature("s", arabic_indic, body, good)
+    assert not verify_signature("", stamp, body, sign("", stamp, body))
+    assert not verify_signature("s", stamp, None, good)  # type: ignore[arg-type]
+    assert not verify_signature("s", 1.5, body, good)  # type: ignore[arg-type]
+    assert not verify_signature("s", stamp, body, 7)  # type: ignore[arg-type]
 
 
 async def test_slack_text_keeps_task_text_plain(ledger: MemoryLedger) -> None:
@@ -252,3 +285,47 @@ async def test_close_lets_a_delivery_under_way_finish(
     await escalator.close(grace=5)
     assert [r.detail for r in reversed(await audit.list())] == ["failed: HTTP 500", "delivered"]
     assert receiver.requests[0].headers[TIMESTAMP_HEADER]
+
+
+async def test_a_tenant_whose_owner_hangs_cannot_starve_another_tenants_kills(
+    make_receiver: MakeReceiver, ledger: MemoryLedger, audit: MemoryAuditLog
+) -> None:
+    hanging, healthy = make_receiver(hang=True), make_receiver()
+    await ledger.create("slow-1", tenant="slowco", owner="slow", overrides={})
+    await ledger.create("fast-1", tenant="acme", owner="ops", overrides={})
+    owners = {"slow": {"url": hanging.url}, "ops": {"url": healthy.url}}
+    escalator = Escalator(
+        Escalation.model_validate({"owners": owners, "secret": "s", "timeout": 30}),
+        ledger,
+        audit,
+        max_pending=50,
+        max_pending_per_tenant=10,
+    )
+    await escalator.start()
+    for _ in range(40):  # the slow tenant's kills pile up behind its hanging owner
+        escalator.listener(TripEvent("slow-1", "a", "slowco", TRIP, "kill"))
+    assert escalator.pending == 10
+    # Its owner gets at most its own share of the sockets.
+    await asyncio.to_thread(hanging.wait_for, 8, 15.0)
+    await asyncio.sleep(0.2)
+    assert len(hanging.requests) == 8
+    escalator.listener(TripEvent("fast-1", "a", "acme", TRIP, "kill"))
+    await asyncio.to_thread(healthy.wait_for, 1, 15.0)
+    await escalator.close(grace=1)
+    dropped = [e for e in await audit.list(tenant="slowco") if "dropped" in e.detail]
+    assert len(dropped) == 30
+    assert dropped[0].detail == "failed: dropped, 10 of its tenant already pending"
+    [delivered] = await audit.list(tenant="acme")
+    assert delivered.detail == "delivered"
+
+
+async def test_one_tenants_flood_keeps_another_tenants_audit_records() -> None:
+    log = MemoryAuditLog()
+    await log.record(AuditEvent("kill", "acme/job", "tripwire", tenant="acme", detail="kept"))
+    for n in range(10_250):
+        await log.record(AuditEvent("trip", f"noisy/{n}", "tripwire", tenant="noisy"))
+    [kept] = await log.list(tenant="acme")
+    assert kept.detail == "kept"
+    assert len(await log.list(tenant="noisy", limit=20_000)) == 10_000
+    everything = await log.list(limit=3)
+    assert [e.task for e in everything] == ["noisy/10249", "noisy/10248", "noisy/10247"]

@@ -338,3 +338,56 @@ def test_the_scan_finds_a_planted_secret() -> None:
     evidence.add("planted", f'{{"event": "call", "auth": "Bearer {CLIENT_OPENAI[:20]}"}}')
     with pytest.raises(AssertionError, match="planted"):
         evidence.assert_clean()
+
+
+MALFORMED = [
+    # A header line with no colon after a credential, a control character inside a credential,
+    # a bad Content-Length after a key: aiohttp's parser quotes the offending line.
+    f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_OPENAI}\r\n"
+    "Not A Header\r\n\r\n",
+    f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_OPENAI}\x01"
+    "\r\n\r\n",
+    f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: {CLIENT_ANTHROPIC}\r\n"
+    "Content-Length: nope\r\n\r\n",
+    f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: {CLIENT_ANTHROPIC}\x7f\r\n\r\n",
+    f"GET /v1/models?key={CLIENT_OPENAI} HTTP/1.1\r\nHost: x\r\nAuthorization: {JWT_SECRET}"
+    "\x00\r\n\r\n",
+]
+
+
+def test_malformed_header_lines_with_secrets_reach_no_output() -> None:
+    """The server's own error logging (aiohttp's parser errors) goes through Tripwire's JSON
+    lines with header values left out: a real process's stdout and stderr are scanned."""
+    import socket
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--mock", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "tripwire serve did not start"
+                time.sleep(0.05)
+        for payload in MALFORMED:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(payload.encode("latin-1"))
+                assert sock.recv(64).startswith(b"HTTP/1.")
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=20)
+    output = out.decode() + err.decode()
+    assert MARK not in output and MARK.lower() not in output
+    assert "Traceback" not in output
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    errors = [line for line in lines if line["event"] == "server_error"]
+    assert len(errors) == len(MALFORMED)
+    assert all(line["error"] == "BadHttpMessage" and line["reason"] for line in errors)

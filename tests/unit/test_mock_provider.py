@@ -5,6 +5,7 @@ because the proxy's budget guarantees are tested against it."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -700,7 +701,13 @@ def test_client_disconnect_bills_only_sent_tokens(
             if received >= 12:
                 break
     assert received == 12
+    # The mock books a delta just after writing it, in its own thread: the client can read
+    # the delta first, so wait (bounded) for the booking to catch up with what was read.
+    deadline = time.monotonic() + 5
     billed = mock.provider.usage_for(CHAT_COMPLETIONS_PATH)
+    while billed.completion_tokens < received and time.monotonic() < deadline:
+        time.sleep(0.01)
+        billed = mock.provider.usage_for(CHAT_COMPLETIONS_PATH)
     # At most the delta in flight when the disconnect landed is added.
     assert 12 <= billed.completion_tokens <= 16
     assert billed.prompt_tokens == expected_prompt(QUESTION)
