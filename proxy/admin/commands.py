@@ -229,9 +229,9 @@ def _no_token_message() -> str:
 def _refused_message(error: AdminError, local: bool) -> str:
     if local:
         return (
-            f"{error}. The local admin token is accepted only with auth.mode none, by the "
-            "`tripwire serve` that wrote it: give --token or TRIPWIRE_ADMIN_TOKEN "
-            "(tripwire token --secret-env <VAR> --role admin) for this one"
+            f"{error}. The local admin token ({token_path()}) is accepted only by a "
+            "`tripwire serve` with auth.mode none that uses the same file: for this one give "
+            "--token or TRIPWIRE_ADMIN_TOKEN (tripwire token --secret-env <VAR> --role admin)"
         )
     if error.status == 401:
         return f"{error}. Check the token's expiry and signing key, or mint a new one: " + (
