@@ -37,5 +37,8 @@ USER 10001:10001
 
 # Tripwire listens on 127.0.0.1 by default, unreachable from outside a container.
 ENV TRIPWIRE_SERVER__HOST=0.0.0.0
+# The user has no home: the local admin token (auth.mode none) goes to /tmp, writable here and
+# in the chart; `docker exec <container> tripwire console` prints the signed-in link.
+ENV TRIPWIRE_AUTH__LOCAL_ADMIN_FILE=/tmp/tripwire/admin-token
 EXPOSE 8787
 ENTRYPOINT ["tripwire", "serve"]

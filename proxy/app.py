@@ -50,7 +50,9 @@ def build_ledger(config: Config, metrics: Metrics) -> Ledger:
     return MemoryLedger(config.state)
 
 
-def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
+def build_app(
+    config: Config, ledger: Ledger | None = None, *, local_token: str | None = None
+) -> web.Application:
     formats = {name: upstream.format for name, upstream in config.upstreams.items()}
     app = web.Application(
         middlewares=[error_middleware(formats)],
@@ -131,8 +133,10 @@ def build_app(config: Config, ledger: Ledger | None = None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get(config.telemetry.metrics_path, scrape)
     from proxy.admin import build_admin_app
+    from proxy.console import build_console_app
 
     # Before the catch-all, so no admin path can ever be forwarded to a provider.
-    app.add_subapp("/tripwire/v1", build_admin_app(config, state, audit))
+    app.add_subapp("/tripwire/v1", build_admin_app(config, state, audit, telemetry, local_token))
+    app.add_subapp("/tripwire/ui", build_console_app())
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app

@@ -22,6 +22,8 @@ from proxy.config import AuthSettings, Limits
 from proxy.errors import AuthError, ConfigError
 
 ADMIN_ROLE = "admin"
+# Reads the admin API (and the console) but changes nothing.
+VIEWER_ROLE = "viewer"
 
 
 class Claims(BaseModel):
@@ -41,6 +43,11 @@ class Claims(BaseModel):
     @property
     def is_admin(self) -> bool:
         return self.role == ADMIN_ROLE or ADMIN_ROLE in self.roles
+
+    @property
+    def is_viewer(self) -> bool:
+        """May read the admin API: an admin, or a token with the viewer role."""
+        return self.is_admin or self.role == VIEWER_ROLE or VIEWER_ROLE in self.roles
 
 
 @dataclass(frozen=True, slots=True)

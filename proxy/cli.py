@@ -89,6 +89,12 @@ def _tasks(args: argparse.Namespace) -> int:
     return tasks(args)
 
 
+def _console(args: argparse.Namespace) -> int:
+    from proxy.admin.commands import console
+
+    return console(args)
+
+
 def _duration(value: str) -> float:
     from proxy.config import parse_duration
 
@@ -129,7 +135,11 @@ def _add_admin_commands(commands: Any) -> None:
     token.add_argument("--tenant", help="the tenant: its tasks, its provider keys")
     token.add_argument("--agent", help="the agent every call with this token comes from")
     token.add_argument("--owner", help="who is told when the task trips")
-    token.add_argument("--role", choices=["admin"], help="admin: may use the admin API")
+    token.add_argument(
+        "--role",
+        choices=["admin", "viewer"],
+        help="admin: may use the admin API; viewer: may read it (and the console) only",
+    )
     _limit_flags(token)
     token.add_argument(
         "--ttl", type=_duration, default=3600.0, metavar="DURATION", help="lifetime (default 1h)"
@@ -142,7 +152,11 @@ def _add_admin_commands(commands: Any) -> None:
     common.add_argument(
         "--url", help="Tripwire's root URL (default: $TRIPWIRE_URL or http://127.0.0.1:8787)"
     )
-    common.add_argument("--token", help="an admin token (default: $TRIPWIRE_ADMIN_TOKEN)")
+    common.add_argument(
+        "--token",
+        help="an admin token (default: $TRIPWIRE_ADMIN_TOKEN, else the local admin token that "
+        "`tripwire serve` writes with auth.mode none)",
+    )
     common.add_argument("--json", action="store_true", help="print the API's JSON")
     tasks = commands.add_parser("tasks", help="list, show, kill, resume and extend tasks")
     actions = tasks.add_subparsers(dest="tasks_command", required=True)
@@ -158,7 +172,7 @@ def _add_admin_commands(commands: Any) -> None:
     )
     listing.add_argument(
         "--sort",
-        choices=["spend", "calls", "tokens", "age"],
+        choices=["spend", "calls", "tokens", "age", "recent"],
         default="spend",
         help="default: spend",
     )
@@ -188,6 +202,19 @@ def _add_admin_commands(commands: Any) -> None:
     audit = action("audit", "the audit trail: trips, kills, resumes, budget changes")
     audit.add_argument("--task", help="only this task's events")
     audit.add_argument("--limit", type=int, default=20, help="events to show (default 20)")
+
+    console = commands.add_parser(
+        "console",
+        help="print the console's link, signed in with the local admin token",
+        description="Print (or open) the web console's address. On a local install "
+        "(auth.mode none) the link carries the local admin token in its #fragment, which the "
+        "browser keeps to itself: open it and the console is signed in for that tab.",
+    )
+    console.add_argument(
+        "--url", help="Tripwire's root URL (default: $TRIPWIRE_URL or http://127.0.0.1:8787)"
+    )
+    console.add_argument("--open", action="store_true", help="open it in the default browser")
+    console.set_defaults(run=_console)
 
 
 def build_parser() -> argparse.ArgumentParser:

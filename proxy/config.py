@@ -288,7 +288,8 @@ class StateSettings(Strict):
 
 class AuthSettings(Strict):
     """Tripwire tokens (JWT). ``mode: jwt`` requires one on every agent call; the admin API
-    always requires one with the ``admin`` role, whatever the mode."""
+    always requires one with the ``admin`` role (``viewer`` to read), whatever the mode, or
+    with mode none the local admin token."""
 
     mode: Literal["none", "jwt"] = "none"
     hs256_secret: str | None = Field(default=None, repr=False)
@@ -298,6 +299,10 @@ class AuthSettings(Strict):
     issuer: str | None = None
     audience: str | None = None
     leeway: float = Field(default=30.0, ge=0)
+    # With mode none, `tripwire serve` writes a random admin token to this file (mode 0600) at
+    # start-up, or reuses the one there, so `tripwire tasks` and the console work with no token
+    # set up; empty turns it off. Never used with mode jwt.
+    local_admin_file: str = "~/.config/tripwire/admin-token"
 
     @field_validator("hs256_secret")
     @classmethod

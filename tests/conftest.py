@@ -8,6 +8,15 @@ import pytest
 from tests.harness import MockProviderThread, ProxyThread, running
 
 
+@pytest.fixture(autouse=True)
+def local_admin_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test's own local admin token file: a `tripwire serve` the test starts writes it
+    there, the CLI reads it there, and the user's home is never touched."""
+    path = tmp_path / "local-admin-token"
+    monkeypatch.setenv("TRIPWIRE_AUTH__LOCAL_ADMIN_FILE", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def mock_thread() -> Iterator[MockProviderThread]:
     with MockProviderThread() as mock:

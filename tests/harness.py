@@ -20,8 +20,9 @@ from proxy.session.base import TaskView
 class ProxyThread:
     """A running proxy; ``base_url`` is its root, ``openai_url`` what the OpenAI SDK wants."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, local_token: str | None = None) -> None:
         self.config = config
+        self.local_token = local_token  # as `tripwire serve` passes it on a default install
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -38,7 +39,7 @@ class ProxyThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._app = build_app(self.config)
+        self._app = build_app(self.config, local_token=self.local_token)
         runner = web.AppRunner(self._app, handler_cancellation=False)
         try:
             await runner.setup()

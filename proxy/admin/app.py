@@ -1,10 +1,12 @@
 """The admin API: tasks created ahead, listed, inspected, killed, resumed and extended.
 
 Every call needs a Tripwire token with the ``admin`` role, whatever ``auth.mode`` says for agent
-traffic. A token with a ``tenant`` claim sees only that tenant's tasks and addresses them by
-their plain id (the ledger's key is ``<tenant>/<task>``); a token without one is a global admin
-and addresses every task by its full key. Another tenant's task answers 404, exactly like a task
-that does not exist, so an admin cannot learn which ids other tenants use.
+traffic; a token with the ``viewer`` role may read (every GET) but not act. With ``auth.mode:
+none`` the local admin token (``proxy.admin.local``) counts as a global admin's. A token with
+a ``tenant`` claim sees only that tenant's tasks and addresses them by their plain id (the
+ledger's key is ``<tenant>/<task>``); a token without one is a global admin and addresses every
+task by its full key. Another tenant's task answers 404, exactly like a task that does not
+exist, so an admin cannot learn which ids other tenants use.
 """
 
 from __future__ import annotations
@@ -13,22 +15,26 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from proxy.admin import models
+from proxy.admin import insight, models
+from proxy.admin.local import LocalAdmin
 from proxy.admin.openapi import build_document
+from proxy.admin.views import SORT_KEYS, Caller, Views
 from proxy.audit import AuditEvent, AuditLog
-from proxy.auth import Claims, TokenVerifier
+from proxy.auth import TokenVerifier
 from proxy.config import Config
 from proxy.detectors.base import Trip, TripReason
 from proxy.errors import AuthError, StateUnavailable
+from proxy.policy.rules import PolicyBook
 from proxy.session.base import Ledger, TaskView
+from proxy.telemetry.activity import Activity
 from proxy.telemetry.logs import event
+from proxy.telemetry.record import Telemetry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
@@ -75,34 +81,6 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, "internal_error", "Tripwire failed to handle this request")
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """A verified admin: ``tenant`` None means every tenant."""
-
-    claims: Claims
-
-    @property
-    def tenant(self) -> str | None:
-        return self.claims.tenant
-
-    @property
-    def actor(self) -> str:
-        return self.claims.sub or "admin"
-
-    def key(self, task: str) -> str:
-        return f"{self.tenant}/{task}" if self.tenant else task
-
-    def public_id(self, key: str) -> str:
-        if self.tenant and key.startswith(f"{self.tenant}/"):
-            return key[len(self.tenant) + 1 :]
-        return key
-
-    def sees(self, view: TaskView) -> bool:
-        if self.tenant is None:
-            return True
-        return view.tenant == self.tenant and view.task.startswith(f"{self.tenant}/")
-
-
 def _validation_message(error: ValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
@@ -111,73 +89,22 @@ def _validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _view_out(caller: Caller, view: TaskView, now: float) -> dict[str, Any]:
-    trip = view.killed
-    # A limit set on the task wins over the policy's and the token's; a view may still carry
-    # the budget its last call saw, from before a resume raised it.
-    max_tokens = view.max_tokens
-    if "max_tokens" in view.overrides:
-        max_tokens = int(view.overrides["max_tokens"])
-    left = None
-    if max_tokens is not None:
-        left = max(max_tokens - view.tokens_used - view.tokens_reserved, 0)
-    return {
-        "task": caller.public_id(view.task),
-        "key": view.task,
-        "tenant": view.tenant,
-        "owner": view.owner,
-        "state": "killed" if trip is not None else "active",
-        "tokens_used": view.tokens_used,
-        "tokens_reserved": view.tokens_reserved,
-        "tokens_left": left,
-        "max_tokens": max_tokens,
-        "cost_usd": view.cost_usd,
-        "calls": view.calls,
-        "hops": view.hops,
-        "agents": list(view.agents),
-        "started": view.started,
-        "last_seen": view.last_seen,
-        "age_s": max(now - view.started, 0.0) if view.started else 0.0,
-        "limits": dict(view.overrides),
-        "extra_duration_s": view.extra_duration,
-        "trip": (
-            {"reason": str(trip.reason), "detail": trip.detail, "figures": trip.figures}
-            if trip is not None
-            else None
-        ),
-        "envelopes": dict(view.envelopes),
-    }
-
-
-def summary(caller: Caller, view: TaskView, now: float) -> models.TaskSummary:
-    return models.TaskSummary.model_validate(_view_out(caller, view, now))
-
-
-def detail(caller: Caller, view: TaskView, now: float) -> models.TaskDetail:
-    fields = _view_out(caller, view, now)
-    fields["previews"] = [
-        {"agent": p.agent, "fingerprint": p.fingerprint or "", "text": p.text or ""}
-        for p in view.previews
-    ]
-    fields["timeline"] = [{"at": e.at, "kind": e.kind, "detail": e.detail} for e in view.timeline]
-    return models.TaskDetail.model_validate(fields)
-
-
-_SORT_KEYS: dict[str, Callable[[TaskView], float]] = {
-    "spend": lambda view: view.cost_usd,
-    "calls": lambda view: view.calls,
-    "tokens": lambda view: view.tokens_used,
-    # Older first under "desc", as with the other keys: the largest age first.
-    "age": lambda view: -view.started,
-}
-
-
 class AdminState:
-    def __init__(self, config: Config, ledger: Ledger, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        audit: AuditLog,
+        activity: Activity,
+        local: LocalAdmin | None = None,
+    ) -> None:
         self.config = config
         self.ledger = ledger
         self.audit = audit
+        self.activity = activity
+        self.local = local
         self.verifier = TokenVerifier(config.auth)
+        self.views = Views(PolicyBook(config.policy), activity)
         self.document = build_document()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -186,7 +113,17 @@ class AdminState:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("the admin API needs a Tripwire token as Authorization: Bearer")
-        claims = self.verifier.verify(token.strip())
+        token = token.strip()
+        if self.local is not None and self.local.matches(token):
+            return Caller(self.local.claims)
+        if self.local is not None and not self.verifier.configured:
+            raise AuthError(
+                "this is not the local admin token: use the one in auth.local_admin_file "
+                "(`tripwire tasks` and `tripwire console` read it)"
+            )
+        claims = self.verifier.verify(token)
+        if request.method in ("GET", "HEAD") and claims.is_viewer:
+            return Caller(claims)
         if not claims.is_admin:
             raise ApiError(403, "forbidden", "this token does not carry the admin role")
         return Caller(claims)
@@ -272,7 +209,7 @@ class AdminState:
         await self.record(
             caller, "create", view, "created ahead of its first call", limits=overrides, owner=owner
         )
-        return self.reply(detail(caller, view, time.time()), 201)
+        return self.reply(self.views.detail(caller, view, time.time()), 201)
 
     async def list_tasks(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
@@ -286,7 +223,7 @@ class AdminState:
             views = [view for view in views if (view.killed is not None) == killed]
         if query.agent is not None:
             views = [view for view in views if query.agent in view.agents]
-        metric = _SORT_KEYS[query.sort]
+        metric = SORT_KEYS[query.sort]
         views.sort(key=lambda view: view.task)  # a stable order among equals, page after page
         views.sort(key=metric, reverse=query.order == "desc")
         start = int(query.cursor) if query.cursor is not None else 0
@@ -295,7 +232,7 @@ class AdminState:
         now = time.time()
         return self.reply(
             models.TaskList(
-                tasks=[summary(caller, view, now) for view in page],
+                tasks=[self.views.summary(caller, view, now) for view in page],
                 next_cursor=str(end) if end < len(views) else None,
             )
         )
@@ -303,7 +240,7 @@ class AdminState:
     async def show(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
         view = await self.task(caller, request.match_info["task"])
-        return self.reply(detail(caller, view, time.time()))
+        return self.reply(self.views.detail(caller, view, time.time()))
 
     async def kill(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
@@ -318,7 +255,7 @@ class AdminState:
         if not await self.ledger.kill(view.task, trip):
             raise ApiError(409, "task_killed", f"task {task!r} is killed already")
         await self.record(caller, "kill", view, body.reason, reason=str(trip.reason))
-        return self.reply(detail(caller, await self.task(caller, task), time.time()))
+        return self.reply(self.views.detail(caller, await self.task(caller, task), time.time()))
 
     async def resume(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
@@ -337,7 +274,7 @@ class AdminState:
             data["previous_limits"] = {name: view.overrides.get(name) for name in overrides}
             data["previous_max_tokens"] = view.max_tokens
         await self.record(caller, "resume", view, body.note, **data)
-        return self.reply(detail(caller, resumed, time.time()))
+        return self.reply(self.views.detail(caller, resumed, time.time()))
 
     async def extend(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
@@ -355,7 +292,7 @@ class AdminState:
             seconds=body.seconds,
             extra_duration_s=extended.extra_duration,
         )
-        return self.reply(detail(caller, extended, time.time()))
+        return self.reply(self.views.detail(caller, extended, time.time()))
 
     async def audit_trail(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
@@ -403,9 +340,20 @@ class AdminState:
 STATE = web.AppKey("admin_state", AdminState)
 
 
-def build_admin_app(config: Config, ledger: Ledger, audit: AuditLog) -> web.Application:
-    """The admin API as an aiohttp sub-application, to mount at ``/tripwire/v1``."""
-    state = AdminState(config, ledger, audit)
+def build_admin_app(
+    config: Config,
+    ledger: Ledger,
+    audit: AuditLog,
+    telemetry: Telemetry | None = None,
+    local_token: str | None = None,
+) -> web.Application:
+    """The admin API as an aiohttp sub-application, to mount at ``/tripwire/v1``; given the
+    proxy's telemetry, it keeps the recent activity the console shows."""
+    activity = Activity()
+    if telemetry is not None:
+        telemetry.call_listeners.append(activity.record)
+    local = LocalAdmin(local_token) if local_token and config.auth.mode == "none" else None
+    state = AdminState(config, ledger, audit, activity, local)
     app = web.Application(middlewares=[_errors])
     app[STATE] = state
     router = app.router
@@ -417,5 +365,6 @@ def build_admin_app(config: Config, ledger: Ledger, audit: AuditLog) -> web.Appl
     router.add_post("/tasks/{task}/resume", state.resume)
     router.add_post("/tasks/{task}/extend", state.extend)
     router.add_get("/audit", state.audit_trail, allow_head=False)
+    insight.add_routes(router, state)
     router.add_route("*", "/{tail:.*}", state.fallback)
     return app

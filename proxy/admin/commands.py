@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from proxy.admin.client import AdminError, request, task_path
+from proxy.admin.local import FILE_ENV, read_token, token_path
 from proxy.auth import Claims, mint
 from proxy.config import Limits, check_hs256_secret
 
@@ -205,12 +206,60 @@ def render_audit(events: list[dict[str, Any]]) -> str:
     return "\n".join(lines) or "no events"
 
 
-def _connection(args: argparse.Namespace) -> tuple[str, str] | None:
+def _connection(args: argparse.Namespace) -> tuple[str, str, bool] | None:
+    """The URL, the token, and whether the token is the local one read from its file."""
     url = args.url or os.environ.get("TRIPWIRE_URL") or DEFAULT_URL
     admin_token = args.token or os.environ.get("TRIPWIRE_ADMIN_TOKEN")
-    if not admin_token:
-        return None
-    return url, admin_token
+    if admin_token:
+        return url, admin_token, False
+    local = read_token(token_path())
+    return (url, local, True) if local else None
+
+
+def _no_token_message() -> str:
+    path = token_path()
+    where = f"in {path}" if path is not None else f"(${FILE_ENV} is empty)"
+    return (
+        f"no admin token: none given with --token or TRIPWIRE_ADMIN_TOKEN, and no local admin "
+        f"token {where}. A local `tripwire serve` with auth.mode none writes one at start-up; "
+        f"with auth.mode jwt, mint one: tripwire token --secret-env <VAR> --role admin --sub <you>"
+    )
+
+
+def _refused_message(error: AdminError, local: bool) -> str:
+    if local:
+        return (
+            f"{error}. The local admin token ({token_path()}) is accepted only by a "
+            "`tripwire serve` with auth.mode none that uses the same file: for this one give "
+            "--token or TRIPWIRE_ADMIN_TOKEN (tripwire token --secret-env <VAR> --role admin)"
+        )
+    if error.status == 401:
+        return f"{error}. Check the token's expiry and signing key, or mint a new one: " + (
+            "tripwire token --secret-env <VAR> --role admin --sub <you>"
+        )
+    return f"{error}. `tasks` needs a token with the admin role (mint one with --role admin)"
+
+
+def console(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    url = (args.url or os.environ.get("TRIPWIRE_URL") or DEFAULT_URL).rstrip("/")
+    if "://" not in url:
+        return _fail(f"--url needs a scheme: http://{url}", 2)
+    link = f"{url}/tripwire/ui/"
+    local = read_token(token_path())
+    if local:
+        link += f"#token={local}"
+    else:
+        print(
+            "tripwire: no local admin token found; the console will ask for an admin or "
+            "viewer token",
+            file=sys.stderr,
+        )
+    print(link, file=out or sys.stdout)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(link)
+    return 0
 
 
 _Api = Callable[..., Any]
@@ -286,8 +335,8 @@ _COMMANDS = {
 def tasks(args: argparse.Namespace, out: TextIO | None = None) -> int:
     connection = _connection(args)
     if connection is None:
-        return _fail("give an admin token with --token or TRIPWIRE_ADMIN_TOKEN", 2)
-    url, admin_token = connection
+        return _fail(_no_token_message(), 2)
+    url, admin_token, local = connection
 
     def api(method: str, path: str, **options: Any) -> Any:
         return request(url, admin_token, method, path, **options)
@@ -298,6 +347,8 @@ def tasks(args: argparse.Namespace, out: TextIO | None = None) -> int:
         item = exc.errors()[0]
         return _fail(f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}", 2)
     except AdminError as exc:
+        if exc.status in (401, 403):
+            return _fail(_refused_message(exc, local))
         return _fail(str(exc))
     print(json.dumps(data, indent=2) if args.json else text, file=out or sys.stdout)
     return 0

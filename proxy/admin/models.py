@@ -101,7 +101,7 @@ class ListQuery(BaseModel):
         min_length=1, max_length=64, pattern=TENANT_PATTERN, description="global admins only"
     )
     agent: str = _optional(min_length=1, max_length=128)
-    sort: Literal["spend", "calls", "tokens", "age"] = "spend"
+    sort: Literal["spend", "calls", "tokens", "age", "recent"] = "spend"
     order: Literal["asc", "desc"] = "desc"
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str = _optional(
@@ -117,6 +117,12 @@ class AuditQuery(BaseModel):
         min_length=1, max_length=64, pattern=TENANT_PATTERN, description="global admins only"
     )
     limit: int = Field(default=100, ge=1, le=1000)
+
+
+class TripsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    limit: int = Field(default=200, ge=1, le=1000)
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -155,12 +161,19 @@ class TaskSummary(Response):
     tokens_left: int | None
     max_tokens: int | None
     cost_usd: float
+    max_cost_usd: float | None = Field(description="the task's own limit, else the policy's")
     calls: int
+    max_calls: int | None
+    refused_calls: int = Field(
+        description="calls refused because the task was killed, counted by this replica"
+    )
     hops: int
+    max_hops: int | None
     agents: list[str]
     started: float = Field(description="unix time of the task's creation or first call")
     last_seen: float
     age_s: float
+    deadline: float | None = Field(description="unix time when max_duration runs out")
     limits: dict[str, float] = Field(description="limits set on this task, over the policy's")
     extra_duration_s: float
     trip: TripOut | None
@@ -169,9 +182,22 @@ class TaskSummary(Response):
     )
 
 
+class CallOut(Response):
+    at: float
+    agent: str
+    model: str
+    outcome: str
+    status: int
+    tokens: int
+    cost_usd: float
+
+
 class TaskDetail(TaskSummary):
     previews: list[PreviewOut]
     timeline: list[TimelineOut]
+    recent_calls: list[CallOut] = Field(
+        description="the task's last calls through this replica, oldest first"
+    )
 
 
 class TaskList(Response):
@@ -191,6 +217,58 @@ class AuditEventOut(Response):
 
 class AuditList(Response):
     events: list[AuditEventOut]
+
+
+class Me(Response):
+    actor: str
+    tenant: str | None
+    role: Literal["admin", "viewer"]
+    may_act: bool = Field(description="whether this token may kill, resume, extend and create")
+    local: bool = Field(description="signed in with the local admin token")
+    idle_after_s: float = Field(description="an active task with no call for this long is idle")
+
+
+class MinuteOut(Response):
+    start: float
+    calls: int
+    refused: int
+    tokens: int
+    cost_usd: float
+
+
+class ActivityOut(Response):
+    minutes: list[MinuteOut] = Field(description="the last hour, oldest first, on this replica")
+
+
+class TripFeedItem(Response):
+    at: float
+    task: str
+    tenant: str | None
+    action: Literal["kill", "observe", "operator"]
+    reason: str
+    agent: str | None
+    actor: str
+    detail: str
+    figures: dict[str, Any]
+
+
+class SavedOut(Response):
+    task: str
+    reason: str
+    refused_calls: int
+    calls: int
+    cost_usd: float
+    average_cost_usd: float
+    saved_usd_estimate: float = Field(
+        description="refused_calls x average_cost_usd: what the refused calls would have cost "
+        "at the task's average so far; an estimate, not a measurement"
+    )
+
+
+class TripFeed(Response):
+    trips: list[TripFeedItem]
+    stopped: list[SavedOut]
+    saved_usd_estimate: float
 
 
 class ErrorDetail(Response):

@@ -18,7 +18,8 @@ _ERRORS = {
     400: "the request is not valid: a body or query parameter fails its schema",
     401: "no Tripwire token, or one that is expired, not yet valid, for another audience or "
     "issuer, badly signed or signed with an unknown key",
-    403: "the token does not carry the admin role, or a tenant admin reached for another tenant",
+    403: "the token does not carry the admin role (a viewer's may only read), or a tenant admin "
+    "reached for another tenant",
     404: "no such task (or no such task in the caller's tenant)",
     409: "the task's state forbids it: it exists already, or is killed already",
     415: "the body is not JSON",
@@ -35,6 +36,9 @@ def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         (models.TaskDetail, "serialization"),
         (models.TaskList, "serialization"),
         (models.AuditList, "serialization"),
+        (models.Me, "serialization"),
+        (models.ActivityOut, "serialization"),
+        (models.TripFeed, "serialization"),
         (models.ErrorBody, "serialization"),
     ]
     refs, document = models_json_schema(pairs, ref_template=_REF)
@@ -140,6 +144,30 @@ def build_document() -> dict[str, Any]:
                 "responses": _responses(200, refs["AuditList"], (404,), error),
             }
         },
+        "/me": {
+            "get": {
+                "operationId": "me",
+                "summary": "Who this token is: actor, tenant, role, and whether it may act",
+                "responses": _responses(200, refs["Me"], (), error),
+            }
+        },
+        "/activity": {
+            "get": {
+                "operationId": "activity",
+                "summary": "Calls, refusals, tokens and dollars per minute over the last hour, "
+                "as this replica served them",
+                "responses": _responses(200, refs["ActivityOut"], (), error),
+            }
+        },
+        "/trips": {
+            "get": {
+                "operationId": "listTrips",
+                "summary": "The feed of trips (kill, shadow, operator), and per killed task the "
+                "calls refused after the kill with an estimate of the money they would have cost",
+                "parameters": _query(models.TripsQuery),
+                "responses": _responses(200, refs["TripFeed"], (), error),
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -160,8 +188,10 @@ def build_document() -> dict[str, Any]:
             "title": "Tripwire admin API",
             "version": __version__,
             "description": "Every operation but this document needs a Tripwire token with the "
-            "admin role as Authorization: Bearer. A token with a tenant claim sees only its "
-            "tenant's tasks; another tenant's task answers 404.",
+            "admin role as Authorization: Bearer; a token with the viewer role may use every "
+            "GET. With auth.mode none, the local admin token (auth.local_admin_file) counts as "
+            "a global admin's. A token with a tenant claim sees only its tenant's tasks; "
+            "another tenant's task answers 404.",
         },
         "servers": [{"url": PREFIX}],
         "security": [{"bearerAuth": []}],

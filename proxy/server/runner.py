@@ -47,6 +47,42 @@ def with_mock_upstreams(config: Config, mock_url: str) -> Config:
     return config.model_copy(update={"upstreams": upstreams})
 
 
+def _local_token(config: Config) -> str | None:
+    """The local admin token, with ``auth.mode: none`` and a ``local_admin_file``."""
+    from proxy.admin.local import ensure_token, token_path
+
+    path = token_path(config.auth.local_admin_file)
+    if config.auth.mode != "none" or path is None:
+        return None
+    return ensure_token(path)
+
+
+def _announce_console(host: str, port: int, config: Config, local_token: str | None) -> None:
+    from proxy.admin.local import token_path
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{port}/tripwire/ui/"
+    if local_token is None:
+        event("console", url=url, sign_in="an admin or viewer token")
+        print(f"  Console: {url} (sign in with an admin or viewer token)", file=sys.stderr)
+        return
+    event(
+        "console",
+        url=url,
+        sign_in="`tripwire console`",
+        local_admin_file=str(token_path(config.auth.local_admin_file)),
+    )
+    print(
+        f"  Console: {url} (`tripwire console` prints a signed-in link)",
+        file=sys.stderr,
+        flush=True,
+    )
+    # The sign-in link carries the token in its fragment, which browsers never send: it goes
+    # to a person's terminal only, never to a log that may be shipped elsewhere.
+    if sys.stdout.isatty():
+        print(f"Tripwire console: {url}#token={local_token}", flush=True)
+
+
 async def serve(config: Config, *, mock: bool = False) -> None:
     cleanups = []
     if mock:
@@ -55,7 +91,8 @@ async def serve(config: Config, *, mock: bool = False) -> None:
         mock_runner, _, mock_url = await start_mock_provider("127.0.0.1", 0)
         cleanups.append(mock_runner)
         config = with_mock_upstreams(config, mock_url)
-    runner = web.AppRunner(build_app(config), access_log=None)
+    local_token = _local_token(config)
+    runner = web.AppRunner(build_app(config, local_token=local_token), access_log=None)
     await runner.setup()
     cleanups.insert(0, runner)
     try:
@@ -74,6 +111,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
             mock_provider=mock,
         )
         print(startup_summary(config, f"http://{host}:{port}", mock=mock), file=sys.stderr)
+        _announce_console(host, port, config, local_token)
         # Objects alive after start-up (tokenizer, price data, config) live as long as the
         # process: keep them out of every full collection, whose pauses are the tail latency.
         gc.collect()

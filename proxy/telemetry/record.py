@@ -45,6 +45,7 @@ class TripEvent:
 
 
 TripListener = Callable[[TripEvent], None]
+CallListener = Callable[[CallRecord], None]
 
 
 class Telemetry:
@@ -53,6 +54,9 @@ class Telemetry:
         self.log_calls = log_calls
         # Called on every trip, after metrics and the log line: the audit trail, escalation.
         self.trip_listeners: list[TripListener] = []
+        # Called on every call, forwarded or refused, after metrics and the log line: the
+        # console's recent activity. Cheap and synchronous, like the metrics.
+        self.call_listeners: list[CallListener] = []
 
     def call(self, record: CallRecord) -> None:
         m = self.metrics
@@ -88,6 +92,11 @@ class Telemetry:
                 latency_ms=round(record.latency_s * 1000, 1),
                 overhead_ms=round(record.overhead_s * 1000, 3),
             )
+        for listener in self.call_listeners:
+            try:
+                listener(record)
+            except Exception as exc:  # a faulty listener must never break traffic
+                event("call_listener_failed", logging.ERROR, error=repr(exc))
 
     def task(self, task: str, tokens: int, calls: int, hops: int, cost: float) -> None:
         self.metrics.task_seen(task, tokens, calls, hops, cost)
