@@ -35,7 +35,11 @@ class Replica:
             ],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
-            env={k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")},
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")},
+                # The local admin token stays beside the replica's log, not in the real home.
+                "TRIPWIRE_AUTH__LOCAL_ADMIN_FILE": str(log_file.with_suffix(".admin-token")),
+            },
         )
 
     @property
