@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,8 +121,15 @@ def _num(value: Any, default: float = 0.0) -> float:
 
 
 class RedisLedger:
-    def __init__(self, settings: StateSettings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: StateSettings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.settings = settings
+        # None: the scripts read the Redis server's clock, one clock for every replica.
+        self.clock = clock
         self.metrics = metrics
         self._step_timeout = STEP_TIMEOUTS * settings.redis_timeout
         self.board = KillBoard()
@@ -133,7 +141,7 @@ class RedisLedger:
         self._content_swap = self._resilient(
             self.client.register_script(redis_scripts.CONTENT_SWAP)
         )
-        self._fallback = MemoryLedger(settings)
+        self._fallback = MemoryLedger(settings, clock=clock or time.time)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         self._tasks: list[asyncio.Task[None]] = []
         self.reachable = True
@@ -215,6 +223,9 @@ class RedisLedger:
             )
         self.reachable = False
 
+    def _now(self) -> str:
+        return "" if self.clock is None else repr(self.clock())
+
     def _keys(self, task: str) -> Keys:
         return Keys(self.settings.key_prefix, task)
 
@@ -255,6 +266,7 @@ class RedisLedger:
             self.channel,
             plan.tenant or "",
             plan.owner or "",
+            self._now(),
         ]
         try:
             reply = await self._reserve(
@@ -461,6 +473,7 @@ class RedisLedger:
                     self.channel,
                     message,
                     _timeline_entry("kill", trip.detail),
+                    self._now(),
                 ],
             )
         except _UNREACHABLE as error:
