@@ -453,11 +453,24 @@ class RedisLedger:
             )
             if trip is not None
         ]
+        if trips and grant.policy.on_trip == "observe":
+            # Shadow mode reports a reason once per task, as the reserve script does.
+            trips = await self._first_observed(grant.task, trips)
         killed_now = False
         if trips and grant.policy.on_trip == "kill" and view.killed is None:
             killed_now = await self.kill(grant.task, trips[0])
             view.killed = trips[0] if killed_now else view.killed
         return Settled(view, trips, killed_now)
+
+    async def _first_observed(self, task: str, trips: builtins.list[Trip]) -> builtins.list[Trip]:
+        state = self._keys(task).state
+        try:
+            return [
+                trip for trip in trips if await self.client.hsetnx(state, f"obs|{trip.reason}", 1)
+            ]
+        except _UNREACHABLE as error:
+            self._unreachable("settle", error)
+            return trips
 
     async def kill(self, task: str, trip: Trip) -> bool:
         keys = self._keys(task)

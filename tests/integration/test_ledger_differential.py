@@ -107,7 +107,7 @@ class LedgerPair(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.clock = _Clock()
-        state = {"reservation_ttl": 10_000.0, "task_ttl": 86_400.0, "max_agents_per_task": 64}
+        state = {"reservation_ttl": 10_000.0, "task_ttl": 86_400.0, "max_agents_per_task": 2}
         self.memory = MemoryLedger(StateSettings(**state), clock=self.clock)  # type: ignore[arg-type]
         self.redis = RedisLedger(
             StateSettings(backend="redis", redis_url=redis_url, **state),  # type: ignore[arg-type]
@@ -270,8 +270,8 @@ def test_memory_and_redis_ledgers_agree(redis_server: Any) -> None:
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=int(os.environ.get("LEDGER_EXAMPLES", "60")),
-            stateful_step_count=25,
+            max_examples=int(os.environ.get("TRIPWIRE_LEDGER_EXAMPLES", "150")),
+            stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
