@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import MutableSequence
+from typing import Any
 
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.spec import Detector, Figure
@@ -38,6 +39,21 @@ def observe_repeat(
     )
 
 
+def window_trip(
+    spec: Detector, seen: int, threshold: int, window: int, agent: str, fingerprint: str
+) -> Trip | None:
+    """A settle-phase detector's verdict on a fingerprint seen ``seen`` times in its window."""
+    if seen < threshold:
+        return None
+    return spec.trip(
+        agent=agent, repeats=seen, threshold=threshold, window=window, fingerprint=fingerprint
+    )
+
+
+def _bounds(policy: Any) -> tuple[int, int]:
+    return policy.repeat.threshold, policy.repeat.window
+
+
 _FIGURES = (
     Figure("agent"),
     Figure("repeats"),
@@ -53,6 +69,9 @@ REPEAT_OUTPUT = Detector(
     _FIGURES,
     settings=("repeat.threshold", "repeat.window"),
     state=("the task's last output fingerprints",),
+    fingerprint="output_fingerprint",
+    window="task",
+    bounds=_bounds,
 )
 REPEAT_REQUEST = Detector(
     TripReason.REPEAT_REQUEST,
@@ -61,4 +80,7 @@ REPEAT_REQUEST = Detector(
     _FIGURES,
     settings=("repeat.threshold", "repeat.window"),
     state=("each agent's last request fingerprints",),
+    fingerprint="request_fingerprint",
+    window="agent",
+    bounds=_bounds,
 )

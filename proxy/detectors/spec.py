@@ -92,6 +92,12 @@ class Detector:
     # reads the script's locals and calls ``trip_<reason>(...)``; see redis_scripts.py).
     check: Callable[[Reservation], Allowance] | None = None
     lua: str = ""
+    # settle phase: a fingerprint seen ``threshold`` times in a window trips. ``fingerprint``
+    # names the ``Outcome`` field it watches; ``window`` whose window it keeps (the task's or
+    # each agent's); ``bounds`` reads (threshold, window size) from the policy.
+    fingerprint: str = ""
+    window: Literal["task", "agent"] = "task"
+    bounds: Callable[[Any], tuple[int, int]] | None = None
 
     def trip(self, **figures: Any) -> Trip:
         """A trip of this detector, its figures rounded and ordered as declared."""

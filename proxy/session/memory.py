@@ -20,7 +20,7 @@ from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.content import ContentState, Plain, observe_content
-from proxy.detectors.registry import RESERVE
+from proxy.detectors.registry import RESERVE, SETTLE
 from proxy.detectors.spec import Reservation
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
@@ -47,7 +47,8 @@ _T = TypeVar("_T")
 class _Agent:
     tokens_used: int = 0
     tokens_reserved: int = 0
-    requests: tuple[str, ...] = ()
+    # The agent's windows of the registry's agent-scoped settle detectors, by their position.
+    windows: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(slots=True)
@@ -67,7 +68,7 @@ class _Task:
     # Windows are tuples of strings and numbers, not lists or objects: the garbage collector
     # stops tracking such tuples, so 100k tasks' windows add nothing to a full collection's
     # pause (and an empty deque would cost ~760 bytes a task).
-    outputs: tuple[str, ...] = ()
+    windows: tuple[tuple[str, ...], ...] = ()  # of the task-scoped settle detectors
     killed: Trip | None = None
     observed: frozenset[TripReason] = frozenset()
     max_tokens: int | None = None
@@ -242,25 +243,20 @@ class MemoryLedger:
             preview = (grant.agent, outcome.output_fingerprint, outcome.preview)
             task.previews = _push(task.previews, preview, PREVIEWS_PER_TASK)
         if outcome.completed:
-            settings = grant.policy.repeat
-            if (fingerprint := outcome.output_fingerprint) is not None:
-                task.outputs = window = _push(task.outputs, fingerprint, settings.window)
-                trip = repeat.repeat_trip(
+            for index, detector in enumerate(SETTLE):
+                fingerprint: str | None = getattr(outcome, detector.fingerprint)
+                if fingerprint is None or detector.bounds is None:
+                    continue
+                threshold, size = detector.bounds(grant.policy)
+                holder = task if detector.window == "task" else agent
+                windows = holder.windows + ((),) * (len(SETTLE) - len(holder.windows))
+                window = _push(windows[index], fingerprint, size)
+                holder.windows = (*windows[:index], window, *windows[index + 1 :])
+                trip = repeat.window_trip(
+                    detector,
                     window.count(fingerprint),
-                    settings.threshold,
+                    threshold,
                     len(window),
-                    TripReason.REPEAT_OUTPUT,
-                    grant.agent,
-                    fingerprint,
-                )
-                trips.extend([trip] if trip else [])
-            if (fingerprint := outcome.request_fingerprint) is not None:
-                agent.requests = window = _push(agent.requests, fingerprint, settings.window)
-                trip = repeat.repeat_trip(
-                    window.count(fingerprint),
-                    settings.threshold,
-                    len(window),
-                    TripReason.REPEAT_REQUEST,
                     grant.agent,
                     fingerprint,
                 )

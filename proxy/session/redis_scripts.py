@@ -19,8 +19,10 @@ Keys of one task share the hash tag ``{task}`` so every script touches a single 
                              calls, hops, last_agent, max_tokens, killed, obs|<reason>
     <prefix>:{task}:a        hash: <agent>|u (tokens used), <agent>|r (tokens reserved)
     <prefix>:{task}:z        sorted set of reservations "id|tokens|cost|agent", scored by expiry
-    <prefix>:{task}:o        list: the task's last output fingerprints
-    <prefix>:{task}:r:<a>    list: agent <a>'s last request fingerprints
+    <prefix>:{task}:w:<reason>      list: the window of a task-scoped settle-phase detector
+                                    (repeat_output: the task's last output fingerprints)
+    <prefix>:{task}:w:<reason>:<a>  list: the window of an agent-scoped one, per agent bucket
+                                    (repeat_request: agent <a>'s last request fingerprints)
     <prefix>:{task}:p        list: previews of the last completions (JSON)
     <prefix>:{task}:t        list: the task's timeline of trips, kills, resumes (JSON)
 
@@ -284,11 +286,13 @@ SETTLE = (
     f"-- tripwire settle v{VERSION}\n"
     + _PRELUDE
     + """
-local s, a, z, o, r, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local s, a, z, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local agent, out_fp, req_fp = ARGV[4], ARGV[5], ARGV[6]
-local window, ttl, extra_calls = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local preview = ARGV[10]
+local agent, ttl, extra_calls = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local preview = ARGV[7]
+-- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[8..]: for
+-- each, the fingerprint to observe ('' for none) and the window's size.
+local windows = #KEYS - 5
 
 local function state()
   local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
@@ -301,7 +305,7 @@ if member ~= '' then
   local id = string.match(member, '^[^|]*')
   if redis.call('ZADD', d, 'NX', redis.call('TIME')[1], id) == 0 then
     local st = state()
-    for _ = 1, 4 do table.insert(st, 0) end
+    for _ = 1, 2 * windows do table.insert(st, 0) end
     table.insert(st, 1)  -- a replay: counted when it first ran
     return st
   end
@@ -319,24 +323,29 @@ if extra_calls > 0 then
   redis.call('HSETNX', s, 'started', redis.call('TIME')[1])
 end
 
-local function observe(key, fp)
+local function observe(key, fp, size)
   if fp == '' then return 0, 0 end
   redis.call('LPUSH', key, fp)
-  redis.call('LTRIM', key, 0, window - 1)
+  redis.call('LTRIM', key, 0, size - 1)
   redis.call('EXPIRE', key, ttl)
   return #redis.call('LPOS', key, fp, 'COUNT', 0), redis.call('LLEN', key)
 end
-if out_fp ~= '' then
+if preview ~= '' then
   redis.call('LPUSH', p, preview)
   redis.call('LTRIM', p, 0, PREVIEWS - 1)
   redis.call('EXPIRE', p, ttl)
 end
-local out_seen, out_len = observe(o, out_fp)
-local req_seen, req_len = observe(r, req_fp)
+local counts = {}
+for i = 1, windows do
+  local seen, length = observe(KEYS[5 + i], ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i]))
+  table.insert(counts, seen)
+  table.insert(counts, length)
+end
 
 for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, ttl) end
 local st = state()
-for _, n in ipairs({out_seen, out_len, req_seen, req_len, 0}) do table.insert(st, n) end
+for _, n in ipairs(counts) do table.insert(st, n) end
+table.insert(st, 0)
 return st
 """.replace("PREVIEWS", str(PREVIEWS_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
