@@ -1,7 +1,8 @@
 """The verdict every detector returns: a reason and the figures behind it.
 
-The sentence a person reads is derived from those two alone, so a trip recorded by any state
-backend (or replayed from Redis on another replica) reads the same everywhere.
+The sentence a person reads is derived from those two alone (each detector's template, in the
+registry), so a trip recorded by any state backend (or replayed from Redis on another replica)
+reads the same everywhere.
 """
 
 from __future__ import annotations
@@ -31,58 +32,6 @@ class TripReason(StrEnum):
     LOW_CONFIDENCE = "low_confidence"
 
 
-_DETAILS: dict[TripReason, str] = {
-    TripReason.BUDGET_TOKENS: (
-        "{scope} has {tokens_left} of {max_tokens} tokens left (in use: {tokens_used}, "
-        "reserved by calls in flight: {tokens_reserved}), not enough for this call's prompt "
-        "of about {prompt_tokens_estimate} tokens"
-    ),
-    TripReason.BUDGET_AGENT_TOKENS: (
-        "{scope} has {tokens_left} of {max_tokens} tokens left (in use: {tokens_used}, "
-        "reserved by calls in flight: {tokens_reserved}), not enough for this call's prompt "
-        "of about {prompt_tokens_estimate} tokens"
-    ),
-    TripReason.BUDGET_COST: (
-        "the task has ${cost_left_usd:.4f} of ${max_cost_usd:.2f} left, not enough for this "
-        "call's prompt of about {prompt_tokens_estimate} tokens on {model}"
-    ),
-    TripReason.MAX_CALLS: "the task reached its limit of {max_calls} calls",
-    TripReason.MAX_HOPS: (
-        "handing off from {from_agent} to {to_agent} would be hop {hops}, "
-        "over the limit of {max_hops}"
-    ),
-    TripReason.DEADLINE: (
-        "the task ran {elapsed_s:.0f}s, past its deadline of {max_duration_s:.0f}s"
-    ),
-    TripReason.REPEAT_OUTPUT: (
-        "agent {agent} repeated the same output {repeats} times within the task's last "
-        "{window} outputs"
-    ),
-    TripReason.REPEAT_REQUEST: (
-        "agent {agent} repeated the same request {repeats} times within its last {window} requests"
-    ),
-    TripReason.CYCLE: (
-        "the task went round the same cycle of {period} outputs ({cycle}) {rounds} times in a "
-        "row; each output at least {similarity:.0%} like the one a cycle earlier"
-    ),
-    TripReason.NEAR_DUPLICATE: (
-        "agent {agent} gave {repeats} nearly identical outputs (similarity up to "
-        "{max_similarity:.0%}, threshold {similarity:.0%}) within the task's last {window} outputs"
-    ),
-    TripReason.NO_PROGRESS: (
-        "the task's last {completions} outputs added {new_share:.1%} new content, below the "
-        "minimum of {min_new_share:.0%}"
-    ),
-    TripReason.OPERATOR: "stopped by {by}: {note}",
-    # The problem itself is among the figures, which every refusal lists after the sentence.
-    TripReason.INVALID_ENVELOPE: "agent {agent} answered without a valid status envelope",
-    TripReason.LOW_CONFIDENCE: (
-        "agent {agent} reported confidence {confidence:g} (status {status}), below the "
-        "threshold of {min_confidence:g}"
-    ),
-}
-
-
 @dataclass(frozen=True, slots=True)
 class Trip:
     reason: TripReason
@@ -91,8 +40,11 @@ class Trip:
     @property
     def detail(self) -> str:
         """One sentence a person reads in the refused call's error message."""
+        # Imported here: the registry imports every detector, and each of them this module.
+        from proxy.detectors.registry import BY_REASON
+
         try:
-            return _DETAILS[self.reason].format(**self.figures)
+            return BY_REASON[self.reason].detail(self.figures)
         except (KeyError, ValueError, IndexError):
             return f"{self.reason} ({self.figures})"
 

@@ -28,6 +28,7 @@ from proxy.detectors.shingles import (
     similarities,
     unpack_entries,
 )
+from proxy.detectors.spec import Detector, Figure
 
 MAX_PERIOD = 6
 _NAME_CHARS = 40  # agent names kept for the trip's sentence, cut to bound the state
@@ -84,15 +85,12 @@ def observe_shingles(
 
 
 def _trip(names: tuple[str, ...], period: int, agent: str, settings: CycleSettings) -> Trip:
-    return Trip(
-        TripReason.CYCLE,
-        {
-            "agent": agent,
-            "period": period,
-            "rounds": settings.rounds,
-            "cycle": " -> ".join(names),
-            "similarity": settings.similarity,
-        },
+    return CYCLE.trip(
+        agent=agent,
+        period=period,
+        rounds=settings.rounds,
+        cycle=" -> ".join(names),
+        similarity=settings.similarity,
     )
 
 
@@ -100,3 +98,20 @@ def observe(
     state: CycleState, agent: str, text: str, settings: CycleSettings
 ) -> tuple[CycleState, Trip | None]:
     return observe_shingles(state, agent, shingle(text), settings)
+
+
+CYCLE = Detector(
+    TripReason.CYCLE,
+    "content",
+    "the task went round the same cycle of {period} outputs ({cycle}) {rounds} times in a "
+    "row; each output at least {similarity:.0%} like the one a cycle earlier",
+    (
+        Figure("agent"),
+        Figure("period"),
+        Figure("rounds"),
+        Figure("cycle"),
+        Figure("similarity"),
+    ),
+    settings=("cycle",),
+    state=("content: the last outputs' sketches and agents, runs per period",),
+)

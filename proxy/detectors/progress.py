@@ -23,6 +23,7 @@ import numpy as np
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import NoProgressSettings
 from proxy.detectors.shingles import Hashes, Shingles, shingle, sorted_unique
+from proxy.detectors.spec import Detector, Figure
 
 _ALL = 1 << 32  # the threshold before the sample first fills: every hash is kept
 _VERSION = 1
@@ -89,15 +90,12 @@ def _verdict(
     sampled = sum(s for _, s in recent)
     if sampled < settings.min_sampled or new >= settings.min_new_share * sampled:
         return None
-    return Trip(
-        TripReason.NO_PROGRESS,
-        {
-            "agent": agent,
-            "completions": settings.completions,
-            "new_share": round(new / sampled, 4),
-            "min_new_share": settings.min_new_share,
-            "sampled": sampled,
-        },
+    return NO_PROGRESS.trip(
+        agent=agent,
+        completions=settings.completions,
+        new_share=new / sampled,
+        min_new_share=settings.min_new_share,
+        sampled=sampled,
     )
 
 
@@ -105,3 +103,20 @@ def observe(
     state: NoProgressState, agent: str, text: str, settings: NoProgressSettings
 ) -> tuple[NoProgressState, Trip | None]:
     return observe_shingles(state, agent, shingle(text), settings)
+
+
+NO_PROGRESS = Detector(
+    TripReason.NO_PROGRESS,
+    "content",
+    "the task's last {completions} outputs added {new_share:.1%} new content, below the "
+    "minimum of {min_new_share:.0%}",
+    (
+        Figure("agent"),
+        Figure("completions"),
+        Figure("new_share", decimals=4),
+        Figure("min_new_share"),
+        Figure("sampled"),
+    ),
+    settings=("no_progress",),
+    state=("content: a sample of the task's shingle hashes, new shares of the last outputs",),
+)

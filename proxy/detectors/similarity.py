@@ -22,6 +22,7 @@ from proxy.detectors.shingles import (
     similarities,
     unpack_entries,
 )
+from proxy.detectors.spec import Detector, Figure
 
 _VERSION = 1
 _HEADER = struct.Struct("<BB")
@@ -61,15 +62,12 @@ def observe_shingles(
         alike = scores >= settings.similarity
         repeats = int(alike.sum()) + 1
         if repeats >= settings.repeats:
-            trip = Trip(
-                TripReason.NEAR_DUPLICATE,
-                {
-                    "agent": agent,
-                    "repeats": repeats,
-                    "max_similarity": round(float(scores.max()), 3),
-                    "similarity": settings.similarity,
-                    "window": settings.window,
-                },
+            trip = NEAR_DUPLICATE.trip(
+                agent=agent,
+                repeats=repeats,
+                max_similarity=float(scores.max()),
+                similarity=settings.similarity,
+                window=settings.window,
             )
     return NearDuplicateState((*earlier, (key, shingles.sketch))), trip
 
@@ -78,3 +76,20 @@ def observe(
     state: NearDuplicateState, agent: str, text: str, settings: NearDuplicateSettings
 ) -> tuple[NearDuplicateState, Trip | None]:
     return observe_shingles(state, agent, shingle(text), settings)
+
+
+NEAR_DUPLICATE = Detector(
+    TripReason.NEAR_DUPLICATE,
+    "content",
+    "agent {agent} gave {repeats} nearly identical outputs (similarity up to "
+    "{max_similarity:.0%}, threshold {similarity:.0%}) within the task's last {window} outputs",
+    (
+        Figure("agent"),
+        Figure("repeats"),
+        Figure("max_similarity", decimals=3),
+        Figure("similarity"),
+        Figure("window"),
+    ),
+    settings=("near_duplicate",),
+    state=("content: the window's sketches and agents",),
+)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from proxy.config import DEFAULT_POLICY_PATH, Policy, RepeatSettings, TripAction
+from proxy.detectors import registry, repeat
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.content import ContentState, observe_content
 from proxy.detectors.repeat import observe_repeat
@@ -28,14 +29,12 @@ from proxy.providers.base import Output
 from proxy.replay.traces import Trace
 from proxy.tokens import count_text
 
-REPEAT = "repeat_output"
-DETECTORS = (REPEAT, "cycle", "near_duplicate", "no_progress")
-_BY_REASON = {
-    TripReason.REPEAT_OUTPUT: REPEAT,
-    TripReason.CYCLE: "cycle",
-    TripReason.NEAR_DUPLICATE: "near_duplicate",
-    TripReason.NO_PROGRESS: "no_progress",
-}
+# The detectors a trace's completions can trip, in the registry's order: the task's repeated
+# output (settle phase) and every content detector. A new content detector replays by itself.
+_REPLAYED = (repeat.REPEAT_OUTPUT, *registry.CONTENT)
+REPEAT = str(repeat.REPEAT_OUTPUT.reason)
+DETECTORS = tuple(str(detector.reason) for detector in _REPLAYED)
+_BY_REASON = {detector.reason: str(detector.reason) for detector in _REPLAYED}
 
 
 class DetectorPolicy(BaseModel):

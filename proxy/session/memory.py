@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -19,6 +20,8 @@ from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.content import ContentState, Plain, observe_content
+from proxy.detectors.registry import RESERVE, SETTLE
+from proxy.detectors.spec import Reservation
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session.base import (
@@ -44,7 +47,8 @@ _T = TypeVar("_T")
 class _Agent:
     tokens_used: int = 0
     tokens_reserved: int = 0
-    requests: tuple[str, ...] = ()
+    # The agent's windows of the registry's agent-scoped settle detectors, by their position.
+    windows: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(slots=True)
@@ -59,11 +63,12 @@ class _Task:
     calls: int = 0
     hops: int = 0
     last_agent: str | None = None
+    clocked: bool = False  # the deadline's clock runs: set by the first call checked
     agents: dict[str, _Agent] = field(default_factory=dict)
     # Windows are tuples of strings and numbers, not lists or objects: the garbage collector
     # stops tracking such tuples, so 100k tasks' windows add nothing to a full collection's
     # pause (and an empty deque would cost ~760 bytes a task).
-    outputs: tuple[str, ...] = ()
+    windows: tuple[tuple[str, ...], ...] = ()  # of the task-scoped settle detectors
     killed: Trip | None = None
     observed: frozenset[TripReason] = frozenset()
     max_tokens: int | None = None
@@ -76,13 +81,14 @@ class _Task:
     timeline: tuple[tuple[float, str, str], ...] = ()  # at, kind, detail
     envelopes: dict[str, int] | None = None  # only workers' tasks pay for the table
 
-    def mark(self, kind: str, detail: str) -> None:
-        self.timeline = _push(self.timeline, (time.time(), kind, detail), TIMELINE_PER_TASK)
+    def mark(self, kind: str, detail: str, at: float) -> None:
+        self.timeline = _push(self.timeline, (at, kind, detail), TIMELINE_PER_TASK)
 
 
 class MemoryLedger:
-    def __init__(self, settings: StateSettings) -> None:
+    def __init__(self, settings: StateSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock  # for steps without a CallPlan (kill, create, the timeline)
         self.board = KillBoard()
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
         self._sweeper: asyncio.Task[None] | None = None
@@ -134,15 +140,14 @@ class MemoryLedger:
             task.last_seen = now
         return task
 
+    def _bucket(self, task: _Task, name: str) -> str:
+        """The agent's own name, or ``other`` once the task has its maximum of agents."""
+        if name in task.agents or len(task.agents) < self.settings.max_agents_per_task:
+            return name
+        return OTHER_AGENTS
+
     def _agent(self, task: _Task, name: str) -> _Agent:
-        agent = task.agents.get(name)
-        if agent is None:
-            if len(task.agents) >= self.settings.max_agents_per_task:
-                name = OTHER_AGENTS
-                agent = task.agents.get(name)
-            if agent is None:
-                agent = task.agents[name] = _Agent()
-        return agent
+        return task.agents.setdefault(self._bucket(task, name), _Agent())
 
     async def reserve(self, plan: CallPlan) -> Grant:
         task = self._touch(plan.task, plan.now)
@@ -153,63 +158,51 @@ class MemoryLedger:
         if task.overrides:
             lim = lim.model_copy(update=task.overrides)
         task.max_tokens = lim.max_tokens
-        agent = self._agent(task, plan.agent)
-        duration = lim.max_duration + task.extra_duration if lim.max_duration else None
-        checks = [
-            limits.check_deadline(task.started, plan.now, duration),
-            limits.check_calls(task.calls, lim.max_calls),
-            limits.check_hops(task.last_agent, plan.agent, task.hops, lim.max_hops),
-        ]
-        allowances = [
-            budget.token_allowance(
-                TripReason.BUDGET_TOKENS,
-                lim.max_tokens,
-                task.tokens_used,
-                task.tokens_reserved,
-                plan.prompt_tokens,
-                f"task {plan.task}",
-            ),
-            budget.token_allowance(
-                TripReason.BUDGET_AGENT_TOKENS,
-                lim.max_tokens_per_agent,
-                agent.tokens_used,
-                agent.tokens_reserved,
-                plan.prompt_tokens,
-                f"agent {plan.agent}",
-            ),
-            budget.cost_allowance(
-                lim.max_cost_usd,
-                task.cost_used,
-                task.cost_reserved,
-                plan.prompt_tokens,
-                plan.price,
-            ),
-        ]
-        checks.extend(a.trip for a in allowances)
-        if plan.policy.on_trip == "kill" and not any(checks) and any(a.busy for a in allowances):
+        # The agent joins the task only once one of its calls is reserved.
+        bucket = self._bucket(task, plan.agent)
+        agent = task.agents.get(bucket) or _Agent()
+        state = Reservation(
+            task=plan.task,
+            agent=plan.agent,
+            prompt=plan.prompt_tokens,
+            price=plan.price,
+            now=plan.now,
+            started=task.started,
+            limits=lim,
+            max_duration=lim.max_duration + task.extra_duration if lim.max_duration else None,
+            used=task.tokens_used,
+            reserved=task.tokens_reserved,
+            agent_used=agent.tokens_used,
+            agent_reserved=agent.tokens_reserved,
+            cost=task.cost_used,
+            cost_reserved=task.cost_reserved,
+            calls=task.calls,
+            hops=task.hops,
+            last_agent=task.last_agent,
+        )
+        allowances = [detector.check(state) for detector in RESERVE if detector.check]
+        checks = [a.trip for a in allowances if a.trip is not None]
+        if plan.policy.on_trip == "kill" and not checks and any(a.busy for a in allowances):
             raise Busy(plan.task, task.tokens_reserved)
         cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
-        if cap == 0:
+        if cap == 0 and not checks:
             checks.append(budget.too_many_choices(plan.choices))
         observed: list[Trip] = []
         for trip in checks:
-            if trip is None:
-                continue
             if plan.policy.on_trip == "kill":
                 task.killed = trip
-                task.mark("kill", trip.detail)
+                task.mark("kill", trip.detail, self.clock())
                 self.board.cut(plan.task, trip)
                 raise Denied(plan.task, trip, fresh=True)
             if trip.reason not in task.observed:
                 task.observed |= {trip.reason}
                 observed.append(trip)
         # Shadow mode changes nothing the agent receives, so an over-budget cap is left alone.
-        tripped = any(trip is not None for trip in checks)
         enforce = (
             plan.policy.on_trip == "kill"
             and cap is not None
             and cap != plan.requested_output
-            and not tripped
+            and not checks
         )
         output = cap * plan.choices if cap is not None else 0
         reserved = plan.prompt_tokens + output
@@ -219,6 +212,7 @@ class MemoryLedger:
         task.calls += 1
         task.hops = limits.hops_after(task.last_agent, plan.agent, task.hops)
         task.last_agent = plan.agent
+        task.agents.setdefault(bucket, agent)
         task.tokens_reserved += reserved
         agent.tokens_reserved += reserved
         task.cost_reserved += reserved_cost
@@ -249,25 +243,20 @@ class MemoryLedger:
             preview = (grant.agent, outcome.output_fingerprint, outcome.preview)
             task.previews = _push(task.previews, preview, PREVIEWS_PER_TASK)
         if outcome.completed:
-            settings = grant.policy.repeat
-            if (fingerprint := outcome.output_fingerprint) is not None:
-                task.outputs = window = _push(task.outputs, fingerprint, settings.window)
-                trip = repeat.repeat_trip(
+            for index, detector in enumerate(SETTLE):
+                fingerprint: str | None = getattr(outcome, detector.fingerprint)
+                if fingerprint is None or detector.bounds is None:
+                    continue
+                threshold, size = detector.bounds(grant.policy)
+                holder = task if detector.window == "task" else agent
+                windows = holder.windows + ((),) * (len(SETTLE) - len(holder.windows))
+                window = _push(windows[index], fingerprint, size)
+                holder.windows = (*windows[:index], window, *windows[index + 1 :])
+                trip = repeat.window_trip(
+                    detector,
                     window.count(fingerprint),
-                    settings.threshold,
+                    threshold,
                     len(window),
-                    TripReason.REPEAT_OUTPUT,
-                    grant.agent,
-                    fingerprint,
-                )
-                trips.extend([trip] if trip else [])
-            if (fingerprint := outcome.request_fingerprint) is not None:
-                agent.requests = window = _push(agent.requests, fingerprint, settings.window)
-                trip = repeat.repeat_trip(
-                    window.count(fingerprint),
-                    settings.threshold,
-                    len(window),
-                    TripReason.REPEAT_REQUEST,
                     grant.agent,
                     fingerprint,
                 )
@@ -275,7 +264,7 @@ class MemoryLedger:
         killed = False
         if trips and grant.policy.on_trip == "kill" and task.killed is None:
             task.killed = trips[0]
-            task.mark("kill", trips[0].detail)
+            task.mark("kill", trips[0].detail, self.clock())
             killed = True
             self.board.cut(grant.task, trips[0])
         elif grant.policy.on_trip == "observe":
@@ -284,11 +273,13 @@ class MemoryLedger:
         return Settled(self._view(task), trips, killed)
 
     async def kill(self, task_name: str, trip: Trip) -> bool:
-        task = self._touch(task_name, time.time())
+        task = self._touch(task_name, self.clock())
         if task.killed is not None:
             return False
+        if not task.clocked:  # a kill before any call starts the deadline's clock
+            task.started, task.clocked = task.last_seen, True
         task.killed = trip
-        task.mark("kill", trip.detail)
+        task.mark("kill", trip.detail, self.clock())
         self.board.cut(task_name, trip)
         return True
 
@@ -313,7 +304,7 @@ class MemoryLedger:
             if action == "kill":
                 if state.killed is None:
                     state.killed = trip
-                    state.mark("kill", trip.detail)
+                    state.mark("kill", trip.detail, self.clock())
                     self.board.cut(task, trip)
                     reported.append((trip, action))
             elif trip.reason not in state.observed:
@@ -331,11 +322,11 @@ class MemoryLedger:
     async def create(
         self, task: str, *, tenant: str | None, owner: str | None, overrides: dict[str, float]
     ) -> TaskView:
-        state = self._touch(task, time.time())
+        state = self._touch(task, self.clock())
         state.tenant = tenant if tenant is not None else state.tenant
         state.owner = owner if owner is not None else state.owner
         state.overrides.update(overrides)
-        state.mark("created", _describe_limits(overrides))
+        state.mark("created", _describe_limits(overrides), self.clock())
         return self._view(state)
 
     async def resume(self, task: str, overrides: dict[str, float], note: str) -> TaskView | None:
@@ -345,7 +336,7 @@ class MemoryLedger:
         state.killed = None
         state.observed = frozenset()
         state.overrides.update(overrides)
-        state.mark("resume", f"{note} {_describe_limits(overrides)}".strip())
+        state.mark("resume", f"{note} {_describe_limits(overrides)}".strip(), self.clock())
         return self._view(state)
 
     async def extend(self, task: str, seconds: float, note: str) -> TaskView | None:
@@ -353,7 +344,7 @@ class MemoryLedger:
         if state is None:
             return None
         state.extra_duration += seconds
-        state.mark("extend", f"deadline moved {seconds:.0f}s later {note}".strip())
+        state.mark("extend", f"deadline moved {seconds:.0f}s later {note}".strip(), self.clock())
         return self._view(state)
 
     async def get(self, task: str) -> TaskView | None:
@@ -394,10 +385,12 @@ class MemoryLedger:
 
 
 def _first_call(task: _Task, plan: CallPlan) -> None:
-    """What a task's first call settles: its clock (the deadline runs from the first call,
-    not from creation ahead of it), and the tenant and owner its token names."""
-    if task.calls == 0:
+    """What a task's first call settles: its clock (the deadline runs from the first call
+    checked, not from creation ahead of it nor from a kill before it), and the tenant and owner
+    its token names."""
+    if not task.clocked:
         task.started = plan.now
+        task.clocked = True
     if task.tenant is None:
         task.tenant = plan.tenant
     if task.owner is None:

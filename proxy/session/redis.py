@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,10 @@ from redis.exceptions import ReadOnlyError, RedisError
 
 from proxy.config import StateSettings
 from proxy.detectors import repeat
-from proxy.detectors.base import Trip, TripReason
+from proxy.detectors.base import Trip
 from proxy.detectors.content import ContentState, observe_content
+from proxy.detectors.registry import SETTLE
+from proxy.detectors.spec import Detector
 from proxy.errors import StateUnavailable
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
@@ -87,14 +90,15 @@ class Keys:
         self.state = f"{base}:s"
         self.agents = f"{base}:a"
         self.reservations = f"{base}:z"
-        self.outputs = f"{base}:o"
         self.previews = f"{base}:p"
         self.timeline = f"{base}:t"
         self.settled = f"{base}:d"
-        self.requests_prefix = f"{base}:r:"
+        self.windows_prefix = f"{base}:w:"
 
-    def requests(self, agent: str) -> str:
-        return self.requests_prefix + agent
+    def window(self, detector: Detector, agent: str) -> str:
+        """A settle-phase detector's window: the task's, or the agent's (its budget bucket)."""
+        key = f"{self.windows_prefix}{detector.reason}"
+        return key if detector.window == "task" else f"{key}:{agent}"
 
 
 def _timeline_event(entry: str) -> TimelineEvent:
@@ -120,8 +124,15 @@ def _num(value: Any, default: float = 0.0) -> float:
 
 
 class RedisLedger:
-    def __init__(self, settings: StateSettings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: StateSettings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.settings = settings
+        # None: the scripts read the Redis server's clock, one clock for every replica.
+        self.clock = clock
         self.metrics = metrics
         self._step_timeout = STEP_TIMEOUTS * settings.redis_timeout
         self.board = KillBoard()
@@ -133,7 +144,7 @@ class RedisLedger:
         self._content_swap = self._resilient(
             self.client.register_script(redis_scripts.CONTENT_SWAP)
         )
-        self._fallback = MemoryLedger(settings)
+        self._fallback = MemoryLedger(settings, clock=clock or time.time)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         self._tasks: list[asyncio.Task[None]] = []
         self.reachable = True
@@ -215,6 +226,9 @@ class RedisLedger:
             )
         self.reachable = False
 
+    def _now(self) -> str:
+        return "" if self.clock is None else repr(self.clock())
+
     def _keys(self, task: str) -> Keys:
         return Keys(self.settings.key_prefix, task)
 
@@ -255,6 +269,7 @@ class RedisLedger:
             self.channel,
             plan.tenant or "",
             plan.owner or "",
+            self._now(),
         ]
         try:
             reply = await self._reserve(
@@ -333,7 +348,15 @@ class RedisLedger:
                 _Pending(grant.task, grant.agent, member, outcome.tokens, outcome.cost_usd, 1)
             )
             return settled
-        window = grant.policy.repeat.window
+        preview = ""
+        if outcome.completed and outcome.output_fingerprint is not None:
+            preview = json.dumps(
+                {
+                    "agent": grant.agent,
+                    "fingerprint": outcome.output_fingerprint,
+                    "text": outcome.preview,
+                }
+            )
         try:
             reply = await self._run_settle(
                 grant.task,
@@ -341,16 +364,14 @@ class RedisLedger:
                 grant.token,
                 outcome.tokens,
                 outcome.cost_usd,
-                output=(outcome.output_fingerprint or "") if outcome.completed else "",
-                request=(outcome.request_fingerprint or "") if outcome.completed else "",
-                window=window,
-                preview=json.dumps(
-                    {
-                        "agent": grant.agent,
-                        "fingerprint": outcome.output_fingerprint,
-                        "text": outcome.preview,
-                    }
+                fingerprints=tuple(
+                    (
+                        (getattr(outcome, detector.fingerprint) or "") if outcome.completed else "",
+                        detector.bounds(grant.policy)[1] if detector.bounds else 1,
+                    )
+                    for detector in SETTLE
                 ),
+                preview=preview,
             )
         except _UNREACHABLE as error:
             self._unreachable("settle", error)
@@ -371,40 +392,39 @@ class RedisLedger:
         tokens: int,
         cost: float,
         *,
-        output: str = "",
-        request: str = "",
-        window: int = 1,
+        fingerprints: tuple[tuple[str, int], ...] = (),
         preview: str = "",
         calls: int = 0,
     ) -> Any:
+        """``fingerprints``: for each settle-phase detector of the registry, in order, the
+        fingerprint to observe ('' for none) and its window's size."""
         keys = self._keys(task)
+        bucket = member.split("|", 3)[3] if member.count("|") >= 3 else agent
+        watched = fingerprints or tuple(("", 1) for _ in SETTLE)
         return await self._settle(
             keys=[
                 keys.state,
                 keys.agents,
                 keys.reservations,
-                keys.outputs,
-                keys.requests(agent),
                 keys.previews,
                 keys.settled,
+                *(keys.window(detector, bucket) for detector in SETTLE),
             ],
             args=[
                 member,
                 tokens,
                 repr(cost),
                 agent,
-                output,
-                request,
-                window,
                 int(self.settings.task_ttl),
                 calls,
                 preview,
+                *(value for pair in watched for value in pair),
             ],
         )
 
     async def _after_settle(self, grant: Grant, outcome: Outcome, reply: list[Any]) -> Settled:
         used, reserved, cost, calls, hops, started, last_seen, killed = reply[:8]
-        out_seen, out_len, req_seen, req_len = (int(x) for x in reply[8:12])
+        counts = [int(x) for x in reply[8 : 8 + 2 * len(SETTLE)]]
         view = TaskView(
             task=grant.task,
             started=_num(started),
@@ -418,34 +438,33 @@ class RedisLedger:
             killed=Trip.from_json(killed) if killed else None,
             max_tokens=grant.policy.limits.max_tokens,
         )
-        settings = grant.policy.repeat
-        trips = [
-            trip
-            for trip in (
-                repeat.repeat_trip(
-                    out_seen,
-                    settings.threshold,
-                    out_len,
-                    TripReason.REPEAT_OUTPUT,
-                    grant.agent,
-                    outcome.output_fingerprint or "",
-                ),
-                repeat.repeat_trip(
-                    req_seen,
-                    settings.threshold,
-                    req_len,
-                    TripReason.REPEAT_REQUEST,
-                    grant.agent,
-                    outcome.request_fingerprint or "",
-                ),
-            )
-            if trip is not None
-        ]
+        trips: builtins.list[Trip] = []
+        for index, detector in enumerate(SETTLE):
+            fingerprint = getattr(outcome, detector.fingerprint) or ""
+            if not fingerprint or detector.bounds is None:
+                continue
+            threshold, _ = detector.bounds(grant.policy)
+            seen, length = counts[2 * index], counts[2 * index + 1]
+            trip = repeat.window_trip(detector, seen, threshold, length, grant.agent, fingerprint)
+            trips.extend([trip] if trip else [])
+        if trips and grant.policy.on_trip == "observe":
+            # Shadow mode reports a reason once per task, as the reserve script does.
+            trips = await self._first_observed(grant.task, trips)
         killed_now = False
         if trips and grant.policy.on_trip == "kill" and view.killed is None:
             killed_now = await self.kill(grant.task, trips[0])
             view.killed = trips[0] if killed_now else view.killed
         return Settled(view, trips, killed_now)
+
+    async def _first_observed(self, task: str, trips: builtins.list[Trip]) -> builtins.list[Trip]:
+        state = self._keys(task).state
+        try:
+            return [
+                trip for trip in trips if await self.client.hsetnx(state, f"obs|{trip.reason}", 1)
+            ]
+        except _UNREACHABLE as error:
+            self._unreachable("settle", error)
+            return trips
 
     async def kill(self, task: str, trip: Trip) -> bool:
         keys = self._keys(task)
@@ -461,6 +480,7 @@ class RedisLedger:
                     self.channel,
                     message,
                     _timeline_entry("kill", trip.detail),
+                    self._now(),
                 ],
             )
         except _UNREACHABLE as error:

@@ -1,10 +1,17 @@
 """The Lua scripts of the Redis ledger: each is one atomic step on the server.
 
-They implement the same protocol as ``memory.py`` (see ``base.py``): the detectors' checks are
-repeated here because check-and-reserve must happen in one step on the server, so that calls of
-one task on different replicas can never together overspend. The ledger test suite runs against
-both backends to keep them equal. Trips are returned as ``{"reason", "figures"}`` JSON with the
-same figure names the Python detectors use, so the sentence a client reads is the same.
+They implement the same protocol as ``memory.py`` (see ``base.py``). Check-and-reserve must
+happen in one step on the server, so that calls of one task on different replicas can never
+together overspend: the reserve script is assembled, once at import, from the detector registry
+(``proxy.detectors.registry``): each reserve-phase detector's Lua snippet, in registry order, and
+a trip constructor per detector generated from its declared figures and their rounding. Trips
+are JSON ``{"reason", "figures"}`` written with every number's 17 digits, so a trip reads and
+compares the same whichever ledger made it. A differential test drives both ledgers with the
+same random calls and fails on any difference.
+
+Money is added in Lua doubles and stored with 17 digits (not with ``HINCRBYFLOAT``, whose long
+doubles printed to 17 decimals drift from the embedded ledger's sums), so both ledgers hold the
+very same dollar figures.
 
 Keys of one task share the hash tag ``{task}`` so every script touches a single cluster slot:
 
@@ -12,8 +19,10 @@ Keys of one task share the hash tag ``{task}`` so every script touches a single 
                              calls, hops, last_agent, max_tokens, killed, obs|<reason>
     <prefix>:{task}:a        hash: <agent>|u (tokens used), <agent>|r (tokens reserved)
     <prefix>:{task}:z        sorted set of reservations "id|tokens|cost|agent", scored by expiry
-    <prefix>:{task}:o        list: the task's last output fingerprints
-    <prefix>:{task}:r:<a>    list: agent <a>'s last request fingerprints
+    <prefix>:{task}:w:<reason>      list: the window of a task-scoped settle-phase detector
+                                    (repeat_output: the task's last output fingerprints)
+    <prefix>:{task}:w:<reason>:<a>  list: the window of an agent-scoped one, per agent bucket
+                                    (repeat_request: agent <a>'s last request fingerprints)
     <prefix>:{task}:p        list: previews of the last completions (JSON)
     <prefix>:{task}:t        list: the task's timeline of trips, kills, resumes (JSON)
 
@@ -26,36 +35,78 @@ Lua numbers into integers.
 
 from __future__ import annotations
 
+from proxy.detectors.registry import RESERVE as RESERVE_DETECTORS
 from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
-# Bump the version when a script's keys, arguments or reply change, so replicas of two
-# versions never share a key layout by accident.
-VERSION = 2
+# Bump the version when a script's keys, arguments, reply or rules change, so replicas of two
+# versions never share a key layout or a kill channel by accident.
+VERSION = 3
 # Settled calls remembered per task, so a settle replayed after its reply was lost (the script
 # ran, the answer never came back) is not counted twice.
 SETTLED_PER_TASK = 512
 
-_RELEASE_STALE = """
+# Shared by every script: exact numbers, money added in doubles, trips as JSON.
+_PRELUDE = """
+local function num(x) return string.format('%.17g', x) end
+
+local function addf(key, field, delta, floor)
+  local value = (tonumber(redis.call('HGET', key, field)) or 0) + delta
+  if floor and value < 0 then value = 0 end
+  redis.call('HSET', key, field, num(value))
+  return value
+end
+
+local function fig(name, value, decimals, optional)
+  if value == nil or value == false then
+    if optional then return false end
+    error('figure ' .. name .. ' is required')
+  end
+  if type(value) == 'number' then
+    if decimals then value = tonumber(string.format('%.' .. decimals .. 'f', value)) end
+    return '"' .. name .. '":' .. num(value)
+  end
+  return '"' .. name .. '":' .. cjson.encode(value)
+end
+
+local function make_trip(reason, parts)
+  local kept = {}
+  for _, part in ipairs(parts) do
+    if part then table.insert(kept, part) end
+  end
+  return {reason = reason, json = '{"reason":"' .. reason .. '","figures":{' ..
+    table.concat(kept, ',') .. '}}'}
+end
+
 local function release(s, a, member)
   local tokens, cost, who = string.match(member, '^[^|]*|([^|]*)|([^|]*)|(.*)$')
-  redis.call('HINCRBY', s, 'reserved', -tonumber(tokens))
-  redis.call('HINCRBYFLOAT', s, 'cost_reserved', -tonumber(cost))
-  redis.call('HINCRBY', a, who .. '|r', -tonumber(tokens))
+  redis.call('HINCRBY', s, 'reserved', 0 - tonumber(tokens))
+  addf(s, 'cost_reserved', -tonumber(cost), true)
+  redis.call('HINCRBY', a, who .. '|r', 0 - tonumber(tokens))
   return who
 end
 """
 
+_CONSTRUCTORS = "".join(detector.lua_constructor() for detector in RESERVE_DETECTORS)
+_CHECKS = "".join(detector.lua for detector in RESERVE_DETECTORS)
+
 RESERVE = (
-    f"-- tripwire reserve v{VERSION}\n"
-    + _RELEASE_STALE
-    + """
+    (
+        f"-- tripwire reserve v{VERSION}\n"
+        + _PRELUDE
+        + _CONSTRUCTORS
+        + """
 local s, a, z, timeline, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local agent = ARGV[1]
+local caller = ARGV[1]
 local prompt = tonumber(ARGV[2])
 local requested = tonumber(ARGV[3])
 local choices = tonumber(ARGV[4])
-local max_tokens, max_agent, max_cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local max_calls, max_hops, max_duration = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local function limit(x)
+  x = tonumber(x)
+  if x < 0 then return nil end
+  return x
+end
+local max_tokens, max_agent, max_cost = limit(ARGV[5]), limit(ARGV[6]), limit(ARGV[7])
+local max_calls, max_hops, max_duration = limit(ARGV[8]), limit(ARGV[9]), limit(ARGV[10])
 local prompt_cost, out_price = tonumber(ARGV[11]), tonumber(ARGV[12])
 local kill = ARGV[13] == 'kill'
 local ttl, rid = tonumber(ARGV[14]), ARGV[15]
@@ -63,13 +114,21 @@ local rttl, max_agents = tonumber(ARGV[16]), tonumber(ARGV[17])
 local task, model, channel = ARGV[18], ARGV[19], ARGV[20]
 local tenant, owner = ARGV[21], ARGV[22]
 
+-- The server's clock, one for every replica; a ledger given a clock of its own passes it.
+local now = tonumber(ARGV[23])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if not now then now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
 
 local function touch()
   redis.call('EXPIRE', s, ttl)
   redis.call('EXPIRE', a, ttl)
   redis.call('EXPIRE', z, ttl)
+end
+
+local function timeline_push(entry)
+  redis.call('LPUSH', timeline, entry)
+  redis.call('LTRIM', timeline, 0, TIMELINE - 1)
+  redis.call('EXPIRE', timeline, ttl)
 end
 
 -- A call that never settled (its replica died mid-call) may have been billed up to what it
@@ -82,7 +141,7 @@ if #stale > 0 then
     local tokens, cost = string.match(member, '^[^|]*|([^|]*)|([^|]*)|')
     local who = release(s, a, member)
     redis.call('HINCRBY', s, 'used', tonumber(tokens))
-    redis.call('HINCRBYFLOAT', s, 'cost', tonumber(cost))
+    addf(s, 'cost', tonumber(cost), false)
     redis.call('HINCRBY', a, who .. '|u', tonumber(tokens))
     redis.call('ZADD', d, 'NX', t[1], string.match(member, '^[^|]*'))
     charged = charged + tonumber(tokens)
@@ -90,18 +149,16 @@ if #stale > 0 then
   redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
   redis.call('ZREMRANGEBYRANK', d, 0, -(SETTLED + 1))
   redis.call('EXPIRE', d, ttl)
-  redis.call('LPUSH', timeline, cjson.encode({at = now, kind = 'charged', detail = string.format(
+  timeline_push(cjson.encode({at = now, kind = 'charged', detail = string.format(
     '%d call(s) never settled within the reservation TTL (a replica stopped mid-call); ' ..
     'their %d reserved tokens are charged as spent', #stale, charged)}))
-  redis.call('LTRIM', timeline, 0, TIMELINE - 1)
-  redis.call('EXPIRE', timeline, ttl)
 end
 
 local st = redis.call('HMGET', s, 'started', 'killed', 'used', 'reserved', 'cost',
   'cost_reserved', 'calls', 'hops', 'last_agent', 'lim|max_tokens', 'lim|max_tokens_per_agent',
   'lim|max_cost_usd', 'lim|max_calls', 'lim|max_hops', 'lim|max_duration', 'extra_duration')
 if st[2] then
-  redis.call('HSET', s, 'last_seen', now)
+  redis.call('HSET', s, 'last_seen', num(now))
   touch()
   return {'killed', st[2]}
 end
@@ -109,7 +166,7 @@ local started = tonumber(st[1]) or now
 local used, reserved = tonumber(st[3]) or 0, tonumber(st[4]) or 0
 local cost, cost_reserved = tonumber(st[5]) or 0, tonumber(st[6]) or 0
 local calls, hops = tonumber(st[7]) or 0, tonumber(st[8]) or 0
-local last_agent = st[9]
+local last_agent = st[9] or nil
 -- Limits set on this task by its creator or an operator win over the policy's.
 max_tokens = tonumber(st[10]) or max_tokens
 max_agent = tonumber(st[11]) or max_agent
@@ -117,10 +174,16 @@ max_cost = tonumber(st[12]) or max_cost
 max_calls = tonumber(st[13]) or max_calls
 max_hops = tonumber(st[14]) or max_hops
 max_duration = tonumber(st[15]) or max_duration
-if max_duration >= 0 then max_duration = max_duration + (tonumber(st[16]) or 0) end
+if max_duration == 0 then max_duration = nil end  -- as in Python: 0 sets no deadline
+if max_duration then max_duration = max_duration + (tonumber(st[16]) or 0) end
+-- The limit the task was last checked against, for its view.
+redis.call('HSET', s, 'max_tokens', max_tokens or -1)
 if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
 if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
 
+-- Budgets are kept per agent up to max_agents; later agents share the bucket 'other'. Hops
+-- and the figures a person reads name the calling agent itself.
+local agent = caller
 if redis.call('HEXISTS', a, agent .. '|u') == 0 and redis.call('HLEN', a) >= 2 * max_agents then
   agent = 'other'
 end
@@ -129,63 +192,40 @@ local a_used, a_reserved = tonumber(ag[1]) or 0, tonumber(ag[2]) or 0
 
 local trips = {}
 local busy = false
-if max_duration >= 0 and now - started > max_duration then
-  table.insert(trips, {reason = 'deadline', figures = {
-    elapsed_s = math.floor((now - started) * 1000 + 0.5) / 1000, max_duration_s = max_duration}})
-end
-if max_calls >= 0 and calls + 1 > max_calls then
-  table.insert(trips, {reason = 'max_calls', figures = {calls = calls, max_calls = max_calls}})
-end
+local function add(trip) table.insert(trips, trip) end
 local new_hops = hops
-if last_agent and last_agent ~= agent then new_hops = hops + 1 end
-if max_hops >= 0 and new_hops > max_hops then
-  table.insert(trips, {reason = 'max_hops', figures = {hops = new_hops, max_hops = max_hops,
-    from_agent = last_agent, to_agent = agent}})
-end
+if last_agent and last_agent ~= caller then new_hops = hops + 1 end
 
 local bound = -1
 local function tighter(x)
   if x >= 0 and (bound < 0 or x < bound) then bound = x end
 end
-local function tokens_allowance(reason, limit, u, r, scope)
-  if limit < 0 then return -1 end
-  local left = limit - u - r
+local function tokens_allowance(make, lim, u, r, scope)
+  if not lim then return -1 end
+  local left = lim - u - r
   if prompt + 1 <= left then return left - prompt end
-  if prompt + 1 <= limit - u then busy = true; return 0 end
-  table.insert(trips, {reason = reason, figures = {scope = scope, max_tokens = limit,
-    tokens_used = u, tokens_reserved = r, tokens_left = math.max(left, 0),
-    prompt_tokens_estimate = prompt}})
+  if prompt + 1 <= lim - u then busy = true; return 0 end
+  add(make(scope, lim, u, r, math.max(left, 0), prompt, nil))
   return 0
 end
-tighter(tokens_allowance('budget_tokens', max_tokens, used, reserved, 'task ' .. task))
-tighter(tokens_allowance('budget_agent_tokens', max_agent, a_used, a_reserved, 'agent ' .. agent))
-if max_cost >= 0 and prompt_cost >= 0 then
-  local left = max_cost - cost - cost_reserved
-  local function fits(money)
-    if out_price <= 0 then
-      if money >= prompt_cost then return -1 end
-      return 0
-    end
-    return math.max(math.floor((money - prompt_cost) / out_price), 0)
+-- pricing.max_output_for, step for step: output tokens that fit once the prompt is paid for,
+-- lowered while float rounding would charge more than the money left; math.huge: free output.
+local function max_output_for(money)
+  local left = money - prompt_cost
+  if left < 0 then return 0 end
+  if out_price <= 0 then return math.huge end
+  local n = math.floor(left / out_price)
+  for _ = 1, 3 do
+    if n == 0 or prompt_cost + n * out_price <= money then break end
+    n = n - 1
   end
-  local out = fits(left)
-  if out < 0 then
-    -- free output: this budget does not bound it
-  elseif out >= 1 then
-    tighter(out)
-  elseif cost_reserved > 0 and fits(max_cost - cost) ~= 0 then
-    busy = true
-    tighter(0)
-  else
-    table.insert(trips, {reason = 'budget_cost', figures = {max_cost_usd = max_cost,
-      cost_usd = cost, cost_reserved_usd = cost_reserved, cost_left_usd = math.max(left, 0),
-      prompt_tokens_estimate = prompt, model = model}})
-    tighter(0)
-  end
+  return n
 end
-
+"""
+        + _CHECKS
+        + """
 if kill and #trips == 0 and busy then
-  redis.call('HSET', s, 'last_seen', now)
+  redis.call('HSET', s, 'last_seen', num(now))
   touch()
   return {'busy', tostring(reserved)}
 end
@@ -195,27 +235,24 @@ if bound >= 0 then
   cap = math.floor(bound / choices)
   if requested >= 0 and requested < cap then cap = requested end
   if cap == 0 and #trips == 0 then
-    table.insert(trips, {reason = 'budget_tokens', figures = {choices = choices,
-      scope = 'the task'}})
+    add(trip_budget_tokens('the task', nil, nil, nil, nil, nil, choices))
   end
 end
 
-if not st[1] then redis.call('HSET', s, 'started', now) end
+if not st[1] then redis.call('HSET', s, 'started', num(now)) end
 local observed = {}
 if #trips > 0 then
   if kill then
-    local record = cjson.encode(trips[1])
-    redis.call('HSET', s, 'killed', record, 'last_seen', now)
-    redis.call('LPUSH', timeline, cjson.encode({at = now, kind = 'kill', trip = trips[1]}))
-    redis.call('LTRIM', timeline, 0, TIMELINE - 1)
-    redis.call('EXPIRE', timeline, ttl)
+    local record = trips[1].json
+    redis.call('HSET', s, 'killed', record, 'last_seen', num(now))
+    timeline_push('{"at":' .. num(now) .. ',"kind":"kill","trip":' .. record .. '}')
     touch()
-    redis.call('PUBLISH', channel, cjson.encode({task = task, trip = trips[1]}))
+    redis.call('PUBLISH', channel, '{"task":' .. cjson.encode(task) .. ',"trip":' .. record .. '}')
     return {'trip', record}
   end
   for _, trip in ipairs(trips) do
     if redis.call('HSETNX', s, 'obs|' .. trip.reason, 1) == 1 then
-      table.insert(observed, trip)
+      table.insert(observed, trip.json)
     end
   end
 end
@@ -226,33 +263,36 @@ if cap >= 0 then output = cap * choices end
 local res_tokens = prompt + output
 local res_cost = 0
 if prompt_cost >= 0 then res_cost = prompt_cost + out_price * output end
-redis.call('HSET', s, 'last_seen', now, 'last_agent', agent, 'hops', new_hops,
-  'max_tokens', max_tokens)
+redis.call('HSET', s, 'last_seen', num(now), 'last_agent', caller, 'hops', new_hops)
 redis.call('HINCRBY', s, 'calls', 1)
 redis.call('HINCRBY', s, 'reserved', res_tokens)
-redis.call('HINCRBYFLOAT', s, 'cost_reserved', res_cost)
+addf(s, 'cost_reserved', res_cost, false)
 redis.call('HINCRBY', a, agent .. '|r', res_tokens)
 redis.call('HSETNX', a, agent .. '|u', 0)
-local member = rid .. '|' .. res_tokens .. '|' .. string.format('%.17g', res_cost) .. '|' .. agent
+local member = rid .. '|' .. res_tokens .. '|' .. num(res_cost) .. '|' .. agent
 redis.call('ZADD', z, now + rttl, member)
 touch()
 local enforced = -1
 if enforce then enforced = cap end
-return {'ok', enforced, member, res_tokens, string.format('%.17g', res_cost),
-  string.format('%.6f', started), used, reserved + res_tokens, string.format('%.17g', cost),
-  calls + 1, new_hops, cjson.encode(observed)}
-""".replace("TIMELINE", str(TIMELINE_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
+return {'ok', enforced, member, res_tokens, num(res_cost), num(started), used,
+  reserved + res_tokens, num(cost), calls + 1, new_hops, '[' .. table.concat(observed, ',') .. ']'}
+"""
+    )
+    .replace("TIMELINE", str(TIMELINE_PER_TASK))
+    .replace("SETTLED", str(SETTLED_PER_TASK))
 )
 
 SETTLE = (
     f"-- tripwire settle v{VERSION}\n"
-    + _RELEASE_STALE
+    + _PRELUDE
     + """
-local s, a, z, o, r, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local s, a, z, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local agent, out_fp, req_fp = ARGV[4], ARGV[5], ARGV[6]
-local window, ttl, extra_calls = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local preview = ARGV[10]
+local agent, ttl, extra_calls = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local preview = ARGV[7]
+-- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[8..]: for
+-- each, the fingerprint to observe ('' for none) and the window's size.
+local windows = #KEYS - 5
 
 local function state()
   local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
@@ -265,7 +305,7 @@ if member ~= '' then
   local id = string.match(member, '^[^|]*')
   if redis.call('ZADD', d, 'NX', redis.call('TIME')[1], id) == 0 then
     local st = state()
-    for _ = 1, 4 do table.insert(st, 0) end
+    for _ = 1, 2 * windows do table.insert(st, 0) end
     table.insert(st, 1)  -- a replay: counted when it first ran
     return st
   end
@@ -276,31 +316,36 @@ if member ~= '' then
   end
 end
 redis.call('HINCRBY', s, 'used', tokens)
-redis.call('HINCRBYFLOAT', s, 'cost', cost)
+addf(s, 'cost', cost, false)
 redis.call('HINCRBY', a, agent .. '|u', tokens)
 if extra_calls > 0 then
   redis.call('HINCRBY', s, 'calls', extra_calls)
   redis.call('HSETNX', s, 'started', redis.call('TIME')[1])
 end
 
-local function observe(key, fp)
+local function observe(key, fp, size)
   if fp == '' then return 0, 0 end
   redis.call('LPUSH', key, fp)
-  redis.call('LTRIM', key, 0, window - 1)
+  redis.call('LTRIM', key, 0, size - 1)
   redis.call('EXPIRE', key, ttl)
   return #redis.call('LPOS', key, fp, 'COUNT', 0), redis.call('LLEN', key)
 end
-if out_fp ~= '' then
+if preview ~= '' then
   redis.call('LPUSH', p, preview)
   redis.call('LTRIM', p, 0, PREVIEWS - 1)
   redis.call('EXPIRE', p, ttl)
 end
-local out_seen, out_len = observe(o, out_fp)
-local req_seen, req_len = observe(r, req_fp)
+local counts = {}
+for i = 1, windows do
+  local seen, length = observe(KEYS[5 + i], ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i]))
+  table.insert(counts, seen)
+  table.insert(counts, length)
+end
 
 for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, ttl) end
 local st = state()
-for _, n in ipairs({out_seen, out_len, req_seen, req_len, 0}) do table.insert(st, n) end
+for _, n in ipairs(counts) do table.insert(st, n) end
+table.insert(st, 0)
 return st
 """.replace("PREVIEWS", str(PREVIEWS_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
@@ -308,9 +353,11 @@ return st
 KILL = f"""-- tripwire kill v{VERSION}
 local s, timeline = KEYS[1], KEYS[2]
 if redis.call('HEXISTS', s, 'killed') == 1 then return 0 end
-local t = redis.call('TIME')
-redis.call('HSET', s, 'killed', ARGV[1], 'last_seen', t[1])
-redis.call('HSETNX', s, 'started', t[1])
+local now = ARGV[6]
+if now == '' then now = redis.call('TIME')[1] end
+redis.call('HSET', s, 'killed', ARGV[1], 'last_seen', now)
+-- A kill before any call starts the deadline's clock, as a first call would.
+redis.call('HSETNX', s, 'started', now)
 redis.call('EXPIRE', s, tonumber(ARGV[2]))
 redis.call('LPUSH', timeline, ARGV[5])
 redis.call('LTRIM', timeline, 0, {TIMELINE_PER_TASK - 1})

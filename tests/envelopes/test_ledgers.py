@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 from proxy.session.base import Ledger
-from tests.integration.test_ledgers import effective, ledger, outcome, plan
+from tests.integration.test_ledgers import clock, effective, ledger, outcome, plan
 
-__all__ = ["ledger"]  # the fixture that runs every test on both backends
+__all__ = ["clock", "ledger"]  # the fixtures that run every test on both backends
 
 
 async def test_envelopes_are_counted_per_task_by_status(ledger: Ledger) -> None:

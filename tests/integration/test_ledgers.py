@@ -12,9 +12,12 @@ import pytest
 from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.detectors.base import Trip, TripReason
 from proxy.policy.rules import Effective
+from proxy.pricing import Price, cost_usd
 from proxy.session.base import Busy, CallPlan, Denied, Ledger, Outcome
 from proxy.session.memory import MemoryLedger
 from proxy.session.redis import RedisLedger
+
+START = 1000.0
 
 
 def effective(on_trip: str = "kill", **limits: Any) -> Effective:
@@ -29,21 +32,40 @@ def plan(
     prompt: int = 10,
     cap: int | None = None,
     choices: int = 1,
+    price: Price | None = None,
+    now: float = START,
 ) -> CallPlan:
-    return CallPlan(task, agent, policy, prompt, cap, choices, None, 1000.0)
+    return CallPlan(task, agent, policy, prompt, cap, choices, price, now)
 
 
-def outcome(tokens: int, output: str | None = None, request: str | None = None) -> Outcome:
-    return Outcome(tokens, 0.0, output, request, completed=True)
+def outcome(
+    tokens: int, output: str | None = None, request: str | None = None, cost: float = 0.0
+) -> Outcome:
+    return Outcome(tokens, cost, output, request, completed=True)
+
+
+class Clock:
+    """The time both ledgers read: the tests move it rather than sleep."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+async def ledger(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Ledger]:
     if request.param == "memory":
-        state: Ledger = MemoryLedger(StateSettings())
+        state: Ledger = MemoryLedger(StateSettings(), clock=clock)
     else:
         server = request.getfixturevalue("redis_server")
-        state = RedisLedger(StateSettings(backend="redis", redis_url=server.url))
+        state = RedisLedger(StateSettings(backend="redis", redis_url=server.url), clock=clock)
     await state.start()
     yield state
     await state.close()
@@ -229,18 +251,50 @@ async def test_resume_clears_the_kill_and_raises_the_budget(ledger: Ledger, task
     assert await ledger.resume("no-such-task-" + task, {}, "") is None
 
 
-async def test_extend_moves_the_deadline(ledger: Ledger, task: str) -> None:
+async def test_extend_moves_the_deadline(ledger: Ledger, task: str, clock: Clock) -> None:
     policy = effective(max_duration=0.2)
     await ledger.settle(await ledger.reserve(plan(task, policy)), outcome(1))
     await ledger.extend(task, 60, "by ops")
-    await asyncio.sleep(0.3)
-    if isinstance(ledger, MemoryLedger):
-        grant = await ledger.reserve(
-            CallPlan(task, "a", policy, 10, None, 1, None, (await ledger.get(task)).started + 1)  # type: ignore[union-attr]
-        )
-    else:
-        grant = await ledger.reserve(plan(task, policy))
+    clock.now += 1
+    grant = await ledger.reserve(plan(task, policy, now=clock.now))
     assert grant.view.calls == 2
+    clock.now += 60
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan(task, policy, now=clock.now))
+    assert refused.value.trip.reason is TripReason.DEADLINE
+    assert refused.value.trip.figures == {"elapsed_s": 61.0, "max_duration_s": 60.2}
+    assert "ran 61s, past its deadline of 60s" in refused.value.trip.detail
+
+
+# Round prices and budgets, whose quotients float rounding puts a token over the budget.
+GPT_4O = Price(2.5e-6, 1e-5, 1.25e-6, 2.5e-6, "gpt-4o")
+
+
+async def test_the_cost_cap_never_reserves_over_the_budget(ledger: Ledger, task: str) -> None:
+    grant = await ledger.reserve(
+        plan(task, effective(max_cost_usd=0.0001), prompt=16, price=GPT_4O)
+    )
+    # (0.0001 - 16 * 2.5e-6) / 1e-5 is 6.000000000000001 in floats, yet 6 tokens cost more.
+    assert grant.output_cap == 5
+    assert grant.reserved_cost <= 0.0001
+
+
+async def test_cost_figures_are_rounded_to_the_micro_dollar(ledger: Ledger, task: str) -> None:
+    policy = effective(max_cost_usd=0.001)
+    grant = await ledger.reserve(plan(task, policy, prompt=7, price=GPT_4O))
+    await ledger.settle(grant, outcome(40, cost=cost_usd(GPT_4O, 7, 33)))
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan(task, policy, prompt=3000, price=GPT_4O))
+    assert refused.value.trip.figures == {
+        "max_cost_usd": 0.001,
+        "cost_usd": 0.000348,
+        "cost_reserved_usd": 0.0,
+        "cost_left_usd": 0.000652,
+        "prompt_tokens_estimate": 3000,
+        "model": "gpt-4o",
+    }
+    view = await ledger.get(task)
+    assert view is not None and view.cost_usd == cost_usd(GPT_4O, 7, 33)
 
 
 async def test_previews_of_the_last_completions(ledger: Ledger, task: str) -> None:
