@@ -26,6 +26,7 @@ class TripReason(StrEnum):
     CYCLE = "cycle"
     NEAR_DUPLICATE = "near_duplicate"
     NO_PROGRESS = "no_progress"
+    TOOL_LOOP = "tool_loop"
     OPERATOR = "operator"
     INVALID_ENVELOPE = "invalid_envelope"
     LOW_CONFIDENCE = "low_confidence"
@@ -73,6 +74,7 @@ _DETAILS: dict[TripReason, str] = {
         "the task's last {completions} outputs added {new_share:.1%} new content, below the "
         "minimum of {min_new_share:.0%}"
     ),
+    TripReason.TOOL_LOOP: "agent {agent} {pattern} with no new tool result in between",
     TripReason.OPERATOR: "stopped by {by}: {note}",
     # The problem itself is among the figures, which every refusal lists after the sentence.
     TripReason.INVALID_ENVELOPE: "agent {agent} answered without a valid status envelope",

@@ -31,7 +31,7 @@ from proxy.detectors.shingles import (
 
 MAX_PERIOD = 6
 _NAME_CHARS = 40  # agent names kept for the trip's sentence, cut to bound the state
-_VERSION = 1
+_VERSION = 2
 _HEADER = struct.Struct(f"<BB{MAX_PERIOD}H")
 
 

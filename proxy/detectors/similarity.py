@@ -23,7 +23,7 @@ from proxy.detectors.shingles import (
     unpack_entries,
 )
 
-_VERSION = 1
+_VERSION = 2
 _HEADER = struct.Struct("<BB")
 
 

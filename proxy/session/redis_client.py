@@ -173,9 +173,7 @@ def _sentinel_primary(
         "password": sentinel.password,
         "ssl": sentinel.tls,
     }
-    manager = Sentinel(
-        sentinel.addresses(), sentinel_kwargs=sentinel_options
-    )
+    manager = Sentinel(sentinel.addresses(), sentinel_kwargs=sentinel_options)
     client: SentinelPrimary = manager.master_for(
         sentinel.service,
         redis_class=SentinelPrimary,
