@@ -53,49 +53,60 @@ def bag_sketch(
     """The sketch of a completion's words (64-bit hashes in order; ``stop`` marks the ones left
     out); the first ``opening`` and last ``closing`` words weigh ``LIGHT``."""
     count = len(hashed)
-    heavy = np.ones(count, dtype=np.uint32)
-    heavy[:opening] = 0
-    heavy[count - closing :] = 0
+    # The feature is the hash's top 31 bits, the weight bit below it.
+    values = (hashed >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
+    values[:opening] &= np.uint32(~1 & 0xFFFFFFFF)
+    values[count - closing :] &= np.uint32(~1 & 0xFFFFFFFF)
     keep = ~stop
-    if not keep.any():
+    kept = int(np.count_nonzero(keep))
+    if kept == 0:
         return _EMPTY_SKETCH
-    features = np.minimum((hashed[keep] >> np.uint64(33)).astype(np.uint32), _NO_FEATURE - 1)
-    values = np.sort((features << np.uint32(1)) | heavy[keep])
-    # One value a feature, the heavier (the larger, its weight bit set) when it occurs twice.
-    last = np.empty(len(values), dtype=bool)
-    last[-1] = True
-    np.not_equal(values[1:] >> np.uint32(1), values[:-1] >> np.uint32(1), out=last[:-1])
-    chosen = values[last][:BAG_FEATURES]
+    chosen = None
+    if kept > 4 * BAG_FEATURES:
+        # Only the smallest features matter: sort about 16 * BAG_FEATURES of them, not all
+        # (features are uniform); all of them when that was too few.
+        cutoff = np.uint32(min((2**32 * 16 * BAG_FEATURES) // kept, 2**32 - 1))
+        chosen = _distinct_heaviest(values[keep & (values < cutoff)])
+    if chosen is None or len(chosen) < BAG_FEATURES:
+        chosen = _distinct_heaviest(np.minimum(values[keep], np.uint32(0xFFFFFFFD)))
     padded = np.full(BAG_FEATURES, _EMPTY, dtype=np.uint32)
-    padded[: len(chosen)] = chosen
+    padded[: min(len(chosen), BAG_FEATURES)] = chosen[:BAG_FEATURES]
     return padded.astype("<u4").tobytes()
+
+
+def _distinct_heaviest(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
+    """Sorted, one value a feature: the heavier (the larger, its weight bit set) of two."""
+    if len(values) == 0:
+        return values
+    ordered = np.sort(values)
+    last = np.empty(len(ordered), dtype=bool)
+    last[-1] = True
+    np.not_equal(ordered[1:] >> np.uint32(1), ordered[:-1] >> np.uint32(1), out=last[:-1])
+    return ordered[last]
 
 
 def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> npt.NDArray[np.float64]:
     """Estimated weighted Jaccard similarity of one sketch to each of ``others``; two texts
-    without content words are not alike."""
+    without content words are not alike.
+
+    Each pair is compared on the features up to the smaller of the two sketches' largest: every
+    feature of either text in that range is in its sketch, so they are a uniform sample of the
+    union (all of it when a sketch is not full: an empty slot's feature is the largest).
+    """
     if not others:
         return np.empty(0, dtype=np.float64)
-    mine = np.frombuffer(sketch, dtype="<u4").astype(np.uint32)
-    rows = np.frombuffer(b"".join(others), dtype="<u4").reshape(len(others), BAG_FEATURES)
-    mine_f, rows_f = mine >> np.uint32(1), rows >> np.uint32(1)
-    mine_w = np.where(mine == _EMPTY, 0, np.where(mine & 1, HEAVY, LIGHT))
-    rows_w = np.where(rows == _EMPTY, 0, np.where(rows & 1, HEAVY, LIGHT))
-    # The k-th smallest distinct feature of each union: the sample's upper bound.
-    union = np.sort(np.concatenate([rows_f, np.broadcast_to(mine_f, rows_f.shape)], axis=1))
-    distinct = np.ones(union.shape, dtype=bool)
-    np.not_equal(union[:, 1:], union[:, :-1], out=distinct[:, 1:])
-    distinct &= union != _NO_FEATURE
-    reached = np.cumsum(distinct, axis=1) >= BAG_FEATURES
-    full = reached[:, -1]
-    bound = np.where(
-        full, union[np.arange(len(rows)), np.argmax(reached, axis=1)], _NO_FEATURE - 1
-    )[:, None]
-    mine_in = np.where(mine_f[None, :] <= bound, mine_w[None, :], 0)
-    rows_in = np.where(rows_f <= bound, rows_w, 0)
-    equal = rows_f[:, :, None] == mine_f[None, None, :]
-    low = np.minimum(rows_in[:, :, None], mine_in[:, None, :])
-    both = (equal * low).sum(axis=(1, 2))
+    mine = np.frombuffer(sketch, dtype="<u4").astype(np.int64)
+    rows = np.frombuffer(b"".join(others), dtype="<u4").astype(np.int64)
+    rows = rows.reshape(len(others), BAG_FEATURES)
+    mine_f, rows_f = mine >> 1, rows >> 1
+    # The bound stays below an empty slot's feature, so empty slots never count.
+    bound = np.minimum(np.minimum(rows_f[:, -1:], mine_f[-1]), _NO_FEATURE - 1)
+    mine_in = ((mine & 1) * (HEAVY - LIGHT) + LIGHT) * (mine_f <= bound)
+    rows_in = ((rows & 1) * (HEAVY - LIGHT) + LIGHT) * (rows_f <= bound)
+    at = np.minimum(np.searchsorted(mine_f, rows_f), BAG_FEATURES - 1)
+    both = (
+        np.minimum(rows_in, np.take_along_axis(mine_in, at, axis=1)) * (mine_f[at] == rows_f)
+    ).sum(axis=1)
     either = mine_in.sum(axis=1) + rows_in.sum(axis=1) - both
-    result: npt.NDArray[np.float64] = np.where(either > 0, both / np.maximum(either, 1), 0.0)
+    result: npt.NDArray[np.float64] = both / np.maximum(either, 1)
     return result

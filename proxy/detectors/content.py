@@ -20,6 +20,9 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 from proxy.detectors.base import Trip
 from proxy.detectors.cycle import CycleState
 from proxy.detectors.cycle import observe_shingles as observe_cycle
@@ -31,7 +34,7 @@ from proxy.detectors.settings import (
     NoProgressSettings,
     ToolLoopSettings,
 )
-from proxy.detectors.shingles import shingle
+from proxy.detectors.shingles import Compare, Entry, shingle, similarities
 from proxy.detectors.similarity import NearDuplicateState
 from proxy.detectors.similarity import observe_shingles as observe_near_duplicate
 from proxy.detectors.toolcalls import ToolCall, ToolLoopState
@@ -103,6 +106,18 @@ class ContentState(NamedTuple):
         )
 
 
+def _compare_once(sketch: bytes, entries: Sequence[Entry]) -> Compare:
+    """The similarity of ``sketch`` to every sketch the cycle and near-duplicate states hold,
+    worked out in one call: most are in both."""
+    distinct = list(dict.fromkeys(other for _, other in entries))
+    known = dict(zip(distinct, similarities(sketch, distinct).tolist(), strict=True))
+
+    def compare(_: bytes, others: Sequence[bytes]) -> npt.NDArray[np.float64]:
+        return np.array([known[other] for other in others], dtype=np.float64)
+
+    return compare
+
+
 def observe_content(
     state: ContentState,
     agent: str,
@@ -127,11 +142,14 @@ def observe_content(
     cycle_state, near_state, progress_state = state.cycle, state.near_duplicate, state.no_progress
     shingles = shingle(text) if text else None
     if shingles is not None and shingles.count > 0:
+        compare = _compare_once(shingles.sketch, (*cycle_state.recent, *near_state.recent))
         if cycle.enabled:
-            cycle_state, trip = observe_cycle(cycle_state, agent, shingles, cycle)
+            cycle_state, trip = observe_cycle(cycle_state, agent, shingles, cycle, compare)
             trips.extend([trip] if trip else [])
         if near_duplicate.enabled:
-            near_state, trip = observe_near_duplicate(near_state, agent, shingles, near_duplicate)
+            near_state, trip = observe_near_duplicate(
+                near_state, agent, shingles, near_duplicate, compare
+            )
             trips.extend([trip] if trip else [])
         if no_progress.enabled:
             progress_state, trip = observe_progress(progress_state, agent, shingles, no_progress)

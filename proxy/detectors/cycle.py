@@ -20,6 +20,7 @@ from typing import NamedTuple
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import CycleSettings
 from proxy.detectors.shingles import (
+    Compare,
     Entry,
     Shingles,
     agent_key,
@@ -61,12 +62,16 @@ class CycleState(NamedTuple):
 
 
 def observe_shingles(
-    state: CycleState, agent: str, shingles: Shingles, settings: CycleSettings
+    state: CycleState,
+    agent: str,
+    shingles: Shingles,
+    settings: CycleSettings,
+    compare: Compare = similarities,
 ) -> tuple[CycleState, Trip | None]:
     if shingles.count == 0:
         return state, None
     key = agent_key(agent)
-    scores = similarities(shingles.sketch, [sketch for _, sketch in state.recent])
+    scores = compare(shingles.sketch, [sketch for _, sketch in state.recent])
     runs = list(state.runs)
     for period in range(1, MAX_PERIOD + 1):
         back = len(state.recent) - period

@@ -26,6 +26,7 @@ from proxy.chaos import Chaos
 from proxy.config import Config, Upstream
 from proxy.detectors import limits
 from proxy.detectors.base import Trip
+from proxy.detectors.toolresults import tool_results
 from proxy.envelopes import core as envelopes
 from proxy.envelopes.gate import (
     BLOCK_STATUS,
@@ -649,8 +650,9 @@ class Forwarder:
 
     async def _observe_content(self, call: Call, grant: Grant, output: Output) -> None:
         try:
+            results = tool_results(call.body) if call.body is not None else []
             reported = await self.ledger.observe_content(
-                call.task, call.agent, output.text, grant.policy, output.tool_calls
+                call.task, call.agent, output.text, grant.policy, output.tool_calls, results
             )
         except Exception as exc:  # a faulty detector is logged, never breaks traffic
             event("detector_failed", logging.ERROR, task=call.task, error=repr(exc))
