@@ -1,18 +1,20 @@
 """Bag sketches: a completion's content words as a weighted set, compared by weighted Jaccard.
 
 A loop that rewords itself keeps its content words and changes the rest: the order of its
-sentences, the opener ("Hi team,", "Quick update:"), the sign-off, a counter. So the similarity
+sentences, the opener ("Hi team,", "Quick update:"), the sign-off. So the similarity
 detectors compare bags of words, not word sequences:
 
 * function words and the vocabulary of greetings and sign-offs are left out (``STOPWORDS``);
-* words of the opening and the closing sentence weigh ``LIGHT``, the others ``HEAVY``;
-* numbers are words like any other, so "12 failing (was 13)" and "11 failing (was 12)" differ.
+* words of the opening and the closing sentence weigh ``LIGHT``, the others ``HEAVY``, and
+  numbers ``NUMBER`` wherever they stand: a status report whose counts change ("12 failing
+  (was 13)", then "11 failing (was 12)") is another report. A counter ("Attempt 4:") changes
+  one number of many words, so a long message repeated with a new counter stays alike.
 
 Similarity is the weighted Jaccard index, sum of minimum weights over sum of maximum weights.
 The sketch keeps the ``BAG_FEATURES`` smallest feature hashes (a bottom-k sample: consistent
 across completions, so the union's k smallest are a uniform sample of the union, on which the
 index is estimated; exact for texts of fewer content words). Each is a 32-bit value, the
-feature's 31-bit hash above one weight bit: 192 bytes a completion.
+feature's 30-bit hash above two bits of weight class: 192 bytes a completion.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import numpy.typing as npt
 
 BAG_FEATURES = 48
 BAG_BYTES = BAG_FEATURES * 4
-HEAVY, LIGHT = 4, 1
+LIGHT, HEAVY, NUMBER = 1, 4, 8
+_WEIGHTS = np.array([LIGHT, HEAVY, NUMBER, HEAVY], dtype=np.int64)
+_CLASS = np.uint32(3)
 _EMPTY = np.uint32(0xFFFFFFFF)
-_NO_FEATURE = np.uint32(0x7FFFFFFF)  # _EMPTY's feature; real features stay below it
+_NO_FEATURE = np.uint32(0x3FFFFFFF)  # _EMPTY's feature; real features stay below it
 _EMPTY_SKETCH = b"\xff" * BAG_BYTES
 
 # Words that say nothing about what a message is about: English function words, and the
@@ -48,15 +52,22 @@ STOPWORDS = tuple(_STOPWORDS_TEXT.split())
 
 
 def bag_sketch(
-    hashed: npt.NDArray[np.uint64], stop: npt.NDArray[np.bool_], opening: int, closing: int
+    hashed: npt.NDArray[np.uint64],
+    stop: npt.NDArray[np.bool_],
+    numeric: npt.NDArray[np.bool_],
+    opening: int,
+    closing: int,
 ) -> bytes:
     """The sketch of a completion's words (64-bit hashes in order; ``stop`` marks the ones left
-    out); the first ``opening`` and last ``closing`` words weigh ``LIGHT``."""
+    out, ``numeric`` the numbers); the first ``opening`` and last ``closing`` words weigh
+    ``LIGHT``, unless they are numbers."""
     count = len(hashed)
-    # The feature is the hash's top 31 bits, the weight bit below it.
-    values = (hashed >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
-    values[:opening] &= np.uint32(~1 & 0xFFFFFFFF)
-    values[count - closing :] &= np.uint32(~1 & 0xFFFFFFFF)
+    # The feature is the hash's top 30 bits, the weight class in the two bits below.
+    word_class = np.ones(count, dtype=np.uint32)
+    word_class[:opening] = 0
+    word_class[count - closing :] = 0
+    word_class[numeric] = 2  # wherever it stands
+    values = ((hashed >> np.uint64(32)).astype(np.uint32) & ~_CLASS) | word_class
     keep = ~stop
     kept = int(np.count_nonzero(keep))
     if kept == 0:
@@ -68,20 +79,20 @@ def bag_sketch(
         cutoff = np.uint32(min((2**32 * 16 * BAG_FEATURES) // kept, 2**32 - 1))
         chosen = _distinct_heaviest(values[keep & (values < cutoff)])
     if chosen is None or len(chosen) < BAG_FEATURES:
-        chosen = _distinct_heaviest(np.minimum(values[keep], np.uint32(0xFFFFFFFD)))
+        chosen = _distinct_heaviest(np.minimum(values[keep], np.uint32(0xFFFFFFFB)))
     padded = np.full(BAG_FEATURES, _EMPTY, dtype=np.uint32)
     padded[: min(len(chosen), BAG_FEATURES)] = chosen[:BAG_FEATURES]
     return padded.astype("<u4").tobytes()
 
 
 def _distinct_heaviest(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
-    """Sorted, one value a feature: the heavier (the larger, its weight bit set) of two."""
+    """Sorted, one value a feature: the heaviest (the largest class) of its occurrences."""
     if len(values) == 0:
         return values
     ordered = np.sort(values)
     last = np.empty(len(ordered), dtype=bool)
     last[-1] = True
-    np.not_equal(ordered[1:] >> np.uint32(1), ordered[:-1] >> np.uint32(1), out=last[:-1])
+    np.not_equal(ordered[1:] >> np.uint32(2), ordered[:-1] >> np.uint32(2), out=last[:-1])
     return ordered[last]
 
 
@@ -98,11 +109,11 @@ def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> npt.NDArray[np.f
     mine = np.frombuffer(sketch, dtype="<u4").astype(np.int64)
     rows = np.frombuffer(b"".join(others), dtype="<u4").astype(np.int64)
     rows = rows.reshape(len(others), BAG_FEATURES)
-    mine_f, rows_f = mine >> 1, rows >> 1
+    mine_f, rows_f = mine >> 2, rows >> 2
     # The bound stays below an empty slot's feature, so empty slots never count.
     bound = np.minimum(np.minimum(rows_f[:, -1:], mine_f[-1]), _NO_FEATURE - 1)
-    mine_in = ((mine & 1) * (HEAVY - LIGHT) + LIGHT) * (mine_f <= bound)
-    rows_in = ((rows & 1) * (HEAVY - LIGHT) + LIGHT) * (rows_f <= bound)
+    mine_in = _WEIGHTS[mine & 3] * (mine_f <= bound)
+    rows_in = _WEIGHTS[rows & 3] * (rows_f <= bound)
     at = np.minimum(np.searchsorted(mine_f, rows_f), BAG_FEATURES - 1)
     both = (
         np.minimum(rows_in, np.take_along_axis(mine_in, at, axis=1)) * (mine_f[at] == rows_f)

@@ -37,7 +37,7 @@ from proxy.detectors.settings import (
 from proxy.detectors.shingles import Compare, Entry, shingle, similarities
 from proxy.detectors.similarity import NearDuplicateState
 from proxy.detectors.similarity import observe_shingles as observe_near_duplicate
-from proxy.detectors.toolcalls import ToolCall, ToolLoopState
+from proxy.detectors.toolcalls import ToolCall, ToolLoopState, fed
 from proxy.detectors.toolcalls import observe as observe_tool_loop
 
 _VERSION = 2
@@ -134,10 +134,13 @@ def observe_content(
     tool results its request carried. The trips, in the order cycle, near-duplicate,
     no-progress, tool loop. An empty text with no tool calls and no results changes nothing."""
     tool_state, tool_trip = state.tool_loop, None
-    if tool_loop.enabled and (tool_calls or tool_results):
+    if tool_calls or tool_results:
+        # Kept whether or not the tool-loop detector is on: its results are the text
+        # detectors' evidence of change too.
         tool_state, tool_trip = observe_tool_loop(
             tool_state, agent, tool_calls, tool_results, tool_loop
         )
+        tool_trip = tool_trip if tool_loop.enabled else None
     trips: list[Trip] = []
     cycle_state, near_state, progress_state = state.cycle, state.near_duplicate, state.no_progress
     shingles = shingle(text) if text else None
@@ -156,5 +159,7 @@ def observe_content(
             trips.extend([trip] if trip else [])
     elif tool_state is state.tool_loop:
         return state, []
+    if trips and fed(tool_state, agent):
+        trips = []  # the agent is acting on something new its tools said: not a loop
     trips.extend([tool_trip] if tool_trip else [])
     return ContentState(cycle_state, near_state, progress_state, tool_state), trips

@@ -2,9 +2,10 @@
 ``no_progress:`` and ``tool_loop:`` sections of a policy or a rule.
 
 Every section has ``action``: ``kill`` stops the task like any other trip, ``observe`` only logs
-and counts the trip (shadow mode, the recommended start: watch what a detector would have
-stopped on your own traffic before letting it stop anything). The defaults were chosen on real
-multi-agent traces; ``bench/detection/results.md`` has the measurements behind them.
+and counts the trip (shadow mode: watch what a detector would have stopped on your own traffic
+before letting it stop anything). The defaults were chosen on a scripted corpus's tuning split
+and checked on its held-out split and on wording it never saw (``python -m
+bench.detection.synthetic``); ``bench/detection/results.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
+    # A section written without an action observes; the shipped rules/policy.yaml sets
+    # ``kill`` where the evidence allows it (bench/detection/results.md).
     action: DetectorAction = "observe"
 
 
@@ -35,7 +38,7 @@ class CycleSettings(_Section):
     max_period: int = Field(default=6, ge=2, le=6)
     # Weighted Jaccard similarity of the outputs' content words (proxy.detectors.bag); 1.0:
     # the same words, in any order.
-    similarity: float = Field(default=0.7, gt=0.0, le=1.0)
+    similarity: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
 class NearDuplicateSettings(_Section):
@@ -47,8 +50,8 @@ class NearDuplicateSettings(_Section):
     nor counted in the window.
     """
 
-    similarity: float = Field(default=0.8, gt=0.0, le=1.0)
-    repeats: int = Field(default=2, ge=2, le=64)
+    similarity: float = Field(default=0.7, gt=0.0, le=1.0)
+    repeats: int = Field(default=3, ge=2, le=64)
     window: int = Field(default=10, ge=2, le=64)
     # Shorter outputs ("OK", "TERMINATE") are alike by nature: they are not compared.
     min_shingles: int = Field(default=8, ge=1)
@@ -78,6 +81,6 @@ class ToolLoopSettings(_Section):
     ``max_period`` calls run ``rounds`` times.
     """
 
-    repeats: int = Field(default=3, ge=2, le=24)
-    rounds: int = Field(default=2, ge=2, le=6)
+    repeats: int = Field(default=4, ge=2, le=24)
+    rounds: int = Field(default=3, ge=2, le=6)
     max_period: int = Field(default=4, ge=2, le=4)

@@ -141,7 +141,8 @@ def shingle(text: str) -> Shingles:
     hashed, starts, raw = words(text)
     opening, closing = edge_words(starts, raw)
     stop = _STOP_TABLE[hashed >> _STOP_SHIFT]
-    return Shingles(shingles_of(hashed), bag_sketch(hashed, stop, opening, closing))
+    numeric = (np.frombuffer(raw, dtype=np.uint8)[starts] - np.uint8(48)) < 10
+    return Shingles(shingles_of(hashed), bag_sketch(hashed, stop, numeric, opening, closing))
 
 
 similarities = bag_similarities

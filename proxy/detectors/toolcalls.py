@@ -15,6 +15,10 @@ the exact fingerprint is, digits kept: "12 failing" then "11 failing" are two re
 the agent's run, so polling a job until it finishes or re-running the tests after each fix is
 not a loop. Without results (a trace or a proxy that does not pass them), a run only ends when
 the calls change.
+
+The same evidence serves the text detectors: ``fed`` says an agent got a new tool result with
+this completion's request or the one before, so what it writes now may look like what it wrote
+before (the same report template, the same "running the tests" line) while its work moves on.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ MAX_RESULTS = 64  # recent distinct tool results remembered per task
 _NAME_CHARS = 40
 _VERSION = 1
 _HEADER = struct.Struct("<BBB")
-_RUN_HEAD = struct.Struct("<IB")
+_RUN_HEAD = struct.Struct("<IBB")
+NEVER = 255  # completions since an agent's last new tool result, for one that never had one
+FED_WITHIN = 1
 
 ToolCall = tuple[str, str]  # (name, arguments as sent: JSON text, or anything)
 
@@ -65,16 +71,17 @@ def result_fingerprint(result: str) -> int:
 
 class ToolLoopState(NamedTuple):
     # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
-    # Per agent, least recently active first: (agent key, its call fingerprints since its last
-    # new tool result, oldest first).
-    runs: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    # Per agent, least recently active first: (agent key, its completions since its last new
+    # tool result, its call fingerprints since then, oldest first).
+    runs: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
     results: tuple[int, ...] = ()  # the task's recent distinct tool results, oldest first
     names: tuple[str, ...] = ()  # the last call's tool names, for the trip's sentence
 
     def to_bytes(self) -> bytes:
         parts = [_HEADER.pack(_VERSION, len(self.runs), len(self.results))]
-        for key, calls in self.runs:
-            parts.append(_RUN_HEAD.pack(key, len(calls)) + struct.pack(f"<{len(calls)}I", *calls))
+        for key, since, calls in self.runs:
+            head = _RUN_HEAD.pack(key, since, len(calls))
+            parts.append(head + struct.pack(f"<{len(calls)}I", *calls))
         parts.append(struct.pack(f"<{len(self.results)}I", *self.results))
         parts.append("\n".join(self.names).encode())
         return b"".join(parts)
@@ -90,9 +97,9 @@ class ToolLoopState(NamedTuple):
             at = _HEADER.size
             runs = []
             for _ in range(agents):
-                key, count = _RUN_HEAD.unpack_from(data, at)
+                key, since, count = _RUN_HEAD.unpack_from(data, at)
                 at += _RUN_HEAD.size
-                runs.append((key, struct.unpack_from(f"<{count}I", data, at)))
+                runs.append((key, since, struct.unpack_from(f"<{count}I", data, at)))
                 at += 4 * count
             seen = struct.unpack_from(f"<{results}I", data, at)
             at += 4 * results
@@ -114,13 +121,14 @@ def observe(
     if not calls and not results:
         return state, None
     key = agent_key(agent)
-    runs = {owner: run for owner, run in state.runs}
-    run = runs.pop(key, ())
+    runs = {owner: (since, run) for owner, since, run in state.runs}
+    since, run = runs.pop(key, (NEVER, ()))
+    since = since if since == NEVER else min(since + 1, NEVER - 1)
     seen = list(state.results)
     for result in results:
         fingerprint = result_fingerprint(result)
         if fingerprint not in seen:
-            run = ()  # the tools said something new: whatever came before was not a loop
+            run, since = (), 0  # the tools said something new: what came before was no loop
             seen.append(fingerprint)
     names = state.names
     trip = None
@@ -128,9 +136,15 @@ def observe(
         run = (*run, calls_fingerprint(calls))[-MAX_RUN:]
         names = tuple(name[:_NAME_CHARS].replace("\n", " ") for name, _ in calls[:4])
         trip = _verdict(run, agent, names, settings)
-    runs[key] = run
-    new_state = ToolLoopState(tuple(runs.items())[-MAX_AGENTS:], tuple(seen[-MAX_RESULTS:]), names)
-    return new_state, trip
+    runs[key] = (since, run)
+    kept = tuple((owner, *entry) for owner, entry in runs.items())[-MAX_AGENTS:]
+    return ToolLoopState(kept, tuple(seen[-MAX_RESULTS:]), names), trip
+
+
+def fed(state: ToolLoopState, agent: str) -> bool:
+    """Whether ``agent`` got a new tool result with its last completion or the one before."""
+    key = agent_key(agent)
+    return any(owner == key and since <= FED_WITHIN for owner, since, _ in state.runs)
 
 
 def _verdict(
