@@ -1,7 +1,7 @@
 """Scripted multi-agent conversations, looping and healthy, for measuring the loop detectors.
 
     .venv/bin/python -m bench.detection.corpus [--vocabulary tuning|unseen] [--seed N]
-        [--per-class N] [--out FILE.jsonl]
+        [--per-class N] [--kind KIND ...] --out FILE.jsonl
 
 Writes the ``tripwire replay`` JSONL format, each conversation preceded by a comment line with
 its label (``# {"task": ..., "looping": true, "kind": "restate"}``), which the replay reader
@@ -343,9 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vocabulary", choices=sorted(VOCABULARIES), default=TUNING.name)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--per-class", type=int, default=5)
+    parser.add_argument("--kind", action="append", choices=[*LOOPING, *HEALTHY], help="only these")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     conversations = generate(args.vocabulary, args.seed, args.per_class)
+    if args.kind:
+        conversations = [c for c in conversations if c.kind in args.kind]
     write_jsonl(conversations, args.out)
     print(f"{len(conversations)} conversations written to {args.out}", file=sys.stderr)
     return 0

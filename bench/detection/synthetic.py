@@ -274,6 +274,7 @@ def report(per_class: int = PER_CLASS, unseen_per_class: int = UNSEEN_PER_CLASS)
     choices = [choose(d, tuning, held_out, unseen) for d in DETECTORS]
     policy = DetectorPolicy.load(None)
     stopping = shipped(policy)
+    observing = [d for d in DETECTORS if d not in stopping]
     on_held_out, on_unseen = outcome(held_out, policy, stopping), outcome(unseen, policy, stopping)
     count = {
         name: (
@@ -297,7 +298,8 @@ def report(per_class: int = PER_CLASS, unseen_per_class: int = UNSEEN_PER_CLASS)
         "",
         "### The shipped policy (`rules/policy.yaml`, as `tripwire replay` runs it)",
         "",
-        f"Detectors that stop a task: {', '.join(f'`{d}`' for d in stopping)}; the others observe.",
+        f"Detectors that stop a task: {', '.join(f'`{d}`' for d in stopping)}"
+        + (f"; observing: {', '.join(f'`{d}`' for d in observing)}." if observing else "."),
         "",
         "| split | looping stopped | healthy stopped | completions to stop: median |",
         "|---|---|---|---|",
