@@ -34,7 +34,7 @@ from proxy.detectors.settings import (
     NoProgressSettings,
     ToolLoopSettings,
 )
-from proxy.detectors.shingles import Compare, Entry, shingle, similarities
+from proxy.detectors.shingles import Compare, Entry, agent_key, shingle, similarities
 from proxy.detectors.similarity import NearDuplicateState
 from proxy.detectors.similarity import observe_shingles as observe_near_duplicate
 from proxy.detectors.toolcalls import ToolCall, ToolLoopState, fed
@@ -106,14 +106,16 @@ class ContentState(NamedTuple):
         )
 
 
-def _compare_once(sketch: bytes, entries: Sequence[Entry]) -> Compare:
-    """The similarity of ``sketch`` to every sketch the cycle and near-duplicate states hold,
-    worked out in one call: most are in both."""
-    distinct = list(dict.fromkeys(other for _, other in entries))
-    known = dict(zip(distinct, similarities(sketch, distinct).tolist(), strict=True))
+def _compare_once(sketch: bytes, key: int, entries: Sequence[Entry]) -> Compare:
+    """The similarity of ``sketch`` to the sketches of the agent's own earlier outputs that the
+    cycle and near-duplicate states hold, worked out in one call (most are in both). Both
+    detectors only compare an output with the same agent's: other sketches score 0."""
+    distinct = list(dict.fromkeys(other for owner, other in entries if owner == key))
+    scores = similarities(sketch, distinct).tolist() if distinct else []
+    known = dict(zip(distinct, scores, strict=True))
 
     def compare(_: bytes, others: Sequence[bytes]) -> npt.NDArray[np.float64]:
-        return np.array([known[other] for other in others], dtype=np.float64)
+        return np.array([known.get(other, 0.0) for other in others], dtype=np.float64)
 
     return compare
 
@@ -145,7 +147,8 @@ def observe_content(
     cycle_state, near_state, progress_state = state.cycle, state.near_duplicate, state.no_progress
     shingles = shingle(text) if text else None
     if shingles is not None and shingles.count > 0:
-        compare = _compare_once(shingles.sketch, (*cycle_state.recent, *near_state.recent))
+        entries = (*cycle_state.recent, *near_state.recent)
+        compare = _compare_once(shingles.sketch, agent_key(agent), entries)
         if cycle.enabled:
             cycle_state, trip = observe_cycle(cycle_state, agent, shingles, cycle, compare)
             trips.extend([trip] if trip else [])
