@@ -68,7 +68,8 @@ def test_shadow_mode_only_reports(
     state: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy = make_proxy(state=state)  # the built-in defaults: a section without action observes
+    # Shadow mode: the shipped policy kills on near_duplicate, this one only observes.
+    proxy = make_proxy(state=state, policy={"near_duplicate": {"action": "observe"}})
     task = "shadow-" + uuid.uuid4().hex[:6]
     client = openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0)
     for number in range(4):
