@@ -26,7 +26,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from proxy.detectors.settings import (
+    CycleSettings,
+    NearDuplicateSettings,
+    NoProgressSettings,
+    ToolLoopSettings,
+)
 from proxy.envelopes.settings import EnvelopeSettings
 from proxy.errors import ConfigError
 
@@ -124,6 +129,7 @@ class Rule(Strict):
     cycle: CycleSettings | None = None
     near_duplicate: NearDuplicateSettings | None = None
     no_progress: NoProgressSettings | None = None
+    tool_loop: ToolLoopSettings | None = None
     on_trip: TripAction | None = None
     chaos: ChaosSettings | None = None
     # The agents this rule matches are workers: their answers must be status envelopes.
@@ -137,6 +143,7 @@ class Policy(Strict):
     cycle: CycleSettings = CycleSettings()
     near_duplicate: NearDuplicateSettings = NearDuplicateSettings()
     no_progress: NoProgressSettings = NoProgressSettings()
+    tool_loop: ToolLoopSettings = ToolLoopSettings()
     on_trip: TripAction = "kill"
     refuse_status: int = Field(default=403, ge=400, le=599)
     rules: list[Rule] = []

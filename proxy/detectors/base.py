@@ -27,6 +27,7 @@ class TripReason(StrEnum):
     CYCLE = "cycle"
     NEAR_DUPLICATE = "near_duplicate"
     NO_PROGRESS = "no_progress"
+    TOOL_LOOP = "tool_loop"
     OPERATOR = "operator"
     INVALID_ENVELOPE = "invalid_envelope"
     LOW_CONFIDENCE = "low_confidence"

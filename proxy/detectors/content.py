@@ -1,56 +1,85 @@
 """The content detectors together: one shingling per completion, one state per task.
 
 ``observe_content`` hashes the completion once and runs the cycle, near-duplicate and
-no-progress detectors on it; ``ContentState`` is their states in one value that serializes to a
-few kilobytes at most (one Redis hash field):
+no-progress detectors on its text, and the tool-loop detector on its tool calls and the tool
+results its request carried; ``ContentState`` is their states in one value that serializes to
+a few kilobytes at most (one Redis hash field):
 
     state = ContentState.from_bytes(stored)      # b"" for a new task
-    state, trips = observe_content(state, agent, text, cycle=..., near_duplicate=..., ...)
+    state, trips = observe_content(state, agent, text, cycle=..., near_duplicate=..., ...,
+                                   tool_calls=output.tool_calls, tool_results=results)
     stored = state.to_bytes()
+
+Version 2: bag sketches of content words (``proxy.detectors.bag``) in place of shingle
+MinHash, digits kept, and the tool-loop state; a version-1 state reads as a new task's.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from proxy.detectors.base import Trip
 from proxy.detectors.cycle import CycleState
 from proxy.detectors.cycle import observe_shingles as observe_cycle
 from proxy.detectors.progress import NoProgressState
 from proxy.detectors.progress import observe_shingles as observe_progress
-from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
-from proxy.detectors.shingles import shingle
+from proxy.detectors.settings import (
+    CycleSettings,
+    NearDuplicateSettings,
+    NoProgressSettings,
+    ToolLoopSettings,
+)
+from proxy.detectors.shingles import Compare, Entry, agent_key, shingle, similarities
 from proxy.detectors.similarity import NearDuplicateState
 from proxy.detectors.similarity import observe_shingles as observe_near_duplicate
+from proxy.detectors.toolcalls import ToolCall, ToolLoopState, fed
+from proxy.detectors.toolcalls import observe as observe_tool_loop
 
-_VERSION = 1
-Plain = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
-_HEADER = struct.Struct("<BIII")
+_VERSION = 2
+Plain = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
+_HEADER = struct.Struct("<BIIII")
+_TOOL_LOOP_OFF = ToolLoopSettings(enabled=False)
 
 
 class ContentState(NamedTuple):
     cycle: CycleState = CycleState()
     near_duplicate: NearDuplicateState = NearDuplicateState()
     no_progress: NoProgressState = NoProgressState()
+    tool_loop: ToolLoopState = ToolLoopState()
 
     def plain(self) -> Plain:
         """The state as exact tuples of numbers, bytes and strings, which the garbage collector
         stops tracking (it never untracks a tuple subclass such as this one): the embedded
         ledger keeps this form, so 100k tasks' states add nothing to a full collection."""
-        return (tuple(self.cycle), tuple(self.near_duplicate), tuple(self.no_progress))
+        return (
+            tuple(self.cycle),
+            tuple(self.near_duplicate),
+            tuple(self.no_progress),
+            tuple(self.tool_loop),
+        )
 
     @classmethod
     def from_plain(cls, plain: Plain) -> ContentState:
-        cycle, near_duplicate, no_progress = plain
+        cycle, near_duplicate, no_progress, tool_loop = plain
         return cls(
             CycleState._make(cycle),
             NearDuplicateState._make(near_duplicate),
             NoProgressState._make(no_progress),
+            ToolLoopState._make(tool_loop),
         )
 
     def to_bytes(self) -> bytes:
-        parts = (self.cycle.to_bytes(), self.near_duplicate.to_bytes(), self.no_progress.to_bytes())
+        parts = (
+            self.cycle.to_bytes(),
+            self.near_duplicate.to_bytes(),
+            self.no_progress.to_bytes(),
+            self.tool_loop.to_bytes(),
+        )
         return _HEADER.pack(_VERSION, *(len(part) for part in parts)) + b"".join(parts)
 
     @classmethod
@@ -73,7 +102,22 @@ class ContentState(NamedTuple):
             CycleState.from_bytes(parts[0]),
             NearDuplicateState.from_bytes(parts[1]),
             NoProgressState.from_bytes(parts[2]),
+            ToolLoopState.from_bytes(parts[3]),
         )
+
+
+def _compare_once(sketch: bytes, key: int, entries: Sequence[Entry]) -> Compare:
+    """The similarity of ``sketch`` to the sketches of the agent's own earlier outputs that the
+    cycle and near-duplicate states hold, worked out in one call (most are in both). Both
+    detectors only compare an output with the same agent's: other sketches score 0."""
+    distinct = list(dict.fromkeys(other for owner, other in entries if owner == key))
+    scores = similarities(sketch, distinct).tolist() if distinct else []
+    known = dict(zip(distinct, scores, strict=True))
+
+    def compare(_: bytes, others: Sequence[bytes]) -> npt.NDArray[np.float64]:
+        return np.array([known.get(other, 0.0) for other in others], dtype=np.float64)
+
+    return compare
 
 
 def observe_content(
@@ -84,21 +128,41 @@ def observe_content(
     cycle: CycleSettings,
     near_duplicate: NearDuplicateSettings,
     no_progress: NoProgressSettings,
+    tool_loop: ToolLoopSettings = _TOOL_LOOP_OFF,
+    tool_calls: Sequence[ToolCall] = (),
+    tool_results: Sequence[str] = (),
 ) -> tuple[ContentState, list[Trip]]:
-    """Feed one completion's text to every enabled content detector; the trips, in the order
-    cycle, near-duplicate, no-progress. An empty text changes nothing."""
-    shingles = shingle(text)
-    if shingles.count == 0:
-        return state, []
+    """Feed one completion to every enabled content detector: its text, its tool calls and the
+    tool results its request carried. The trips, in the order cycle, near-duplicate,
+    no-progress, tool loop. An empty text with no tool calls and no results changes nothing."""
+    tool_state, tool_trip = state.tool_loop, None
+    if tool_calls or tool_results:
+        # Kept whether or not the tool-loop detector is on: its results are the text
+        # detectors' evidence of change too.
+        tool_state, tool_trip = observe_tool_loop(
+            tool_state, agent, tool_calls, tool_results, tool_loop
+        )
+        tool_trip = tool_trip if tool_loop.enabled else None
     trips: list[Trip] = []
     cycle_state, near_state, progress_state = state.cycle, state.near_duplicate, state.no_progress
-    if cycle.enabled:
-        cycle_state, trip = observe_cycle(cycle_state, agent, shingles, cycle)
-        trips.extend([trip] if trip else [])
-    if near_duplicate.enabled:
-        near_state, trip = observe_near_duplicate(near_state, agent, shingles, near_duplicate)
-        trips.extend([trip] if trip else [])
-    if no_progress.enabled:
-        progress_state, trip = observe_progress(progress_state, agent, shingles, no_progress)
-        trips.extend([trip] if trip else [])
-    return ContentState(cycle_state, near_state, progress_state), trips
+    shingles = shingle(text) if text else None
+    if shingles is not None and shingles.count > 0:
+        entries = (*cycle_state.recent, *near_state.recent)
+        compare = _compare_once(shingles.sketch, agent_key(agent), entries)
+        if cycle.enabled:
+            cycle_state, trip = observe_cycle(cycle_state, agent, shingles, cycle, compare)
+            trips.extend([trip] if trip else [])
+        if near_duplicate.enabled:
+            near_state, trip = observe_near_duplicate(
+                near_state, agent, shingles, near_duplicate, compare
+            )
+            trips.extend([trip] if trip else [])
+        if no_progress.enabled:
+            progress_state, trip = observe_progress(progress_state, agent, shingles, no_progress)
+            trips.extend([trip] if trip else [])
+    elif tool_state is state.tool_loop:
+        return state, []
+    if trips and fed(tool_state, agent):
+        trips = []  # the agent is acting on something new its tools said: not a loop
+    trips.extend([tool_trip] if tool_trip else [])
+    return ContentState(cycle_state, near_state, progress_state, tool_state), trips

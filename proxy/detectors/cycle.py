@@ -20,6 +20,7 @@ from typing import NamedTuple
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import CycleSettings
 from proxy.detectors.shingles import (
+    Compare,
     Entry,
     Shingles,
     agent_key,
@@ -32,7 +33,7 @@ from proxy.detectors.spec import Detector, Figure
 
 MAX_PERIOD = 6
 _NAME_CHARS = 40  # agent names kept for the trip's sentence, cut to bound the state
-_VERSION = 1
+_VERSION = 2
 _HEADER = struct.Struct(f"<BB{MAX_PERIOD}H")
 
 
@@ -62,12 +63,16 @@ class CycleState(NamedTuple):
 
 
 def observe_shingles(
-    state: CycleState, agent: str, shingles: Shingles, settings: CycleSettings
+    state: CycleState,
+    agent: str,
+    shingles: Shingles,
+    settings: CycleSettings,
+    compare: Compare = similarities,
 ) -> tuple[CycleState, Trip | None]:
     if shingles.count == 0:
         return state, None
     key = agent_key(agent)
-    scores = similarities(shingles.sketch, [sketch for _, sketch in state.recent])
+    scores = compare(shingles.sketch, [sketch for _, sketch in state.recent])
     runs = list(state.runs)
     for period in range(1, MAX_PERIOD + 1):
         back = len(state.recent) - period

@@ -26,7 +26,7 @@ from proxy.detectors.shingles import Hashes, Shingles, shingle, sorted_unique
 from proxy.detectors.spec import Detector, Figure
 
 _ALL = 1 << 32  # the threshold before the sample first fills: every hash is kept
-_VERSION = 1
+_VERSION = 2
 _HEADER = struct.Struct("<BQHB")
 _PAIR = struct.Struct("<HH")
 

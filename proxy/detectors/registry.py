@@ -8,7 +8,16 @@ phase, state; for the reserve phase, its Python check and Lua snippet), its reas
 
 from __future__ import annotations
 
-from proxy.detectors import budget, cycle, external, limits, progress, repeat, similarity
+from proxy.detectors import (
+    budget,
+    cycle,
+    external,
+    limits,
+    progress,
+    repeat,
+    similarity,
+    toolcalls,
+)
 from proxy.detectors.base import TripReason
 from proxy.detectors.spec import Detector, Phase
 
@@ -27,6 +36,7 @@ DETECTORS: tuple[Detector, ...] = (
     cycle.CYCLE,
     similarity.NEAR_DUPLICATE,
     progress.NO_PROGRESS,
+    toolcalls.TOOL_LOOP,
     # outside
     external.OPERATOR,
     external.INVALID_ENVELOPE,

@@ -14,6 +14,7 @@ from typing import NamedTuple
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import NearDuplicateSettings
 from proxy.detectors.shingles import (
+    Compare,
     Entry,
     Shingles,
     agent_key,
@@ -24,7 +25,7 @@ from proxy.detectors.shingles import (
 )
 from proxy.detectors.spec import Detector, Figure
 
-_VERSION = 1
+_VERSION = 2
 _HEADER = struct.Struct("<BB")
 
 
@@ -48,7 +49,11 @@ class NearDuplicateState(NamedTuple):
 
 
 def observe_shingles(
-    state: NearDuplicateState, agent: str, shingles: Shingles, settings: NearDuplicateSettings
+    state: NearDuplicateState,
+    agent: str,
+    shingles: Shingles,
+    settings: NearDuplicateSettings,
+    compare: Compare = similarities,
 ) -> tuple[NearDuplicateState, Trip | None]:
     if shingles.count < settings.min_shingles:
         return state, None
@@ -58,7 +63,7 @@ def observe_shingles(
     mine = [sketch for owner, sketch in earlier if owner == key]
     trip = None
     if len(mine) + 1 >= settings.repeats:
-        scores = similarities(shingles.sketch, mine)
+        scores = compare(shingles.sketch, mine)
         alike = scores >= settings.similarity
         repeats = int(alike.sum()) + 1
         if repeats >= settings.repeats:

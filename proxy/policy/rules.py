@@ -14,10 +14,15 @@ from functools import lru_cache
 
 from proxy.config import ChaosSettings, Limits, Policy, RepeatSettings, TripAction
 from proxy.detectors.base import TripReason
-from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from proxy.detectors.settings import (
+    CycleSettings,
+    NearDuplicateSettings,
+    NoProgressSettings,
+    ToolLoopSettings,
+)
 from proxy.envelopes.settings import EnvelopeSettings, merge_envelope
 
-_CONTENT = ("cycle", "near_duplicate", "no_progress")
+_CONTENT = ("cycle", "near_duplicate", "no_progress", "tool_loop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +36,16 @@ class Effective:
     near_duplicate: NearDuplicateSettings = field(default_factory=NearDuplicateSettings)
     no_progress: NoProgressSettings = field(default_factory=NoProgressSettings)
     envelope: EnvelopeSettings | None = None  # set: the agent is a worker
+    tool_loop: ToolLoopSettings = field(default_factory=ToolLoopSettings)
 
     @property
     def content_detection(self) -> bool:
-        return self.cycle.enabled or self.near_duplicate.enabled or self.no_progress.enabled
+        return (
+            self.cycle.enabled
+            or self.near_duplicate.enabled
+            or self.no_progress.enabled
+            or self.tool_loop.enabled
+        )
 
     def action_for(self, reason: TripReason) -> TripAction:
         """A content detector acts by its own setting, unless the policy is in shadow mode."""
@@ -46,6 +57,8 @@ class Effective:
             return self.near_duplicate.action
         if reason is TripReason.NO_PROGRESS:
             return self.no_progress.action
+        if reason is TripReason.TOOL_LOOP:
+            return self.tool_loop.action
         return self.on_trip
 
 
@@ -100,4 +113,5 @@ class PolicyBook:
             content["near_duplicate"],
             content["no_progress"],
             envelope,
+            content["tool_loop"],
         )

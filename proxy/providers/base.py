@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy.detectors.normalise import exact_text
+from proxy.detectors.toolcalls import canonical_arguments
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts, count_text
 
@@ -55,21 +57,15 @@ class Output:
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments)
 
     def fingerprint(self) -> str | None:
-        """Same normalized text and tool calls -> same fingerprint; None for an empty output."""
-        text = " ".join(self.text.lower().split())
+        """Same normalized text and tool calls -> same fingerprint; None for an empty output.
+        Case, punctuation, spacing and markdown decoration do not count (``exact_text``)."""
+        text = exact_text(self.text)
         if not text and not self.tool_calls:
             return None
         digest = hashlib.blake2b(text.encode(), digest_size=8)
         for name, arguments in self.tool_calls:
-            digest.update(b"\x00" + name.encode() + b"\x00" + _canonical_json(arguments))
+            digest.update(b"\x00" + name.encode() + b"\x00" + canonical_arguments(arguments))
         return digest.hexdigest()
-
-
-def _canonical_json(arguments: str) -> bytes:
-    try:
-        return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
-        return " ".join(arguments.split()).encode()
 
 
 class StreamTally:

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         type=Path,
-        help="policy file whose repeat, cycle, near_duplicate, no_progress and on_trip "
+        help="policy file whose repeat, cycle, near_duplicate, no_progress, tool_loop and on_trip "
         "sections apply (default: rules/policy.yaml if present, else the built-in defaults)",
     )
     parser.add_argument("--task", default="*", help="replay only tasks matching this glob")

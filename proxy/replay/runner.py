@@ -3,8 +3,10 @@ of each.
 
 Every detector runs in shadow mode here, so each one's first trip is known even when another
 would have stopped the task sooner; the savings are worked out afterwards from the policy's
-actions. The exact-repeat detector sees ``Output(text).fingerprint()`` and its own policy
-window, as at settle time in the ledger; the content detectors share one ``ContentState``.
+actions. The exact-repeat detector sees ``Output(text, tool_calls).fingerprint()`` and its own
+policy window, as at settle time in the ledger; the content detectors share one
+``ContentState``, and the tool-loop detector gets each completion's tool calls and the tool
+results (``tool`` turns) its agent received since its previous completion.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from proxy.detectors import registry, repeat
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.content import ContentState, observe_content
 from proxy.detectors.repeat import observe_repeat
-from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from proxy.detectors.settings import (
+    CycleSettings,
+    NearDuplicateSettings,
+    NoProgressSettings,
+    ToolLoopSettings,
+)
 from proxy.errors import ConfigError
 from proxy.providers.base import Output
 from proxy.replay.traces import Trace
@@ -47,13 +54,14 @@ class DetectorPolicy(BaseModel):
     cycle: CycleSettings = CycleSettings()
     near_duplicate: NearDuplicateSettings = NearDuplicateSettings()
     no_progress: NoProgressSettings = NoProgressSettings()
+    tool_loop: ToolLoopSettings = ToolLoopSettings()
 
     def action(self, detector: str) -> TripAction:
         """What a trip of ``detector`` does: the global ``on_trip: observe`` shadows them all."""
         if detector == REPEAT or self.on_trip == "observe":
             return self.on_trip
-        section: CycleSettings | NearDuplicateSettings | NoProgressSettings = getattr(
-            self, detector
+        section: CycleSettings | NearDuplicateSettings | NoProgressSettings | ToolLoopSettings = (
+            getattr(self, detector)
         )
         return section.action
 
@@ -93,6 +101,7 @@ class DetectorPolicy(BaseModel):
             cycle=policy.cycle,
             near_duplicate=policy.near_duplicate,
             no_progress=policy.no_progress,
+            tool_loop=policy.tool_loop,
         )
 
 
@@ -146,10 +155,15 @@ def replay_trace(trace: Trace, policy: DetectorPolicy) -> TraceReport:
     report = TraceReport(trace)
     outputs: deque[str] = deque(maxlen=policy.repeat.window)
     state = ContentState()
-    for turn in trace.completions:
+    results: dict[str, list[str]] = {}  # tool results each agent has not yet seen
+    for turn in trace.turns:
+        if turn.role == "tool":
+            results.setdefault(turn.agent, []).append(turn.text)
+        if not turn.completion:
+            continue
         report.tokens.append(count_text(turn.text))
         trips: list[Trip] = []
-        fingerprint = Output(turn.text).fingerprint()
+        fingerprint = Output(turn.text, list(turn.tool_calls)).fingerprint()
         if fingerprint is not None:
             trip = observe_repeat(
                 outputs, fingerprint, policy.repeat.threshold, TripReason.REPEAT_OUTPUT, turn.agent
@@ -162,6 +176,9 @@ def replay_trace(trace: Trace, policy: DetectorPolicy) -> TraceReport:
             cycle=policy.cycle,
             near_duplicate=policy.near_duplicate,
             no_progress=policy.no_progress,
+            tool_loop=policy.tool_loop,
+            tool_calls=turn.tool_calls,
+            tool_results=results.pop(turn.agent, ()),
         )
         trips.extend(found)
         report.tripped.append((turn.step, tuple(_BY_REASON[trip.reason] for trip in trips)))

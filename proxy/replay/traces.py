@@ -6,7 +6,10 @@ log lines) are kept so that steps keep the numbering of the source.
 
 Our JSONL: one message per line, ``{"task": ..., "agent": ..., "role": ..., "text": ...}``.
 ``text`` is required; ``task`` defaults to the file's name, ``agent`` to ``default``, ``role``
-to ``assistant``. Blank lines and lines starting with ``#`` are skipped.
+to ``assistant``. An assistant message may carry ``tool_calls``, a list of ``{"name": ...,
+"arguments": ...}`` (arguments a JSON object or its text); a ``tool`` message's text is a tool
+result, handed to the completion of its ``agent`` that follows. Blank lines and lines starting
+with ``#`` are skipped.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ class Turn:
     agent: str
     role: str  # "assistant" for a completion; "user", "tool", "handoff", "log" otherwise
     text: str
+    tool_calls: tuple[tuple[str, str], ...] = ()  # (name, arguments as JSON text)
 
     @property
     def completion(self) -> bool:
-        return self.role == ASSISTANT and bool(self.text.strip())
+        return self.role == ASSISTANT and (bool(self.text.strip()) or bool(self.tool_calls))
 
 
 @dataclass(slots=True)
@@ -104,6 +108,23 @@ def load_jsonl(path: Path) -> list[Trace]:
                 str(record.get("agent") or "default"),
                 str(record.get("role") or ASSISTANT),
                 record["text"],
+                _tool_calls(record.get("tool_calls"), path, number),
             )
         )
     return list(traces.values())
+
+
+def _tool_calls(value: Any, path: Path, number: int) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(call, dict) and isinstance(call.get("name"), str) for call in value
+    ):
+        raise TraceFormatError(f"{path}:{number}: tool_calls must be a list of {{name, arguments}}")
+    return tuple(
+        (
+            call["name"],
+            args if isinstance(args := call.get("arguments", {}), str) else json.dumps(args),
+        )
+        for call in value
+    )

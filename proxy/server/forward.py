@@ -26,6 +26,7 @@ from proxy.chaos import Chaos
 from proxy.config import Config, Upstream
 from proxy.detectors import limits
 from proxy.detectors.base import Trip
+from proxy.detectors.toolresults import tool_results
 from proxy.envelopes import core as envelopes
 from proxy.envelopes.gate import (
     BLOCK_STATUS,
@@ -616,10 +617,15 @@ class Forwarder:
         for trip in settled.trips:
             action = "kill" if settled.killed else "observe"
             self.telemetry.trip(call.task, call.agent, trip, action, _tenant(call))
-        if completed and output is not None and output.text and grant.policy.content_detection:
+        if (
+            completed
+            and output is not None
+            and (output.text or output.tool_calls)
+            and grant.policy.content_detection
+        ):
             # Off the response's path: these detectors are heuristics over a window, and a
             # kill they decide refuses the task's next call like any other.
-            detection = asyncio.ensure_future(self._observe_content(call, grant, output.text))
+            detection = asyncio.ensure_future(self._observe_content(call, grant, output))
             self._background.add(detection)
             detection.add_done_callback(self._background.discard)
         now = time.perf_counter()
@@ -642,9 +648,12 @@ class Forwarder:
         )
         return settled
 
-    async def _observe_content(self, call: Call, grant: Grant, text: str) -> None:
+    async def _observe_content(self, call: Call, grant: Grant, output: Output) -> None:
         try:
-            reported = await self.ledger.observe_content(call.task, call.agent, text, grant.policy)
+            results = tool_results(call.body) if call.body is not None else []
+            reported = await self.ledger.observe_content(
+                call.task, call.agent, output.text, grant.policy, output.tool_calls, results
+            )
         except Exception as exc:  # a faulty detector is logged, never breaks traffic
             event("detector_failed", logging.ERROR, task=call.task, error=repr(exc))
             return

@@ -15,7 +15,7 @@ Nothing outside ``proxy.session`` knows which backend runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -164,10 +164,16 @@ class Ledger(Protocol):
         ...
 
     async def observe_content(
-        self, task: str, agent: str, text: str, policy: Effective
+        self,
+        task: str,
+        agent: str,
+        text: str,
+        policy: Effective,
+        tool_calls: Sequence[tuple[str, str]] = (),
+        tool_results: Sequence[str] = (),
     ) -> list[tuple[Trip, str]]:
-        """Run the content detectors (cycle, near-duplicate, no progress) on one completion;
-        the trips to report with their action, a ``kill`` one already applied."""
+        """Run the content detectors (cycle, near-duplicate, no progress, tool loop) on one
+        completion; the trips to report with their action, a ``kill`` one already applied."""
         ...
 
     async def count_envelope(self, task: str, status: str) -> None:

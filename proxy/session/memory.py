@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -284,7 +284,13 @@ class MemoryLedger:
         return True
 
     async def observe_content(
-        self, task: str, agent: str, text: str, policy: Effective
+        self,
+        task: str,
+        agent: str,
+        text: str,
+        policy: Effective,
+        tool_calls: Sequence[tuple[str, str]] = (),
+        tool_results: Sequence[str] = (),
     ) -> list[tuple[Trip, str]]:
         state = self._tasks.get(task)
         if state is None or state.killed is not None:
@@ -296,6 +302,9 @@ class MemoryLedger:
             cycle=policy.cycle,
             near_duplicate=policy.near_duplicate,
             no_progress=policy.no_progress,
+            tool_loop=policy.tool_loop,
+            tool_calls=tool_calls,
+            tool_results=tool_results,
         )
         state.content = content.plain()
         reported: list[tuple[Trip, str]] = []

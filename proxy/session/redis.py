@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -532,13 +532,19 @@ class RedisLedger:
         ]
 
     async def observe_content(
-        self, task: str, agent: str, text: str, policy: Effective
+        self,
+        task: str,
+        agent: str,
+        text: str,
+        policy: Effective,
+        tool_calls: Sequence[tuple[str, str]] = (),
+        tool_results: Sequence[str] = (),
     ) -> builtins.list[tuple[Trip, str]]:
         """Read the task's detector state, update it and write it back unless another replica
         wrote it in between; then read again and redo the update, so no completion is missed."""
         keys = self._keys(task)
         try:
-            trips = await self._swap_content(keys, agent, text, policy)
+            trips = await self._swap_content(keys, agent, text, policy, tool_calls, tool_results)
         except _UNREACHABLE as error:
             # Detection is a heuristic over a window: a completion Redis cannot take is skipped.
             self._unreachable("observe_content", error)
@@ -554,7 +560,13 @@ class RedisLedger:
         return reported
 
     async def _swap_content(
-        self, keys: Keys, agent: str, text: str, policy: Effective
+        self,
+        keys: Keys,
+        agent: str,
+        text: str,
+        policy: Effective,
+        tool_calls: Sequence[tuple[str, str]],
+        tool_results: Sequence[str],
     ) -> builtins.list[Trip]:
         for _ in range(CONTENT_SWAP_ATTEMPTS):
             stored, version, killed = await self.client.hmget(
@@ -573,6 +585,9 @@ class RedisLedger:
                 cycle=policy.cycle,
                 near_duplicate=policy.near_duplicate,
                 no_progress=policy.no_progress,
+                tool_loop=policy.tool_loop,
+                tool_calls=tool_calls,
+                tool_results=tool_results,
             )
             encoded = base64.b64encode(state.to_bytes()).decode()
             ttl = int(self.settings.task_ttl)

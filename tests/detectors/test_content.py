@@ -9,7 +9,12 @@ import pytest
 
 from proxy.detectors.base import TripReason
 from proxy.detectors.content import ContentState, observe_content
-from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from proxy.detectors.settings import (
+    CycleSettings,
+    NearDuplicateSettings,
+    NoProgressSettings,
+    ToolLoopSettings,
+)
 from tests.detectors.helpers import prose, reword
 
 DEFAULTS: dict[str, Any] = {
@@ -52,7 +57,7 @@ def test_state_stays_bounded_after_ten_thousand_completions() -> None:
         state, _ = observe_content(state, f"agent-{n % 40}", text, **DEFAULTS)
         if n % 1000 == 999:
             sizes.append(len(state.to_bytes()))
-    assert max(sizes) < 5000
+    assert max(sizes) < 6000
     assert sizes[-1] <= sizes[0] + 64  # full from early on, then constant
     assert ContentState.from_bytes(state.to_bytes()) == state
 
@@ -67,3 +72,46 @@ def test_serialized_form_round_trips_and_rejects_garbage() -> None:
     for bad in (data[:-1], b"\x07" + data[1:], b"xx"):
         with pytest.raises(ValueError):
             ContentState.from_bytes(bad)
+
+
+def test_tool_calls_without_text_reach_the_tool_loop_detector() -> None:
+    tools = {**DEFAULTS, "tool_loop": ToolLoopSettings()}
+    state, reasons = ContentState(), []
+    for n in range(6):
+        state, trips = observe_content(
+            state,
+            "researcher",
+            "",
+            tool_calls=[("search", '{"q": "refunds"}')],
+            tool_results=["3 hits"] if n else [],
+            **tools,
+        )
+        reasons.append([t.reason for t in trips])
+    assert reasons[:4] == [[]] * 4 and reasons[4] == [TripReason.TOOL_LOOP]
+    assert ContentState.from_bytes(state.to_bytes()) == state
+
+
+def test_an_agent_acting_on_new_tool_results_is_not_a_loop() -> None:
+    """The same report template every round, while the tests it runs say something new."""
+    tools = {**DEFAULTS, "tool_loop": ToolLoopSettings()}
+    template = "Ran the suite again and patched the failing module; the report is attached below."
+    state, reasons = ContentState(), []
+    for n in range(10):
+        state, trips = observe_content(
+            state,
+            "coder",
+            template,
+            tool_calls=[("run_tests", "{}")],
+            tool_results=[f"{10 - n} failed"],
+            **tools,
+        )
+        reasons += [t.reason for t in trips]
+    assert reasons == []
+    stale = state
+    for _ in range(3):  # the tests stop changing: the same text is a loop again
+        stale, trips = observe_content(
+            stale, "coder", template, tool_calls=[("run_tests", "{}")], tool_results=["1 failed"],
+            **tools,
+        )  # fmt: skip
+        reasons += [t.reason for t in trips]
+    assert TripReason.NEAR_DUPLICATE in reasons

@@ -40,10 +40,11 @@ def test_replay_prints_the_first_trip_of_each_detector(
     out = capsys.readouterr().out
     calm, stuck, verbatim = out.split("\n\n") if "\n\n" in out else _blocks(out)
     assert "calm (jsonl): 8 completions" in calm and "nothing fired" in calm
-    assert "near_duplicate  observe step 3 (completion 3) agent planner" in stuck
-    assert "cycle           observe step 5 (completion 4) agent critic" in stuck
-    assert "with this policy: nothing fired" in stuck  # the new detectors only observe by default
-    assert "had every detector killed: stopped at step 3 (near_duplicate" in stuck
+    # The shipped policy: every content detector kills (bench/detection/results.md).
+    assert "cycle           kill    step 5 (completion 4) agent critic" in stuck
+    assert "near_duplicate  kill    step 6 (completion 5) agent planner" in stuck
+    assert "no_progress     kill    step 8 (completion 6) agent critic" in stuck
+    assert "with this policy: stopped at step 5 (cycle, completion 4): 6 of 10" in stuck
     assert "repeat_output   kill    step 2 (completion 3) agent bot" in verbatim
     assert "with this policy: stopped at step 2 (repeat_output, completion 3): 1 of 4" in verbatim
     assert out.rstrip().endswith("3 tasks replayed (jsonl); a detector fired in 2")

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from proxy.config import Limits, RepeatSettings, StateSettings
-from proxy.detectors.settings import CycleSettings, NoProgressSettings
+from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
 from proxy.policy.rules import Effective
 from proxy.session.redis import RedisLedger
 from tests.harness import MockProviderThread
@@ -35,7 +35,8 @@ def test_a_paraphrasing_agent_is_killed_when_the_detector_says_kill(
     make_proxy: Any, mock: MockProviderThread, state: dict[str, Any]
 ) -> None:
     proxy = make_proxy(
-        state=state, policy={"near_duplicate": {"action": "kill"}, "cycle": {"enabled": False}}
+        state=state,
+        policy={"near_duplicate": {"action": "kill", "repeats": 2}, "cycle": {"enabled": False}},
     )
     task = "para-" + uuid.uuid4().hex[:6]
     client = openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0)
@@ -67,7 +68,8 @@ def test_shadow_mode_only_reports(
     state: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy = make_proxy(state=state)  # the shipped defaults: observe
+    # Shadow mode: the shipped policy kills on near_duplicate, this one only observes.
+    proxy = make_proxy(state=state, policy={"near_duplicate": {"action": "observe"}})
     task = "shadow-" + uuid.uuid4().hex[:6]
     client = openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0)
     for number in range(4):
@@ -104,6 +106,7 @@ async def test_two_replicas_observing_one_task_at_once_miss_nothing(redis_server
         "kill",
         (),
         cycle=CycleSettings(enabled=False),
+        near_duplicate=NearDuplicateSettings(repeats=2),
         no_progress=NoProgressSettings(enabled=False),
     )
     task = "race-" + uuid.uuid4().hex[:6]
