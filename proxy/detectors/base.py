@@ -60,3 +60,14 @@ class Trip:
         except ValueError:
             reason = TripReason.OPERATOR
         return cls(reason, dict(record.get("figures") or {}))
+
+
+def one_kill(trips: list[Trip]) -> Trip:
+    """The trip a completion that tripped several detectors at once is killed for: the first,
+    in the registry's order, with the others' reasons among its figures, so one completion
+    makes one kill, one webhook and one count."""
+    first = trips[0]
+    if len(trips) == 1:
+        return first
+    also = ", ".join(str(trip.reason) for trip in trips[1:])
+    return Trip(first.reason, {**first.figures, "also": also})

@@ -2,51 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableSequence
+from collections import deque
 from typing import Any
 
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.spec import Detector, Figure
 
 
-def repeat_trip(
-    seen: int, threshold: int, window: int, reason: TripReason, agent: str, fingerprint: str
-) -> Trip | None:
-    """The verdict on a fingerprint seen ``seen`` times among the last ``window`` entries."""
-    if seen < threshold:
-        return None
-    spec = REPEAT_OUTPUT if reason is TripReason.REPEAT_OUTPUT else REPEAT_REQUEST
-    return spec.trip(
-        agent=agent, repeats=seen, threshold=threshold, window=window, fingerprint=fingerprint
-    )
-
-
 def observe_repeat(
-    window: MutableSequence[str],
+    window: deque[str],
     fingerprint: str,
     threshold: int,
     reason: TripReason,
     agent: str,
 ) -> Trip | None:
-    """Append ``fingerprint`` to the bounded ``window``; trip at ``threshold`` occurrences.
-
-    The window is the caller's, which the caller keeps bounded, so memory per task stays
-    bounded.
-    """
+    """Append ``fingerprint`` to the bounded ``window`` (a deque with a ``maxlen``: the caller
+    keeps memory per task bounded); trip at ``threshold`` occurrences."""
     window.append(fingerprint)
-    return repeat_trip(
-        window.count(fingerprint), threshold, len(window), reason, agent, fingerprint
+    spec = REPEAT_OUTPUT if reason is TripReason.REPEAT_OUTPUT else REPEAT_REQUEST
+    size = window.maxlen if window.maxlen is not None else len(window)
+    return window_trip(
+        spec, window.count(fingerprint), threshold, size, len(window), agent, fingerprint
     )
 
 
 def window_trip(
-    spec: Detector, seen: int, threshold: int, window: int, agent: str, fingerprint: str
+    spec: Detector,
+    seen: int,
+    threshold: int,
+    size: int,
+    length: int,
+    agent: str,
+    fingerprint: str,
 ) -> Trip | None:
-    """A settle-phase detector's verdict on a fingerprint seen ``seen`` times in its window."""
+    """A settle-phase detector's verdict on a fingerprint seen ``seen`` times among the
+    ``length`` entries its window holds so far (at most ``size``, the configured window)."""
     if seen < threshold:
         return None
     return spec.trip(
-        agent=agent, repeats=seen, threshold=threshold, window=window, fingerprint=fingerprint
+        agent=agent,
+        repeats=seen,
+        threshold=threshold,
+        window=size,
+        seen=length,
+        fingerprint=fingerprint,
     )
 
 
@@ -58,14 +57,15 @@ _FIGURES = (
     Figure("agent"),
     Figure("repeats"),
     Figure("threshold"),
-    Figure("window"),
+    Figure("window"),  # the configured window
+    Figure("seen"),  # how many entries the window held when it tripped
     Figure("fingerprint"),
 )
 REPEAT_OUTPUT = Detector(
     TripReason.REPEAT_OUTPUT,
     "settle",
-    "agent {agent} repeated the same output {repeats} times within the task's last "
-    "{window} outputs",
+    "agent {agent} repeated the same output {repeats} times among the task's last {seen} "
+    "outputs (window: {window})",
     _FIGURES,
     settings=("repeat.threshold", "repeat.window"),
     state=("the task's last output fingerprints",),
@@ -76,7 +76,8 @@ REPEAT_OUTPUT = Detector(
 REPEAT_REQUEST = Detector(
     TripReason.REPEAT_REQUEST,
     "settle",
-    "agent {agent} repeated the same request {repeats} times within its last {window} requests",
+    "agent {agent} repeated the same request {repeats} times among its last {seen} requests "
+    "(window: {window})",
     _FIGURES,
     settings=("repeat.threshold", "repeat.window"),
     state=("each agent's last request fingerprints",),

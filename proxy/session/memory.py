@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
-from proxy.detectors.base import Trip, TripReason
+from proxy.detectors.base import Trip, TripReason, one_kill
 from proxy.detectors.content import ContentState, Plain, observe_content
 from proxy.detectors.registry import RESERVE, SETTLE
 from proxy.detectors.spec import Reservation
@@ -256,6 +256,7 @@ class MemoryLedger:
                     detector,
                     window.count(fingerprint),
                     threshold,
+                    size,
                     len(window),
                     grant.agent,
                     fingerprint,
@@ -263,6 +264,7 @@ class MemoryLedger:
                 trips.extend([trip] if trip else [])
         killed = False
         if trips and grant.policy.on_trip == "kill" and task.killed is None:
+            trips = [one_kill(trips)]
             task.killed = trips[0]
             task.mark("kill", trips[0].detail, self.clock())
             killed = True

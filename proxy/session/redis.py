@@ -32,7 +32,7 @@ from redis.exceptions import ReadOnlyError, RedisError
 
 from proxy.config import StateSettings
 from proxy.detectors import repeat
-from proxy.detectors.base import Trip
+from proxy.detectors.base import Trip, one_kill
 from proxy.detectors.content import ContentState, observe_content
 from proxy.detectors.registry import SETTLE
 from proxy.detectors.spec import Detector
@@ -443,15 +443,18 @@ class RedisLedger:
             fingerprint = getattr(outcome, detector.fingerprint) or ""
             if not fingerprint or detector.bounds is None:
                 continue
-            threshold, _ = detector.bounds(grant.policy)
+            threshold, size = detector.bounds(grant.policy)
             seen, length = counts[2 * index], counts[2 * index + 1]
-            trip = repeat.window_trip(detector, seen, threshold, length, grant.agent, fingerprint)
+            trip = repeat.window_trip(
+                detector, seen, threshold, size, length, grant.agent, fingerprint
+            )
             trips.extend([trip] if trip else [])
         if trips and grant.policy.on_trip == "observe":
             # Shadow mode reports a reason once per task, as the reserve script does.
             trips = await self._first_observed(grant.task, trips)
         killed_now = False
         if trips and grant.policy.on_trip == "kill" and view.killed is None:
+            trips = [one_kill(trips)]
             killed_now = await self.kill(grant.task, trips[0])
             view.killed = trips[0] if killed_now else view.killed
         return Settled(view, trips, killed_now)

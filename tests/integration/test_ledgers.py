@@ -192,6 +192,21 @@ async def test_repeated_output_trips_on_the_third(ledger: Ledger, task: str) -> 
         await ledger.reserve(plan(task, policy))
 
 
+async def test_one_completion_that_trips_two_detectors_makes_one_kill(
+    ledger: Ledger, task: str
+) -> None:
+    policy = effective()
+    for _ in range(3):
+        grant = await ledger.reserve(plan(task, policy))
+        settled = await ledger.settle(grant, outcome(5, output="same", request="same"))
+    assert settled.killed
+    [trip] = settled.trips  # one kill, one webhook, one count: the others are its figures
+    assert trip.reason is TripReason.REPEAT_OUTPUT
+    assert trip.figures["also"] == "repeat_request"
+    view = await ledger.get(task)
+    assert view is not None and view.killed == trip
+
+
 async def test_repeated_request_by_one_agent(ledger: Ledger, task: str) -> None:
     policy = effective()
     for number in range(3):

@@ -98,3 +98,16 @@ def test_a_trip_reads_the_same_after_a_round_trip_through_json() -> None:
     assert (
         again.detail == "handing off from planner to critic would be hop 13, over the limit of 12"
     )
+
+
+def test_a_repeat_trip_states_the_configured_window_and_what_it_held() -> None:
+    window: deque[str] = deque(maxlen=20)
+    trip = None
+    for _ in range(3):
+        trip = repeat.observe_repeat(window, "x", 3, TripReason.REPEAT_OUTPUT, "planner")
+    assert trip is not None
+    assert trip.figures["window"] == 20 and trip.figures["seen"] == 3
+    assert trip.detail == (
+        "agent planner repeated the same output 3 times among the task's last 3 outputs "
+        "(window: 20)"
+    )
