@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -81,12 +82,19 @@ class _Pending:
     calls: int  # 1 for a call reserved in memory (open mode), whose call Redis never saw
 
 
+def key_part(name: str) -> str:
+    """An id as it stands inside a key name: braces, colons, glob characters, ``%`` and
+    anything not printable ASCII are percent-escaped, so no task or agent id can close the
+    ``{task}`` hash tag, reach into another key's name, or match another key's pattern."""
+    return quote(name, safe="/@!$&'()+,;=")
+
+
 class Keys:
     """Key names of one task; the ``{task}`` hash tag keeps them in one cluster slot."""
 
     def __init__(self, prefix: str, task: str) -> None:
         self.task = task
-        base = f"{prefix}:{{{task}}}"
+        base = f"{prefix}:{{{key_part(task)}}}"
         self.state = f"{base}:s"
         self.agents = f"{base}:a"
         self.reservations = f"{base}:z"
@@ -98,7 +106,7 @@ class Keys:
     def window(self, detector: Detector, agent: str) -> str:
         """A settle-phase detector's window: the task's, or the agent's (its budget bucket)."""
         key = f"{self.windows_prefix}{detector.reason}"
-        return key if detector.window == "task" else f"{key}:{agent}"
+        return key if detector.window == "task" else f"{key}:{key_part(agent)}"
 
 
 def _timeline_event(entry: str) -> TimelineEvent:
@@ -513,7 +521,10 @@ class RedisLedger:
         pattern = f"{self.settings.key_prefix}:{{*}}:s"
         batch: builtins.list[str] = []
         async for key in self.client.scan_iter(match=pattern, count=LIST_BATCH):
-            batch.append(key[len(self.settings.key_prefix) + 2 : -3])
+            inner = key[len(self.settings.key_prefix) + 2 : -3]
+            if "}" in inner:  # another key of a task that ends in ":s" (an agent's window)
+                continue
+            batch.append(unquote(inner))
             if len(batch) >= LIST_BATCH:
                 views += await self._summaries(batch)
                 batch = []

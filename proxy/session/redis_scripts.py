@@ -13,7 +13,9 @@ Money is added in Lua doubles and stored with 17 digits (not with ``HINCRBYFLOAT
 doubles printed to 17 decimals drift from the embedded ledger's sums), so both ledgers hold the
 very same dollar figures.
 
-Keys of one task share the hash tag ``{task}`` so every script touches a single cluster slot:
+Keys of one task share the hash tag ``{task}`` so every script touches a single cluster slot.
+Ids are percent-escaped where they stand in a key (``redis.key_part``: braces, colons, glob
+characters, ``%``, spaces and non-ASCII), so no id can close the hash tag or reach another key:
 
     <prefix>:{task}:s        hash: started, last_seen, used, reserved, cost, cost_reserved,
                              calls, hops, last_agent, max_tokens, killed, obs|<reason>

@@ -339,6 +339,22 @@ async def test_listing_returns_every_task_with_its_figures(ledger: Ledger, task:
     assert listed[names[3]].tokens_used == 0
 
 
+async def test_ids_with_key_syntax_stay_in_their_own_keys(ledger: Ledger, task: str) -> None:
+    """Braces, colons and glob characters in ids cannot close the hash tag, reach another
+    task's keys or break the listing (an agent "a}:s" once made every listing fail)."""
+    odd = [f"{task}}}:s", f"{task}{{x}}", f"{task}*?[]:%41 \u00e9"]
+    policy = effective(max_tokens=1000)
+    for name in [task, *odd]:
+        grant = await ledger.reserve(plan(name, policy, agent="a}:s"))
+        await ledger.settle(grant, outcome(10, output=name, request=name))
+    grant = await ledger.reserve(plan(task, policy, agent="b"))
+    await ledger.settle(grant, outcome(5))
+    listed = {view.task: view for view in await ledger.list() if view.task.startswith(task)}
+    assert sorted(listed) == sorted([task, *odd])
+    assert listed[task].tokens_used == 15 and listed[task].agents == ["a}:s", "b"]
+    assert all(listed[name].tokens_used == 10 for name in odd)
+
+
 async def test_a_burst_of_calls_beyond_the_connection_pool_is_served(ledger: Ledger) -> None:
     """More calls at once than one replica keeps connections to Redis: they wait their turn
     for a connection (within the Redis timeout) rather than fail as if Redis were down."""
