@@ -215,7 +215,8 @@ class AdminState:
         caller = self.caller(request)
         query = self.query(request, models.ListQuery)
         tenant = self.scope_tenant(caller, query.tenant)
-        views = [view for view in await self.ledger.list() if caller.sees(view)]
+        listed = await self.ledger.list(tenant=caller.tenant or tenant)
+        views = [view for view in listed if caller.sees(view)]
         if tenant is not None:
             views = [view for view in views if view.tenant == tenant]
         if query.state != "all":

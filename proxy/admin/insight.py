@@ -73,7 +73,11 @@ def add_routes(router: web.UrlDispatcher, state: AdminState) -> None:
         caller = state.caller(request)
         tasks = None
         if caller.tenant is not None:
-            tasks = [view.task for view in await state.ledger.list() if caller.sees(view)]
+            tasks = [
+                view.task
+                for view in await state.ledger.list(tenant=caller.tenant)
+                if caller.sees(view)
+            ]
         minutes = [
             models.MinuteOut(
                 start=m.start,
@@ -92,7 +96,11 @@ def add_routes(router: web.UrlDispatcher, state: AdminState) -> None:
         # Read a wider slice of the trail: webhooks, resumes and extends share it.
         events = await state.audit.list(tenant=caller.tenant, limit=query.limit * 4)
         feed = [_feed_item(caller, e) for e in events if e.action in TRIP_ACTIONS]
-        views = [v for v in await state.ledger.list() if caller.sees(v) and v.killed is not None]
+        views = [
+            v
+            for v in await state.ledger.list(tenant=caller.tenant)
+            if caller.sees(v) and v.killed is not None
+        ]
         stopped = sorted(
             (_saved(caller, state, view) for view in views),
             key=lambda saved: saved.saved_usd_estimate,

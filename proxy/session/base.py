@@ -180,7 +180,10 @@ class Ledger(Protocol):
         """Count one worker's status envelope of the task, by status."""
         ...
 
-    async def list(self) -> list[TaskView]: ...
+    async def list(self, tenant: str | None = None) -> list[TaskView]:
+        """Every task's summary; with ``tenant``, only that tenant's, read from its index
+        (a tenant admin's listing never walks other tenants' tasks)."""
+        ...
 
     async def ready(self) -> bool:
         """Whether the state backend answers (``/readyz``)."""

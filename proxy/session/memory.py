@@ -91,6 +91,8 @@ class MemoryLedger:
         self.clock = clock  # for steps without a CallPlan (kill, create, the timeline)
         self.board = KillBoard()
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
+        # Each tenant's tasks, so a tenant's listing reads only them.
+        self._by_tenant: dict[str, set[str]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -122,9 +124,22 @@ class MemoryLedger:
             task = next(iter(self._tasks.values()))
             if task.last_seen > horizon:
                 break
-            self._tasks.popitem(last=False)
+            self._forget_oldest()
             expired += 1
         return expired
+
+    def _forget_oldest(self) -> None:
+        _, task = self._tasks.popitem(last=False)
+        if task.tenant is not None:
+            tasks = self._by_tenant.get(task.tenant)
+            if tasks is not None:
+                tasks.discard(task.task)
+                if not tasks:
+                    del self._by_tenant[task.tenant]
+
+    def _index(self, task: _Task) -> None:
+        if task.tenant is not None:
+            self._by_tenant.setdefault(task.tenant, set()).add(task.task)
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -134,7 +149,7 @@ class MemoryLedger:
             task = _Task(name, started=now, last_seen=now)
             self._tasks[name] = task
             if len(self._tasks) > self.settings.max_tasks:
-                self._tasks.popitem(last=False)
+                self._forget_oldest()
         else:
             self._tasks.move_to_end(name)
             task.last_seen = now
@@ -154,6 +169,7 @@ class MemoryLedger:
         if task.killed is not None:
             raise Denied(plan.task, task.killed, fresh=False)
         _first_call(task, plan)
+        self._index(task)
         lim = plan.policy.limits
         if task.overrides:
             lim = lim.model_copy(update=task.overrides)
@@ -335,6 +351,7 @@ class MemoryLedger:
     ) -> TaskView:
         state = self._touch(task, self.clock())
         state.tenant = tenant if tenant is not None else state.tenant
+        self._index(state)
         state.owner = owner if owner is not None else state.owner
         state.overrides.update(overrides)
         state.mark("created", _describe_limits(overrides), self.clock())
@@ -362,8 +379,12 @@ class MemoryLedger:
         state = self._tasks.get(task)
         return self._view(state) if state is not None else None
 
-    async def list(self) -> list[TaskView]:
-        return [self._view(task) for task in self._tasks.values()]
+    async def list(self, tenant: str | None = None) -> list[TaskView]:
+        if tenant is None:
+            return [self._view(task) for task in self._tasks.values()]
+        # Only that tenant's tasks are read: a tenant admin's listing costs its own tasks.
+        names = self._by_tenant.get(tenant, ())
+        return [self._view(self._tasks[name]) for name in names if name in self._tasks]
 
     # -- views ------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +66,8 @@ MAX_PENDING = 100_000
 STEP_TIMEOUTS = 4
 # Tasks read per round trip when listing them all.
 LIST_BATCH = 500
+# (tenant, task) pairs this replica listed in their tenant's index, so it lists each once.
+MAX_INDEXED = 100_000
 # Replicas updating one task's detector state at the same instant retry this many times.
 CONTENT_SWAP_ATTEMPTS = 5
 
@@ -152,6 +154,7 @@ class RedisLedger:
         self._content_swap = self._resilient(
             self.client.register_script(redis_scripts.CONTENT_SWAP)
         )
+        self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._fallback = MemoryLedger(settings, clock=clock or time.time)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         self._tasks: list[asyncio.Task[None]] = []
@@ -295,7 +298,29 @@ class RedisLedger:
                 "limits; calls are refused until Redis answers again."
             ) from error
         self.reachable = True
-        return self._grant(plan, reply)
+        grant = self._grant(plan, reply)
+        if plan.tenant is not None and (plan.tenant, plan.task) not in self._indexed:
+            await self._index(plan.tenant, plan.task)
+        return grant
+
+    def _tenant_key(self, tenant: str) -> str:
+        return f"{self.settings.key_prefix}:tenant:{key_part(tenant)}:tasks"
+
+    async def _index(self, tenant: str, task: str) -> None:
+        """List the task under its tenant, once per replica (a bounded memory of what was
+        listed), so a tenant's listing reads only its own tasks. The set lives as long as the
+        tenant's tasks are active; names of expired tasks are dropped when it is read."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._tenant_key(tenant), task)
+                pipe.expire(self._tenant_key(tenant), int(self.settings.task_ttl))
+                await pipe.execute()
+        except _UNREACHABLE as error:
+            self._unreachable("index", error)
+            return
+        self._indexed[(tenant, task)] = None
+        if len(self._indexed) > MAX_INDEXED:
+            self._indexed.popitem(last=False)
 
     def _grant(self, plan: CallPlan, reply: list[Any]) -> Grant:
         verdict = reply[0]
@@ -514,9 +539,12 @@ class RedisLedger:
         view.timeline = [_timeline_event(entry) for entry in reversed(timeline)]
         return view
 
-    async def list(self) -> builtins.list[TaskView]:
+    async def list(self, tenant: str | None = None) -> builtins.list[TaskView]:
         """Every task's summary (no previews, no timeline), read a batch of tasks per round
-        trip: a fleet of ten thousand tasks is listed in tens of round trips, not thousands."""
+        trip: a fleet of ten thousand tasks is listed in tens of round trips, not thousands.
+        With ``tenant``, only that tenant's tasks are read, from its index."""
+        if tenant is not None:
+            return await self._tenant_list(tenant)
         views: builtins.list[TaskView] = []
         pattern = f"{self.settings.key_prefix}:{{*}}:s"
         batch: builtins.list[str] = []
@@ -531,6 +559,17 @@ class RedisLedger:
         if batch:
             views += await self._summaries(batch)
         return views
+
+    async def _tenant_list(self, tenant: str) -> builtins.list[TaskView]:
+        key = self._tenant_key(tenant)
+        names = sorted(await self.client.smembers(key))
+        views: builtins.list[TaskView] = []
+        for start in range(0, len(names), LIST_BATCH):
+            views += await self._summaries(names[start : start + LIST_BATCH])
+        found = {view.task for view in views}
+        if gone := [name for name in names if name not in found]:
+            await self.client.srem(key, *gone)  # expired since they were listed
+        return [view for view in views if view.tenant == tenant]
 
     async def _summaries(self, tasks: builtins.list[str]) -> builtins.list[TaskView]:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -624,6 +663,7 @@ class RedisLedger:
         fields: dict[str, Any] = {f"lim|{k}": repr(float(v)) for k, v in overrides.items()}
         if tenant is not None:
             fields["tenant"] = tenant
+            await self._index(tenant, task)
         if owner is not None:
             fields["owner"] = owner
         now = time.time()

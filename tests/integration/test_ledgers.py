@@ -355,6 +355,26 @@ async def test_ids_with_key_syntax_stay_in_their_own_keys(ledger: Ledger, task: 
     assert all(listed[name].tokens_used == 10 for name in odd)
 
 
+async def test_a_tenants_listing_reads_only_its_own_tasks(ledger: Ledger, task: str) -> None:
+    tenant, other = f"acme-{task[-6:]}", f"noisy-{task[-6:]}"
+    for number in range(300):
+        await ledger.create(f"{other}/{task}-{number}", tenant=other, owner=None, overrides={})
+    await ledger.create(f"{tenant}/{task}-ahead", tenant=tenant, owner=None, overrides={})
+    called = CallPlan(
+        f"{tenant}/{task}-called", "a", effective(), 10, None, 1, None, START, tenant=tenant
+    )
+    grant = await ledger.reserve(called)
+    await ledger.settle(grant, outcome(12))
+    mine = await ledger.list(tenant=tenant)
+    assert sorted(view.task for view in mine) == [
+        f"{tenant}/{task}-ahead",
+        f"{tenant}/{task}-called",
+    ]
+    assert {view.tenant for view in mine} == {tenant}
+    assert len(await ledger.list(tenant=other)) == 300
+    assert await ledger.list(tenant=f"nobody-{task[-6:]}") == []
+
+
 async def test_a_burst_of_calls_beyond_the_connection_pool_is_served(ledger: Ledger) -> None:
     """More calls at once than one replica keeps connections to Redis: they wait their turn
     for a connection (within the Redis timeout) rather than fail as if Redis were down."""
