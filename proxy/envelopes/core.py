@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from proxy.envelopes.settings import EnvelopeSettings, load_validator
+from proxy.providers import ADAPTERS
 from proxy.providers.base import CallInfo, Output, load_json
 from proxy.server.sse import SSEEvent
 from proxy.tokens import count_text
@@ -257,46 +258,15 @@ def inject(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> 
 # -- streams: the events that wait for the verdict -----------------------------------------
 
 
-def _chat_final(event: SSEEvent) -> bool:
-    data = event.data
-    if data.startswith("[DONE]"):
-        return True
-    if '"finish_reason"' not in data and '"usage"' not in data:
-        return False  # the common delta: no parse
-    chunk = load_json(data)
-    if not isinstance(chunk, dict):
-        return False
-    choices = chunk.get("choices")
-    if isinstance(choices, list) and choices:
-        return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
-    return isinstance(chunk.get("usage"), dict)
-
-
-_RESPONSES_FINAL = ("response.completed", "response.incomplete", "response.failed")
-
-
-def _responses_final(event: SSEEvent) -> bool:
-    if event.event:
-        return event.event in _RESPONSES_FINAL
-    payload = load_json(event.data) if event.data else None
-    return isinstance(payload, dict) and payload.get("type") in _RESPONSES_FINAL
-
-
-def _messages_final(event: SSEEvent) -> bool:
-    if event.event:
-        return event.event == "message_stop"
-    payload = load_json(event.data) if event.data else None
-    return isinstance(payload, dict) and payload.get("type") == "message_stop"
-
-
 def final_event(kind: str) -> Callable[[SSEEvent], bool] | None:
-    """The predicate that recognises a stream's first closing event: it and every event after
-    it are held back until the envelope is judged. Chat Completions: the chunk carrying
-    ``finish_reason`` (then the usage chunk and ``[DONE]``); Responses API:
-    ``response.completed``; Anthropic: ``message_stop``."""
-    return {"chat": _chat_final, "responses": _responses_final, "messages": _messages_final}.get(
-        kind
-    )
+    """The predicate that recognises a stream's first closing event, from the adapter that
+    serves ``kind``: it and every event after it are held back until the envelope is judged."""
+    info = CallInfo(kind=kind)
+    for adapter in ADAPTERS.values():
+        predicate = adapter.closing_event(info)
+        if predicate is not None:
+            return predicate
+    return None
 
 
 def injection_tokens(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> int:
