@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from proxy.envelopes.settings import EnvelopeSettings, load_validator
-from proxy.providers import ADAPTERS
+from proxy.providers import adapter_for_kind
 from proxy.providers.base import CallInfo, Output, load_json
 from proxy.server.sse import SSEEvent
 from proxy.tokens import count_text
@@ -202,71 +202,27 @@ def wants_injection(body: dict[str, Any], info: CallInfo, settings: EnvelopeSett
     """Whether the request leaves the output format open, so the envelope can be asked for."""
     if not settings.inject:
         return False
-    if info.kind == "chat":
-        return _is_plain(body.get("response_format"))
-    if info.kind == "responses":
-        text = body.get("text")
-        if text is not None and not isinstance(text, dict):
-            return False
-        return _is_plain((text or {}).get("format"))
-    if info.kind == "messages":
-        # The agent's own tools are its format; a forced tool would take them away.
-        thinking = body.get("thinking")
-        thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
-        return not body.get("tools") and body.get("tool_choice") is None and not thinks
-    return False
-
-
-def _is_plain(value: Any) -> bool:
-    return value is None or (isinstance(value, dict) and value.get("type") == "text")
+    adapter = adapter_for_kind(info.kind)
+    return adapter is not None and adapter.output_format_open(body, info)
 
 
 def inject(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> bool:
-    """Ask the provider for the envelope; True when the body changed."""
-    if not wants_injection(body, info, settings):
+    """Ask the provider for the envelope, in the call's wire format; True when the body
+    changed."""
+    adapter = adapter_for_kind(info.kind)
+    if adapter is None or not wants_injection(body, info, settings):
         return False
-    schema = schema_of(settings)
-    strict = settings.schema_file is None
-    if info.kind == "chat":
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": ENVELOPE_NAME, "schema": schema, "strict": strict},
-        }
-    elif info.kind == "responses":
-        text = body.get("text")
-        body["text"] = {
-            **(text if isinstance(text, dict) else {}),
-            "format": {
-                "type": "json_schema",
-                "name": ENVELOPE_NAME,
-                "schema": schema,
-                "strict": strict,
-            },
-        }
-    else:
-        body["tools"] = [
-            {
-                "name": ENVELOPE_NAME,
-                "description": "Report the outcome of the work as a typed status envelope.",
-                "input_schema": schema,
-            }
-        ]
-        body["tool_choice"] = {"type": "tool", "name": ENVELOPE_NAME}
+    adapter.ask_for_schema(
+        body, info, ENVELOPE_NAME, schema_of(settings), strict=settings.schema_file is None
+    )
     return True
-
-
-# -- streams: the events that wait for the verdict -----------------------------------------
 
 
 def final_event(kind: str) -> Callable[[SSEEvent], bool] | None:
     """The predicate that recognises a stream's first closing event, from the adapter that
     serves ``kind``: it and every event after it are held back until the envelope is judged."""
-    info = CallInfo(kind=kind)
-    for adapter in ADAPTERS.values():
-        predicate = adapter.closing_event(info)
-        if predicate is not None:
-            return predicate
-    return None
+    adapter = adapter_for_kind(kind)
+    return adapter.closing_event(CallInfo(kind=kind)) if adapter is not None else None
 
 
 def injection_tokens(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> int:

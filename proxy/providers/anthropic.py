@@ -61,6 +61,9 @@ ERROR_TYPES = {
 
 class AnthropicAdapter:
     name = "anthropic"
+    kinds = frozenset({"messages"})
+    default_base_url = "https://api.anthropic.com"
+    default_routes = ("/v1/messages",)
     price_provider = "anthropic"
     error_types = ERROR_TYPES
 
@@ -135,6 +138,27 @@ class AnthropicAdapter:
 
     def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes:
         return b"event: error\ndata: " + self.error_body(message, error_type, code) + b"\n\n"
+
+    def output_format_open(self, body: dict[str, Any], info: CallInfo) -> bool:
+        if info.kind != "messages":
+            return False
+        # The agent's own tools are its format; a forced tool would take them away.
+        thinking = body.get("thinking")
+        thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+        return not body.get("tools") and body.get("tool_choice") is None and not thinks
+
+    def ask_for_schema(
+        self, body: dict[str, Any], info: CallInfo, name: str, schema: dict[str, Any], strict: bool
+    ) -> None:
+        # A forced tool whose input is the schema: Messages has no other structured answer.
+        body["tools"] = [
+            {
+                "name": name,
+                "description": "Report the outcome of the work as a typed status envelope.",
+                "input_schema": schema,
+            }
+        ]
+        body["tool_choice"] = {"type": "tool", "name": name}
 
     def closing_event(self, info: CallInfo) -> Callable[[SSEEvent], bool] | None:
         """``message_stop``, for a Messages stream."""

@@ -158,6 +158,22 @@ class Adapter(Protocol):
     name: str
 
     @property
+    def kinds(self) -> frozenset[str]:
+        """The request kinds this format models (``CallInfo.kind``), unique across formats."""
+        ...
+
+    @property
+    def default_base_url(self) -> str:
+        """The provider's own address, for the upstream of this format's name by default."""
+        ...
+
+    @property
+    def default_routes(self) -> tuple[str, ...]:
+        """Path prefixes served by the upstream of this format's name when the client names no
+        upstream (``/v1/messages`` for Anthropic)."""
+        ...
+
+    @property
     def price_provider(self) -> str:
         """The genai-prices provider id to look prices up under first."""
         ...
@@ -183,6 +199,17 @@ class Adapter(Protocol):
 
     def set_credential(self, headers: MutableMapping[str, str], api_key: str) -> None:
         """Put the upstream's key where this format carries it."""
+        ...
+
+    def output_format_open(self, body: dict[str, Any], info: CallInfo) -> bool:
+        """Whether the request leaves its answer's format to the provider, so Tripwire may ask
+        for a structured answer (a worker's status envelope) without taking anything away."""
+        ...
+
+    def ask_for_schema(
+        self, body: dict[str, Any], info: CallInfo, name: str, schema: dict[str, Any], strict: bool
+    ) -> None:
+        """Ask for an answer that is a JSON object of ``schema``, named ``name``."""
         ...
 
     # -- answers --------------------------------------------------------------------------

@@ -129,12 +129,19 @@ ERROR_TYPES = {
 }
 
 
+def _is_plain(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and value.get("type") == "text")
+
+
 def _positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class OpenAIAdapter:
     name = "openai"
+    kinds = frozenset({"chat", "responses"})
+    default_base_url = "https://api.openai.com"
+    default_routes = ("/v1/",)
     price_provider = "openai"
     error_types = ERROR_TYPES
 
@@ -231,6 +238,29 @@ class OpenAIAdapter:
             }
             return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
         return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+
+    def output_format_open(self, body: dict[str, Any], info: CallInfo) -> bool:
+        if info.kind == "chat":
+            return _is_plain(body.get("response_format"))
+        if info.kind == "responses":
+            text = body.get("text")
+            if text is not None and not isinstance(text, dict):
+                return False
+            return _is_plain((text or {}).get("format"))
+        return False
+
+    def ask_for_schema(
+        self, body: dict[str, Any], info: CallInfo, name: str, schema: dict[str, Any], strict: bool
+    ) -> None:
+        structured = {"type": "json_schema", "name": name, "schema": schema, "strict": strict}
+        if info.kind == "chat":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": schema, "strict": strict},
+            }
+        elif info.kind == "responses":
+            text = body.get("text")
+            body["text"] = {**(text if isinstance(text, dict) else {}), "format": structured}
 
     def closing_event(self, info: CallInfo) -> Callable[[SSEEvent], bool] | None:
         """Chat Completions: the chunk carrying ``finish_reason`` (then the usage chunk and

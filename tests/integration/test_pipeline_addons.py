@@ -1,0 +1,55 @@
+"""An addon's observer hook that fails costs a log line and a count, never the call nor the
+addons after it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from proxy.app import FORWARDER, HOOKS, METRICS, TELEMETRY
+from proxy.pipeline.hooks import Hooks
+
+
+class Faulty:
+    name = "faulty"
+
+    def settled(self, call: Any, settlement: Any) -> None:
+        raise RuntimeError("a bug in an addon")
+
+    def done(self, call: Any) -> None:
+        raise RuntimeError("another bug in an addon")
+
+
+def test_a_failing_observer_is_counted_and_the_call_goes_on(make_proxy: Any) -> None:
+    proxy = make_proxy()
+    app = proxy._app
+    assert app is not None
+    # First in the list, so the telemetry addon after it must still see the call.
+    hooks = Hooks([Faulty(), *app[HOOKS].addons], app[TELEMETRY].addon_failed)
+
+    async def install() -> None:
+        app[FORWARDER].hooks = hooks
+
+    proxy.call(install())
+    response = httpx.post(
+        proxy.openai_url + "/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-Task-Id": "faulty-addon", "Authorization": "Bearer sk-test"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"]
+    registry = app[METRICS].registry
+    for hook in ("settled", "done"):
+        failures = registry.get_sample_value(
+            "tripwire_addon_failures_total", {"addon": "faulty", "hook": hook}
+        )
+        assert failures == 1
+    view = proxy.task("faulty-addon")
+    assert view is not None and view.calls == 1
+    calls = registry.get_sample_value(
+        "tripwire_calls_total",
+        {"upstream": "openai", "model": "gpt-4o-mini", "agent": "default", "outcome": "ok"},
+    )
+    assert calls == 1
