@@ -49,7 +49,7 @@ def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: Trip
     addons = [
         Chaos.from_config(config, ledger, telemetry),  # request: may answer instead
         StreamSlots.from_settings(config.server),  # request: may refuse; done: release
-        Envelopes(ledger, telemetry, bus),  # request, reserved: ask; completed: judge
+        Envelopes.from_config(config, ledger, telemetry, bus),  # ask; completed: judge
         TagHeaders(),  # response headers: X-Tripwire-*
         Deadline(ledger, bus),  # stream started: arm; stream ended: disarm
         CallTelemetry(telemetry),  # settled, refused, stream ended: metrics and call log

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.config import Config
 from proxy.envelopes.core import inject, injection_tokens
 from proxy.envelopes.gate import BLOCK_REASON, BLOCK_STATUS, EnvelopeGate
 from proxy.pipeline.bus import TripBus
@@ -33,6 +34,15 @@ class Envelopes:
 
     def __init__(self, ledger: Ledger, telemetry: Telemetry, bus: TripBus) -> None:
         self.gate = EnvelopeGate(ledger, telemetry, bus)
+
+    @classmethod
+    def from_config(
+        cls, config: Config, ledger: Ledger, telemetry: Telemetry, bus: TripBus
+    ) -> Envelopes | None:
+        """None when no rule makes its agents workers: the pipeline then skips this addon."""
+        if all(rule.envelope is None for rule in config.policy.rules):
+            return None
+        return cls(ledger, telemetry, bus)
 
     async def request(self, call: Call) -> web.StreamResponse | None:
         settings = call.policy.envelope
