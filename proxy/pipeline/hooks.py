@@ -14,11 +14,13 @@ Two kinds of hook:
   exception is logged and counted (``tripwire_addon_failures_total``), and neither breaks the
   call nor keeps the next addon from running.
 
-A call's hooks, in the order they can fire::
+A call's hooks, in the order they fire (the core's own steps in brackets)::
 
-    request ─▶ (reserve) ─▶ reserved ─▶ (send) ─▶ response_headers ─▶ holds_answer
-      ─▶ stream_started ─▶ (relay) ─▶ stream_ended ─▶ (settle) ─▶ settled ─▶ completed ─▶ done
-    refused: instead of everything after ``request``, when the call is not forwarded
+    request ─▶ [reserve, cap] ─▶ reserved ─▶ [send] ─▶
+      JSON:   [read] ─▶ [settle] ─▶ settled ─▶ completed ─▶ response_headers ─▶ done
+      stream: response_headers ─▶ holds_answer ─▶ stream_started ─▶ [relay] stream_event*
+              ─▶ stream_ended ─▶ [settle] ─▶ settled ─▶ completed ─▶ [closing events] ─▶ done
+    refused ─▶ done: when ``request`` or the reservation refuses the call
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
     from proxy.detectors.base import Trip
     from proxy.errors import TripwireError
     from proxy.pipeline.call import Call, Intervention, Settlement
-    from proxy.providers.base import Output
+    from proxy.providers.base import Output, StreamTally
+    from proxy.server.sse import SSEEvent
     from proxy.session.base import Grant, TaskView
 
 
@@ -74,6 +77,11 @@ class Addon:
         """The stream's headers are out and it is watched for kills; ``cut(trip)`` ends it with
         an error event at any moment."""
 
+    def stream_event(self, call: Call, sse: SSEEvent, tally: StreamTally) -> None:
+        """One event of the provider's stream, after the adapter's tally read it and before
+        the client gets it: watch the stream as it flows (``tally`` holds the usage and output
+        so far), and cut it with the handle ``stream_started`` gave."""
+
     async def completed(self, call: Call, output: Output) -> Intervention | None:
         """The answer is whole and settled. Return an ``Intervention`` to block it or refuse
         it; None delivers it. For a stream that no addon held, the answer has already reached
@@ -101,6 +109,7 @@ ANSWER_HOOKS = (
     "response_headers",
     "holds_answer",
     "stream_started",
+    "stream_event",
     "completed",
 )
 OBSERVER_HOOKS = ("stream_ended", "settled", "refused", "done")
@@ -147,6 +156,10 @@ class Hooks:
             "tuple[Callable[[Call, Grant, Callable[[Trip], None]], None], ...]",
             _bound(listed, "stream_started"),
         )
+        self.stream_event = cast(
+            "tuple[Callable[[Call, SSEEvent, StreamTally], None], ...]",
+            _bound(listed, "stream_event"),
+        )
         self.completed = cast(
             "tuple[Callable[[Call, Output], Awaitable[Intervention | None]], ...]",
             _bound(listed, "completed"),
@@ -159,6 +172,22 @@ class Hooks:
     def find(self, kind: type[Any]) -> Any:
         """The addon of this type, or None: for tests and the admin side, never the hot path."""
         return next((a for a in self.addons if isinstance(a, kind)), None)
+
+    def holds(self, call: Call) -> bool:
+        return any(hold(call) for hold in self.holds_answer) if self.holds_answer else False
+
+    def watcher(self, call: Call, tally: StreamTally) -> Callable[[SSEEvent], None] | None:
+        """What hands each stream event to every ``stream_event`` hook; None when no addon
+        watches streams, so the relay's loop pays one check per event."""
+        watchers = self.stream_event
+        if not watchers:
+            return None
+
+        def watch(sse: SSEEvent) -> None:
+            for hook in watchers:
+                hook(call, sse, tally)
+
+        return watch
 
     # Observers: each in isolation, so one faulty addon costs a log line, not the call.
 

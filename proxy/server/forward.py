@@ -162,7 +162,9 @@ class Forwarder:
         settled = await self._settle(call, grant, usage, outcome, upstream.status, output, received)
         headers = response_headers(upstream.headers)
         status, reason = upstream.status, upstream.reason
-        verdict = await self._verdict(call, output) if output is not None else None
+        verdict = None
+        if output is not None and self.hooks.completed:
+            verdict = await self._verdict(call, output)
         if verdict is not None and verdict.action == "kill" and verdict.trip is not None:
             raise self._refused(call, verdict.trip)
         if verdict is not None and verdict.action == "block":
@@ -194,7 +196,7 @@ class Forwarder:
             lambda trip: self._refusal_event(call, trip),
             lambda: self._broken_event(call),
         )
-        held = any(hook(call) for hook in self.hooks.holds_answer)
+        held = self.hooks.holds(call)
         # The stream's closing events wait until the call is settled (and a held answer
         # judged): a client reading the end of the stream and calling again at once must find
         # a kill this answer caused already in place.
@@ -223,6 +225,7 @@ class Forwarder:
             return await self._held_verdict(call, relay) if held else None
 
         relay.release = release
+        relay.watch = self.hooks.watcher(call, relay.tally)
         self.ledger.board.watch(call.task, relay.cut)
         for started in self.hooks.stream_started:
             started(call, grant, relay.cut)
@@ -253,7 +256,7 @@ class Forwarder:
             tally.final = True
         output = tally.output() if outcome == "ok" else None
         await asyncio.shield(self._settle(call, grant, usage, outcome, status, output))
-        if output is not None and judge:
+        if output is not None and judge and self.hooks.completed:
             # An answer already on its way is judged all the same: for the task's next calls.
             await asyncio.shield(self._verdict(call, output))
 
