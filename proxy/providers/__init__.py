@@ -10,6 +10,9 @@ ADAPTERS: dict[str, Adapter] = {
     "anthropic": AnthropicAdapter(),
 }
 
+# The format of Tripwire's answer to a path no upstream serves.
+DEFAULT_FORMAT = "openai"
+
 # Which adapter reads each request kind; kinds are unique across adapters.
 _BY_KIND: dict[str, Adapter] = {kind: a for a in ADAPTERS.values() for kind in a.kinds}
 
@@ -18,4 +21,13 @@ def adapter_for_kind(kind: str) -> Adapter | None:
     return _BY_KIND.get(kind)
 
 
-__all__ = ["ADAPTERS", "Adapter", "CallInfo", "Output", "StreamTally", "Usage", "adapter_for_kind"]
+__all__ = [
+    "ADAPTERS",
+    "DEFAULT_FORMAT",
+    "Adapter",
+    "CallInfo",
+    "Output",
+    "StreamTally",
+    "Usage",
+    "adapter_for_kind",
+]

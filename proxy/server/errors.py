@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from proxy.errors import BudgetBusy, Refused, RouteError, TripwireError
-from proxy.providers import ADAPTERS
+from proxy.providers import ADAPTERS, DEFAULT_FORMAT
 from proxy.server import routing
 from proxy.telemetry.logs import event
 
@@ -19,7 +19,7 @@ def _format_for(request: web.Request, upstreams: Mapping[str, str]) -> str:
     try:
         route = routing.resolve(request.rel_url.raw_path, frozenset(upstreams))
     except RouteError:
-        return "openai"
+        return DEFAULT_FORMAT
     return upstreams[route.upstream]
 
 
