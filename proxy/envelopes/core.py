@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from proxy.envelopes.settings import EnvelopeSettings, load_validator
 from proxy.providers import adapter_for_kind
-from proxy.providers.base import CallInfo, Output, load_json
+from proxy.providers.base import CallInfo, Output
 from proxy.server.sse import SSEEvent
 from proxy.tokens import count_text
 
