@@ -17,22 +17,21 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.detectors.base import Trip
-from proxy.errors import BudgetBusy, Refused, TripwireError, UpstreamError, refused_by
+from proxy.errors import BudgetBusy, TripwireError, refused_by
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Intervention, Settlement
 from proxy.pipeline.hooks import Hooks
 from proxy.policy.rules import PolicyBook
-from proxy.pricing import PriceBook, cost_usd
+from proxy.pricing import PriceBook
 from proxy.providers.base import Output, Usage
+from proxy.server import answers
 from proxy.server.headers import response_headers
-from proxy.server.intake import SHAPE_ERRORS, Intake
+from proxy.server.intake import Intake
 from proxy.server.streaming import StreamRelay
 from proxy.server.tagging import Tagger
 from proxy.server.upstream import UpstreamClient, outcome_of, upstream_error
@@ -110,7 +109,7 @@ class Forwarder:
         except Denied as denied:
             if denied.fresh:
                 self.bus.trip(call.task, call.agent, denied.trip, "kill", call.tenant)
-            raise self._refused(call, denied.trip) from None
+            raise refused_by(denied.trip, call.task, call.agent, self.refuse_status) from None
         for trip in grant.observed:
             self.bus.trip(call.task, call.agent, trip, "observe", call.tenant)
         call.price = price
@@ -157,7 +156,9 @@ class Forwarder:
             raise error from exc
         received = time.perf_counter()
         ok = 200 <= upstream.status < 300
-        usage, output = _read_answer(call, ok, upstream.headers.get("Content-Type", ""), data)
+        usage, output = answers.read_answer(
+            call, ok, upstream.headers.get("Content-Type", ""), data
+        )
         outcome = "ok" if ok else "provider_error"
         settled = await self._settle(call, grant, usage, outcome, upstream.status, output, received)
         headers = response_headers(upstream.headers)
@@ -166,11 +167,11 @@ class Forwarder:
         if output is not None and self.hooks.completed:
             verdict = await self._verdict(call, output)
         if verdict is not None and verdict.action == "kill" and verdict.trip is not None:
-            raise self._refused(call, verdict.trip)
+            raise refused_by(verdict.trip, call.task, call.agent, self.refuse_status)
         if verdict is not None and verdict.action == "block":
             # The provider's answer is replaced: the caller must not act on it.
             status, reason = verdict.status, None
-            data = self._blocked(call, verdict, None)
+            data = answers.blocked_body(call, verdict)
             headers["Content-Type"] = "application/json"
             headers["x-should-retry"] = "false"
             headers["X-Tripwire-Reason"] = verdict.reason
@@ -193,8 +194,8 @@ class Forwarder:
             response,
             upstream,
             call.adapter.stream_tally(call.info),
-            lambda trip: self._refusal_event(call, trip),
-            lambda: self._broken_event(call),
+            lambda trip: answers.refusal_event(call, trip, self.refuse_status),
+            lambda: answers.broken_event(call),
         )
         held = self.hooks.holds(call)
         # The stream's closing events wait until the call is settled (and a held answer
@@ -274,17 +275,7 @@ class Forwarder:
     ) -> Settlement:
         """Book the call's usage and run the completion detectors; then the observers, then
         the trips (the figures first: a kill ends the task with them)."""
-        price = call.price
-        cost = 0.0
-        if price is not None:
-            uncached = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens
-            cost = cost_usd(
-                price,
-                max(uncached, 0),
-                usage.output_tokens,
-                usage.cached_tokens,
-                usage.cache_write_tokens,
-            )
+        cost = answers.cost_of(call.price, usage)
         completed = outcome == "ok"
         settled = await self.ledger.settle(
             grant,
@@ -319,70 +310,7 @@ class Forwarder:
         if verdict is None:
             return None
         if verdict.action == "block":
-            return self._blocked(call, verdict, relay)
+            return answers.blocked_event(call, verdict)
         if verdict.trip is not None:
-            return self._refusal_event(call, verdict.trip)
-        return None
-
-    # -- answers of Tripwire's own, in the call's wire format ---------------------------------
-
-    def _refused(self, call: Call, trip: Trip) -> Refused:
-        return refused_by(trip, call.task, call.agent, self.refuse_status)
-
-    def _blocked(self, call: Call, verdict: Intervention, relay: StreamRelay | None) -> bytes:
-        adapter = call.adapter
-        error_type, code = adapter.error_types["blocked"], f"tripwire_{verdict.reason}"
-        if relay is None:
-            return adapter.error_body(verdict.message, error_type, code)
-        return adapter.error_event(verdict.message, error_type, code, call.info)
-
-    def _refusal_event(self, call: Call, trip: Trip) -> bytes:
-        refused = self._refused(call, trip)
-        adapter = call.adapter
-        return adapter.error_event(
-            refused.message, adapter.error_types[refused.kind], f"tripwire_{trip.reason}", call.info
-        )
-
-    def _broken_event(self, call: Call) -> bytes:
-        adapter = call.adapter
-        return adapter.error_event(
-            "the provider's stream broke off before its end",
-            adapter.error_types[UpstreamError.kind],
-            "upstream_stream_broken",
-            call.info,
-        )
-
-
-def _read_answer(
-    call: Call, ok: bool, content_type: str, data: bytes
-) -> tuple[Usage, Output | None]:
-    """Usage and output from a copy of a JSON answer. The body still reaches the client as
-    sent, accounted by what could be read."""
-    usage: Usage | None = None
-    output: Output | None = None
-    modelled = call.info.modelled
-    if ok or not modelled:
-        parsed = _json_copy(data, content_type)
-        if isinstance(parsed, dict):
-            try:
-                usage = call.adapter.usage_from_body(call.info, parsed)
-                if ok and modelled:
-                    output = call.adapter.output_from_body(call.info, parsed)
-            except SHAPE_ERRORS as exc:
-                output = None
-                event("unreadable_response", logging.WARNING, error=type(exc).__name__)
-    answered = ok and modelled
-    if usage is None or (answered and not usage.total):
-        # An answer without usage still cost its prompt (a usage block of nulls or strings
-        # reads as none at all); an error answer costs nothing.
-        usage = Usage(input_tokens=call.prompt_tokens if answered else 0)
-    return usage, output
-
-
-def _json_copy(data: bytes, content_type: str) -> Any:
-    if "json" not in content_type or not data:
-        return None
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
+            return answers.refusal_event(call, verdict.trip, self.refuse_status)
         return None
