@@ -12,8 +12,17 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from proxy.addons.chaos import Chaos
+from proxy.addons.content import ContentDetection
+from proxy.addons.deadline import Deadline
+from proxy.addons.envelopes import Envelopes
+from proxy.addons.slots import StreamSlots
+from proxy.addons.tags import TagHeaders
+from proxy.addons.telemetry import CallTelemetry
 from proxy.audit import AuditLog, MemoryAuditLog, RedisAuditLog, trip_recorder
 from proxy.config import Config
+from proxy.pipeline.bus import TripBus
+from proxy.pipeline.hooks import Hooks
 from proxy.pricing import PriceBook
 from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
@@ -30,6 +39,23 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", Metrics)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
 AUDIT = web.AppKey("audit", AuditLog)
+HOOKS = web.AppKey("hooks", Hooks)
+TRIPS = web.AppKey("trips", TripBus)
+
+
+def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: TripBus) -> Hooks:
+    """The call pipeline's addons. Their answer hooks run in this order; observer hooks run
+    after the answer is decided, each in isolation."""
+    addons = [
+        Chaos.from_config(config, ledger, telemetry),  # request: may answer instead
+        StreamSlots.from_settings(config.server),  # request: may refuse; done: release
+        Envelopes.from_config(config, ledger, telemetry, bus),  # ask; completed: judge
+        TagHeaders(),  # response headers: X-Tripwire-*
+        Deadline(ledger, bus),  # stream started: arm; stream ended: disarm
+        CallTelemetry(telemetry),  # settled, refused, stream ended: metrics and call log
+        ContentDetection(ledger, bus),  # settled: loop detectors on the text, off the path
+    ]
+    return Hooks([a for a in addons if a is not None], telemetry.addon_failed)
 
 
 def build_audit(config: Config, ledger: Ledger, metrics: Metrics | None = None) -> AuditLog:
@@ -73,7 +99,14 @@ def build_app(
     app[TELEMETRY] = telemetry
     audit = build_audit(config, state, metrics)
     app[AUDIT] = audit
-    telemetry.trip_listeners.append(trip_recorder(audit))
+    # Every trip travels once on the bus: metrics and the log line first, then the audit
+    # trail, then (subscribed while the server runs) the owner's escalation.
+    bus = TripBus()
+    bus.subscribe(telemetry.on_trip)
+    bus.subscribe(trip_recorder(audit))
+    app[TRIPS] = bus
+    hooks = build_addons(config, state, telemetry, bus)
+    app[HOOKS] = hooks
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
@@ -86,16 +119,16 @@ def build_app(
         await state.start()
         await audit.start()
         preload_tokenizer()  # ~0.1 s once, rather than on the first call
-        app[FORWARDER] = Forwarder(config, state, PriceBook(), session, telemetry)
+        app[FORWARDER] = Forwarder(config, state, PriceBook(), session, hooks, bus)
         from proxy.escalation import Escalator
 
         escalator = Escalator(config.escalation, state, audit)
         await escalator.start()
-        telemetry.trip_listeners.append(escalator.listener)
+        bus.subscribe(escalator.listener)
         try:
             yield
         finally:
-            telemetry.trip_listeners.remove(escalator.listener)
+            bus.unsubscribe(escalator.listener)
             # Before the ledger closes: a delivery still reads the task and writes the audit.
             await escalator.close()
             # Before the ledger closes its Redis client: events kept through an outage.

@@ -30,8 +30,8 @@ RETRY_INTERVAL_S = 1.0
 CLOSE_TIMEOUT_S = 3.0
 
 if TYPE_CHECKING:
+    from proxy.pipeline.bus import TripEvent, TripListener
     from proxy.telemetry.metrics import Metrics
-    from proxy.telemetry.record import TripEvent, TripListener
 
 
 @dataclass(frozen=True, slots=True)

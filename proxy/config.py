@@ -151,13 +151,23 @@ class Policy(Strict):
 
 class Upstream(Strict):
     base_url: str
-    format: Literal["openai", "anthropic"] = "openai"
+    format: str = "openai"  # a wire format registered in proxy/providers/__init__.py
     api_key: str | None = Field(default=None, repr=False)
     api_key_env: str | None = None
     # OpenAI-compatible hosts differ on which cap field they accept when the client sent none.
     cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 600.0
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from proxy.providers import ADAPTERS
+
+        if value not in ADAPTERS:
+            known = ", ".join(repr(name) for name in ADAPTERS)
+            raise ValueError(f"format must be one of {known}, not {value!r}")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -175,9 +185,12 @@ class Upstream(Strict):
 
 
 def _default_upstreams() -> dict[str, Upstream]:
+    """One upstream per registered wire format, named after it, at the provider's address."""
+    from proxy.providers import ADAPTERS
+
     return {
-        "openai": Upstream(base_url="https://api.openai.com", format="openai"),
-        "anthropic": Upstream(base_url="https://api.anthropic.com", format="anthropic"),
+        name: Upstream(base_url=adapter.default_base_url, format=name)
+        for name, adapter in ADAPTERS.items()
     }
 
 

@@ -10,19 +10,25 @@
     ├── StateUnavailable   the shared state (Redis) does not answer, fail-closed mode (503)
     └── UpstreamError      the provider could not be reached (502) or timed out (504)
 
-The server renders each as an error body in the caller's provider format; ``ERROR_TABLE`` is the
-single place that says which status, error code and log level each one gets. No aiohttp here.
+Each class says its status, error code, log level and ``kind``: a name of the problem that
+every provider adapter maps to its own error ``type`` (``Adapter.error_types``), so the server
+renders each error in the caller's provider format without knowing any format. No aiohttp here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.detectors.base import Trip
 
 
 class TripwireError(Exception):
     status = 500
     code = "tripwire_error"
+    kind = "internal"
+    log_level = "error"
+    outcome = ""  # what a refused call is counted as; the code when empty
     retry = False
 
     def __init__(self, message: str) -> None:
@@ -37,6 +43,8 @@ class ConfigError(TripwireError):
 class RouteError(TripwireError):
     status = 404
     code = "not_found"
+    kind = "not_found"
+    log_level = "info"
 
 
 class AuthError(TripwireError):
@@ -44,17 +52,23 @@ class AuthError(TripwireError):
 
     status = 401
     code = "tripwire_unauthorized"
+    kind = "unauthorized"
+    log_level = "info"
 
 
 class BadRequest(TripwireError):
     status = 400
     code = "invalid_request"
+    kind = "invalid_request"
+    log_level = "info"
 
 
 class Refused(TripwireError):
     """A call the policy will not forward. ``status`` comes from ``policy.refuse_status``."""
 
     code = "tripwire_task_killed"
+    kind = "refused"
+    log_level = "info"
 
     def __init__(
         self,
@@ -79,8 +93,11 @@ class BudgetBusy(TripwireError):
 
     status = 429
     code = "tripwire_budget_busy"
+    kind = "busy"
+    log_level = "info"
     retry = True
     retry_after_s = 1
+    outcome = "budget_busy"
 
 
 class StateUnavailable(TripwireError):
@@ -88,12 +105,17 @@ class StateUnavailable(TripwireError):
 
     status = 503
     code = "tripwire_state_unavailable"
+    kind = "unavailable"
+    log_level = "warning"
     retry = True
+    outcome = "state_unavailable"
 
 
 class UpstreamError(TripwireError):
     status = 502
     code = "upstream_unreachable"
+    kind = "upstream"
+    log_level = "warning"
     # The provider never answered: retrying is what the SDKs would do anyway, so let them.
     retry = True
 
@@ -101,32 +123,33 @@ class UpstreamError(TripwireError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+    kind = "timeout"
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorKind:
-    """How an error is presented: the provider error ``type`` per format, and the log level."""
-
-    openai_type: str
-    anthropic_type: str
-    log_level: str
+def refusal_reason(error: TripwireError) -> str:
+    """The reason a call refused with this error is counted under."""
+    if isinstance(error, Refused):
+        return error.reason
+    return error.outcome or error.code
 
 
-ERROR_TABLE: dict[type[TripwireError], ErrorKind] = {
-    RouteError: ErrorKind("invalid_request_error", "not_found_error", "info"),
-    BadRequest: ErrorKind("invalid_request_error", "invalid_request_error", "info"),
-    AuthError: ErrorKind("invalid_request_error", "authentication_error", "info"),
-    Refused: ErrorKind("tripwire_error", "permission_error", "info"),
-    BudgetBusy: ErrorKind("rate_limit_error", "rate_limit_error", "info"),
-    StateUnavailable: ErrorKind("server_error", "overloaded_error", "warning"),
-    UpstreamTimeout: ErrorKind("server_error", "timeout_error", "warning"),
-    UpstreamError: ErrorKind("server_error", "api_error", "warning"),
-    TripwireError: ErrorKind("server_error", "api_error", "error"),
-}
+def refusal_message(task: str, trip: Trip) -> str:
+    figures = ", ".join(
+        f"{k}={v}" for k, v in trip.figures.items() if k not in ("fingerprint", "scope")
+    )
+    text = f"Tripwire stopped task '{task}' ({trip.reason}): {trip.detail}."
+    if figures:
+        text += f" Figures: {figures}."
+    return text + " Further calls of this task are refused."
 
 
-def kind_of(error: TripwireError) -> ErrorKind:
-    for cls in type(error).__mro__:
-        if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]
-    return ERROR_TABLE[TripwireError]
+def refused_by(trip: Trip, task: str, agent: str, status: int) -> Refused:
+    """The refusal of a call of a task this trip killed."""
+    return Refused(
+        refusal_message(task, trip),
+        status=status,
+        reason=str(trip.reason),
+        task=task,
+        agent=agent,
+        figures=trip.figures,
+    )

@@ -44,9 +44,9 @@ import aiohttp
 
 from proxy.audit import AuditEvent, AuditLog
 from proxy.config import Escalation
+from proxy.pipeline.bus import TripEvent
 from proxy.session.base import Ledger, TaskView
 from proxy.telemetry.logs import event
-from proxy.telemetry.record import TripEvent
 
 EVENT_TYPE = "tripwire.trip"
 # A worker's status envelope under its confidence threshold: delivered, and put to its owner.
@@ -143,7 +143,7 @@ class Target:
 
 
 class Escalator:
-    """Sends trips to task owners; ``listener`` goes into ``Telemetry.trip_listeners``."""
+    """Sends trips to task owners; ``listener`` subscribes to the trip bus."""
 
     def __init__(
         self,

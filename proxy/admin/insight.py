@@ -7,16 +7,42 @@ The money saved is an estimate and is named so: the calls a killed task made aft
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from proxy.admin import models
 from proxy.admin.views import Caller
 from proxy.audit import AuditEvent
 
 if TYPE_CHECKING:
-    from proxy.admin.app import AdminState
+    from proxy.admin.local import LocalAdmin
+    from proxy.audit import AuditLog
+    from proxy.config import Config
+    from proxy.session.base import Ledger
+    from proxy.telemetry.activity import Activity
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class AdminState(Protocol):
+    """What these reads need of the admin API's state (``proxy.admin.app.AdminState``)."""
+
+    config: Config
+    ledger: Ledger
+    audit: AuditLog
+    activity: Activity
+    local: LocalAdmin | None
+
+    def caller(self, request: web.Request) -> Caller: ...
+
+    @staticmethod
+    def query(request: web.Request, model: type[_Model]) -> _Model: ...
+
+    @staticmethod
+    def reply(model: BaseModel, status: int = 200) -> web.Response: ...
+
 
 TRIP_ACTIONS = ("trip", "kill")
 

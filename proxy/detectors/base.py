@@ -8,6 +8,7 @@ reads the same everywhere.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -33,6 +34,11 @@ class TripReason(StrEnum):
     LOW_CONFIDENCE = "low_confidence"
 
 
+# Each detector's sentence, by reason: filled in as each ``Detector`` is declared
+# (``spec.py``), so this module needs none of them.
+DESCRIBE: dict[TripReason, Callable[[Mapping[str, Any]], str]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Trip:
     reason: TripReason
@@ -41,11 +47,8 @@ class Trip:
     @property
     def detail(self) -> str:
         """One sentence a person reads in the refused call's error message."""
-        # Imported here: the registry imports every detector, and each of them this module.
-        from proxy.detectors.registry import BY_REASON
-
         try:
-            return BY_REASON[self.reason].detail(self.figures)
+            return DESCRIBE[self.reason](self.figures)
         except (KeyError, ValueError, IndexError):
             return f"{self.reason} ({self.figures})"
 

@@ -14,6 +14,8 @@ Two foldings of a completion's bytes:
 
 from __future__ import annotations
 
+import json
+
 
 def _word_fold() -> bytes:
     table = bytearray(b" " * 256)
@@ -36,3 +38,11 @@ def exact_text(text: str) -> str:
         text = text.lower()
     folded = text.encode("utf-8", "replace").translate(WORD_FOLD)
     return " ".join(folded.decode("utf-8", "replace").split())
+
+
+def canonical_arguments(arguments: str) -> bytes:
+    """JSON arguments with sorted keys and no spacing; other text with its spacing folded."""
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):
+        return " ".join(arguments.split()).encode()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from proxy.detectors.base import Trip, TripReason
+from proxy.detectors.base import DESCRIBE, Trip, TripReason
 
 if TYPE_CHECKING:
     from proxy.config import Limits
@@ -98,6 +98,9 @@ class Detector:
     fingerprint: str = ""
     window: Literal["task", "agent"] = "task"
     bounds: Callable[[Any], tuple[int, int]] | None = None
+
+    def __post_init__(self) -> None:
+        DESCRIBE[self.reason] = self.detail
 
     def trip(self, **figures: Any) -> Trip:
         """A trip of this detector, its figures rounded and ordered as declared."""

@@ -23,14 +23,13 @@ before (the same report template, the same "running the tests" line) while its w
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Sequence
 from hashlib import blake2b
 from typing import NamedTuple
 
 from proxy.detectors.base import Trip, TripReason
-from proxy.detectors.normalise import exact_text
+from proxy.detectors.normalise import canonical_arguments, exact_text
 from proxy.detectors.settings import ToolLoopSettings
 from proxy.detectors.shingles import agent_key
 from proxy.detectors.spec import Detector, Figure
@@ -46,14 +45,6 @@ NEVER = 255  # completions since an agent's last new tool result, for one that n
 FED_WITHIN = 1
 
 ToolCall = tuple[str, str]  # (name, arguments as sent: JSON text, or anything)
-
-
-def canonical_arguments(arguments: str) -> bytes:
-    """JSON arguments with sorted keys and no spacing; other text with its spacing folded."""
-    try:
-        return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
-        return " ".join(arguments.split()).encode()
 
 
 def calls_fingerprint(calls: Sequence[ToolCall]) -> int:

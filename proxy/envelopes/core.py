@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from proxy.envelopes.settings import EnvelopeSettings, load_validator
-from proxy.providers.base import CallInfo, Output, load_json
+from proxy.providers import adapter_for_kind
+from proxy.providers.base import CallInfo, Output
 from proxy.server.sse import SSEEvent
 from proxy.tokens import count_text
 
@@ -201,102 +202,27 @@ def wants_injection(body: dict[str, Any], info: CallInfo, settings: EnvelopeSett
     """Whether the request leaves the output format open, so the envelope can be asked for."""
     if not settings.inject:
         return False
-    if info.kind == "chat":
-        return _is_plain(body.get("response_format"))
-    if info.kind == "responses":
-        text = body.get("text")
-        if text is not None and not isinstance(text, dict):
-            return False
-        return _is_plain((text or {}).get("format"))
-    if info.kind == "messages":
-        # The agent's own tools are its format; a forced tool would take them away.
-        thinking = body.get("thinking")
-        thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
-        return not body.get("tools") and body.get("tool_choice") is None and not thinks
-    return False
-
-
-def _is_plain(value: Any) -> bool:
-    return value is None or (isinstance(value, dict) and value.get("type") == "text")
+    adapter = adapter_for_kind(info.kind)
+    return adapter is not None and adapter.output_format_open(body, info)
 
 
 def inject(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> bool:
-    """Ask the provider for the envelope; True when the body changed."""
-    if not wants_injection(body, info, settings):
+    """Ask the provider for the envelope, in the call's wire format; True when the body
+    changed."""
+    adapter = adapter_for_kind(info.kind)
+    if adapter is None or not wants_injection(body, info, settings):
         return False
-    schema = schema_of(settings)
-    strict = settings.schema_file is None
-    if info.kind == "chat":
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": ENVELOPE_NAME, "schema": schema, "strict": strict},
-        }
-    elif info.kind == "responses":
-        text = body.get("text")
-        body["text"] = {
-            **(text if isinstance(text, dict) else {}),
-            "format": {
-                "type": "json_schema",
-                "name": ENVELOPE_NAME,
-                "schema": schema,
-                "strict": strict,
-            },
-        }
-    else:
-        body["tools"] = [
-            {
-                "name": ENVELOPE_NAME,
-                "description": "Report the outcome of the work as a typed status envelope.",
-                "input_schema": schema,
-            }
-        ]
-        body["tool_choice"] = {"type": "tool", "name": ENVELOPE_NAME}
+    adapter.ask_for_schema(
+        body, info, ENVELOPE_NAME, schema_of(settings), strict=settings.schema_file is None
+    )
     return True
 
 
-# -- streams: the events that wait for the verdict -----------------------------------------
-
-
-def _chat_final(event: SSEEvent) -> bool:
-    data = event.data
-    if data.startswith("[DONE]"):
-        return True
-    if '"finish_reason"' not in data and '"usage"' not in data:
-        return False  # the common delta: no parse
-    chunk = load_json(data)
-    if not isinstance(chunk, dict):
-        return False
-    choices = chunk.get("choices")
-    if isinstance(choices, list) and choices:
-        return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
-    return isinstance(chunk.get("usage"), dict)
-
-
-_RESPONSES_FINAL = ("response.completed", "response.incomplete", "response.failed")
-
-
-def _responses_final(event: SSEEvent) -> bool:
-    if event.event:
-        return event.event in _RESPONSES_FINAL
-    payload = load_json(event.data) if event.data else None
-    return isinstance(payload, dict) and payload.get("type") in _RESPONSES_FINAL
-
-
-def _messages_final(event: SSEEvent) -> bool:
-    if event.event:
-        return event.event == "message_stop"
-    payload = load_json(event.data) if event.data else None
-    return isinstance(payload, dict) and payload.get("type") == "message_stop"
-
-
 def final_event(kind: str) -> Callable[[SSEEvent], bool] | None:
-    """The predicate that recognises a stream's first closing event: it and every event after
-    it are held back until the envelope is judged. Chat Completions: the chunk carrying
-    ``finish_reason`` (then the usage chunk and ``[DONE]``); Responses API:
-    ``response.completed``; Anthropic: ``message_stop``."""
-    return {"chat": _chat_final, "responses": _responses_final, "messages": _messages_final}.get(
-        kind
-    )
+    """The predicate that recognises a stream's first closing event, from the adapter that
+    serves ``kind``: it and every event after it are held back until the envelope is judged."""
+    adapter = adapter_for_kind(kind)
+    return adapter.closing_event(CallInfo(kind=kind)) if adapter is not None else None
 
 
 def injection_tokens(body: dict[str, Any], info: CallInfo, settings: EnvelopeSettings) -> int:

@@ -1,8 +1,9 @@
 """What a verdict does to a call: count it, and kill the task, block the answer or escalate
 to the task's owner as the worker's rule says.
 
-The forwarder asks once per completed answer of a worker. Nothing here raises into the
+The envelopes addon asks once per completed answer of a worker. Nothing here raises into the
 request path: a state backend that does not answer costs the per-task count, not the call.
+Kills and escalations go out on the trip bus; how a blocked answer looks is the adapter's.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from typing import Any, Literal
 
 from proxy.detectors.base import Trip, TripReason
 from proxy.envelopes.core import INVALID, Verdict, check
+from proxy.pipeline.bus import TripBus
 from proxy.policy.rules import Effective
-from proxy.providers.base import Adapter, CallInfo, Output
+from proxy.providers.base import Output
 from proxy.session.base import Ledger
 from proxy.telemetry.logs import event
 from proxy.telemetry.record import Telemetry
 
 BLOCK_STATUS = 422
 BLOCK_REASON = "low_confidence"
-BLOCK_CODE = "tripwire_low_confidence"
-# The caller's answer never arrived: its SDK raises an error of this type, and must not retry.
-BLOCK_TYPES = {"openai": "tripwire_error", "anthropic": "invalid_request_error"}
 # What an owner's webhook carries of an envelope's result.
 MAX_RESULT_CHARS = 2000
 
@@ -48,9 +47,10 @@ def block_message(task: str, agent: str, verdict: Verdict) -> str:
 
 
 class EnvelopeGate:
-    def __init__(self, ledger: Ledger, telemetry: Telemetry) -> None:
+    def __init__(self, ledger: Ledger, telemetry: Telemetry, bus: TripBus) -> None:
         self.ledger = ledger
         self.telemetry = telemetry
+        self.bus = bus
 
     async def judge(
         self, task: str, agent: str, tenant: str | None, policy: Effective, output: Output
@@ -95,7 +95,7 @@ class EnvelopeGate:
             )
             return Decision("block", verdict, trip, block_message(task, agent, verdict))
         if action == "escalate":
-            self.telemetry.escalate(task, agent, trip, tenant, _shown(verdict.envelope))
+            self.bus.trip(task, agent, trip, "escalate", tenant, _shown(verdict.envelope))
         else:
             event(
                 "envelope_low_confidence",
@@ -122,7 +122,7 @@ class EnvelopeGate:
             event("envelope_invalid", logging.INFO, task=task, agent=agent, problem=verdict.problem)
             return Decision("deliver", verdict, trip)
         if shadow:
-            self.telemetry.trip(task, agent, trip, "observe", tenant)
+            self.bus.trip(task, agent, trip, "observe", tenant)
             return Decision("deliver", verdict, trip)
         try:
             killed = await self.ledger.kill(task, trip)
@@ -131,16 +131,8 @@ class EnvelopeGate:
             event("envelope_kill_failed", logging.ERROR, task=task, error=repr(exc))
             killed = False
         if killed:
-            self.telemetry.trip(task, agent, trip, "kill", tenant)
+            self.bus.trip(task, agent, trip, "kill", tenant)
         return Decision("kill", verdict, trip)
-
-
-def blocked_body(adapter: Adapter, format_: str, message: str) -> bytes:
-    return adapter.error_body(message, BLOCK_TYPES[format_], BLOCK_CODE)
-
-
-def blocked_event(adapter: Adapter, format_: str, message: str, info: CallInfo) -> bytes:
-    return adapter.error_event(message, BLOCK_TYPES[format_], BLOCK_CODE, info)
 
 
 def _shown(envelope: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -150,10 +142,3 @@ def _shown(envelope: dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(result, str) and len(result) > MAX_RESULT_CHARS:
         return {**envelope, "result": result[: MAX_RESULT_CHARS - 3] + "..."}
     return envelope
-
-
-def block_headers(headers: Any) -> None:
-    """Headers of a blocked answer: final for the SDKs, and saying why."""
-    headers["Content-Type"] = "application/json"
-    headers["x-should-retry"] = "false"
-    headers["X-Tripwire-Reason"] = BLOCK_REASON

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from proxy.providers.base import CallInfo, Output, StreamTally, Usage, load_json, usage_from_generic
+from proxy.providers.base import (
+    CallInfo,
+    Output,
+    StreamTally,
+    Usage,
+    load_json,
+    sse,
+    usage_from_generic,
+)
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts
 
@@ -33,8 +42,37 @@ def _blocks(content: Any, texts: list[str]) -> int:
     return images
 
 
+ERROR_TYPES = {
+    "not_found": "not_found_error",
+    "invalid_request": "invalid_request_error",
+    "unauthorized": "authentication_error",
+    "refused": "permission_error",
+    "busy": "rate_limit_error",
+    "unavailable": "overloaded_error",
+    "timeout": "timeout_error",
+    "upstream": "api_error",
+    "internal": "api_error",
+    # The caller's answer never arrived: the SDK raises BadRequestError, and does not retry.
+    "blocked": "invalid_request_error",
+    "rate_limited": "rate_limit_error",
+    "overloaded": "overloaded_error",
+}
+
+
 class AnthropicAdapter:
     name = "anthropic"
+    kinds = frozenset({"messages"})
+    default_base_url = "https://api.anthropic.com"
+    default_routes = ("/v1/messages",)
+    price_provider = "anthropic"
+    error_types = ERROR_TYPES
+
+    def tokenizer_family(self, model: str) -> str:
+        return "anthropic"
+
+    def set_credential(self, headers: MutableMapping[str, str], api_key: str) -> None:
+        headers.pop("Authorization", None)
+        headers["x-api-key"] = api_key
 
     def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo:
         is_messages = path.rstrip("/").endswith("/v1/messages")
@@ -100,6 +138,74 @@ class AnthropicAdapter:
 
     def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes:
         return b"event: error\ndata: " + self.error_body(message, error_type, code) + b"\n\n"
+
+    def output_format_open(self, body: dict[str, Any], info: CallInfo) -> bool:
+        if info.kind != "messages":
+            return False
+        # The agent's own tools are its format; a forced tool would take them away.
+        thinking = body.get("thinking")
+        thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+        return not body.get("tools") and body.get("tool_choice") is None and not thinks
+
+    def ask_for_schema(
+        self, body: dict[str, Any], info: CallInfo, name: str, schema: dict[str, Any], strict: bool
+    ) -> None:
+        # A forced tool whose input is the schema: Messages has no other structured answer.
+        body["tools"] = [
+            {
+                "name": name,
+                "description": "Report the outcome of the work as a typed status envelope.",
+                "input_schema": schema,
+            }
+        ]
+        body["tool_choice"] = {"type": "tool", "name": name}
+
+    def closing_event(self, info: CallInfo) -> Callable[[SSEEvent], bool] | None:
+        """``message_stop``, for a Messages stream."""
+        return _messages_final if info.kind == "messages" else None
+
+    def partial_stream(self, info: CallInfo, text: str) -> bytes:
+        message: dict[str, object] = {
+            "id": "msg_chaos",
+            "type": "message",
+            "role": "assistant",
+            "model": info.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        block = {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
+        delta = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": text},
+        }
+        return (
+            sse({"type": "message_start", "message": message}, "message_start")
+            + sse(block, "content_block_start")
+            + sse(delta, "content_block_delta")
+        )
+
+    def malformed_body(self, info: CallInfo) -> bytes:
+        return (
+            b'{"id": "msg_chaos", "type": "message", "role": "assistant", '
+            b'"content": [{"type": "text", "text": "Partial'
+        )
+
+    def malformed_event(self, info: CallInfo) -> bytes:
+        return b'event: content_block_delta\ndata: {"type": "content_block_delta", "ind\n\n'
+
+
+def _messages_final(event: SSEEvent) -> bool:
+    if event.event:
+        return event.event == "message_stop"
+    payload = load_json(event.data) if event.data else None
+    return isinstance(payload, dict) and payload.get("type") == "message_stop"
 
 
 class _MessagesTally(StreamTally):

@@ -1,5 +1,10 @@
 """What every provider adapter offers the server: one small interface per wire format.
 
+The adapter is the only place that knows a wire format: its request kinds and cap fields, the
+prompt's text for the estimate, usage and output in answers and streams, where a provider key
+goes, the error ``type`` of each problem, and the events Tripwire writes itself (refusals,
+cuts, blocked answers, injected faults). Nothing else in Tripwire branches on a format.
+
 An adapter reads copies of the traffic. It never does I/O, and it only changes a request body
 when enforcement needs to (the output cap, or asking for stream usage).
 """
@@ -8,16 +13,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from proxy.detectors.normalise import exact_text
-from proxy.detectors.toolcalls import canonical_arguments
+from proxy.detectors.normalise import canonical_arguments, exact_text
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts, count_text
 
 # Output kept for fingerprinting is bounded so one huge completion cannot grow memory.
 MAX_OUTPUT_CHARS = 256 * 1024
+
+# The problems Tripwire reports, by name; each adapter maps every one to its own error type.
+# The first ten are ``TripwireError.kind`` values, "blocked" is a worker's answer held back,
+# and the last two are provider failures chaos injects.
+ERROR_KINDS = (
+    "not_found",
+    "invalid_request",
+    "unauthorized",
+    "refused",
+    "busy",
+    "unavailable",
+    "timeout",
+    "upstream",
+    "internal",
+    "blocked",
+    "rate_limited",
+    "overloaded",
+)
 
 
 @dataclass(slots=True)
@@ -47,6 +70,11 @@ class CallInfo:
     prompt: PromptParts = field(default_factory=lambda: PromptParts([], 0))
     system_text: str | None = None
     wants_stream_usage: bool = True  # False: the client did not ask; usage is injected
+
+    @property
+    def modelled(self) -> bool:
+        """A kind Tripwire reads (its prompt, cap and answer), not one it only passes on."""
+        return self.kind != "other"
 
 
 @dataclass(slots=True)
@@ -124,7 +152,39 @@ class Adapter(Protocol):
 
     name: str
 
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The request kinds this format models (``CallInfo.kind``), unique across formats."""
+        ...
+
+    @property
+    def default_base_url(self) -> str:
+        """The provider's own address, for the upstream of this format's name by default."""
+        ...
+
+    @property
+    def default_routes(self) -> tuple[str, ...]:
+        """Path prefixes served by the upstream of this format's name when the client names no
+        upstream (``/v1/messages`` for Anthropic)."""
+        ...
+
+    @property
+    def price_provider(self) -> str:
+        """The genai-prices provider id to look prices up under first."""
+        ...
+
+    @property
+    def error_types(self) -> Mapping[str, str]:
+        """Every name of ``ERROR_KINDS`` -> this format's error type."""
+        ...
+
+    # -- requests -------------------------------------------------------------------------
+
     def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo: ...
+
+    def tokenizer_family(self, model: str) -> str:
+        """The tokenizer to estimate a prompt with (``proxy.tokens.estimate_prompt``)."""
+        ...
 
     def enforce(
         self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
@@ -132,15 +192,57 @@ class Adapter(Protocol):
         """Set the output cap and ask for stream usage if needed; True when the body changed."""
         ...
 
+    def set_credential(self, headers: MutableMapping[str, str], api_key: str) -> None:
+        """Put the upstream's key where this format carries it."""
+        ...
+
+    def output_format_open(self, body: dict[str, Any], info: CallInfo) -> bool:
+        """Whether the request leaves its answer's format to the provider, so Tripwire may ask
+        for a structured answer (a worker's status envelope) without taking anything away."""
+        ...
+
+    def ask_for_schema(
+        self, body: dict[str, Any], info: CallInfo, name: str, schema: dict[str, Any], strict: bool
+    ) -> None:
+        """Ask for an answer that is a JSON object of ``schema``, named ``name``."""
+        ...
+
+    # -- answers --------------------------------------------------------------------------
+
     def usage_from_body(self, info: CallInfo, body: dict[str, Any]) -> Usage | None: ...
 
     def output_from_body(self, info: CallInfo, body: dict[str, Any]) -> Output: ...
 
     def stream_tally(self, info: CallInfo) -> StreamTally: ...
 
+    def closing_event(self, info: CallInfo) -> Callable[[SSEEvent], bool] | None:
+        """Recognises a stream's first closing event, from which events may be held back until
+        the answer is judged; None for a kind whose closing events are not known."""
+        ...
+
+    # -- Tripwire's own answers -----------------------------------------------------------
+
     def error_body(self, message: str, error_type: str, code: str) -> bytes: ...
 
     def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes: ...
+
+    def partial_stream(self, info: CallInfo, text: str) -> bytes:
+        """A stream's first events up to some text: what a client has seen when a real stream
+        breaks off mid-way."""
+        ...
+
+    def malformed_body(self, info: CallInfo) -> bytes:
+        """An answer cut inside a string, which no JSON parser accepts."""
+        ...
+
+    def malformed_event(self, info: CallInfo) -> bytes:
+        """A stream event cut inside its JSON."""
+        ...
+
+
+def sse(payload: dict[str, Any], name: str | None = None) -> bytes:
+    head = f"event: {name}\n".encode() if name else b""
+    return head + b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
 def usage_from_generic(body: dict[str, Any]) -> Usage | None:

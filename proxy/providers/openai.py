@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from proxy.providers.base import CallInfo, Output, StreamTally, Usage, load_json, usage_from_generic
+from proxy.providers.base import (
+    CallInfo,
+    Output,
+    StreamTally,
+    Usage,
+    load_json,
+    sse,
+    usage_from_generic,
+)
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts
 
@@ -97,12 +107,49 @@ def _responses_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
     return PromptParts(texts, count, images), system
 
 
+# Model-name prefixes of OpenAI's own models; other models served over the OpenAI wire format
+# (Llama, Mistral, Qwen...) have tokenizers that may split text finer than cl100k.
+_OPENAI_MODEL_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-", "davinci", "babbage")
+
+ERROR_TYPES = {
+    "not_found": "invalid_request_error",
+    "invalid_request": "invalid_request_error",
+    "unauthorized": "invalid_request_error",
+    "refused": "tripwire_error",
+    "busy": "rate_limit_error",
+    "unavailable": "server_error",
+    "timeout": "server_error",
+    "upstream": "server_error",
+    "internal": "server_error",
+    # The caller's answer never arrived: its SDK raises an error of this type, and must not
+    # retry it.
+    "blocked": "tripwire_error",
+    "rate_limited": "requests",
+    "overloaded": "server_error",
+}
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and value.get("type") == "text")
+
+
 def _positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class OpenAIAdapter:
     name = "openai"
+    kinds = frozenset({"chat", "responses"})
+    default_base_url = "https://api.openai.com"
+    default_routes = ("/v1/",)
+    price_provider = "openai"
+    error_types = ERROR_TYPES
+
+    def tokenizer_family(self, model: str) -> str:
+        return "openai" if model.lower().startswith(_OPENAI_MODEL_PREFIXES) else "unknown"
+
+    def set_credential(self, headers: MutableMapping[str, str], api_key: str) -> None:
+        headers["Authorization"] = f"Bearer {api_key}"
 
     def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo:
         kind = _kind(path)
@@ -191,6 +238,117 @@ class OpenAIAdapter:
             }
             return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
         return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+
+    def output_format_open(self, body: dict[str, Any], info: CallInfo) -> bool:
+        if info.kind == "chat":
+            return _is_plain(body.get("response_format"))
+        if info.kind == "responses":
+            text = body.get("text")
+            if text is not None and not isinstance(text, dict):
+                return False
+            return _is_plain((text or {}).get("format"))
+        return False
+
+    def ask_for_schema(
+        self, body: dict[str, Any], info: CallInfo, name: str, schema: dict[str, Any], strict: bool
+    ) -> None:
+        structured = {"type": "json_schema", "name": name, "schema": schema, "strict": strict}
+        if info.kind == "chat":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": schema, "strict": strict},
+            }
+        elif info.kind == "responses":
+            text = body.get("text")
+            body["text"] = {**(text if isinstance(text, dict) else {}), "format": structured}
+
+    def closing_event(self, info: CallInfo) -> Callable[[SSEEvent], bool] | None:
+        """Chat Completions: the chunk carrying ``finish_reason`` (then the usage chunk and
+        ``[DONE]``); Responses API: ``response.completed`` and its kin."""
+        return {"chat": _chat_final, "responses": _responses_final}.get(info.kind)
+
+    def partial_stream(self, info: CallInfo, text: str) -> bytes:
+        model, now = info.model, int(time.time())
+        if info.kind == "responses":
+            return _responses_opening(model, now, text)
+        chunk = {"id": "chatcmpl-chaos", "object": "chat.completion.chunk", "created": now}
+        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        delta = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        return sse({**chunk, "model": model, "choices": [first]}) + sse(
+            {**chunk, "model": model, "choices": [delta]}
+        )
+
+    def malformed_body(self, info: CallInfo) -> bytes:
+        if info.kind == "responses":
+            return (
+                b'{"id": "resp_chaos", "object": "response", "status": "completed", '
+                b'"output": [{"type": "message", "content": [{"type": "output_text", '
+                b'"text": "Partial'
+            )
+        return (
+            b'{"id": "chatcmpl-chaos", "object": "chat.completion", "choices": [{"index": 0, '
+            b'"message": {"role": "assistant", "content": "Partial'
+        )
+
+    def malformed_event(self, info: CallInfo) -> bytes:
+        if info.kind == "responses":
+            return b'event: response.output_text.delta\ndata: {"type": "response.output_text.de\n\n'
+        return b'data: {"id": "chatcmpl-chaos", "choices": [{"delta": {"content": "Parti\n\n'
+
+
+def _responses_opening(model: str, now: int, text: str) -> bytes:
+    response = {
+        "id": "resp_chaos",
+        "object": "response",
+        "created_at": now,
+        "status": "in_progress",
+        "model": model,
+        "output": [],
+    }
+    item = {
+        "id": "msg_chaos",
+        "type": "message",
+        "role": "assistant",
+        "status": "in_progress",
+        "content": [],
+    }
+    at = {"item_id": "msg_chaos", "output_index": 0, "content_index": 0}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    events: list[tuple[str, dict[str, object]]] = [
+        ("response.created", {"response": response}),
+        ("response.output_item.added", {"output_index": 0, "item": item}),
+        ("response.content_part.added", {**at, "part": part}),
+        ("response.output_text.delta", {**at, "delta": text}),
+    ]
+    return b"".join(
+        sse({"type": name, "sequence_number": number, **fields}, name)
+        for number, (name, fields) in enumerate(events)
+    )
+
+
+def _chat_final(event: SSEEvent) -> bool:
+    data = event.data
+    if data.startswith("[DONE]"):
+        return True
+    if '"finish_reason"' not in data and '"usage"' not in data:
+        return False  # the common delta: no parse
+    chunk = load_json(data)
+    if not isinstance(chunk, dict):
+        return False
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices:
+        return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+    return isinstance(chunk.get("usage"), dict)
+
+
+_RESPONSES_FINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
+def _responses_final(event: SSEEvent) -> bool:
+    if event.event:
+        return event.event in _RESPONSES_FINAL
+    payload = load_json(event.data) if event.data else None
+    return isinstance(payload, dict) and payload.get("type") in _RESPONSES_FINAL
 
 
 def _responses_output(items: Any, texts: list[str], output: Output) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from proxy.errors import BudgetBusy, Refused, RouteError, TripwireError, kind_of
-from proxy.providers import ADAPTERS
+from proxy.errors import BudgetBusy, Refused, RouteError, TripwireError
+from proxy.providers import ADAPTERS, DEFAULT_FORMAT
 from proxy.server import routing
 from proxy.telemetry.logs import event
 
@@ -19,14 +19,13 @@ def _format_for(request: web.Request, upstreams: Mapping[str, str]) -> str:
     try:
         route = routing.resolve(request.rel_url.raw_path, frozenset(upstreams))
     except RouteError:
-        return "openai"
+        return DEFAULT_FORMAT
     return upstreams[route.upstream]
 
 
 def render(error: TripwireError, format_: str) -> web.Response:
-    kind = kind_of(error)
     adapter = ADAPTERS[format_]
-    error_type = kind.anthropic_type if format_ == "anthropic" else kind.openai_type
+    error_type = adapter.error_types[error.kind]
     code = f"tripwire_{error.reason}" if isinstance(error, Refused) else error.code
     headers = {"Content-Type": "application/json"}
     if not error.retry:
@@ -53,7 +52,7 @@ def error_middleware(
         try:
             return await handler(request)
         except TripwireError as error:
-            level = getattr(logging, kind_of(error).log_level.upper())
+            level = getattr(logging, error.log_level.upper())
             refused = error if isinstance(error, Refused) else None
             event(
                 "refused" if refused else "error",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from proxy.providers.base import Adapter
 
 # RFC 9110 hop-by-hop headers, plus those the proxy must recompute for the bytes it sends.
 HOP_BY_HOP = frozenset(
@@ -26,7 +29,7 @@ HOP_BY_HOP = frozenset(
 
 
 def request_headers(
-    incoming: CIMultiDictProxy[str], drop: Iterable[str], format_: str, api_key: str | None
+    incoming: CIMultiDictProxy[str], drop: Iterable[str], adapter: Adapter, api_key: str | None
 ) -> CIMultiDict[str]:
     dropped = HOP_BY_HOP | {name.lower() for name in drop}
     out: CIMultiDict[str] = CIMultiDict(
@@ -37,11 +40,7 @@ def request_headers(
     # Bodies are read to account usage: ask for them uncompressed rather than inflate copies.
     out["Accept-Encoding"] = "identity"
     if api_key:
-        if format_ == "anthropic":
-            out.pop("Authorization", None)
-            out["x-api-key"] = api_key
-        else:
-            out["Authorization"] = f"Bearer {api_key}"
+        adapter.set_credential(out, api_key)
     return out
 
 

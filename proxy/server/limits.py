@@ -33,6 +33,7 @@ class TooManyStreams(BudgetBusy):
     """Busy, not refused: the SDKs retry after ``Retry-After``, by when a stream may have ended."""
 
     code = "tripwire_too_many_streams"
+    outcome = "too_many_streams"
 
 
 def handler_args(server: ServerSettings) -> dict[str, Any]:

@@ -5,6 +5,8 @@
     /v1/messages...             the ``anthropic`` upstream
     /v1/...                     the ``openai`` upstream
 
+(the last two: each adapter's ``default_routes``, the longest prefix first).
+
 Only upstreams named in config can be reached: the client chooses a name, never a host.
 """
 
@@ -14,6 +16,13 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from proxy.errors import RouteError
+from proxy.providers import ADAPTERS
+
+# (prefix, upstream): a path no upstream is named for goes to the format that claims it.
+_DEFAULT_ROUTES = sorted(
+    ((prefix, name) for name, adapter in ADAPTERS.items() for prefix in adapter.default_routes),
+    key=lambda route: -len(route[0]),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +51,7 @@ def resolve(raw_path: str, upstreams: frozenset[str]) -> Route:
         if upstream not in upstreams:
             raise RouteError(f"no upstream named {upstream!r} is configured")
         return Route(upstream, path, task, agent)
-    if path.startswith("/v1/messages"):
-        return Route("anthropic", path, task, agent)
-    if path.startswith("/v1/"):
-        return Route("openai", path, task, agent)
+    for prefix, name in _DEFAULT_ROUTES:
+        if path.startswith(prefix):
+            return Route(name, path, task, agent)
     raise RouteError(f"no route for {path}: use /v1/..., /u/{{upstream}}/... or /t/{{task}}/...")

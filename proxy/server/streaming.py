@@ -47,6 +47,8 @@ class StreamRelay:
         self.hold = hold
         self.release = release
         self.held: list[bytes] = []
+        # Sees each event after the tally read it; None (the usual case) costs one check.
+        self.watch: Callable[[SSEEvent], None] | None = None
         self._decoder = SSEDecoder()
 
     def outcome(self, status: int) -> str:
@@ -95,7 +97,7 @@ class StreamRelay:
         """The raw events the client is to see, each read by the tally on its way. An event the
         tally cannot read (a provider's odd or hostile payload) is relayed all the same: the
         stream is the provider's, and its usage falls back to what was counted."""
-        feed = self.tally.feed
+        feed, watch = self.tally.feed, self.watch
         out: list[bytes] = []
         for sse in events:
             try:
@@ -105,6 +107,8 @@ class StreamRelay:
                 if not self.unreadable:
                     event("unreadable_stream_event", logging.WARNING, error=type(exc).__name__)
                 self.unreadable += 1
+            if watch is not None:
+                watch(sse)
             if self.hold is not None and (self.held or self.hold(sse)):
                 self.held.append(sse.raw)
                 continue

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from proxy.config import Tagging
+from proxy.pipeline.call import TaskSource
 
 MAX_ID_LENGTH = 128
 DEFAULT_AGENT = "default"
@@ -50,20 +51,24 @@ class Tagger:
         self.consumed = frozenset({"x-task-id", "x-agent-id", *self.agent_headers})
 
     def task(self, headers: Mapping[str, str], url_task: str | None) -> str:
+        return self.tag(headers, url_task)[0]
+
+    def tag(self, headers: Mapping[str, str], url_task: str | None) -> tuple[str, TaskSource]:
+        """The call's task id and where it came from."""
         for name in self.task_headers:
             value = headers.get(name)
             if value and value.strip():
-                return clean_id(value)
+                return clean_id(value), "header"
         if url_task:
-            return clean_id(url_task)
+            return clean_id(url_task), "path"
         if self.use_traceparent:
             trace = _trace_id(headers.get("traceparent", ""))
             if trace is not None:
-                return trace
+                return trace, "traceparent"
         credential = headers.get("authorization") or headers.get("x-api-key")
         if credential:
-            return "key:" + short_hash(credential)
-        return ANONYMOUS_TASK
+            return "key:" + short_hash(credential), "fallback"
+        return ANONYMOUS_TASK, "fallback"
 
     def agent(
         self, headers: Mapping[str, str], url_agent: str | None, system_text: str | None

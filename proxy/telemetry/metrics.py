@@ -32,6 +32,7 @@ REFUSED = "tripwire_refused_calls"
 STREAMS_CUT = "tripwire_streams_cut"
 FAULTS_INJECTED = "tripwire_faults_injected"
 STATE_ERRORS = "tripwire_state_backend_errors"
+ADDON_FAILURES = "tripwire_addon_failures"
 ACTIVE_TASKS = "tripwire_active_tasks"
 TASK_TOKENS = "tripwire_task_tokens"
 TASK_HOPS = "tripwire_task_hops"
@@ -203,6 +204,12 @@ class Metrics:
             STATE_ERRORS,
             "Errors talking to the state backend.",
             ["backend", "operation"],
+            registry=r,
+        )
+        self.addon_failures = Counter(
+            ADDON_FAILURES,
+            "Exceptions in an addon's observer hook, logged and contained.",
+            ["addon", "hook"],
             registry=r,
         )
         self.task_tokens = Histogram(

@@ -1,7 +1,7 @@
 """What the proxy tells the world about each call and each trip: metrics and one log line.
 
-The forwarder calls these at the points where a call ends or a detector trips, so metrics and
-logs can never disagree about what happened.
+The telemetry addon calls these where a call ends, and ``on_trip`` subscribes to the trip bus,
+so metrics and logs can never disagree about what happened.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from proxy.detectors.base import Trip
+from proxy.pipeline.bus import TripEvent, TripListener
 from proxy.telemetry.logs import event
 from proxy.telemetry.metrics import Metrics
 
@@ -34,17 +33,6 @@ class CallRecord:
     forwarded: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class TripEvent:
-    task: str
-    agent: str
-    tenant: str | None
-    trip: Trip
-    action: str  # kill, observe, or escalate (a worker's low-confidence envelope)
-    envelope: dict[str, Any] | None = None  # the envelope behind an escalation
-
-
-TripListener = Callable[[TripEvent], None]
 CallListener = Callable[[CallRecord], None]
 
 
@@ -52,8 +40,6 @@ class Telemetry:
     def __init__(self, metrics: Metrics, log_calls: bool = True) -> None:
         self.metrics = metrics
         self.log_calls = log_calls
-        # Called on every trip, after metrics and the log line: the audit trail, escalation.
-        self.trip_listeners: list[TripListener] = []
         # Called on every call, forwarded or refused, after metrics and the log line: the
         # console's recent activity. Cheap and synchronous, like the metrics.
         self.call_listeners: list[CallListener] = []
@@ -101,62 +87,49 @@ class Telemetry:
     def task(self, task: str, tokens: int, calls: int, hops: int, cost: float) -> None:
         self.metrics.task_seen(task, tokens, calls, hops, cost)
 
-    def trip(
-        self, task: str, agent: str, trip: Trip, action: str, tenant: str | None = None
-    ) -> None:
-        self.metrics.trip(str(trip.reason), action, agent, task)
-        if action == "kill":
-            self.metrics.task_ended(task)
-        event(
-            "trip",
-            logging.WARNING,
-            task=task,
-            agent=agent,
-            reason=str(trip.reason),
-            action=action,
-            detail=trip.detail,
-            figures=trip.figures,
-        )
-        happened = TripEvent(task, agent, tenant, trip, action)
-        for listener in self.trip_listeners:
-            try:
-                listener(happened)
-            except Exception as exc:  # a faulty listener must never break traffic
-                event("trip_listener_failed", logging.ERROR, error=repr(exc))
-
     def envelope(self, agent: str, status: str, confidence: float | None) -> None:
         self.metrics.envelope(agent, status, confidence)
 
     def envelope_blocked(self, agent: str) -> None:
         self.metrics.envelope_blocked(agent)
 
-    def escalate(
-        self,
-        task: str,
-        agent: str,
-        trip: Trip,
-        tenant: str | None,
-        envelope: dict[str, Any] | None,
-    ) -> None:
-        """A worker's answer the task's owner should look at; it was delivered all the same."""
+    def on_trip(self, happened: TripEvent) -> None:
+        """The trip bus's first subscriber: the metric and the log line of every trip."""
+        trip = happened.trip
+        if happened.action == "escalate":
+            # A worker's answer the task's owner should look at; it was delivered all the same.
+            event(
+                "envelope_escalated",
+                logging.WARNING,
+                task=happened.task,
+                agent=happened.agent,
+                reason=str(trip.reason),
+                detail=trip.detail,
+                figures=trip.figures,
+            )
+            return
+        self.metrics.trip(str(trip.reason), happened.action, happened.agent, happened.task)
+        if happened.action == "kill":
+            self.metrics.task_ended(happened.task)
         event(
-            "envelope_escalated",
+            "trip",
             logging.WARNING,
-            task=task,
-            agent=agent,
+            task=happened.task,
+            agent=happened.agent,
             reason=str(trip.reason),
+            action=happened.action,
             detail=trip.detail,
             figures=trip.figures,
         )
-        happened = TripEvent(task, agent, tenant, trip, "escalate", envelope)
-        for listener in self.trip_listeners:
-            try:
-                listener(happened)
-            except Exception as exc:  # a faulty listener must never break traffic
-                event("trip_listener_failed", logging.ERROR, error=repr(exc))
 
     def refused(self, reason: str) -> None:
         self.metrics.refused.labels(reason).inc()
 
     def stream_cut(self, reason: str) -> None:
         self.metrics.streams_cut.labels(reason).inc()
+
+    def addon_failed(self, addon: str, hook: str) -> None:
+        self.metrics.addon_failures.labels(addon, hook).inc()
+
+
+__all__ = ["CallRecord", "Telemetry", "TripEvent", "TripListener"]

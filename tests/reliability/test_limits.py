@@ -15,7 +15,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from proxy.app import FORWARDER
+from proxy.addons.slots import StreamSlots
+from proxy.app import HOOKS
 from proxy.config import load_config
 from tests.contract.sdk import KINDS, ask, errors_of
 from tests.harness import MockProviderThread, ProxyThread
@@ -242,8 +243,9 @@ def test_every_way_a_stream_ends_frees_its_slot(
     with pytest.raises(errors_of("chat").APIError):
         ask("chat", proxy.base_url, stream=True, headers={"X-Task-Id": task + "-deadline", **SLOW})
     assert proxy._app is not None
-    slots = proxy._app[FORWARDER].streams
-    assert slots is not None
+    addon = proxy._app[HOOKS].find(StreamSlots)
+    assert addon is not None
+    slots = addon.slots
 
     async def settled() -> bool:
         for _ in range(100):

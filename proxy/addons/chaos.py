@@ -9,169 +9,61 @@ starts and then breaks off with an error event. A killed task is never masked: i
 their refusal, not a fault.
 
 Chaos is off unless the config sets ``allow_chaos: true`` and a policy rule has a ``chaos:``
-section; with either missing, the forwarder holds no ``Chaos`` at all.
+section; with either missing, the pipeline holds no ``Chaos`` addon at all.
+
+An addon with one hook: ``request``, which may answer instead of the provider. The bodies and
+events of each fault come from the call's adapter, in its wire format.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from proxy.config import ChaosSettings, Config, FaultName
-from proxy.policy.rules import PolicyBook
-from proxy.providers import Adapter, CallInfo
+from proxy.pipeline.call import Call
 from proxy.session.base import Ledger
 from proxy.telemetry.logs import event
 from proxy.telemetry.record import Telemetry
-
-if TYPE_CHECKING:
-    from proxy.server.forward import Call
 
 CHAOS_HEADER = "x-tripwire-chaos"
 FAULT_HEADER = "X-Tripwire-Fault"
 OUTCOME = "fault_injected"
 
-_KINDS = frozenset({"chat", "responses", "messages"})
 _STREAM_ONLY: frozenset[str] = frozenset({"stream_stall", "stream_break"})
 _YES = frozenset({"1", "true", "yes", "on"})
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 _NOTE = "(fault injected by Tripwire chaos)"
+_PARTIAL_TEXT = "Partial answer, "
 
-# fault -> status, OpenAI error type and code, Anthropic error type, message
-_ERRORS: dict[str, tuple[int, str, str, str, str]] = {
-    "rate_limit": (
-        429,
-        "requests",
-        "rate_limit_exceeded",
-        "rate_limit_error",
-        "Rate limit reached for requests.",
-    ),
+# fault -> status, the problem as the adapters name it (ERROR_KINDS), code, message
+_ERRORS: dict[str, tuple[int, str, str, str]] = {
+    "rate_limit": (429, "rate_limited", "rate_limit_exceeded", "Rate limit reached for requests."),
     "server_error": (
         500,
+        "internal",
         "server_error",
-        "server_error",
-        "api_error",
         "The server had an error while processing your request.",
     ),
     "overloaded": (
         503,
-        "server_error",
+        "overloaded",
         "service_unavailable",
-        "overloaded_error",
         "The server is overloaded or not ready yet.",
     ),
-    "timeout": (
-        504,
-        "server_error",
-        "upstream_timeout",
-        "timeout_error",
-        "The provider did not answer in time.",
-    ),
+    "timeout": (504, "timeout", "upstream_timeout", "The provider did not answer in time."),
     "broken": (
         200,
-        "server_error",
+        "upstream",
         "upstream_stream_broken",
-        "api_error",
         "The provider's stream broke off before its end.",
     ),
 }
-
-# A body cut inside a string: no JSON parser accepts it.
-_MALFORMED_BODY = {
-    "chat": b'{"id": "chatcmpl-chaos", "object": "chat.completion", "choices": [{"index": 0, '
-    b'"message": {"role": "assistant", "content": "Partial',
-    "responses": b'{"id": "resp_chaos", "object": "response", "status": "completed", '
-    b'"output": [{"type": "message", "content": [{"type": "output_text", "text": "Partial',
-    "messages": b'{"id": "msg_chaos", "type": "message", "role": "assistant", '
-    b'"content": [{"type": "text", "text": "Partial',
-}
-_PARTIAL_TEXT = "Partial answer, "
-
-
-def _sse(payload: dict[str, object], name: str | None = None) -> bytes:
-    head = f"event: {name}\n".encode() if name else b""
-    return head + b"data: " + json.dumps(payload).encode() + b"\n\n"
-
-
-def _opening(info: CallInfo) -> bytes:
-    """The first events of a stream in the call's format, up to some text: what a client has
-    seen when a real stream breaks off mid-way."""
-    model, now = info.model, int(time.time())
-    if info.kind == "chat":
-        chunk = {"id": "chatcmpl-chaos", "object": "chat.completion.chunk", "created": now}
-        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        text = {"index": 0, "delta": {"content": _PARTIAL_TEXT}, "finish_reason": None}
-        return _sse({**chunk, "model": model, "choices": [first]}) + _sse(
-            {**chunk, "model": model, "choices": [text]}
-        )
-    if info.kind == "responses":
-        response = {
-            "id": "resp_chaos",
-            "object": "response",
-            "created_at": now,
-            "status": "in_progress",
-            "model": model,
-            "output": [],
-        }
-        item = {
-            "id": "msg_chaos",
-            "type": "message",
-            "role": "assistant",
-            "status": "in_progress",
-            "content": [],
-        }
-        at = {"item_id": "msg_chaos", "output_index": 0, "content_index": 0}
-        part = {"type": "output_text", "text": "", "annotations": []}
-        events: list[tuple[str, dict[str, object]]] = [
-            ("response.created", {"response": response}),
-            ("response.output_item.added", {"output_index": 0, "item": item}),
-            ("response.content_part.added", {**at, "part": part}),
-            ("response.output_text.delta", {**at, "delta": _PARTIAL_TEXT}),
-        ]
-        return b"".join(
-            _sse({"type": name, "sequence_number": number, **fields}, name)
-            for number, (name, fields) in enumerate(events)
-        )
-    message: dict[str, object] = {
-        "id": "msg_chaos",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 0, "output_tokens": 0},
-    }
-    block = {
-        "type": "content_block_start",
-        "index": 0,
-        "content_block": {"type": "text", "text": ""},
-    }
-    delta = {
-        "type": "content_block_delta",
-        "index": 0,
-        "delta": {"type": "text_delta", "text": _PARTIAL_TEXT},
-    }
-    return (
-        _sse({"type": "message_start", "message": message}, "message_start")
-        + _sse(block, "content_block_start")
-        + _sse(delta, "content_block_delta")
-    )
-
-
-def _malformed_event(info: CallInfo) -> bytes:
-    if info.kind == "chat":
-        return b'data: {"id": "chatcmpl-chaos", "choices": [{"delta": {"content": "Parti\n\n'
-    if info.kind == "responses":
-        return b'event: response.output_text.delta\ndata: {"type": "response.output_text.de\n\n'
-    return b'event: content_block_delta\ndata: {"type": "content_block_delta", "ind\n\n'
 
 
 def wanted_faults(header: str | None, faults: tuple[FaultName, ...]) -> tuple[FaultName, ...]:
@@ -187,32 +79,30 @@ def wanted_faults(header: str | None, faults: tuple[FaultName, ...]) -> tuple[Fa
 
 
 class Chaos:
+    name = "chaos"
+
     def __init__(
         self,
-        policy: PolicyBook,
         ledger: Ledger,
         telemetry: Telemetry,
         rng: random.Random | None = None,
     ) -> None:
-        self.policy = policy
         self.ledger = ledger
         self.telemetry = telemetry
         self.rng = rng or random.Random()
 
     @classmethod
-    def from_config(
-        cls, config: Config, policy: PolicyBook, ledger: Ledger, telemetry: Telemetry
-    ) -> Chaos | None:
+    def from_config(cls, config: Config, ledger: Ledger, telemetry: Telemetry) -> Chaos | None:
         if not config.allow_chaos or all(rule.chaos is None for rule in config.policy.rules):
             return None
-        return cls(policy, ledger, telemetry)
+        return cls(ledger, telemetry)
 
-    async def inject(self, call: Call) -> web.StreamResponse | None:
+    async def request(self, call: Call) -> web.StreamResponse | None:
         """The injected answer to this call, or None to let it through untouched."""
         info = call.info
-        if info.kind not in _KINDS:
+        if not info.modelled:
             return None
-        settings = self.policy.resolve(call.task, call.agent).chaos
+        settings = call.policy.chaos
         if settings is None or settings.probability <= 0:
             return None
         header = call.request.headers.get(CHAOS_HEADER)
@@ -246,20 +136,21 @@ class Chaos:
         self._record(call, fault, 200 if streamed or fault == "malformed" else _ERRORS[fault][0])
         if fault == "malformed" and not call.info.stream:
             return web.Response(
-                body=_MALFORMED_BODY[call.info.kind],
+                body=call.adapter.malformed_body(call.info),
                 headers={**headers, "Content-Type": "application/json"},
             )
         if streamed:
             return await self._stream(call, settings, fault, headers)
         if fault == "timeout":
             await asyncio.sleep(settings.stall)
-        status, openai_type, code, anthropic_type, message = _ERRORS[fault]
+        status, kind, code, message = _ERRORS[fault]
         if status in (429, 503):
             headers["retry-after"] = str(settings.retry_after)
         headers["Content-Type"] = "application/json"
+        adapter = call.adapter
         return web.Response(
             status=status,
-            body=_error_body(call.adapter, message, openai_type, anthropic_type, code),
+            body=adapter.error_body(f"{message} {_NOTE}", adapter.error_types[kind], code),
             headers=headers,
         )
 
@@ -274,17 +165,17 @@ class Chaos:
             }
         )
         try:
+            adapter, info = call.adapter, call.info
             await response.prepare(call.request)
-            await response.write(_opening(call.info))
+            await response.write(adapter.partial_stream(info, _PARTIAL_TEXT))
             if fault == "malformed":
-                await response.write(_malformed_event(call.info))
+                await response.write(adapter.malformed_event(info))
             else:
                 if fault == "stream_stall":
                     await asyncio.sleep(settings.stall)
-                _, openai_type, code, anthropic_type, message = _ERRORS["broken"]
-                kind = anthropic_type if call.adapter.name == "anthropic" else openai_type
+                _, kind, code, message = _ERRORS["broken"]
                 await response.write(
-                    call.adapter.error_event(f"{message} {_NOTE}", kind, code, call.info)
+                    adapter.error_event(f"{message} {_NOTE}", adapter.error_types[kind], code, info)
                 )
             await response.write_eof()
         except _CLIENT_GONE:
@@ -313,10 +204,3 @@ class Chaos:
             latency_ms=0.0,
             overhead_ms=round((time.perf_counter() - call.started) * 1000, 3),
         )
-
-
-def _error_body(
-    adapter: Adapter, message: str, openai_type: str, anthropic_type: str, code: str
-) -> bytes:
-    kind = anthropic_type if adapter.name == "anthropic" else openai_type
-    return adapter.error_body(f"{message} {_NOTE}", kind, code)

@@ -1,0 +1,138 @@
+"""Reading a call before anything is reserved: its route, its body through the adapter, its
+task and agent, the caller's token, the policy that applies, and the prompt's estimate.
+
+Everything a call is refused for here (a bad body, a missing token, a path that escapes its
+route) costs nothing: no budget is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from proxy.auth import Claims, TokenVerifier
+from proxy.config import Config
+from proxy.errors import AuthError, BadRequest, RouteError
+from proxy.pipeline.call import Call
+from proxy.policy.rules import Effective, PolicyBook
+from proxy.providers import ADAPTERS
+from proxy.providers.base import CallInfo
+from proxy.server import routing
+from proxy.server.limits import read_body
+from proxy.server.tagging import Tagger, clean_id
+from proxy.tokens import estimate_prompt
+
+# What reading a body of the wrong shape raises (a list where an object belongs, a string for
+# a number, nesting past the recursion limit).
+SHAPE_ERRORS = (TypeError, ValueError, AttributeError, LookupError, RecursionError)
+TOKEN_HEADER = "X-Tripwire-Token"
+
+
+class Intake:
+    def __init__(self, config: Config, policy: PolicyBook, tagger: Tagger) -> None:
+        self.upstreams = config.upstreams
+        self.upstream_names = frozenset(config.upstreams)
+        self.policy = policy
+        self.tagger = tagger
+        self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
+        self.max_body_bytes = config.server.max_body_bytes
+        self.body_timeout = config.server.body_timeout
+
+    async def read(self, request: web.Request, started: float) -> Call:
+        route = routing.resolve(request.rel_url.raw_path, self.upstream_names)
+        upstream = self.upstreams[route.upstream]
+        adapter = ADAPTERS[upstream.format]
+        path = route.path
+        if "." in path or "%" in path:
+            path = _provider_path(path)
+        claims = self._claims(request) if self.verifier is not None else None
+        raw = await read_body(request, self.max_body_bytes, self.body_timeout)
+        info = CallInfo(kind="other")
+        parsed: Any = None
+        if raw and request.method == "POST":
+            try:
+                parsed = json.loads(raw)
+            except (ValueError, RecursionError) as exc:
+                if adapter.parse_request(path, {}).modelled:
+                    raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+            if isinstance(parsed, dict):
+                try:
+                    info = adapter.parse_request(path, parsed)
+                except SHAPE_ERRORS as exc:
+                    # Without reading the prompt its budget cannot be checked: refuse, not guess.
+                    raise BadRequest(
+                        f"the request body does not have the shape of a {route.path} request "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from exc
+        headers = request.headers
+        task, source = self.tagger.tag(headers, route.task)
+        agent = self.tagger.agent(headers, route.agent, info.system_text)
+        if claims is not None:
+            # Signed claims win over anything the client says in headers or the URL.
+            if claims.task:
+                task, source = clean_id(claims.task), "token"
+            agent = clean_id(claims.agent) if claims.agent else agent
+            if claims.tenant:
+                task = f"{claims.tenant}/{task}"
+        prompt = (
+            estimate_prompt(info.prompt, adapter.tokenizer_family(info.model))
+            if info.modelled
+            else 0
+        )
+        return Call(
+            request,
+            route.upstream,
+            upstream,
+            adapter,
+            route.path,
+            info,
+            task,
+            agent,
+            source,
+            self._policy(task, agent, claims),
+            prompt,
+            started,
+            raw,
+            parsed if isinstance(parsed, dict) else None,
+            hashlib.blake2b(raw, digest_size=8).hexdigest() if raw else None,
+            claims=claims,
+        )
+
+    def _policy(self, task: str, agent: str, claims: Claims | None) -> Effective:
+        effective = self.policy.resolve(task, agent)
+        if claims is not None and claims.limits is not None:
+            signed = {k: getattr(claims.limits, k) for k in claims.limits.model_fields_set}
+            effective = dataclasses.replace(
+                effective, limits=effective.limits.model_copy(update=signed)
+            )
+        return effective
+
+    def _claims(self, request: web.Request) -> Claims:
+        assert self.verifier is not None
+        token = request.headers.get(TOKEN_HEADER)
+        if not token:
+            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+        if not token:
+            raise AuthError(
+                f"this Tripwire needs a token: send it as {TOKEN_HEADER} "
+                "or as Authorization: Bearer"
+            )
+        return self.verifier.verify(token)
+
+
+def _provider_path(path: str) -> str:
+    """The path as the provider reads it, to classify the call by. The HTTP client resolves
+    ``.`` and ``..`` segments and providers decode escapes, so a call must not be checked here
+    as one thing and served there as another: ``/v1/chat/completions/%2e%2e/completions`` would
+    reach the provider as a chat completion that escaped its cap, and ``/u/x/../..`` would leave
+    the upstream's base path."""
+    decoded = unquote(path)
+    if any(part in (".", "..") for part in decoded.replace("\\", "/").split("/")):
+        raise RouteError(f"no route for a path with '.' or '..' segments: {path}")
+    return decoded
