@@ -4,8 +4,10 @@ wire format wants it), the timeouts, and what a failure to get an answer is call
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlencode
 
 import aiohttp
+from multidict import MultiDictProxy
 
 from proxy.config import Config
 from proxy.errors import UpstreamError, UpstreamTimeout
@@ -30,16 +32,18 @@ class UpstreamClient:
     async def send(self, call: Call, body: bytes) -> aiohttp.ClientResponse:
         request = call.request
         url = call.upstream.base_url + call.path
-        if request.rel_url.raw_query_string:
-            url += "?" + request.rel_url.raw_query_string
+        tenant = call.tenant
+        key = self.tenant_keys.get((tenant, call.upstream_name)) if tenant else None
+        key = key or self.keys[call.upstream_name]
+        query = request.rel_url.raw_query_string
+        if query and key and call.adapter.query_credentials:
+            query = _without(request.rel_url.query, call.adapter.query_credentials)
+        if query:
+            url += "?" + query
         drop = self.consumed
         if call.claims is not None and not request.headers.get(TOKEN_HEADER):
             drop = drop | {"authorization"}  # it carried the Tripwire token, not a provider key
-        tenant = call.tenant
-        key = self.tenant_keys.get((tenant, call.upstream_name)) if tenant else None
-        headers = request_headers(
-            request.headers, drop, call.adapter, key or self.keys[call.upstream_name]
-        )
+        headers = request_headers(request.headers, drop, call.adapter, key)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=call.upstream.connect_timeout,
@@ -53,6 +57,11 @@ class UpstreamClient:
             timeout=timeout,
             allow_redirects=False,
         )
+
+
+def _without(query: MultiDictProxy[str], names: tuple[str, ...]) -> str:
+    """The query without the client's own provider key: Tripwire's goes in its place."""
+    return urlencode([(k, v) for k, v in query.items() if k not in names])
 
 
 def outcome_of(error: Exception) -> str:
