@@ -156,6 +156,9 @@ class Upstream(Strict):
     api_key_env: str | None = None
     # OpenAI-compatible hosts differ on which cap field they accept when the client sent none.
     cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # The model behind each deployment name (Azure OpenAI): prices, labels and the tokenizer
+    # follow the model, not the name a resource gave it.
+    deployments: dict[str, str] = {}
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 600.0
 

@@ -217,6 +217,28 @@ async def _gemini_handler(request: web.Request) -> web.StreamResponse:
     return await _serve(request, _gemini(model, stream, request.query.get("alt") == "sse"))
 
 
+def _with_deployment(
+    parse: Callable[[Any], ParsedRequest], deployment: str
+) -> Callable[[Any], ParsedRequest]:
+    """Azure names the model by its deployment in the path; a body may leave ``model`` out."""
+
+    def parse_body(body: Any) -> ParsedRequest:
+        if isinstance(body, dict) and not body.get("model"):
+            body = {**body, "model": deployment}
+        return parse(body)
+
+    return parse_body
+
+
+async def _azure_handler(request: web.Request) -> web.StreamResponse:
+    """``/openai/deployments/{deployment}/...`` (Azure OpenAI's deployment paths)."""
+    protocol = _CHAT if request.match_info["method"] == "chat/completions" else _RESPONSES
+    deployment = request.match_info["deployment"]
+    return await _serve(
+        request, replace(protocol, parse=_with_deployment(protocol.parse, deployment))
+    )
+
+
 class _InvalidJson:
     pass
 
@@ -379,6 +401,11 @@ def build_mock_app(provider: MockProvider | None = None) -> web.Application:
     app.router.add_post(CHAT_COMPLETIONS_PATH, _handler(_CHAT))
     app.router.add_post(RESPONSES_PATH, _handler(_RESPONSES))
     app.router.add_post(MESSAGES_PATH, _handler(_MESSAGES))
+    app.router.add_post("/openai/v1/chat/completions", _handler(_CHAT))
+    app.router.add_post("/openai/v1/responses", _handler(_RESPONSES))
+    app.router.add_post(
+        "/openai/deployments/{deployment}/{method:chat/completions|responses}", _azure_handler
+    )
     app.router.add_post("/{version:v1[a-z0-9]*}/models/{target}", _gemini_handler)
     app.router.add_post(
         "/{version:v1[a-z0-9]*}/projects/{project}/locations/{location}"

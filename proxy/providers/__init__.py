@@ -2,6 +2,7 @@
 format adds (with its module here and its mock in ``proxy/mock_provider/``)."""
 
 from proxy.providers.anthropic import AnthropicAdapter
+from proxy.providers.azure import AzureOpenAIAdapter
 from proxy.providers.base import Adapter, CallInfo, Output, StreamTally, Usage
 from proxy.providers.gemini import GeminiAdapter
 from proxy.providers.openai import OpenAIAdapter
@@ -10,6 +11,7 @@ ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
     "anthropic": AnthropicAdapter(),
     "gemini": GeminiAdapter(),
+    "azure": AzureOpenAIAdapter(),
 }
 
 # The format of Tripwire's answer to a path no upstream serves.

@@ -69,6 +69,8 @@ class Intake:
                         f"the request body does not have the shape of a {route.path} request "
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
+        if info.model in upstream.deployments:
+            info.model = upstream.deployments[info.model]
         headers = request.headers
         task, source = self.tagger.tag(headers, route.task)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
