@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import anthropic_wire, gemini_wire, openai_wire
+from . import anthropic_wire, bedrock_wire, gemini_wire, openai_wire
 from .behaviour import BehaviourError, MockBehaviour, parse_behaviour
 from .common import (
     Completion,
@@ -239,6 +239,24 @@ async def _azure_handler(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def _bedrock_handler(request: web.Request) -> web.StreamResponse:
+    """``/model/{modelId}/converse`` and ``converse-stream`` (Bedrock Runtime)."""
+    model = request.match_info["model"]
+    stream = request.match_info["method"] == "converse-stream"
+    protocol = _Protocol(
+        parse=lambda body: bedrock_wire.parse_converse_request(body, model, stream),
+        body=bedrock_wire.converse_body,
+        stream=bedrock_wire.converse_stream,
+        request_id_header="x-amzn-RequestId",
+        new_request_id=bedrock_wire.request_id,
+        status_error=bedrock_wire.status_error_body,
+        invalid_request=bedrock_wire.invalid_request_body,
+        invalid_json_message=bedrock_wire.INVALID_JSON,
+        stream_content_type=bedrock_wire.EVENT_STREAM,
+    )
+    return await _serve(request, protocol)
+
+
 class _InvalidJson:
     pass
 
@@ -401,6 +419,7 @@ def build_mock_app(provider: MockProvider | None = None) -> web.Application:
     app.router.add_post(CHAT_COMPLETIONS_PATH, _handler(_CHAT))
     app.router.add_post(RESPONSES_PATH, _handler(_RESPONSES))
     app.router.add_post(MESSAGES_PATH, _handler(_MESSAGES))
+    app.router.add_post("/model/{model}/{method:converse|converse-stream}", _bedrock_handler)
     app.router.add_post("/openai/v1/chat/completions", _handler(_CHAT))
     app.router.add_post("/openai/v1/responses", _handler(_RESPONSES))
     app.router.add_post(

@@ -14,6 +14,7 @@ from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.pipeline.call import Call
 from proxy.server.headers import request_headers
 from proxy.server.intake import TOKEN_HEADER
+from proxy.server.sigv4 import SigV4Signer
 
 
 class UpstreamClient:
@@ -23,6 +24,11 @@ class UpstreamClient:
         self.session = session
         self.consumed = consumed  # the tag headers Tripwire reads and does not forward
         self.keys = {name: up.resolved_key() for name, up in config.upstreams.items()}
+        self.signers = {
+            name: SigV4Signer(up.aws_sigv4)
+            for name, up in config.upstreams.items()
+            if up.aws_sigv4 is not None
+        }
         self.tenant_keys = {
             (tenant, upstream): key.resolved()
             for tenant, settings in config.tenants.items()
@@ -44,6 +50,9 @@ class UpstreamClient:
         if call.claims is not None and not request.headers.get(TOKEN_HEADER):
             drop = drop | {"authorization"}  # it carried the Tripwire token, not a provider key
         headers = request_headers(request.headers, drop, call.adapter, key)
+        signer = self.signers.get(call.upstream_name)
+        if signer is not None:
+            headers = await signer.sign(request.method, url, headers, body)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=call.upstream.connect_timeout,

@@ -23,6 +23,7 @@ DEV_ONLY = {
     "anthropic",
     "schemathesis",
     "google-genai",
+    "boto3",
 }
 
 
