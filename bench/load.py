@@ -160,7 +160,7 @@ end
 function request()
   counter = counter + 1
   local n = tostring(tid) .. "-" .. tostring(counter)
-  headers["X-Task-Id"] = prefix .. n
+  headers["X-Task-Id"] = {task}
   return wrk.format("POST", path, headers, head .. n .. tail)
 end
 
@@ -187,6 +187,7 @@ def run_wrk(
     seconds: float,
     task_prefix: str,
     extra_headers: dict[str, str] | None = None,
+    calls: int | None = None,
 ) -> LoadResult:
     head, _, tail = shape.body.partition("{n}")
     headers = "\n".join(
@@ -199,6 +200,7 @@ def run_wrk(
         head=_lua_string(head),
         tail=_lua_string(tail),
         headers=headers,
+        task="prefix .. n" if calls is None else _lua_string(task_prefix + "long"),
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
@@ -208,7 +210,9 @@ def run_wrk(
             "wrk",
             "-t1",
             f"-c{concurrency}",
-            f"-d{max(1, round(seconds))}s",
+            # wrk cannot stop at a count (a stopped thread still waits out -d): a long task
+            # is one second of calls of one task instead, a thousand calls or more.
+            f"-d{max(1, round(seconds)) if calls is None else 1}s",
             "--timeout",
             "10s",
             "-s",
@@ -235,6 +239,7 @@ def run_wrk(
         statuses={"non-2xx": raw["status"]} if raw["status"] else {},
         errors=errors,
         sent=raw["requests"],
+        task="many" if calls is None else "long",
     )
 
 
@@ -370,17 +375,10 @@ def run_load(
     extra_headers: dict[str, str] | None = None,
     calls: int | None = None,
 ) -> LoadResult:
-    if calls is not None:
-        # wrk cannot stop at a count: the long task always runs on the asyncio client.
-        return asyncio.run(
-            run_client(
-                base_url, shape, concurrency, seconds, task_prefix, extra_headers, calls=calls
-            )
-        )
     if use_wrk and not shape.stream:
-        return run_wrk(base_url, shape, concurrency, seconds, task_prefix, extra_headers)
+        return run_wrk(base_url, shape, concurrency, seconds, task_prefix, extra_headers, calls)
     return asyncio.run(
-        run_client(base_url, shape, concurrency, seconds, task_prefix, extra_headers)
+        run_client(base_url, shape, concurrency, seconds, task_prefix, extra_headers, calls=calls)
     )
 
 

@@ -120,7 +120,8 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f"{mock.get('reply_tokens')} completion tokens, streams of {mock.get('chunks')} deltas "
         f"{mock.get('chunk_delay_s')} s apart; RSS {_mib(mock.get('rss_end_kib'))} MiB at the end",
         "- Many tasks: every call has its own task id; long task: every call of a run has the "
-        f"same one ({plan.get('long_calls')} calls per run). Every body and answer is distinct "
+        f"same one ({plan.get('long_calls')} calls per run; a JSON run on wrk is 1 s of calls "
+        "instead, since wrk cannot stop at a count). Every body and answer is distinct "
         "(default policy; benchmark tasks get `max_calls` raised), so no limit or loop "
         "detector trips.",
         "",
