@@ -402,7 +402,7 @@ class Bench:
         for shape, concurrency, calls in runs:
             seconds = plan.stream_s if load.SHAPES[shape].stream else plan.json_s
             stream = load.SHAPES[shape].stream
-            tag = f"bench-{name}-{shape}-c{concurrency}-" + ("" if calls is None else "long-")
+            tag = f"bench-{name}-{shape}-c{concurrency}-"
             watch = name == "tripwire-redis" and calls is not None and shape == "openai-json"
             before = self.detector_counts(proc) if watch and proc is not None else None
             with cpu_meter(pids) as (cpu, cpu_s):
