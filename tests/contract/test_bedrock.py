@@ -180,3 +180,35 @@ def test_tripwire_re_signs_with_its_own_aws_credentials_for_the_real_host(
     canonical = auth.canonical_request(request)
     signature = auth.signature(auth.string_to_sign(request, canonical), request)
     assert authorization.endswith(f"Signature={signature}")
+
+
+def test_a_strands_agent_repeating_itself_is_stopped_by_its_endpoint_alone(
+    proxy: ProxyThread, mock: MockProviderThread, task: str
+) -> None:
+    from strands import Agent
+    from strands.models import BedrockModel
+
+    session = boto3.Session(
+        aws_access_key_id="AKIDCLIENT",
+        aws_secret_access_key="client-secret",
+        region_name="us-east-1",
+    )
+    model = BedrockModel(
+        model_id=MODEL,
+        boto_session=session,
+        endpoint_url=f"{proxy.base_url}/t/{task}/a/researcher",
+    )
+    agent = Agent(model=model, callback_handler=None)
+    try:
+        for _ in range(3):
+            agent.messages.clear()  # the same question each turn: the same answer back
+            assert "Answer to: look it up" in str(agent("look it up"))
+        agent.messages.clear()
+        with pytest.raises(Exception) as stopped:
+            agent("look it up")
+    finally:
+        model.client.close()
+    assert task in str(stopped.value) and "AccessDenied" in repr(stopped.value) + str(stopped.value)
+    assert mock.provider.total_hits == 3
+    view = proxy.task(task)
+    assert view is not None and view.killed is not None and view.agents == ["researcher"]

@@ -24,6 +24,7 @@ DEV_ONLY = {
     "schemathesis",
     "google-genai",
     "boto3",
+    "strands-agents",
 }
 
 
