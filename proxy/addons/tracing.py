@@ -39,6 +39,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from proxy.config import Config
 from proxy.detectors.base import Trip
+from proxy.envelopes.gate import BLOCK_REASON
 from proxy.errors import Refused, TripwireError, refusal_reason
 from proxy.pipeline.bus import TripBus, TripEvent
 from proxy.pipeline.call import Call, Settlement
@@ -270,6 +271,9 @@ class Tracing:
                 if value is not None:
                     attributes[f"tripwire.envelope.{name}"] = value
             span.add_event("tripwire.envelope", attributes)
+            if decision.action == "block":
+                span.set_attributes({"tripwire.outcome": "blocked", "error.type": BLOCK_REASON})
+                span.set_status(Status(StatusCode.ERROR, decision.message))
         span.end()
         if _CURRENT.get() is span:
             _CURRENT.set(None)

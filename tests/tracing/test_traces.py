@@ -4,9 +4,13 @@ official OpenAI SDK is the agent; the real OTLP exporter posts to a real receive
 
 from __future__ import annotations
 
+import json
 import secrets
+import socket
 from typing import Any
+from urllib.parse import quote
 
+import httpx2
 import openai
 import pytest
 
@@ -166,3 +170,55 @@ def test_content_capture_is_a_setting(
     (span,) = span_of(receiver, task)
     assert "the secret plan" in span.attributes["gen_ai.input.messages"]
     assert reply.text in span.attributes["gen_ai.output.messages"]
+
+
+def test_envelope_verdicts_are_events_and_a_blocked_answer_an_error(
+    traced: Any, receiver: OtlpReceiver, mock: MockProviderThread, task: str
+) -> None:
+    proxy = traced(
+        policy={
+            "rules": [
+                {
+                    "match": {"agent": "worker"},
+                    "envelope": {"min_confidence": 0.7, "on_low_confidence": "block"},
+                }
+            ]
+        }
+    )
+    low = json.dumps({"status": "partial", "result": "?", "confidence": 0.2, "reason": ""})
+    sent = {"X-Task-Id": task, "X-Agent-Id": "worker", "x-mock-reply": quote(low)}
+    with pytest.raises(openai.UnprocessableEntityError):
+        ask("chat", proxy.base_url, headers=sent)
+
+    (span,) = span_of(receiver, task)
+    (verdict,) = span.events("tripwire.envelope")
+    assert verdict["tripwire.envelope.action"] == "block"
+    assert verdict["tripwire.envelope.status"] == "partial"
+    assert verdict["tripwire.envelope.confidence"] == pytest.approx(0.2)
+    assert verdict["tripwire.envelope.min_confidence"] == pytest.approx(0.7)
+    assert span.span.status.code == span.span.status.STATUS_CODE_ERROR
+    assert span.attributes["tripwire.outcome"] == "blocked"
+
+
+def test_a_full_export_queue_drops_spans_and_counts_them(
+    traced: Any, receiver: OtlpReceiver, mock: MockProviderThread, task: str
+) -> None:
+    # A collector that never answers holds the exporter (2 s a batch) while calls go on.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        proxy = traced(
+            otel={
+                "endpoint": f"http://127.0.0.1:{port}",
+                "max_queue_size": 1,
+                "max_export_batch_size": 1,
+                "export_timeout": 2,
+            }
+        )
+        for number in range(4):
+            reply = ask("chat", proxy.base_url, headers={"X-Task-Id": f"{task}-{number}"})
+            assert reply.status == 200
+        metrics = httpx2.get(proxy.base_url + "/metrics").text
+    line = next(m for m in metrics.splitlines() if 'reason="queue_full"' in m and "_total" in m)
+    assert float(line.rsplit(" ", 1)[1]) >= 1
