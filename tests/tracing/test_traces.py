@@ -222,3 +222,41 @@ def test_a_full_export_queue_drops_spans_and_counts_them(
         metrics = httpx2.get(proxy.base_url + "/metrics").text
     line = next(m for m in metrics.splitlines() if 'reason="queue_full"' in m and "_total" in m)
     assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
+PARAPHRASES = [
+    "The plan is to collect the quarterly figures, compare them with last year and write a "
+    "short summary for the board with the three main risks and what we do next about them.",
+    "The plan is to collect the quarterly figures, compare them with last year and write a "
+    "short summary for the board with the three main risks and what we will do next about them.",
+]
+
+
+def test_a_trip_decided_after_the_answer_is_a_span_under_the_calls(
+    traced: Any, receiver: OtlpReceiver, mock: MockProviderThread, task: str
+) -> None:
+    proxy = traced(
+        policy={"near_duplicate": {"action": "kill", "repeats": 2}, "cycle": {"enabled": False}}
+    )
+    trace_id, _, header = caller_trace()
+    for number, answer in enumerate(PARAPHRASES):
+        ask(
+            "chat",
+            proxy.base_url,
+            prompt=f"plan {number}",
+            headers={"X-Task-Id": task, "x-mock-reply": quote(answer), **header},
+        )
+
+    calls = span_of(receiver, task, 2)
+    late = receiver.wait_for(
+        lambda s: s.name == "tripwire trip near_duplicate" and s.trace_id == trace_id
+    )
+    assert len(late) == 1, "content detection's kill has a span of its own"
+    (trip,) = late[0].events("tripwire.trip")
+    assert trip["tripwire.trip.action"] == "kill"
+    assert late[0].span.status.code == late[0].span.status.STATUS_CODE_ERROR
+    second = max(
+        (s for s in calls if s.span.kind == s.span.SPAN_KIND_CLIENT),
+        key=lambda s: s.span.start_time_unix_nano,
+    )
+    assert late[0].parent_id == second.span_id  # under the call whose answer tripped it
