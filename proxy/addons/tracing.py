@@ -24,6 +24,7 @@ spans unless ``telemetry.otel.capture_content`` is set.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -37,6 +38,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from proxy import __version__
 from proxy.config import Config
 from proxy.detectors.base import Trip
 from proxy.envelopes.gate import BLOCK_REASON
@@ -96,8 +98,6 @@ class Tracing:
     name = "tracing"
 
     def __init__(self, provider: TracerProvider, capture_content: bool = False) -> None:
-        from proxy import __version__
-
         self.provider = provider
         self.tracer = provider.get_tracer("tripwire", __version__)
         self.capture_content = capture_content
@@ -124,8 +124,6 @@ class Tracing:
 
     async def close(self) -> None:
         """Export what is queued, within the SDK's bounds, off the event loop."""
-        import asyncio
-
         await asyncio.to_thread(self.provider.shutdown)
 
     # -- hooks ------------------------------------------------------------------------------
@@ -224,10 +222,12 @@ class Tracing:
             ((call.sent - call.started) + (time.perf_counter() - received)) * 1000, 3
         )
         span.set_attributes(attributes)
-        if settlement.outcome not in ("ok", "cut"):
-            kind = "provider_error" if settlement.outcome == "provider_error" else None
-            span.set_attribute("error.type", str(settlement.status) if kind else settlement.outcome)
-            span.set_status(Status(StatusCode.ERROR, settlement.outcome))
+        if settlement.outcome not in ("ok", "cut"):  # a cut is told by stream_ended
+            failed = settlement.outcome
+            span.set_attribute(
+                "error.type", str(settlement.status) if failed == "provider_error" else failed
+            )
+            span.set_status(Status(StatusCode.ERROR, failed))
 
     def refused(self, call: Call, error: TripwireError) -> None:
         span: Span | None = call.notes.get(_KEY)

@@ -93,9 +93,9 @@ class CountingExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             result = self.inner.export(spans)
-        except Exception as exc:
+        except Exception:
             self.dropped("export_failed", len(spans))
-            raise exc from None
+            raise
         if result is not SpanExportResult.SUCCESS:
             self.dropped("export_failed", len(spans))
         return result
