@@ -17,6 +17,7 @@ from proxy.providers.base import (
 )
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts
+from proxy.tokens.walk import collect
 
 
 def _blocks(content: Any, texts: list[str]) -> int:
@@ -93,9 +94,10 @@ class AnthropicAdapter:
             if isinstance(message, dict):
                 count += 1
                 images += _blocks(message.get("content"), texts)
+        found = collect(body, frozenset({"tools"}))
         if body.get("tools"):
-            texts.append(json.dumps(body["tools"]))
-        info.prompt = PromptParts(texts, count, images)
+            found.texts.append(json.dumps(body["tools"]))
+        info.prompt = PromptParts(found.texts, count, found.images, found.media_tokens)
         info.system_text = "\n".join(system_texts) or None
         info.cap_field = "max_tokens"
         cap = body.get("max_tokens")

@@ -18,6 +18,7 @@ from proxy.providers.base import (
 )
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts
+from proxy.tokens.walk import collect
 
 CHAT_PATH = "/v1/chat/completions"
 RESPONSES_PATH = "/v1/responses"
@@ -71,10 +72,7 @@ def _chat_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
                 if isinstance(function, dict):
                     texts.append(str(function.get("name", "")))
                     texts.append(str(function.get("arguments", "")))
-    for key in ("tools", "functions", "response_format"):
-        if body.get(key):
-            texts.append(json.dumps(body[key]))
-    return PromptParts(texts, count, images), system
+    return _walked(body, ("tools", "functions", "response_format"), count), system
 
 
 def _responses_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
@@ -101,10 +99,15 @@ def _responses_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
                 value = item.get(key)
                 if isinstance(value, str):
                     texts.append(value)
-    for key in ("tools", "text"):
-        if body.get(key):
-            texts.append(json.dumps(body[key]))
-    return PromptParts(texts, count, images), system
+    return _walked(body, ("tools", "text"), count), system
+
+
+def _walked(body: dict[str, Any], as_json: tuple[str, ...], messages: int) -> PromptParts:
+    """Every text of the request (``proxy.tokens.walk``), with the fields in ``as_json``
+    counted as their JSON text: the provider renders tool definitions and schemas whole."""
+    found = collect(body, frozenset(as_json))
+    found.texts.extend(json.dumps(body[key]) for key in as_json if body.get(key))
+    return PromptParts(found.texts, messages, found.images, found.media_tokens)
 
 
 # Model-name prefixes of OpenAI's own models; other models served over the OpenAI wire format
