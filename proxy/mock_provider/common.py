@@ -89,6 +89,22 @@ def text_fragments(content: Any) -> list[str]:
             fragments.extend(text_fragments(content[key]))
     if "input" in content and content.get("type") in ("tool_use", "server_tool_use"):
         fragments.append(json.dumps(content["input"]))
+    fragments.extend(_document_fragments(content))
+    return fragments
+
+
+def _document_fragments(block: Mapping[str, Any]) -> list[str]:
+    """A document read from text or from content blocks is billed as that text, with the
+    title and context of documents and search results."""
+    if block.get("type") not in ("document", "search_result"):
+        return []
+    fragments = [block[key] for key in ("title", "context") if isinstance(block.get(key), str)]
+    source = block.get("source")
+    if block.get("type") == "document" and isinstance(source, Mapping):
+        if source.get("type") == "text" and isinstance(source.get("data"), str):
+            fragments.append(source["data"])
+        elif source.get("type") == "content":
+            fragments.extend(text_fragments(source.get("content")))
     return fragments
 
 

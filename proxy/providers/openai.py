@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from proxy.errors import BadRequest
 from proxy.providers.base import (
     CallInfo,
     Output,
@@ -140,6 +141,33 @@ def _positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+CHAT_CAP_FIELDS = ("max_completion_tokens", "max_tokens")
+
+
+def _largest_cap(body: dict[str, Any], fields: list[str]) -> int | None:
+    """The highest cap among the fields sent: the one a host might obey. None when any of
+    them is no positive integer (null, a string): that host may run uncapped."""
+    caps = [_positive_int(body[name]) for name in fields]
+    if not caps or None in caps:
+        return None
+    return max(cap for cap in caps if cap is not None)
+
+
+def _count_field(body: dict[str, Any], name: str) -> int:
+    """A choice count (``n``, ``best_of``) as the provider validates it: an integer of at
+    least 1; a float with no fraction (``5.0``) is that integer, as a JSON number is to a
+    server that coerces it. Anything else is refused, not guessed at: ``"5"`` or ``5.5``
+    might be generated as five choices by a lenient host."""
+    value = body.get(name)
+    if value is None:
+        return 1
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"'{name}' must be an integer of at least 1, not {json.dumps(value)}")
+    return value
+
+
 class OpenAIAdapter:
     name = "openai"
     kinds = frozenset({"chat", "responses"})
@@ -161,12 +189,12 @@ class OpenAIAdapter:
         )
         if kind == "chat":
             info.prompt, info.system_text = _chat_prompt(body)
-            if "max_completion_tokens" in body:
-                info.cap_field = "max_completion_tokens"
-            elif "max_tokens" in body:
-                info.cap_field = "max_tokens"
-            info.cap = _positive_int(body.get(info.cap_field)) if info.cap_field else None
-            info.choices = _positive_int(body.get("n")) or 1
+            sent = [name for name in CHAT_CAP_FIELDS if name in body]
+            # One cap field: the client's own. Several: the upstream's (``Upstream.cap_field``)
+            # takes them all, since which of them a host obeys is not known.
+            info.cap_field = sent[0] if len(sent) == 1 else None
+            info.cap = _largest_cap(body, sent)
+            info.choices = _count_field(body, "n")
             options = body.get("stream_options")
             info.wants_stream_usage = (
                 isinstance(options, dict) and options.get("include_usage") is True
@@ -181,6 +209,18 @@ class OpenAIAdapter:
         self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
     ) -> bool:
         changed = False
+        if info.kind == "chat":
+            sent = [name for name in CHAT_CAP_FIELDS if name in body]
+            if cap is None and len(sent) > 1 and info.cap is not None:
+                cap = info.cap  # the client's own cap, in the one field the upstream reads
+            if cap is not None and cap_field is not None:
+                for name in sent:
+                    if name != cap_field:
+                        del body[name]  # the cap set here must be the one the host obeys
+                        changed = True
+        if isinstance(body.get("n"), float):
+            body["n"] = int(body["n"])  # validated in parse_request: 5.0 -> 5
+            changed = True
         if cap is not None and cap_field is not None:
             body[cap_field] = cap
             changed = True
