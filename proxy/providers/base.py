@@ -29,6 +29,7 @@ MAX_OUTPUT_CHARS = 256 * 1024
 def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
+
 # The problems Tripwire reports, by name; each adapter maps every one to its own error type.
 # The first ten are ``TripwireError.kind`` values, "blocked" is a worker's answer held back,
 # and the last two are provider failures chaos injects.

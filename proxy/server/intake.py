@@ -50,7 +50,7 @@ class Intake:
         path = route.path
         if "." in path or "%" in path:
             path = _provider_path(path)
-        claims = self._claims(request) if self.verifier is not None else None
+        claims, token = self._claims(request) if self.verifier is not None else (None, "")
         raw = await read_body(request, self.max_body_bytes, self.body_timeout)
         info = CallInfo(kind="other")
         parsed: Any = None
@@ -76,6 +76,9 @@ class Intake:
             # Signed claims win over anything the client says in headers or the URL.
             if claims.task:
                 task, source = clean_id(claims.task), "token"
+            elif claims.limits is not None:
+                # Signed limits bind to the token, or X-Task-Id would mint fresh budgets.
+                task, source = clean_id(claims.bound_task(token)), "token"
             agent = clean_id(claims.agent) if claims.agent else agent
             if claims.tenant:
                 task = f"{claims.tenant}/{task}"
@@ -112,7 +115,7 @@ class Intake:
             )
         return effective
 
-    def _claims(self, request: web.Request) -> Claims:
+    def _claims(self, request: web.Request) -> tuple[Claims, str]:
         assert self.verifier is not None
         token = request.headers.get(TOKEN_HEADER)
         if not token:
@@ -123,7 +126,7 @@ class Intake:
                 f"this Tripwire needs a token: send it as {TOKEN_HEADER} "
                 "or as Authorization: Bearer"
             )
-        return self.verifier.verify(token)
+        return self.verifier.verify(token), token
 
 
 def _provider_path(path: str) -> str:
