@@ -195,7 +195,14 @@ class Adapter(Protocol):
 
     # -- requests -------------------------------------------------------------------------
 
-    def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo: ...
+    def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo:
+        """What the call is; ``path`` comes normalised (``proxy.server.routing.normal_path``)."""
+        ...
+
+    def costs_nothing(self, path: str) -> bool:
+        """A path of a kind this format does not model that is never billed (counting tokens,
+        cancelling, uploading files), so no budget needs to bound it."""
+        ...
 
     def tokenizer_family(self, model: str) -> str:
         """The tokenizer to estimate a prompt with (``proxy.tokens.estimate_prompt``)."""

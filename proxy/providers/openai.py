@@ -30,7 +30,13 @@ def _kind(path: str) -> str:
         return "chat"
     if path.endswith("/responses"):
         return "responses"
+    if path.endswith("/completions"):
+        return "completions"  # the legacy text completions
     return "other"
+
+
+# Calls that never cost tokens, so no budget needs to bound them (by the end of their path).
+_FREE_ENDINGS = ("/moderations", "/files", "/uploads", "/parts", "/cancel", "/input_tokens")
 
 
 def _content_parts(content: Any, texts: list[str]) -> int:
@@ -144,6 +150,11 @@ def _positive_int(value: Any) -> int | None:
 CHAT_CAP_FIELDS = ("max_completion_tokens", "max_tokens")
 
 
+def _is_ids(prompt: list[Any]) -> bool:
+    """A legacy prompt given as one array of token ids, not as several prompts."""
+    return all(isinstance(item, int) for item in prompt)
+
+
 def _largest_cap(body: dict[str, Any], fields: list[str]) -> int | None:
     """The highest cap among the fields sent: the one a host might obey. None when any of
     them is no positive integer (null, a string): that host may run uncapped."""
@@ -170,7 +181,7 @@ def _count_field(body: dict[str, Any], name: str) -> int:
 
 class OpenAIAdapter:
     name = "openai"
-    kinds = frozenset({"chat", "responses"})
+    kinds = frozenset({"chat", "responses", "completions"})
     default_base_url = "https://api.openai.com"
     default_routes = ("/v1/",)
     price_provider = "openai"
@@ -203,7 +214,26 @@ class OpenAIAdapter:
             info.prompt, info.system_text = _responses_prompt(body)
             info.cap_field = "max_output_tokens"
             info.cap = _positive_int(body.get("max_output_tokens"))
+        elif kind == "completions":
+            prompt = body.get("prompt")
+            prompts = (
+                len(prompt) if isinstance(prompt, list) and prompt and not _is_ids(prompt) else 1
+            )
+            info.prompt = _walked(body, (), prompts)
+            info.cap_field = "max_tokens"
+            # The legacy endpoint's default cap is 16 tokens.
+            info.cap = _positive_int(body.get("max_tokens")) if "max_tokens" in body else 16
+            # Every prompt gets ``best_of`` completions generated (``n`` returned), each
+            # billed up to the cap.
+            info.choices = prompts * max(_count_field(body, "n"), _count_field(body, "best_of"))
+            options = body.get("stream_options")
+            info.wants_stream_usage = (
+                isinstance(options, dict) and options.get("include_usage") is True
+            )
         return info
+
+    def costs_nothing(self, path: str) -> bool:
+        return path.endswith(_FREE_ENDINGS) or "/files/" in path or "/uploads/" in path
 
     def enforce(
         self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
@@ -218,13 +248,14 @@ class OpenAIAdapter:
                     if name != cap_field:
                         del body[name]  # the cap set here must be the one the host obeys
                         changed = True
-        if isinstance(body.get("n"), float):
-            body["n"] = int(body["n"])  # validated in parse_request: 5.0 -> 5
-            changed = True
+        for name in ("n", "best_of"):
+            if isinstance(body.get(name), float):
+                body[name] = int(body[name])  # validated in parse_request: 5.0 -> 5
+                changed = True
         if cap is not None and cap_field is not None:
             body[cap_field] = cap
             changed = True
-        if info.kind == "chat" and info.stream and not info.wants_stream_usage:
+        if info.kind in ("chat", "completions") and info.stream and not info.wants_stream_usage:
             options = body.get("stream_options")
             body["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
@@ -254,13 +285,17 @@ class OpenAIAdapter:
                         )
         elif info.kind == "responses":
             _responses_output(body.get("output"), texts, output)
+        elif info.kind == "completions":
+            for choice in body.get("choices") or []:
+                if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                    texts.append(choice["text"])
         output.text = "".join(texts)
         return output
 
     def stream_tally(self, info: CallInfo) -> StreamTally:
         if info.kind == "responses":
             return _ResponsesTally()
-        if info.kind == "chat":
+        if info.kind in ("chat", "completions"):
             return _ChatTally(drop_usage_chunk=not info.wants_stream_usage)
         return _GenericTally()
 
@@ -427,21 +462,27 @@ class _ChatTally(StreamTally):
             if not choices and self._drop_usage_chunk:
                 return False
         for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict):
-                continue
-            if isinstance(delta.get("content"), str):
-                self.add_text(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                if not isinstance(call, dict):
-                    continue
-                function = call.get("function") or {}
-                self.add_tool(
-                    int(call.get("index", 0)),
-                    str(function.get("name") or ""),
-                    str(function.get("arguments") or ""),
-                )
+            if isinstance(choice, dict):
+                self._choice(choice)
         return True
+
+    def _choice(self, choice: dict[str, Any]) -> None:
+        if isinstance(choice.get("text"), str):  # a legacy completion's delta
+            self.add_text(choice["text"])
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return
+        if isinstance(delta.get("content"), str):
+            self.add_text(delta["content"])
+        for call in delta.get("tool_calls") or []:
+            if not isinstance(call, dict):
+                continue
+            function = call.get("function") or {}
+            self.add_tool(
+                int(call.get("index", 0)),
+                str(function.get("name") or ""),
+                str(function.get("arguments") or ""),
+            )
 
 
 class _ResponsesTally(StreamTally):

@@ -121,6 +121,8 @@ class PromptParts:
     # Audio, files and documents whose text is not in the request, from their upper bound
     # (``proxy.tokens.walk``); taken as is, never scaled.
     media_tokens: int = 0
+    # Calls the request makes (a batch's items): each carries the fixed overheads.
+    requests: int = 1
 
 
 @cache
@@ -255,11 +257,10 @@ def estimate_prompt(parts: PromptParts, family: str) -> int:
             _scale(exact, 105)
             + byte_bound
             + _OPENAI_PER_MESSAGE * parts.messages
-            + _OPENAI_REPLY_PRIMER
-            + _OPENAI_FIXED
+            + (_OPENAI_REPLY_PRIMER + _OPENAI_FIXED) * parts.requests
             + images
         )
-    overhead = _ANTHROPIC_PER_MESSAGE * parts.messages + _ANTHROPIC_FIXED + images
+    overhead = _ANTHROPIC_PER_MESSAGE * parts.messages + _ANTHROPIC_FIXED * parts.requests + images
     anthropic = _scale(exact, 135) + byte_bound + overhead
     if family == "anthropic":
         return anthropic
