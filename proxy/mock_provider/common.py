@@ -134,6 +134,23 @@ class ParsedRequest:
     cap: int | None
     stream: bool
     include_usage: bool = False
+    choices: int = 1  # completions generated, each billed (``n``, ``best_of``, prompts)
+    background: bool = False  # answered at once as queued, without usage; billed all the same
+
+
+def coerced_count(body: Mapping[str, Any], key: str) -> int:
+    """A choice count as a lenient, type-coercing host reads it: ``5``, ``5.0`` and ``"5"``
+    all generate five."""
+    value = body.get(key)
+    if value is None:
+        return 1
+    try:
+        count = int(float(value))
+    except (TypeError, ValueError):
+        raise RequestError(f"Invalid type for '{key}': expected an integer.", param=key) from None
+    if count < 1:
+        raise RequestError(f"Invalid '{key}': expected a value >= 1.", param=key)
+    return count
 
 
 @dataclass(frozen=True, slots=True)

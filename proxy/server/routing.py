@@ -59,7 +59,7 @@ def resolve(raw_path: str, upstreams: frozenset[str]) -> Route:
         if upstream not in upstreams:
             raise RouteError(f"no upstream named {upstream!r} is configured")
         return Route(upstream, path, task, agent)
-    normal = normal_path(path) + "/"
+    normal = normal_path(path)
     for prefix, name in _DEFAULT_ROUTES:
         if normal.startswith(prefix):
             return Route(name, path, task, agent)
