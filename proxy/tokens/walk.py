@@ -24,6 +24,7 @@ server-side tools fetch) is not in the request, so no walk can see it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,8 +154,13 @@ def _walk(value: Any, found: Collected) -> None:
         if isinstance(kind, str) and kind in _MEDIA_TYPES:
             _media(kind, value, found)
             return
+        json_input = isinstance(kind, str) and kind.endswith("tool_use")
         for key, item in value.items():
-            _field(key, item, found)
+            if json_input and key == "input":
+                # A tool call's input reaches the model as its JSON text, punctuation included.
+                found.texts.append(json.dumps(item))
+            else:
+                _field(key, item, found)
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, int) and not isinstance(item, bool):
