@@ -7,6 +7,7 @@ and what it billed the task must stay within the budget, or the calls be refused
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -335,3 +336,37 @@ def test_signed_limits_without_a_task_bind_to_the_token(
             statuses.append(http.post("/v1/chat/completions", json=body, headers=headers))
     assert billed(mock) <= 100, [s.status_code for s in statuses]
     assert statuses[-1].status_code in (403, 429)
+
+
+def test_a_long_stream_cut_without_usage_is_booked_in_full(
+    make_proxy: Any, mock: MockProviderThread, state: dict[str, Any]
+) -> None:
+    proxy = make_proxy(state=state)
+    task = "long-" + uuid.uuid4().hex[:6]
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "Write at length."}],
+        "stream": True,
+    }
+    # Some 750 KB of text, cut half-way: past what is kept for fingerprints.
+    headers = {
+        "X-Task-Id": task,
+        "x-mock-reply-tokens": "150000",
+        "x-mock-chunks": "30",
+        "x-mock-reset": "mid",
+    }
+    with (
+        httpx.Client(base_url=proxy.base_url, timeout=60) as http,
+        http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as answer,
+    ):
+        tail = b"".join(answer.iter_raw())[-300:]
+    assert b"upstream_stream_broken" in tail  # Tripwire says the provider broke off
+    assert mock.provider.total_usage.completion_tokens > 60_000
+    view = None
+    for _ in range(100):
+        view = proxy.task(task)
+        if view is not None and view.tokens_used:
+            break
+        time.sleep(0.05)
+    assert view is not None
+    assert view.tokens_used >= billed(mock)
