@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from proxy.errors import BadRequest
 from proxy.providers.base import (
     CallInfo,
     Output,
@@ -175,7 +174,8 @@ def _count_field(body: dict[str, Any], name: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadRequest(f"'{name}' must be an integer of at least 1, not {json.dumps(value)}")
+        # A shape error: the server answers it with a 400 in the provider's format.
+        raise ValueError(f"'{name}' must be an integer of at least 1, not {json.dumps(value)}")
     return value
 
 
