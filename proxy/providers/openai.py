@@ -59,53 +59,35 @@ def _content_parts(content: Any, texts: list[str]) -> int:
 
 
 def _chat_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
-    texts: list[str] = []
-    images = 0
-    system: str | None = None
-    messages = body.get("messages")
-    count = 0
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            count += 1
-            before = len(texts)
-            images += _content_parts(message.get("content"), texts)
-            if system is None and message.get("role") in ("system", "developer"):
-                system = "\n".join(texts[before:])
-            for call in message.get("tool_calls") or []:
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict):
-                    texts.append(str(function.get("name", "")))
-                    texts.append(str(function.get("arguments", "")))
+    count, system = _messages_and_system(body.get("messages"))
     return _walked(body, ("tools", "functions", "response_format"), count), system
 
 
 def _responses_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
-    texts: list[str] = []
-    images = 0
-    count = 0
     system = body.get("instructions") if isinstance(body.get("instructions"), str) else None
-    if system:
-        texts.append(system)
     items = body.get("input")
+    count, first_system = _messages_and_system(items)
     if isinstance(items, str):
-        texts.append(items)
         count = 1
-    elif isinstance(items, list):
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            count += 1
-            before = len(texts)
-            images += _content_parts(item.get("content"), texts)
-            if system is None and item.get("role") in ("system", "developer"):
-                system = "\n".join(texts[before:])
-            for key in ("arguments", "output", "name"):
-                value = item.get(key)
-                if isinstance(value, str):
-                    texts.append(value)
-    return _walked(body, ("tools", "text"), count), system
+    return _walked(body, ("tools", "text"), count), system or first_system
+
+
+def _messages_and_system(messages: Any) -> tuple[int, str | None]:
+    """How many messages (or input items) there are, and the first system message's text.
+    What is counted is not read here: ``_walked`` walks the whole request."""
+    if not isinstance(messages, list):
+        return 0, None
+    count = 0
+    system: str | None = None
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        count += 1
+        if system is None and message.get("role") in ("system", "developer"):
+            texts: list[str] = []
+            _content_parts(message.get("content"), texts)
+            system = "\n".join(texts)
+    return count, system
 
 
 def _walked(body: dict[str, Any], as_json: tuple[str, ...], messages: int) -> PromptParts:
