@@ -155,10 +155,13 @@ def _walk(value: Any, found: Collected) -> None:
             _media(kind, value, found)
             return
         json_input = isinstance(kind, str) and kind.endswith("tool_use")
+        texts = found.texts
         for key, item in value.items():
             if json_input and key == "input":
                 # A tool call's input reaches the model as its JSON text, punctuation included.
-                found.texts.append(json.dumps(item))
+                texts.append(json.dumps(item))
+            elif key in STRUCTURAL and key not in NOT_INPUT and type(item) is str:
+                texts.append(item)  # the common case (a message's content), without a call
             else:
                 _field(key, item, found)
     elif isinstance(value, list):
