@@ -135,6 +135,8 @@ class Rule(Strict):
     chaos: ChaosSettings | None = None
     # The agents this rule matches are workers: their answers must be status envelopes.
     envelope: EnvelopeSettings | None = None
+    # Paths this rule's tasks may call under a budget although their cost cannot be bounded.
+    unbounded_paths: tuple[str, ...] = ()
 
 
 class Policy(Strict):
@@ -157,6 +159,9 @@ class Upstream(Strict):
     api_key_env: str | None = None
     # OpenAI-compatible hosts differ on which cap field they accept when the client sent none.
     cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # Paths (globs on the normalised path) forwarded under a budget although their cost cannot
+    # be bounded: a deliberate opening, logged at start-up.
+    unbounded_paths: tuple[str, ...] = ()
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 600.0
 

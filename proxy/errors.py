@@ -6,6 +6,7 @@
     ├── AuthError          a missing or invalid Tripwire token (401)
     ├── BadRequest         the body cannot be read as the provider's format (400)
     ├── Refused            policy refused the call: task killed or a limit reached (403 default)
+    ├── UnboundedCall      a path whose cost cannot be bounded, under a budget (403)
     ├── BudgetBusy         the budget left is reserved by calls in flight: retry shortly (429)
     ├── StateUnavailable   the shared state (Redis) does not answer, fail-closed mode (503)
     └── UpstreamError      the provider could not be reached (502) or timed out (504)
@@ -86,6 +87,17 @@ class Refused(TripwireError):
         self.task = task
         self.agent = agent
         self.figures = figures or {}
+
+
+class UnboundedCall(TripwireError):
+    """A call whose cost Tripwire cannot bound (a path it does not model) under a token or
+    dollar budget: refused unless ``unbounded_paths`` lets the path through."""
+
+    status = 403
+    code = "tripwire_unbounded_path"
+    kind = "refused"
+    log_level = "info"
+    outcome = "unbounded_path"
 
 
 class BudgetBusy(TripwireError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -73,6 +74,15 @@ def token(args: argparse.Namespace) -> int:
         registered["iss"] = args.issuer
     if args.audience:
         registered["aud"] = args.audience
+    if "limits" in claims and "task" not in claims:
+        # Limits with no task bind to the token (``Claims.bound_task``): name it by a jti.
+        registered["jti"] = secrets.token_hex(8)
+        print(
+            f"note: no --task given, so these limits bind to the token itself (task "
+            f"'token-{registered['jti']}'): every call made with it shares one budget, "
+            "whatever X-Task-Id or URL it names",
+            file=sys.stderr,
+        )
     print(mint(secret, claims, args.ttl, **registered))
     return 0
 

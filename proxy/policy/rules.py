@@ -37,6 +37,17 @@ class Effective:
     no_progress: NoProgressSettings = field(default_factory=NoProgressSettings)
     envelope: EnvelopeSettings | None = None  # set: the agent is a worker
     tool_loop: ToolLoopSettings = field(default_factory=ToolLoopSettings)
+    unbounded_paths: tuple[str, ...] = ()  # the union over the rules that applied
+
+    @property
+    def has_budget(self) -> bool:
+        """A token or dollar budget applies: every call's cost must be bounded."""
+        lim = self.limits
+        return (
+            lim.max_tokens is not None
+            or lim.max_tokens_per_agent is not None
+            or lim.max_cost_usd is not None
+        )
 
     @property
     def content_detection(self) -> bool:
@@ -89,9 +100,11 @@ class PolicyBook:
         envelope: EnvelopeSettings | None = None
         content = {name: getattr(self.policy, name) for name in _CONTENT}
         applied: list[str] = []
+        unbounded: tuple[str, ...] = ()
         for index in matched:
             rule = self._compiled[index][2]
             applied.append(rule.name or f"rules[{index}]")
+            unbounded += rule.unbounded_paths
             limits.update({k: getattr(rule.limits, k) for k in rule.limits.model_fields_set})
             if rule.repeat is not None:
                 repeat = rule.repeat
@@ -114,4 +127,5 @@ class PolicyBook:
             content["no_progress"],
             envelope,
             content["tool_loop"],
+            unbounded,
         )

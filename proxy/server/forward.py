@@ -157,7 +157,7 @@ class Forwarder:
         received = time.perf_counter()
         ok = 200 <= upstream.status < 300
         usage, output = answers.read_answer(
-            call, ok, upstream.headers.get("Content-Type", ""), data
+            call, ok, upstream.headers.get("Content-Type", ""), data, grant.reserved_tokens
         )
         outcome = "ok" if ok else "provider_error"
         settled = await self._settle(call, grant, usage, outcome, upstream.status, output, received)
