@@ -18,7 +18,7 @@ from aiohttp import web
 from proxy.auth import Claims, TokenVerifier
 from proxy.config import Config
 from proxy.errors import AuthError, BadRequest, RouteError
-from proxy.pipeline.call import Call
+from proxy.pipeline.call import Call, TaskSource
 from proxy.policy.rules import Effective, PolicyBook
 from proxy.providers import ADAPTERS
 from proxy.providers.base import CallInfo
@@ -70,12 +70,15 @@ class Intake:
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
         headers = request.headers
-        task, source = self.tagger.tag(headers, route.task)
+        task, source = self.tagger.tag(headers, route.task, request.remote)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
         if claims is not None:
             # Signed claims win over anything the client says in headers or the URL.
             if claims.task:
                 task, source = clean_id(claims.task), "token"
+            elif source == "fallback" and claims.sub:
+                # Untagged, but the verified subject names the caller better than a hash.
+                task = "sub:" + clean_id(claims.sub)
             agent = clean_id(claims.agent) if claims.agent else agent
             if claims.tenant:
                 task = f"{claims.tenant}/{task}"
@@ -94,7 +97,7 @@ class Intake:
             task,
             agent,
             source,
-            self._policy(task, agent, claims),
+            self._policy(task, agent, source, claims),
             prompt,
             started,
             raw,
@@ -103,8 +106,10 @@ class Intake:
             claims=claims,
         )
 
-    def _policy(self, task: str, agent: str, claims: Claims | None) -> Effective:
-        effective = self.policy.resolve(task, agent)
+    def _policy(
+        self, task: str, agent: str, source: TaskSource, claims: Claims | None
+    ) -> Effective:
+        effective = self.policy.resolve(task, agent, source)
         if claims is not None and claims.limits is not None:
             signed = {k: getattr(claims.limits, k) for k in claims.limits.model_fields_set}
             effective = dataclasses.replace(
