@@ -164,8 +164,9 @@ class Forwarder:
         try:
             upstream = await self.upstream.send(call, body)
         except BaseException as exc:
-            error = upstream_error(exc)
-            await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), 502))
+            error = upstream_error(exc, call)
+            status = error.status if isinstance(error, TripwireError) else 502
+            await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), status))
             raise error from exc
         call.headers_at = time.perf_counter()
         try:
@@ -181,10 +182,10 @@ class Forwarder:
         try:
             data = await upstream.read()
         except BaseException as exc:
-            error = upstream_error(exc)
-            await asyncio.shield(
-                self._settle(call, grant, Usage(), outcome_of(error), upstream.status)
-            )
+            error = upstream_error(exc, call)
+            # The call line carries what the client gets: this error, not the provider's head.
+            status = error.status if isinstance(error, TripwireError) else upstream.status
+            await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), status))
             raise error from exc
         received = time.perf_counter()
         ok = 200 <= upstream.status < 300
