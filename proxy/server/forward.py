@@ -61,6 +61,16 @@ class Forwarder:
         self.refuse_status = config.policy.refuse_status
         self.sessions = config.tagging.sessions
 
+    def apply(self, config: Config) -> None:
+        """A reloaded policy and tagging settings: the next call reads them; calls in flight
+        finish under the rules they started with."""
+        tagger = Tagger(config.tagging)
+        self.intake.policy = PolicyBook(config.policy)
+        self.intake.tagger = tagger
+        self.upstream.consumed = tagger.consumed
+        self.refuse_status = config.policy.refuse_status
+        self.sessions = config.tagging.sessions
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = await self.intake.read(request, time.perf_counter())
         try:

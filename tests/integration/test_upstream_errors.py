@@ -26,9 +26,11 @@ def refusal(
     make_proxy: Any, base_url: str, headers: dict[str, str] | None = None, **up: Any
 ) -> Any:
     proxy = make_proxy(upstreams={"openai": {"base_url": base_url, **up}})
-    client = openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0)
     task = "up-" + uuid.uuid4().hex[:6]
-    with pytest.raises(openai.APIStatusError) as raised:
+    with (
+        openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0) as client,
+        pytest.raises(openai.APIStatusError) as raised,
+    ):
         client.chat.completions.create(
             model="gpt-4o-mini",
             messages=[{"role": "user", "content": "hi"}],
