@@ -157,3 +157,13 @@ def test_tagged_tasks_keep_their_id(make_proxy: Any) -> None:
     proxy: ProxyThread = make_proxy(tagging=SESSIONS)
     reply = ask("chat", proxy.base_url, headers={"X-Task-Id": "job-7"})
     assert reply.headers["x-tripwire-task"] == "job-7"
+
+
+def test_an_untagged_token_holder_is_named_by_the_verified_subject(make_proxy: Any) -> None:
+    from tests.admin.conftest import SECRET, token
+
+    proxy: ProxyThread = make_proxy(auth={"mode": "jwt", "hs256_secret": SECRET})
+    signed = token(sub="billing-service")
+    reply = ask("chat", proxy.base_url, headers={"X-Tripwire-Token": signed})
+    task = reply.headers["x-tripwire-task"]
+    assert task.startswith("sub:billing-service@") and is_session(task)
