@@ -80,9 +80,15 @@ class RepeatSettings(Strict):
     window: int = Field(default=20, ge=2, le=1000)
 
 
+TagSource = Literal["header", "path", "token", "traceparent", "fallback"]
+
+
 class Match(Strict):
     task: str = "*"
     agent: str = "*"
+    # How the call's task was named; unset: any. ``fallback`` is untagged traffic (a session
+    # of a credential's hash, a token's subject or a peer address).
+    source: TagSource | None = None
 
 
 TripAction = Literal["kill", "observe"]
@@ -200,6 +206,16 @@ def _default_upstreams() -> dict[str, Upstream]:
     }
 
 
+class SessionSettings(Strict):
+    """Untagged traffic is cut into sessions, so one client is never one task forever."""
+
+    enabled: bool = True
+    # No call of the client for this long ends its session; the next call starts a new one.
+    idle_gap: Seconds = 300.0
+    # A killed session ends this long after the kill even while the client keeps calling.
+    cooldown: Seconds = 60.0
+
+
 class Tagging(Strict):
     # Session headers other gateways already use, so moving to Tripwire needs no code change.
     task_headers: list[str] = [
@@ -212,6 +228,7 @@ class Tagging(Strict):
     ]
     agent_headers: list[str] = ["x-agent-id"]
     use_traceparent: bool = True
+    sessions: SessionSettings = SessionSettings()
 
 
 class ServerSettings(Strict):

@@ -18,6 +18,7 @@ renders each error in the caller's provider format without knowing any format. N
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -153,6 +154,18 @@ def refusal_message(task: str, trip: Trip) -> str:
     if figures:
         text += f" Figures: {figures}."
     return text + " Further calls of this task are refused."
+
+
+def session_refusal(task: str, trip: Trip, ends: float, now: float) -> str:
+    """The refusal of a killed session of untagged traffic: it ends, and calls flow again."""
+    text = refusal_message(task, trip).removesuffix(" Further calls of this task are refused.")
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(ends))
+    wait = max(ends - now, 0.0)
+    return (
+        f"{text} This session of untagged calls ends at {when} (in {wait:.0f} s): calls are "
+        "accepted again from then, as a new session. Send an X-Task-Id header to name tasks "
+        "yourself."
+    )
 
 
 def refused_by(trip: Trip, task: str, agent: str, status: int) -> Refused:

@@ -20,7 +20,7 @@ from aiohttp import web
 from proxy.auth import Claims, TokenVerifier
 from proxy.config import Config
 from proxy.errors import AuthError, BadRequest, RouteError, UnboundedCall
-from proxy.pipeline.call import Call
+from proxy.pipeline.call import Call, TaskSource
 from proxy.policy.rules import Effective, PolicyBook
 from proxy.providers import ADAPTERS
 from proxy.providers.base import CallInfo
@@ -82,19 +82,11 @@ class Intake:
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
         headers = request.headers
-        task, source = self.tagger.tag(headers, route.task)
+        task, source = self.tagger.tag(headers, route.task, request.remote)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
         if claims is not None:
-            # Signed claims win over anything the client says in headers or the URL.
-            if claims.task:
-                task, source = clean_id(claims.task), "token"
-            elif claims.limits is not None:
-                # Signed limits bind to the token, or X-Task-Id would mint fresh budgets.
-                task, source = clean_id(claims.bound_task(token)), "token"
-            agent = clean_id(claims.agent) if claims.agent else agent
-            if claims.tenant:
-                task = f"{claims.tenant}/{task}"
-        policy = self._policy(task, agent, claims)
+            task, source, agent = _signed_tags(claims, token, task, source, agent)
+        policy = self._policy(task, agent, source, claims)
         if not info.modelled and policy.has_budget and request.method not in SAFE_METHODS:
             self._check_unbounded(path, route.upstream, upstream.unbounded_paths, policy, task)
         prompt = (
@@ -138,8 +130,10 @@ class Intake:
             f"'{name}' or of a policy rule to forward it unaccounted."
         )
 
-    def _policy(self, task: str, agent: str, claims: Claims | None) -> Effective:
-        effective = self.policy.resolve(task, agent)
+    def _policy(
+        self, task: str, agent: str, source: TaskSource, claims: Claims | None
+    ) -> Effective:
+        effective = self.policy.resolve(task, agent, source)
         if claims is not None and claims.limits is not None:
             signed = {k: getattr(claims.limits, k) for k in claims.limits.model_fields_set}
             effective = dataclasses.replace(
@@ -193,3 +187,21 @@ def _provider_path(path: str) -> str:
     if any(part in (".", "..") for part in decoded.replace("\\", "/").split("/")):
         raise RouteError(f"no route for a path with '.' or '..' segments: {path}")
     return decoded
+
+
+def _signed_tags(
+    claims: Claims, token: str, task: str, source: TaskSource, agent: str
+) -> tuple[str, TaskSource, str]:
+    """Signed claims win over anything the client says in headers or the URL."""
+    if claims.task:
+        task, source = clean_id(claims.task), "token"
+    elif claims.limits is not None:
+        # Signed limits bind to the token, or X-Task-Id would mint fresh budgets.
+        task, source = clean_id(claims.bound_task(token)), "token"
+    elif source == "fallback" and claims.sub:
+        # Untagged, but the verified subject names the caller better than a hash.
+        task = "sub:" + clean_id(claims.sub)
+    agent = clean_id(claims.agent) if claims.agent else agent
+    if claims.tenant:
+        task = f"{claims.tenant}/{task}"
+    return task, source, agent
