@@ -155,6 +155,9 @@ class BedrockAdapter:
         info.cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
         return info
 
+    def costs_nothing(self, path: str) -> bool:
+        return path.endswith("/count-tokens")
+
     def enforce(
         self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
     ) -> bool:

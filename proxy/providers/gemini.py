@@ -174,6 +174,9 @@ class GeminiAdapter:
             info.choices = choices
         return info
 
+    def costs_nothing(self, path: str) -> bool:
+        return path.endswith((":countTokens", "/files")) or "/files/" in path
+
     def enforce(
         self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
     ) -> bool:
