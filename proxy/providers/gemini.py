@@ -26,9 +26,10 @@ from proxy.server.sse import SSEDecoder, SSEEvent
 from proxy.tokens import PromptParts
 
 # The method after the model: ``.../models/gemini-2.5-flash:streamGenerateContent``.
-_METHOD = re.compile(r"/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
-GENERATE = "generateContent"
-STREAM = "streamGenerateContent"
+# Paths come lower-cased (``routing.normal_path``); methods are compared so.
+_METHOD = re.compile(r"/(?:models|tunedmodels)/([^/:]+):([a-z]+)$", re.IGNORECASE)
+GENERATE = "generatecontent"
+STREAM = "streamgeneratecontent"
 CAP_FIELD = "generationConfig.maxOutputTokens"
 
 ERROR_TYPES = {
@@ -64,7 +65,7 @@ HTTP_STATUS = {
 
 def model_and_method(path: str) -> tuple[str, str]:
     found = _METHOD.search(path.rstrip("/"))
-    return (found.group(1), found.group(2)) if found else ("", "")
+    return (found.group(1), found.group(2).lower()) if found else ("", "")
 
 
 def _parts(content: Any, texts: list[str]) -> int:
@@ -130,7 +131,7 @@ class GeminiAdapter:
     name = "gemini"
     kinds = frozenset({"generate"})
     default_base_url = "https://generativelanguage.googleapis.com"
-    default_routes = ("/v1beta/", "/v1alpha/", "/v1/models/*:", "/v1/tunedModels/*:")
+    default_routes = ("/v1beta/", "/v1alpha/", "/v1/models/*:", "/v1/tunedmodels/*:")
     price_provider = "google"
     error_types = ERROR_TYPES
     query_credentials: tuple[str, ...] = ("key",)
@@ -175,7 +176,7 @@ class GeminiAdapter:
         return info
 
     def costs_nothing(self, path: str) -> bool:
-        return path.endswith((":countTokens", "/files")) or "/files/" in path
+        return path.endswith((":counttokens", "/files")) or "/files/" in path
 
     def enforce(
         self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
