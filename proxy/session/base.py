@@ -163,6 +163,12 @@ class Ledger(Protocol):
         """Move the task's deadline later."""
         ...
 
+    async def deadline(self, task: str, policy_limit: float | None) -> tuple[float, float] | None:
+        """When the task's clock started and the seconds it is allowed from then: its own
+        ``max_duration`` over the policy's, plus every extension. None: no deadline (or no
+        such task). Timers read this, so an ``extend`` or ``resume`` moves them."""
+        ...
+
     async def observe_content(
         self,
         task: str,
@@ -221,6 +227,14 @@ class KillBoard:
         for callback in callbacks:
             callback(trip)
         return len(callbacks)
+
+
+def allowed_seconds(
+    overrides: dict[str, float], extra: float, policy_limit: float | None
+) -> float | None:
+    """The task's time budget as both ledgers read it: 0 sets no deadline."""
+    limit = overrides.get("max_duration", policy_limit)
+    return limit + extra if limit else None
 
 
 class Denied(Exception):

@@ -37,6 +37,7 @@ from proxy.session.base import (
     Settled,
     TaskView,
     TimelineEvent,
+    allowed_seconds,
 )
 
 OTHER_AGENTS = "other"
@@ -374,6 +375,15 @@ class MemoryLedger:
         state.extra_duration += seconds
         state.mark("extend", f"deadline moved {seconds:.0f}s later {note}".strip(), self.clock())
         return self._view(state)
+
+    # -- the task's deadline -----------------------------------------------------------------
+
+    async def deadline(self, task: str, policy_limit: float | None) -> tuple[float, float] | None:
+        state = self._tasks.get(task)
+        if state is None:
+            return None
+        allowed = allowed_seconds(state.overrides, state.extra_duration, policy_limit)
+        return None if allowed is None else (state.started, allowed)
 
     async def get(self, task: str) -> TaskView | None:
         state = self._tasks.get(task)

@@ -53,6 +53,7 @@ from proxy.session.base import (
     Settled,
     TaskView,
     TimelineEvent,
+    allowed_seconds,
 )
 from proxy.session.memory import MemoryLedger
 from proxy.session.redis_client import build_client
@@ -703,6 +704,18 @@ class RedisLedger:
             )
             await pipe.execute()
         return await self.get(task)
+
+    # -- the task's deadline -----------------------------------------------------------------
+
+    async def deadline(self, task: str, policy_limit: float | None) -> tuple[float, float] | None:
+        started, limit, extra = await self.client.hmget(
+            self._keys(task).state, ["started", "lim|max_duration", "extra_duration"]
+        )
+        if started is None:
+            return None
+        overrides = {} if limit is None else {"max_duration": _num(limit)}
+        allowed = allowed_seconds(overrides, _num(extra), policy_limit)
+        return None if allowed is None else (_num(started), allowed)
 
     def _push_timeline(self, pipe: Any, keys: Keys, kind: str, detail: str) -> None:
         pipe.lpush(keys.timeline, _timeline_entry(kind, detail))
