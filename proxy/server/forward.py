@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.detectors.base import Trip
 from proxy.errors import BudgetBusy, TripwireError, refused_by
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Intervention, Settlement
@@ -99,6 +100,7 @@ class Forwarder:
             tenant=claims.tenant if claims else None,
             owner=claims.owner if claims else None,
         )
+        call.reserved_at = plan.now
         try:
             grant = await self.ledger.reserve(plan)
         except Busy as busy:
@@ -129,19 +131,50 @@ class Forwarder:
 
     async def _forward(self, call: Call, grant: Grant, body: bytes) -> web.StreamResponse:
         call.sent = time.perf_counter()
+        # A stream is on the kill board from before its request leaves: a kill while the
+        # provider has not answered yet ends it before its first byte.
+        early = _EarlyCut() if call.info.stream else None
+        if early is not None:
+            self.ledger.board.watch(call.task, early.cut, since=call.reserved_at)
         try:
-            upstream = await self.upstream.send(call, body)
+            upstream = await self._send(call, grant, body, early)
+            call.headers_at = time.perf_counter()
+            try:
+                if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                    return await self._stream(call, grant, upstream, early)
+                return await self._buffered(call, grant, upstream)
+            finally:
+                upstream.release()
+        finally:
+            if early is not None:
+                self.ledger.board.unwatch(call.task, early.cut)
+
+    async def _send(
+        self, call: Call, grant: Grant, body: bytes, early: _EarlyCut | None
+    ) -> aiohttp.ClientResponse:
+        try:
+            if early is None or early.trip is not None:
+                if early is None:
+                    return await self.upstream.send(call, body)
+                trip = early.trip
+            else:
+                early.sending = asyncio.ensure_future(self.upstream.send(call, body))
+                try:
+                    return await early.sending
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if early.trip is None or (current is not None and current.cancelling()):
+                        raise
+                    trip = early.trip  # the kill dropped the request
+                finally:
+                    early.sending = None
         except BaseException as exc:
             error = upstream_error(exc)
             await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), 502))
             raise error from exc
-        call.headers_at = time.perf_counter()
-        try:
-            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-                return await self._stream(call, grant, upstream)
-            return await self._buffered(call, grant, upstream)
-        finally:
-            upstream.release()
+        assert trip is not None
+        await asyncio.shield(self._settle(call, grant, Usage(), "cut", self.refuse_status))
+        raise refused_by(trip, call.task, call.agent, self.refuse_status)
 
     async def _buffered(
         self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse
@@ -181,7 +214,11 @@ class Forwarder:
         return web.Response(status=status, reason=reason, headers=headers, body=data)
 
     async def _stream(
-        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse
+        self,
+        call: Call,
+        grant: Grant,
+        upstream: aiohttp.ClientResponse,
+        early: _EarlyCut | None,
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
         for tag in self.hooks.response_headers:
@@ -227,7 +264,9 @@ class Forwarder:
 
         relay.release = release
         relay.watch = self.hooks.watcher(call, relay.tally)
-        self.ledger.board.watch(call.task, relay.cut)
+        self.ledger.board.watch(call.task, relay.cut, since=call.reserved_at)
+        if early is not None and early.trip is not None:  # killed while the headers went out
+            relay.cut(early.trip)
         for started in self.hooks.stream_started:
             started(call, grant, relay.cut)
         try:
@@ -314,3 +353,20 @@ class Forwarder:
         if verdict.trip is not None:
             return answers.refusal_event(call, verdict.trip, self.refuse_status)
         return None
+
+
+class _EarlyCut:
+    """A stream's place on the kill board until its relay takes over: a kill while the
+    request waits for the provider's headers drops the request."""
+
+    __slots__ = ("sending", "trip")
+
+    def __init__(self) -> None:
+        self.trip: Trip | None = None
+        self.sending: asyncio.Future[aiohttp.ClientResponse] | None = None
+
+    def cut(self, trip: Trip) -> None:
+        if self.trip is None:
+            self.trip = trip
+            if self.sending is not None:
+                self.sending.cancel()
