@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from proxy.detectors.normalise import canonical_arguments, exact_text
 from proxy.server.sse import SSEEvent
-from proxy.tokens import PromptParts, count_text
+from proxy.tokens import PromptParts, count_bounded
 
 # Output kept for fingerprinting is bounded so one huge completion cannot grow memory.
 MAX_OUTPUT_CHARS = 256 * 1024
@@ -110,8 +110,13 @@ class StreamTally:
         self._text: list[str] = []
         self._size = 0
         self._tools: dict[int, tuple[list[str], list[str]]] = {}  # index -> (name, arguments)
+        # Output tokens counted so far, delta by delta (bounded in time per delta), for the
+        # relay to compare with the call's reservation while the stream runs.
+        self.counted = 0
+        self.oversize = 0  # bytes of an event too large to read: billed as tokens
 
     def add_text(self, text: str) -> None:
+        self.counted += count_bounded(text)
         if self._size < MAX_OUTPUT_CHARS:
             self._text.append(text)
             self._size += len(text)
@@ -124,6 +129,8 @@ class StreamTally:
         names, args = self._tools[index]
         if name:
             names.append(name)
+        if arguments:
+            self.counted += count_bounded(arguments)
         if arguments and self._size < MAX_OUTPUT_CHARS:
             args.append(arguments)
             self._size += len(arguments)
@@ -142,8 +149,8 @@ class StreamTally:
         usage = self.usage or Usage(input_tokens=prompt_estimate)
         if not self.final:
             output = self.output()
-            seen = count_text(output.text) + sum(count_text(a) for _, a in output.tool_calls)
-            usage.output_tokens = max(usage.output_tokens, seen)
+            seen = count_bounded(output.text) + sum(count_bounded(a) for _, a in output.tool_calls)
+            usage.output_tokens = max(usage.output_tokens, seen + self.oversize)
         return usage
 
 

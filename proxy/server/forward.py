@@ -23,6 +23,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.detectors.base import Trip
+from proxy.detectors.budget import BUDGET_TOKENS
 from proxy.errors import BudgetBusy, TripwireError, refused_by
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Intervention, Settlement
@@ -58,6 +59,7 @@ class Forwarder:
         self.hooks = hooks
         self.bus = bus
         self.refuse_status = config.policy.refuse_status
+        self.max_event = config.server.max_event_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = await self.intake.read(request, time.perf_counter())
@@ -233,7 +235,9 @@ class Forwarder:
             call.adapter.stream_tally(call.info),
             lambda trip: answers.refusal_event(call, trip, self.refuse_status),
             lambda: answers.broken_event(call),
+            max_event=self.max_event,
         )
+        _bound_output(call, grant, relay)
         held = self.hooks.holds(call)
         # The stream's closing events wait until the call is settled (and a held answer
         # judged): a client reading the end of the stream and calling again at once must find
@@ -353,6 +357,35 @@ class Forwarder:
         if verdict.trip is not None:
             return answers.refusal_event(call, verdict.trip, self.refuse_status)
         return None
+
+
+# Slack over a call's reserved output before its stream is cut: Tripwire counts with its own
+# tokenizer, which may read a provider's output as a few more tokens than the provider did.
+OUTPUT_TOLERANCE_PERCENT = 10
+OUTPUT_TOLERANCE_TOKENS = 32
+
+
+def _bound_output(call: Call, grant: Grant, relay: StreamRelay) -> None:
+    """Compare the stream's counted output with what the call reserved: a provider that
+    ignores the forwarded cap is cut past it and the call billed what was counted."""
+    reserved = grant.reserved_tokens - call.prompt_tokens
+    if grant.policy.on_trip != "kill" or reserved <= 0:
+        return  # shadow mode changes nothing; no output was reserved, so none is bounded
+    relay.output_limit = (
+        reserved + reserved * OUTPUT_TOLERANCE_PERCENT // 100 + OUTPUT_TOLERANCE_TOKENS
+    )
+
+    def over(counted: int) -> Trip:
+        return BUDGET_TOKENS.trip(
+            scope="the call's stream, past the output it reserved,",
+            max_tokens=reserved,
+            tokens_used=counted,
+            tokens_reserved=0,
+            tokens_left=0,
+            prompt_tokens_estimate=call.prompt_tokens,
+        )
+
+    relay.over_limit = over
 
 
 class _EarlyCut:
