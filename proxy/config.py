@@ -270,6 +270,11 @@ class StateSettings(Strict):
     task_ttl: Seconds = 3600.0
     max_tasks: int = Field(default=100_000, ge=1)
     max_agents_per_task: int = Field(default=64, ge=1)
+    # A killed task is kept this long after its kill (or until resumed), whatever task_ttl
+    # says and however many other tasks arrive: a kill must not wear off by itself.
+    kill_retention: Seconds = 6 * 3600.0
+    # The embedded ledger keeps at most this many killed tasks (oldest kill out first).
+    max_killed_tasks: int = Field(default=10_000, ge=1)
     # redis:// or rediss:// (TLS); with redis_cluster, the URL of any node of the cluster; with
     # redis_sentinel, only its scheme, credentials and database count.
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)

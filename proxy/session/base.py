@@ -237,6 +237,10 @@ class KillBoard:
             if not callbacks:
                 del self._streams[task]
 
+    def watching(self, task: str) -> bool:
+        """Whether a stream of the task is in flight in this process."""
+        return task in self._streams
+
     def tasks(self) -> list[str]:
         return list(self._streams)
 

@@ -95,6 +95,8 @@ class MemoryLedger:
         # Each tenant's tasks, so a tenant's listing reads only them.
         self._by_tenant: dict[str, set[str]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # Killed tasks by kill time: kept past task_ttl and max_tasks (see _retention).
+        self._killed: OrderedDict[str, float] = OrderedDict()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -118,25 +120,69 @@ class MemoryLedger:
 
     def sweep(self, now: float) -> int:
         """Drop tasks idle past the TTL; the dict is in last-seen order, so stop at the first
-        live one."""
+        live one. A killed task, or one with a stream in flight, is passed over (moved to the
+        end): kills expire by their own retention, streams keep their task."""
         expired = 0
         horizon = now - self.settings.task_ttl
-        while self._tasks:
+        for _ in range(len(self._tasks)):
             task = next(iter(self._tasks.values()))
             if task.last_seen > horizon:
                 break
-            self._forget_oldest()
+            if self._kept(task):
+                self._tasks.move_to_end(task.task)
+                continue
+            self._forget(task.task)
             expired += 1
-        return expired
+        return expired + self._expire_kills(now)
 
     def _forget_oldest(self) -> None:
-        _, task = self._tasks.popitem(last=False)
+        """Make room past ``max_tasks``: the least recently seen task that is neither killed
+        nor streaming goes (other tasks' traffic never evicts a kill)."""
+        for _ in range(len(self._tasks)):
+            task = next(iter(self._tasks.values()))
+            if not self._kept(task):
+                self._forget(task.task)
+                return
+            self._tasks.move_to_end(task.task)
+
+    def _forget(self, name: str) -> None:
+        task = self._tasks.pop(name)
+        self._killed.pop(name, None)
         if task.tenant is not None:
             tasks = self._by_tenant.get(task.tenant)
             if tasks is not None:
                 tasks.discard(task.task)
                 if not tasks:
                     del self._by_tenant[task.tenant]
+
+    # -- kill retention ----------------------------------------------------------------------
+
+    def _kept(self, task: _Task) -> bool:
+        return task.killed is not None or self.board.watching(task.task)
+
+    def _note_kill(self, task: _Task) -> None:
+        """Keep a killed task for ``kill_retention``; past ``max_killed_tasks`` kills, the
+        oldest kill goes first (a bound only kills can reach, not other traffic)."""
+        self._killed[task.task] = self.clock()
+        self._killed.move_to_end(task.task)
+        while len(self._killed) > self.settings.max_killed_tasks:
+            oldest, _ = self._killed.popitem(last=False)
+            if oldest in self._tasks and not self.board.watching(oldest):
+                self._forget(oldest)
+
+    def _expire_kills(self, now: float) -> int:
+        expired = 0
+        horizon = now - self.settings.kill_retention
+        while self._killed:
+            name, at = next(iter(self._killed.items()))
+            if at > horizon:
+                break
+            del self._killed[name]
+            task = self._tasks.get(name)
+            if task is not None and task.killed is not None and not self.board.watching(name):
+                self._forget(name)
+                expired += 1
+        return expired
 
     def _index(self, task: _Task) -> None:
         if task.tenant is not None:
@@ -209,6 +255,7 @@ class MemoryLedger:
             if plan.policy.on_trip == "kill":
                 task.killed = trip
                 task.mark("kill", trip.detail, self.clock())
+                self._note_kill(task)
                 self.board.cut(plan.task, trip)
                 raise Denied(plan.task, trip, fresh=True)
             if trip.reason not in task.observed:
@@ -284,6 +331,7 @@ class MemoryLedger:
             trips = [one_kill(trips)]
             task.killed = trips[0]
             task.mark("kill", trips[0].detail, self.clock())
+            self._note_kill(task)
             killed = True
             self.board.cut(grant.task, trips[0])
         elif grant.policy.on_trip == "observe":
@@ -299,6 +347,7 @@ class MemoryLedger:
             task.started, task.clocked = task.last_seen, True
         task.killed = trip
         task.mark("kill", trip.detail, self.clock())
+        self._note_kill(task)
         self.board.cut(task_name, trip)
         return True
 
@@ -333,6 +382,7 @@ class MemoryLedger:
                 if state.killed is None:
                     state.killed = trip
                     state.mark("kill", trip.detail, self.clock())
+                    self._note_kill(state)
                     self.board.cut(task, trip)
                     reported.append((trip, action))
             elif trip.reason not in state.observed:
@@ -363,6 +413,7 @@ class MemoryLedger:
         if state is None:
             return None
         state.killed = None
+        self._killed.pop(task, None)
         state.observed = frozenset()
         state.overrides.update(overrides)
         state.mark("resume", f"{note} {_describe_limits(overrides)}".strip(), self.clock())

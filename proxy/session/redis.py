@@ -63,6 +63,7 @@ from proxy.telemetry.metrics import Metrics
 _UNREACHABLE = (RedisError, OSError, TimeoutError)
 RECHECK_INTERVAL_S = 1.0
 MAX_PENDING = 100_000
+MAX_RETAINING = 1_000  # kill-retention writes in flight at once
 # A reserve, settle or kill may take this many redis_timeouts at most, its retry included.
 STEP_TIMEOUTS = 4
 # Tasks read per round trip when listing them all.
@@ -159,6 +160,7 @@ class RedisLedger:
         self._fallback = MemoryLedger(settings, clock=clock or time.time)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         self._tasks: list[asyncio.Task[None]] = []
+        self._retaining: set[asyncio.Task[None]] = set()
         self.reachable = True
 
     def _resilient(self, script: Any) -> Any:
@@ -326,6 +328,9 @@ class RedisLedger:
     def _grant(self, plan: CallPlan, reply: list[Any]) -> Grant:
         verdict = reply[0]
         if verdict == "killed":
+            # The refused call refreshed the task's keys for task_ttl: the kill's retention
+            # is longer.
+            self._retain_kill(plan.task)
             raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False)
         if verdict == "trip":
             trip = Trip.from_json(reply[1])
@@ -787,11 +792,41 @@ class RedisLedger:
         except (TypeError, ValueError, KeyError):
             return
         self.board.cut(task, trip)
+        self._retain_kill(task)
+
+    # -- kill retention ----------------------------------------------------------------------
+
+    def _retain_kill(self, task: str) -> None:
+        """Keep a killed task's keys for ``kill_retention`` (never less than ``task_ttl``).
+        Every replica hears each kill on the channel and sets it; setting it twice is
+        harmless."""
+        if len(self._retaining) >= MAX_RETAINING:
+            return
+        retaining = asyncio.ensure_future(self._expire_killed(task))
+        self._retaining.add(retaining)
+        retaining.add_done_callback(self._retaining.discard)
+
+    async def _expire_killed(self, task: str) -> None:
+        keys = self._keys(task)
+        ttl = int(max(self.settings.kill_retention, self.settings.task_ttl))
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in (keys.state, keys.agents, keys.timeline):
+                    pipe.expire(key, ttl)
+                await pipe.execute()
+        except _UNREACHABLE as error:
+            self._unreachable("retain_kill", error)
 
     async def _recheck_in_flight(self) -> None:
-        """Kills published while this replica was not listening still cut its streams."""
+        """Kills published while this replica was not listening still cut its streams; a
+        task with a stream in flight is kept from expiring meanwhile."""
         for task in self.board.tasks():
-            killed = await self.client.hget(self._keys(task).state, "killed")
+            keys = self._keys(task)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hget(keys.state, "killed")
+                for key in (keys.state, keys.agents, keys.reservations):
+                    pipe.expire(key, int(self.settings.task_ttl), gt=True)
+                killed, *_ = await pipe.execute()
             if killed:
                 self.board.cut(task, Trip.from_json(killed))
 
