@@ -155,6 +155,18 @@ class MemoryLedger:
                 if not tasks:
                     del self._by_tenant[task.tenant]
 
+    # -- open mode's starting point -----------------------------------------------------------
+
+    def seed(self, task: str, used: int, cost: float, killed: Trip | None) -> None:
+        """Start (or bring up to date) a task from figures the shared state last gave: a
+        Redis ledger in open mode spends from what was left, and refuses a killed task."""
+        state = self._touch(task, self.clock())
+        state.tokens_used = max(state.tokens_used, used)
+        state.cost_used = max(state.cost_used, cost)
+        if killed is not None and state.killed is None:
+            state.killed = killed
+            self._note_kill(state)
+
     # -- kill retention ----------------------------------------------------------------------
 
     def _kept(self, task: _Task) -> bool:
