@@ -291,6 +291,9 @@ class StateSettings(Strict):
     redis_max_connections: int = Field(default=256, ge=1)
     # A reservation not settled within this time (a replica died mid-call) is released.
     reservation_ttl: Seconds = 900.0
+    # Embedded mode only: kills and budgets kept in this file across restarts (written every
+    # sweep and on shutdown). Without it a restart forgets every task, its kill included.
+    persist_file: Path | None = None
     # Embedded mode keeps the audit trail's last events in memory; this file keeps them all.
     audit_file: Path | None = None
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
@@ -24,6 +26,7 @@ from proxy.detectors.registry import RESERVE, SETTLE
 from proxy.detectors.spec import Reservation
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
+from proxy.session import persist
 from proxy.session.base import (
     PREVIEWS_PER_TASK,
     TIMELINE_PER_TASK,
@@ -39,6 +42,7 @@ from proxy.session.base import (
     TimelineEvent,
     allowed_seconds,
 )
+from proxy.telemetry.logs import event
 
 OTHER_AGENTS = "other"
 _T = TypeVar("_T")
@@ -101,6 +105,9 @@ class MemoryLedger:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        path = self._persist_file
+        if path is not None:
+            self._restore(await asyncio.to_thread(persist.read, path))
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def ready(self) -> bool:
@@ -111,12 +118,14 @@ class MemoryLedger:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self._persist()
 
     async def _sweep_forever(self) -> None:
         interval = min(self.settings.task_ttl / 4, 30.0)
         while True:
             await asyncio.sleep(interval)
             self.sweep(time.time())
+            await self._persist()
 
     def sweep(self, now: float) -> int:
         """Drop tasks idle past the TTL; the dict is in last-seen order, so stop at the first
@@ -154,6 +163,40 @@ class MemoryLedger:
                 tasks.discard(task.task)
                 if not tasks:
                     del self._by_tenant[task.tenant]
+
+    # -- the local file (state.persist_file) --------------------------------------------------
+
+    @property
+    def _persist_file(self) -> Path | None:
+        # Only as the embedded ledger: Redis's fallback in open mode keeps no file.
+        return self.settings.persist_file if self.settings.backend == "memory" else None
+
+    async def _persist(self) -> None:
+        path = self._persist_file
+        if path is None:
+            return
+        killed = [t for t in self._tasks.values() if t.killed is not None]
+        others = [t for t in reversed(self._tasks.values()) if t.killed is None]
+        kept = killed + others[: max(persist.MAX_RECORDS - len(killed), 0)]
+        records = [_record(task, self._killed.get(task.task)) for task in kept]
+        try:
+            await asyncio.to_thread(persist.write, path, records)
+        except OSError as exc:
+            event("state_file_unwritten", logging.ERROR, error=type(exc).__name__)
+
+    def _restore(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            try:
+                task = _from_record(record)
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._tasks[task.task] = task
+            self._index(task)
+            if task.killed is not None:
+                self._killed[task.task] = float(record.get("killed_at") or self.clock())
+        self._killed = OrderedDict(sorted(self._killed.items(), key=lambda item: item[1]))
+        # Oldest first, as the sweep expects.
+        self._tasks = OrderedDict(sorted(self._tasks.items(), key=lambda item: item[1].last_seen))
 
     # -- open mode's starting point -----------------------------------------------------------
 
@@ -487,6 +530,51 @@ class MemoryLedger:
     @staticmethod
     def _empty_view(name: str) -> TaskView:
         return TaskView(name, 0.0, 0.0, 0, 0, 0.0, 0, 0, [], None)
+
+
+def _record(task: _Task, killed_at: float | None) -> dict[str, Any]:
+    return {
+        "killed_at": killed_at,
+        "task": task.task,
+        "started": task.started,
+        "last_seen": task.last_seen,
+        "clocked": task.clocked,
+        "tokens_used": task.tokens_used,
+        "cost_used": task.cost_used,
+        "calls": task.calls,
+        "hops": task.hops,
+        "max_tokens": task.max_tokens,
+        "tenant": task.tenant,
+        "owner": task.owner,
+        "overrides": task.overrides,
+        "extra_duration": task.extra_duration,
+        "killed": task.killed.to_json() if task.killed is not None else None,
+        "timeline": [list(entry) for entry in task.timeline],
+    }
+
+
+def _from_record(record: dict[str, Any]) -> _Task:
+    killed = record.get("killed")
+    return _Task(
+        task=str(record["task"]),
+        started=float(record["started"]),
+        last_seen=float(record["last_seen"]),
+        clocked=bool(record.get("clocked", True)),
+        tokens_used=int(record.get("tokens_used", 0)),
+        cost_used=float(record.get("cost_used", 0.0)),
+        calls=int(record.get("calls", 0)),
+        hops=int(record.get("hops", 0)),
+        max_tokens=None if record.get("max_tokens") is None else int(record["max_tokens"]),
+        tenant=record.get("tenant"),
+        owner=record.get("owner"),
+        overrides={str(k): float(v) for k, v in dict(record.get("overrides") or {}).items()},
+        extra_duration=float(record.get("extra_duration", 0.0)),
+        killed=Trip.from_json(killed) if isinstance(killed, str) else None,
+        timeline=tuple(
+            (float(at), str(kind), str(detail))
+            for at, kind, detail in list(record.get("timeline") or [])[-TIMELINE_PER_TASK:]
+        ),
+    )
 
 
 def _first_call(task: _Task, plan: CallPlan) -> None:
