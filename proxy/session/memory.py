@@ -486,7 +486,7 @@ class MemoryLedger:
 
     async def deadline(self, task: str, policy_limit: float | None) -> tuple[float, float] | None:
         state = self._tasks.get(task)
-        if state is None:
+        if state is None or not state.clocked:  # the clock starts at the first call
             return None
         allowed = allowed_seconds(state.overrides, state.extra_duration, policy_limit)
         return None if allowed is None else (state.started, allowed)
