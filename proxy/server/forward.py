@@ -134,12 +134,12 @@ class Forwarder:
     async def _forward(self, call: Call, grant: Grant, body: bytes) -> web.StreamResponse:
         call.sent = time.perf_counter()
         # A stream is on the kill board from before its request leaves: a kill while the
-        # provider has not answered yet ends it before its first byte.
+        # provider has not answered yet cuts it before its first byte reaches the client.
         early = _EarlyCut() if call.info.stream else None
         if early is not None:
             self.ledger.board.watch(call.task, early.cut, since=call.reserved_at)
         try:
-            upstream = await self._send(call, grant, body, early)
+            upstream = await self._send(call, grant, body)
             call.headers_at = time.perf_counter()
             try:
                 if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -151,32 +151,13 @@ class Forwarder:
             if early is not None:
                 self.ledger.board.unwatch(call.task, early.cut)
 
-    async def _send(
-        self, call: Call, grant: Grant, body: bytes, early: _EarlyCut | None
-    ) -> aiohttp.ClientResponse:
+    async def _send(self, call: Call, grant: Grant, body: bytes) -> aiohttp.ClientResponse:
         try:
-            if early is None or early.trip is not None:
-                if early is None:
-                    return await self.upstream.send(call, body)
-                trip = early.trip
-            else:
-                early.sending = asyncio.ensure_future(self.upstream.send(call, body))
-                try:
-                    return await early.sending
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if early.trip is None or (current is not None and current.cancelling()):
-                        raise
-                    trip = early.trip  # the kill dropped the request
-                finally:
-                    early.sending = None
+            return await self.upstream.send(call, body)
         except BaseException as exc:
             error = upstream_error(exc)
             await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), 502))
             raise error from exc
-        assert trip is not None
-        await asyncio.shield(self._settle(call, grant, Usage(), "cut", self.refuse_status))
-        raise refused_by(trip, call.task, call.agent, self.refuse_status)
 
     async def _buffered(
         self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse
@@ -389,17 +370,15 @@ def _bound_output(call: Call, grant: Grant, relay: StreamRelay) -> None:
 
 
 class _EarlyCut:
-    """A stream's place on the kill board until its relay takes over: a kill while the
-    request waits for the provider's headers drops the request."""
+    """A stream's place on the kill board until its relay takes over. The request is not
+    dropped on a kill (the provider may have started billing it): its stream is cut as its
+    relay starts, and what already arrived is counted."""
 
-    __slots__ = ("sending", "trip")
+    __slots__ = ("trip",)
 
     def __init__(self) -> None:
         self.trip: Trip | None = None
-        self.sending: asyncio.Future[aiohttp.ClientResponse] | None = None
 
     def cut(self, trip: Trip) -> None:
         if self.trip is None:
             self.trip = trip
-            if self.sending is not None:
-                self.sending.cancel()
