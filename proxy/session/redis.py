@@ -218,8 +218,10 @@ class RedisLedger:
         # Every wait here is bounded: closing connections to a Redis that just restarted must
         # not hold up a shutdown.
         bound = self._step_timeout
-        for task in self._tasks:
+        for task in (*self._tasks, *self._retaining):
             task.cancel()
+        if self._retaining:
+            await asyncio.wait(self._retaining, timeout=bound)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=bound)
         with contextlib.suppress(*_UNREACHABLE):
