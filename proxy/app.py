@@ -6,7 +6,8 @@ Nothing happens at import time; the upstream client session and the ledger live 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -21,12 +22,15 @@ from proxy.addons.tags import TagHeaders
 from proxy.addons.telemetry import CallTelemetry
 from proxy.audit import AuditLog, MemoryAuditLog, RedisAuditLog, trip_recorder
 from proxy.config import Config
+from proxy.errors import ConfigError
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.hooks import Hooks
+from proxy.policy.rules import PolicyBook
 from proxy.pricing import PriceBook
 from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
 from proxy.server.limits import handler_args
+from proxy.server.reload import Reloader
 from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
 from proxy.telemetry.metrics import Metrics
@@ -41,12 +45,16 @@ TELEMETRY = web.AppKey("telemetry", Telemetry)
 AUDIT = web.AppKey("audit", AuditLog)
 HOOKS = web.AppKey("hooks", Hooks)
 TRIPS = web.AppKey("trips", TripBus)
+RELOADER = web.AppKey("reloader", Reloader)
 
 
 def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: TripBus) -> Hooks:
     """The call pipeline's addons. Their answer hooks run in this order; observer hooks run
     after the answer is decided, each in isolation."""
-    addons = [
+    addons: list[object | None] = [
+        # request: open the call's span first, so even a call another addon refuses has one.
+        # Only when tracing is configured: the OpenTelemetry SDK is an optional extra.
+        tracing_addon(config, telemetry.metrics, bus),
         Chaos.from_config(config, ledger, telemetry),  # request: may answer instead
         StreamSlots.from_settings(config.server),  # request: may refuse; done: release
         Envelopes.from_config(config, ledger, telemetry, bus),  # ask; completed: judge
@@ -56,6 +64,20 @@ def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: Trip
         ContentDetection(ledger, bus),  # settled: loop detectors on the text, off the path
     ]
     return Hooks([a for a in addons if a is not None], telemetry.addon_failed)
+
+
+def tracing_addon(config: Config, metrics: Metrics, bus: TripBus) -> object | None:
+    if not config.telemetry.otel.wanted(os.environ):
+        return None
+    try:
+        from proxy.addons.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            "tracing is configured (telemetry.otel or OTEL_EXPORTER_OTLP_ENDPOINT) but the "
+            f"OpenTelemetry SDK is not installed ({exc.name}): install tripwire-proxy[otel], "
+            "or unset the endpoint"
+        ) from None
+    return Tracing.from_config(config, metrics, bus)
 
 
 def build_audit(config: Config, ledger: Ledger, metrics: Metrics | None = None) -> AuditLog:
@@ -77,8 +99,14 @@ def build_ledger(config: Config, metrics: Metrics) -> Ledger:
 
 
 def build_app(
-    config: Config, ledger: Ledger | None = None, *, local_token: str | None = None
+    config: Config,
+    ledger: Ledger | None = None,
+    *,
+    local_token: str | None = None,
+    load: Callable[[], Config] | None = None,
 ) -> web.Application:
+    """``load`` reads the configuration again (from the files the server started with): given,
+    the app can reload its policy and tagging (``SIGHUP``, ``POST /tripwire/v1/reload``)."""
     formats = {name: upstream.format for name, upstream in config.upstreams.items()}
     app = web.Application(
         middlewares=[error_middleware(formats)],
@@ -128,6 +156,10 @@ def build_app(
         try:
             yield
         finally:
+            for addon in hooks.addons:  # what an addon keeps open: a trace exporter's queue
+                close = getattr(addon, "close", None)
+                if close is not None:
+                    await close()
             bus.unsubscribe(escalator.listener)
             # Before the ledger closes: a delivery still reads the task and writes the audit.
             await escalator.close()
@@ -166,10 +198,23 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get(config.telemetry.metrics_path, scrape)
     from proxy.admin import build_admin_app
+    from proxy.admin.app import STATE as ADMIN_STATE
     from proxy.console import build_console_app
 
     # Before the catch-all, so no admin path can ever be forwarded to a provider.
-    app.add_subapp("/tripwire/v1", build_admin_app(config, state, audit, telemetry, local_token))
+    reloader: Reloader | None = None
+    if load is not None:
+
+        def apply(new: Config) -> None:
+            app[FORWARDER].apply(new)
+            admin_app[ADMIN_STATE].views.policy = PolicyBook(new.policy)
+
+        reloader = Reloader(config, load, apply)
+        app[RELOADER] = reloader
+    admin_app = build_admin_app(
+        config, state, audit, telemetry, local_token, reloader.reload if reloader else None
+    )
+    app.add_subapp("/tripwire/v1", admin_app)
     app.add_subapp("/tripwire/ui", build_console_app())
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -79,9 +80,15 @@ class RepeatSettings(Strict):
     window: int = Field(default=20, ge=2, le=1000)
 
 
+TagSource = Literal["header", "path", "token", "traceparent", "fallback"]
+
+
 class Match(Strict):
     task: str = "*"
     agent: str = "*"
+    # How the call's task was named; unset: any. ``fallback`` is untagged traffic (a session
+    # of a credential's hash, a token's subject or a peer address).
+    source: TagSource | None = None
 
 
 TripAction = Literal["kill", "observe"]
@@ -134,6 +141,8 @@ class Rule(Strict):
     chaos: ChaosSettings | None = None
     # The agents this rule matches are workers: their answers must be status envelopes.
     envelope: EnvelopeSettings | None = None
+    # Paths this rule's tasks may call under a budget although their cost cannot be bounded.
+    unbounded_paths: tuple[str, ...] = ()
 
 
 class Policy(Strict):
@@ -156,6 +165,9 @@ class Upstream(Strict):
     api_key_env: str | None = None
     # OpenAI-compatible hosts differ on which cap field they accept when the client sent none.
     cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # Paths (globs on the normalised path) forwarded under a budget although their cost cannot
+    # be bounded: a deliberate opening, logged at start-up.
+    unbounded_paths: tuple[str, ...] = ()
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 600.0
 
@@ -194,6 +206,16 @@ def _default_upstreams() -> dict[str, Upstream]:
     }
 
 
+class SessionSettings(Strict):
+    """Untagged traffic is cut into sessions, so one client is never one task forever."""
+
+    enabled: bool = True
+    # No call of the client for this long ends its session; the next call starts a new one.
+    idle_gap: Seconds = 300.0
+    # A killed session ends this long after the kill even while the client keeps calling.
+    cooldown: Seconds = 60.0
+
+
 class Tagging(Strict):
     # Session headers other gateways already use, so moving to Tripwire needs no code change.
     task_headers: list[str] = [
@@ -206,6 +228,7 @@ class Tagging(Strict):
     ]
     agent_headers: list[str] = ["x-agent-id"]
     use_traceparent: bool = True
+    sessions: SessionSettings = SessionSettings()
 
 
 class ServerSettings(Strict):
@@ -411,6 +434,41 @@ class Logging(Strict):
     calls: bool = True  # one line per call; trips and refusals are always logged
 
 
+class OtelSettings(Strict):
+    """OpenTelemetry traces: one span per call, exported over OTLP. The standard ``OTEL_*``
+    variables configure what is not set here; tracing is off unless ``enabled`` is true or an
+    OTLP endpoint is set (here or in ``OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT``)."""
+
+    enabled: bool | None = None  # None: on when an endpoint is configured
+    endpoint: str | None = None  # over OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / _ENDPOINT
+    protocol: Literal["http/protobuf", "grpc"] | None = None  # over OTEL_EXPORTER_OTLP_PROTOCOL
+    service_name: str | None = None  # over OTEL_SERVICE_NAME; "tripwire" when neither is set
+    # Prompts and completions in spans (gen_ai.input.messages, gen_ai.output.messages): off, as
+    # the GenAI conventions recommend; they are the caller's data.
+    capture_content: bool = False
+    # The batch processor's bounds, over OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE
+    # and OTEL_BSP_SCHEDULE_DELAY (SDK defaults 2048, 512, 5 s): spans past a full queue are
+    # dropped and counted.
+    max_queue_size: int | None = Field(default=None, ge=1)
+    max_export_batch_size: int | None = Field(default=None, ge=1)
+    schedule_delay: Seconds | None = None
+    export_timeout: Seconds | None = None  # over OTEL_EXPORTER_OTLP_TIMEOUT (10 s)
+
+    def wanted(self, environ: Mapping[str, str]) -> bool:
+        """Whether to trace: a switch, else an endpoint; never when the SDK is disabled."""
+        if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return False
+        if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+            return False
+        if self.enabled is not None:
+            return self.enabled
+        return bool(
+            self.endpoint
+            or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        )
+
+
 class TelemetrySettings(Strict):
     metrics_path: str = "/metrics"
     # Label values beyond these counts fold into "other", so cardinality stays bounded.
@@ -418,6 +476,7 @@ class TelemetrySettings(Strict):
     max_agent_labels: int = Field(default=50, ge=1)
     # A task with no call for this long counts as ended for the per-task histograms.
     active_task_window: Seconds = 300.0
+    otel: OtelSettings = OtelSettings()
 
 
 class Config(BaseSettings):

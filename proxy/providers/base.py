@@ -21,8 +21,14 @@ from proxy.detectors.normalise import canonical_arguments, exact_text
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts, count_bounded
 
-# Output kept for fingerprinting is bounded so one huge completion cannot grow memory.
+# Output kept for fingerprinting is bounded so one huge completion cannot grow memory; what
+# is not kept is still counted (``StreamTally``).
 MAX_OUTPUT_CHARS = 256 * 1024
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
 
 # The problems Tripwire reports, by name; each adapter maps every one to its own error type.
 # The first ten are ``TripwireError.kind`` values, "blocked" is a worker's answer held back,
@@ -79,10 +85,13 @@ class CallInfo:
 
 @dataclass(slots=True)
 class Output:
-    """The completion as fingerprinted by the detectors: text and tool calls."""
+    """The completion as fingerprinted by the detectors: text and tool calls; and, for
+    traces, the model that answered and why it stopped (neither is fingerprinted)."""
 
     text: str = ""
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments)
+    model: str = ""  # the model the provider says answered
+    finish_reasons: list[str] = field(default_factory=list)  # one per choice, as the wire says
 
     def fingerprint(self) -> str | None:
         """Same normalized text and tool calls -> same fingerprint; None for an empty output.
@@ -107,9 +116,14 @@ class StreamTally:
         self.usage: Usage | None = None
         self.final = False
         self.error: str | None = None  # an error event the provider sent
+        self.model = ""  # the answering model, where an event names it
+        self.finish_reasons: list[str] = []
         self._text: list[str] = []
         self._size = 0
         self._tools: dict[int, tuple[list[str], list[str]]] = {}  # index -> (name, arguments)
+        # Output past what is kept for fingerprints, counted as its UTF-8 bytes: every token
+        # covers at least one byte, so a stream that ends without usage is never booked short.
+        self._unkept_bytes = 0
         # Output tokens counted so far, delta by delta (bounded in time per delta), for the
         # relay to compare with the call's reservation while the stream runs.
         self.counted = 0
@@ -120,10 +134,13 @@ class StreamTally:
         if self._size < MAX_OUTPUT_CHARS:
             self._text.append(text)
             self._size += len(text)
+        else:
+            self._unkept_bytes += _utf8_len(text)
 
     def add_tool(self, index: int, name: str = "", arguments: str = "") -> None:
         if index not in self._tools:
             if len(self._tools) >= 128:
+                self._unkept_bytes += _utf8_len(name) + _utf8_len(arguments)
                 return
             self._tools[index] = ([], [])
         names, args = self._tools[index]
@@ -134,6 +151,8 @@ class StreamTally:
         if arguments and self._size < MAX_OUTPUT_CHARS:
             args.append(arguments)
             self._size += len(arguments)
+        elif arguments:
+            self._unkept_bytes += _utf8_len(arguments)
 
     def feed(self, event: SSEEvent) -> bool:
         """Account one event; return False when the client must not see it."""
@@ -141,7 +160,7 @@ class StreamTally:
 
     def output(self) -> Output:
         tools = [("".join(n), "".join(a)) for n, a in self._tools.values()]
-        return Output("".join(self._text), tools)
+        return Output("".join(self._text), tools, self.model, list(self.finish_reasons))
 
     def billed_usage(self, prompt_estimate: int) -> Usage:
         """Usage to account when the stream ended: the provider's figures where it sent them,
@@ -150,7 +169,8 @@ class StreamTally:
         if not self.final:
             output = self.output()
             seen = count_bounded(output.text) + sum(count_bounded(a) for _, a in output.tool_calls)
-            usage.output_tokens = max(usage.output_tokens, seen + self.oversize)
+            seen += self._unkept_bytes + self.oversize
+            usage.output_tokens = max(usage.output_tokens, seen)
         return usage
 
 
@@ -187,7 +207,14 @@ class Adapter(Protocol):
 
     # -- requests -------------------------------------------------------------------------
 
-    def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo: ...
+    def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo:
+        """What the call is; ``path`` comes normalised (``proxy.server.routing.normal_path``)."""
+        ...
+
+    def costs_nothing(self, path: str) -> bool:
+        """A path of a kind this format does not model that is never billed (counting tokens,
+        cancelling, uploading files), so no budget needs to bound it."""
+        ...
 
     def tokenizer_family(self, model: str) -> str:
         """The tokenizer to estimate a prompt with (``proxy.tokens.estimate_prompt``)."""

@@ -42,6 +42,7 @@ from proxy.session.base import (
     TimelineEvent,
     allowed_seconds,
 )
+from proxy.session.sessions import SessionBook, Span
 from proxy.telemetry.logs import event
 
 OTHER_AGENTS = "other"
@@ -99,8 +100,9 @@ class MemoryLedger:
         # Each tenant's tasks, so a tenant's listing reads only them.
         self._by_tenant: dict[str, set[str]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        # Killed tasks by kill time: kept past task_ttl and max_tasks (see _retention).
+        # Killed tasks by kill time: kept past task_ttl and max_tasks (see _note_kill).
         self._killed: OrderedDict[str, float] = OrderedDict()
+        self._sessions = SessionBook(settings.max_tasks)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -503,6 +505,14 @@ class MemoryLedger:
         return [self._view(self._tasks[name]) for name in names if name in self._tasks]
 
     # -- views ------------------------------------------------------------------------------
+
+    # -- sessions of untagged traffic -------------------------------------------------------
+
+    async def open_session(self, base: str, idle_gap: float) -> Span:
+        return self._sessions.open(base, self.clock(), idle_gap)
+
+    async def end_session(self, base: str, start: int, cooldown: float) -> float | None:
+        return self._sessions.end(base, start, self.clock(), cooldown)
 
     @staticmethod
     def _view(task: _Task) -> TaskView:
