@@ -266,6 +266,9 @@ class ServerSettings(Strict):
     # Streams open at once through one replica; more are refused with 429 until one ends.
     max_streams_per_task: int | None = Field(default=64, ge=1)
     max_streams_per_client: int | None = Field(default=1024, ge=1)  # per API key (or address)
+    # One server-sent event from a provider; a bigger one ends the stream with an error event
+    # and is billed by its bytes (a token is at least one byte).
+    max_event_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 
 def _address(value: str) -> tuple[str, int]:
@@ -310,6 +313,11 @@ class StateSettings(Strict):
     task_ttl: Seconds = 3600.0
     max_tasks: int = Field(default=100_000, ge=1)
     max_agents_per_task: int = Field(default=64, ge=1)
+    # A killed task is kept this long after its kill (or until resumed), whatever task_ttl
+    # says and however many other tasks arrive: a kill must not wear off by itself.
+    kill_retention: Seconds = 6 * 3600.0
+    # The embedded ledger keeps at most this many killed tasks (oldest kill out first).
+    max_killed_tasks: int = Field(default=10_000, ge=1)
     # redis:// or rediss:// (TLS); with redis_cluster, the URL of any node of the cluster; with
     # redis_sentinel, only its scheme, credentials and database count.
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
@@ -326,6 +334,9 @@ class StateSettings(Strict):
     redis_max_connections: int = Field(default=256, ge=1)
     # A reservation not settled within this time (a replica died mid-call) is released.
     reservation_ttl: Seconds = 900.0
+    # Embedded mode only: kills and budgets kept in this file across restarts (written every
+    # sweep and on shutdown). Without it a restart forgets every task, its kill included.
+    persist_file: Path | None = None
     # Embedded mode keeps the audit trail's last events in memory; this file keeps them all.
     audit_file: Path | None = None
 

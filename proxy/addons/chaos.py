@@ -105,12 +105,11 @@ class Chaos:
         settings = call.policy.chaos
         if settings is None or settings.probability <= 0:
             return None
-        header = call.request.headers.get(CHAOS_HEADER)
         faults = settings.faults
-        if header is not None:
-            faults = wanted_faults(header, faults)
-        elif settings.header_opt_in:
-            return None
+        if settings.header_opt_in:
+            # Only a rule that asks for the header lets a request choose: elsewhere the rule
+            # applies whatever the client sends, so a client cannot opt out of a drill.
+            faults = wanted_faults(call.request.headers.get(CHAOS_HEADER), faults)
         if not info.stream:
             faults = tuple(fault for fault in faults if fault not in _STREAM_ONLY)
         if not faults or self.rng.random() >= settings.probability:

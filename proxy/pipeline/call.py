@@ -46,6 +46,7 @@ class Call:
     request_fingerprint: str | None
     price: Price | None = None
     claims: Claims | None = None  # from a verified Tripwire token
+    reserved_at: float = 0.0  # wall clock when the ledger reserved the call
     sent: float = 0.0  # perf_counter when the call left for the provider
     headers_at: float = 0.0  # perf_counter when the provider's headers arrived
     # Untagged traffic: the client's identity the session was opened for, and when a killed

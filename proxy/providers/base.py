@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from proxy.detectors.normalise import canonical_arguments, exact_text
 from proxy.server.sse import SSEDecoder, SSEEvent
-from proxy.tokens import PromptParts, count_text
+from proxy.tokens import PromptParts, count_bounded
 
 # Output kept for fingerprinting is bounded so one huge completion cannot grow memory; what
 # is not kept is still counted (``StreamTally``).
@@ -127,8 +127,13 @@ class StreamTally:
         # Output past what is kept for fingerprints, counted as its UTF-8 bytes: every token
         # covers at least one byte, so a stream that ends without usage is never booked short.
         self._unkept_bytes = 0
+        # Output tokens counted so far, delta by delta (bounded in time per delta), for the
+        # relay to compare with the call's reservation while the stream runs.
+        self.counted = 0
+        self.oversize = 0  # bytes of an event too large to read: billed as tokens
 
     def add_text(self, text: str) -> None:
+        self.counted += count_bounded(text)
         if self._size < MAX_OUTPUT_CHARS:
             self._text.append(text)
             self._size += len(text)
@@ -144,6 +149,8 @@ class StreamTally:
         names, args = self._tools[index]
         if name:
             names.append(name)
+        if arguments:
+            self.counted += count_bounded(arguments)
         if arguments and self._size < MAX_OUTPUT_CHARS:
             args.append(arguments)
             self._size += len(arguments)
@@ -164,8 +171,8 @@ class StreamTally:
         usage = self.usage or Usage(input_tokens=prompt_estimate)
         if not self.final:
             output = self.output()
-            seen = count_text(output.text) + sum(count_text(a) for _, a in output.tool_calls)
-            seen += self._unkept_bytes
+            seen = count_bounded(output.text) + sum(count_bounded(a) for _, a in output.tool_calls)
+            seen += self._unkept_bytes + self.oversize
             usage.output_tokens = max(usage.output_tokens, seen)
         return usage
 

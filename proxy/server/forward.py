@@ -23,6 +23,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.detectors.base import Trip
+from proxy.detectors.budget import BUDGET_TOKENS
 from proxy.errors import BudgetBusy, TripwireError, refused_by, session_refusal
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Intervention, Settlement
@@ -59,6 +60,7 @@ class Forwarder:
         self.hooks = hooks
         self.bus = bus
         self.refuse_status = config.policy.refuse_status
+        self.max_event = config.server.max_event_bytes
         self.sessions = config.tagging.sessions
 
     def apply(self, config: Config) -> None:
@@ -141,6 +143,7 @@ class Forwarder:
             tenant=claims.tenant if claims else None,
             owner=claims.owner if claims else None,
         )
+        call.reserved_at = plan.now
         try:
             grant = await self.ledger.reserve(plan)
         except Busy as busy:
@@ -171,22 +174,34 @@ class Forwarder:
 
     async def _forward(self, call: Call, grant: Grant, body: bytes) -> web.StreamResponse:
         call.sent = time.perf_counter()
+        # A stream is on the kill board from before its request leaves: a kill while the
+        # provider has not answered yet cuts it before its first byte reaches the client.
+        early = _EarlyCut() if call.info.stream else None
+        if early is not None:
+            self.ledger.board.watch(call.task, early.cut, since=call.reserved_at)
         try:
-            upstream = await self.upstream.send(call, body)
+            upstream = await self._send(call, grant, body)
+            call.headers_at = time.perf_counter()
+            try:
+                content_type = upstream.headers.get("Content-Type", "")
+                decoder = call.adapter.stream_decoder(call.info, upstream.status, content_type)
+                if decoder is not None:
+                    return await self._stream(call, grant, upstream, decoder, early)
+                return await self._buffered(call, grant, upstream)
+            finally:
+                upstream.release()
+        finally:
+            if early is not None:
+                self.ledger.board.unwatch(call.task, early.cut)
+
+    async def _send(self, call: Call, grant: Grant, body: bytes) -> aiohttp.ClientResponse:
+        try:
+            return await self.upstream.send(call, body)
         except BaseException as exc:
             error = upstream_error(exc, call)
             status = error.status if isinstance(error, TripwireError) else 502
             await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), status))
             raise error from exc
-        call.headers_at = time.perf_counter()
-        try:
-            content_type = upstream.headers.get("Content-Type", "")
-            decoder = call.adapter.stream_decoder(call.info, upstream.status, content_type)
-            if decoder is not None:
-                return await self._stream(call, grant, upstream, decoder)
-            return await self._buffered(call, grant, upstream)
-        finally:
-            upstream.release()
 
     async def _buffered(
         self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse
@@ -226,7 +241,12 @@ class Forwarder:
         return web.Response(status=status, reason=reason, headers=headers, body=data)
 
     async def _stream(
-        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse, decoder: StreamDecoder
+        self,
+        call: Call,
+        grant: Grant,
+        upstream: aiohttp.ClientResponse,
+        decoder: StreamDecoder,
+        early: _EarlyCut | None,
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
         for tag in self.hooks.response_headers:
@@ -242,7 +262,9 @@ class Forwarder:
             lambda trip: answers.refusal_event(call, trip, self.refuse_status),
             lambda: answers.broken_event(call),
             decoder=decoder,
+            max_event=self.max_event,
         )
+        _bound_output(call, grant, relay)
         held = self.hooks.holds(call)
         # The stream's closing events wait until the call is settled (and a held answer
         # judged): a client reading the end of the stream and calling again at once must find
@@ -273,7 +295,9 @@ class Forwarder:
 
         relay.release = release
         relay.watch = self.hooks.watcher(call, relay.tally)
-        self.ledger.board.watch(call.task, relay.cut)
+        self.ledger.board.watch(call.task, relay.cut, since=call.reserved_at)
+        if early is not None and early.trip is not None:  # killed while the headers went out
+            relay.cut(early.trip)
         for started in self.hooks.stream_started:
             started(call, grant, relay.cut)
         try:
@@ -360,3 +384,47 @@ class Forwarder:
         if verdict.trip is not None:
             return answers.refusal_event(call, verdict.trip, self.refuse_status)
         return None
+
+
+# Slack over a call's reserved output before its stream is cut: Tripwire counts with its own
+# tokenizer, which may read a provider's output as a few more tokens than the provider did.
+OUTPUT_TOLERANCE_PERCENT = 10
+OUTPUT_TOLERANCE_TOKENS = 32
+
+
+def _bound_output(call: Call, grant: Grant, relay: StreamRelay) -> None:
+    """Compare the stream's counted output with what the call reserved: a provider that
+    ignores the forwarded cap is cut past it and the call billed what was counted."""
+    reserved = grant.reserved_tokens - call.prompt_tokens
+    if grant.policy.on_trip != "kill" or reserved <= 0:
+        return  # shadow mode changes nothing; no output was reserved, so none is bounded
+    relay.output_limit = (
+        reserved + reserved * OUTPUT_TOLERANCE_PERCENT // 100 + OUTPUT_TOLERANCE_TOKENS
+    )
+
+    def over(counted: int) -> Trip:
+        return BUDGET_TOKENS.trip(
+            scope="the call's stream, past the output it reserved,",
+            max_tokens=reserved,
+            tokens_used=counted,
+            tokens_reserved=0,
+            tokens_left=0,
+            prompt_tokens_estimate=call.prompt_tokens,
+        )
+
+    relay.over_limit = over
+
+
+class _EarlyCut:
+    """A stream's place on the kill board until its relay takes over. The request is not
+    dropped on a kill (the provider may have started billing it): its stream is cut as its
+    relay starts, and what already arrived is counted."""
+
+    __slots__ = ("trip",)
+
+    def __init__(self) -> None:
+        self.trip: Trip | None = None
+
+    def cut(self, trip: Trip) -> None:
+        if self.trip is None:
+            self.trip = trip

@@ -35,6 +35,14 @@ def _parse(raw: bytes) -> SSEEvent:
     return SSEEvent(raw, event, "\n".join(data))
 
 
+class EventTooLarge(Exception):
+    """An event past the decoder's bound: the stream cannot be read on."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"a server-sent event of more than {size} bytes")
+        self.size = size
+
+
 class SSEDecoder:
     """Feed bytes as they arrive; get back every event completed by them.
 
@@ -43,9 +51,12 @@ class SSEDecoder:
     size, not quadratic.
     """
 
-    __slots__ = ("_buffer", "_searched")
+    __slots__ = ("_buffer", "_searched", "max_event")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int | None = None) -> None:
+        # An event longer than this raises EventTooLarge as soon as its bytes are in, whole
+        # or not: one hostile event must not grow the buffer without bound.
+        self.max_event = max_event
         self._buffer = bytearray()
         self._searched = 0  # bytes of the buffer known to hold no separator
 
@@ -64,11 +75,15 @@ class SSEDecoder:
                     end, width = found, len(separator)
             if end == -1:
                 break
+            if self.max_event is not None and end + width - start > self.max_event:
+                raise EventTooLarge(end + width - start)
             events.append(_parse(bytes(buffer[start : end + width])))
             start = search_from = end + width
         if start:
             del buffer[:start]
         self._searched = len(buffer)
+        if self.max_event is not None and len(buffer) > self.max_event:
+            raise EventTooLarge(len(buffer))
         return events
 
     def frame(self, event: bytes, tail: bytes) -> bytes:

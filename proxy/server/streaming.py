@@ -16,7 +16,7 @@ from aiohttp import web
 from proxy.detectors.base import Trip
 from proxy.providers import StreamTally
 from proxy.providers.base import StreamDecoder
-from proxy.server.sse import SSEDecoder, SSEEvent
+from proxy.server.sse import EventTooLarge, SSEDecoder, SSEEvent
 from proxy.telemetry.logs import event
 
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
@@ -33,6 +33,7 @@ class StreamRelay:
         hold: Callable[[SSEEvent], bool] | None = None,
         release: Callable[[], Awaitable[bytes | None]] | None = None,
         decoder: StreamDecoder | None = None,
+        max_event: int | None = None,
     ) -> None:
         """``hold`` recognises the stream's first closing event: from it on, events wait until
         the stream ends, then ``release`` says what the client gets instead (None: the held
@@ -52,7 +53,16 @@ class StreamRelay:
         # Sees each event after the tally read it; None (the usual case) costs one check.
         self.watch: Callable[[SSEEvent], None] | None = None
         self._decoder: StreamDecoder = decoder if decoder is not None else SSEDecoder()
+        if isinstance(self._decoder, SSEDecoder):
+            # The event size bound is the SSE decoder's; the JSON-array and AWS event-stream
+            # decoders bound their own frames.
+            self._decoder.max_event = max_event
         self._tail = b""  # the last bytes the client was sent, for framing Tripwire's own
+        # Output tokens the call reserved, tolerance included: a provider that streams past
+        # them (it ignored the cap) is cut, and ``over_limit`` makes the trip. None: unbounded.
+        self.output_limit: int | None = None
+        self.over_limit: Callable[[int], Trip] | None = None
+        self.oversize = False  # an event past max_event ended the stream
 
     async def _write(self, data: bytes) -> None:
         self._tail = (self._tail + data[-16:])[-16:]
@@ -90,6 +100,12 @@ class StreamRelay:
             if self.trip is None:
                 self.broken = True
                 event("upstream_stream_broken", logging.WARNING, error=type(exc).__name__)
+        except EventTooLarge as exc:
+            # Unread, it is billed by its bytes; the client is told the stream broke off.
+            self.oversize = self.broken = True
+            self.tally.oversize += exc.size
+            self.upstream.close()
+            event("upstream_event_too_large", logging.WARNING, size=exc.size)
         await self._finish()
 
     def _close_upstream(self) -> None:
@@ -102,6 +118,8 @@ class StreamRelay:
                 self._accept(self._decoder.feed(chunk))
         except (aiohttp.ClientError, RuntimeError):
             pass  # RuntimeError: the pump is waiting for data, so the buffer is empty
+        except EventTooLarge as exc:
+            self.tally.oversize += exc.size
         self.upstream.close()
 
     def _accept(self, events: Iterable[SSEEvent]) -> list[bytes]:
@@ -118,6 +136,9 @@ class StreamRelay:
                 if not self.unreadable:
                     event("unreadable_stream_event", logging.WARNING, error=type(exc).__name__)
                 self.unreadable += 1
+            if self.output_limit is not None and self.tally.counted > self.output_limit:
+                self._past_reservation()
+                break
             if watch is not None:
                 watch(sse)
             if self.hold is not None and (self.held or self.hold(sse)):
@@ -125,6 +146,13 @@ class StreamRelay:
                 continue
             out.append(sse.raw)
         return out
+
+    def _past_reservation(self) -> None:
+        counted = self.tally.counted
+        self.output_limit = None  # once: the buffer drained on the cut is still counted
+        if self.over_limit is not None:
+            event("output_past_reservation", logging.WARNING, counted=counted)
+            self.cut(self.over_limit(counted))
 
     async def _pump(self) -> None:
         decoder = self._decoder

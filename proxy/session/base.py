@@ -15,6 +15,8 @@ Nothing outside ``proxy.session`` knows which backend runs.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -164,6 +166,12 @@ class Ledger(Protocol):
         """Move the task's deadline later."""
         ...
 
+    async def deadline(self, task: str, policy_limit: float | None) -> tuple[float, float] | None:
+        """When the task's clock started and the seconds it is allowed from then: its own
+        ``max_duration`` over the policy's, plus every extension. None: no deadline (or no
+        such task). Timers read this, so an ``extend`` or ``resume`` moves them."""
+        ...
+
     async def observe_content(
         self,
         task: str,
@@ -209,13 +217,29 @@ class Ledger(Protocol):
 CutCallback = Callable[[Trip], None]
 
 
+# Kills this process saw lately, so a stream registering just after one still meets it.
+RECENT_KILLS = 10_000
+
+
 class KillBoard:
-    """The streams in flight in this process, by task, so a kill can cut them at once."""
+    """The streams in flight in this process, by task, so a kill can cut them at once.
+
+    A stream registers before its request leaves for the provider, and registering checks the
+    kills seen since the call was reserved: a kill that lands between the ledger's check and
+    the registration (a pub/sub message, another call's trip) still ends the stream.
+    """
 
     def __init__(self) -> None:
         self._streams: dict[str, set[CutCallback]] = {}
+        self._recent: OrderedDict[str, tuple[float, Trip]] = OrderedDict()
 
-    def watch(self, task: str, cut: CutCallback) -> None:
+    def watch(self, task: str, cut: CutCallback, since: float | None = None) -> None:
+        """Cut ``cut``'s stream on the task's next kill, or at once when the task was killed
+        at or after ``since`` (wall-clock seconds: when the call was reserved)."""
+        recent = self._recent.get(task) if since is not None else None
+        if recent is not None and since is not None and recent[0] >= since:
+            cut(recent[1])
+            return
         self._streams.setdefault(task, set()).add(cut)
 
     def unwatch(self, task: str, cut: CutCallback) -> None:
@@ -225,14 +249,30 @@ class KillBoard:
             if not callbacks:
                 del self._streams[task]
 
+    def watching(self, task: str) -> bool:
+        """Whether a stream of the task is in flight in this process."""
+        return task in self._streams
+
     def tasks(self) -> list[str]:
         return list(self._streams)
 
     def cut(self, task: str, trip: Trip) -> int:
+        self._recent[task] = (time.time(), trip)
+        self._recent.move_to_end(task)
+        if len(self._recent) > RECENT_KILLS:
+            self._recent.popitem(last=False)
         callbacks = self._streams.pop(task, set())
         for callback in callbacks:
             callback(trip)
         return len(callbacks)
+
+
+def allowed_seconds(
+    overrides: dict[str, float], extra: float, policy_limit: float | None
+) -> float | None:
+    """The task's time budget as both ledgers read it: 0 sets no deadline."""
+    limit = overrides.get("max_duration", policy_limit)
+    return limit + extra if limit else None
 
 
 class Denied(Exception):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
@@ -24,6 +26,7 @@ from proxy.detectors.registry import RESERVE, SETTLE
 from proxy.detectors.spec import Reservation
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
+from proxy.session import persist
 from proxy.session.base import (
     PREVIEWS_PER_TASK,
     TIMELINE_PER_TASK,
@@ -37,8 +40,10 @@ from proxy.session.base import (
     Settled,
     TaskView,
     TimelineEvent,
+    allowed_seconds,
 )
 from proxy.session.sessions import SessionBook, Span
+from proxy.telemetry.logs import event
 
 OTHER_AGENTS = "other"
 _T = TypeVar("_T")
@@ -95,11 +100,16 @@ class MemoryLedger:
         # Each tenant's tasks, so a tenant's listing reads only them.
         self._by_tenant: dict[str, set[str]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # Killed tasks by kill time: kept past task_ttl and max_tasks (see _note_kill).
+        self._killed: OrderedDict[str, float] = OrderedDict()
         self._sessions = SessionBook(settings.max_tasks)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        path = self._persist_file
+        if path is not None:
+            self._restore(await asyncio.to_thread(persist.read, path))
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def ready(self) -> bool:
@@ -110,34 +120,126 @@ class MemoryLedger:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self._persist()
 
     async def _sweep_forever(self) -> None:
         interval = min(self.settings.task_ttl / 4, 30.0)
         while True:
             await asyncio.sleep(interval)
             self.sweep(time.time())
+            await self._persist()
 
     def sweep(self, now: float) -> int:
         """Drop tasks idle past the TTL; the dict is in last-seen order, so stop at the first
-        live one."""
+        live one. A killed task, or one with a stream in flight, is passed over (moved to the
+        end): kills expire by their own retention, streams keep their task."""
         expired = 0
         horizon = now - self.settings.task_ttl
-        while self._tasks:
+        for _ in range(len(self._tasks)):
             task = next(iter(self._tasks.values()))
             if task.last_seen > horizon:
                 break
-            self._forget_oldest()
+            if self._kept(task):
+                self._tasks.move_to_end(task.task)
+                continue
+            self._forget(task.task)
             expired += 1
-        return expired
+        return expired + self._expire_kills(now)
 
     def _forget_oldest(self) -> None:
-        _, task = self._tasks.popitem(last=False)
+        """Make room past ``max_tasks``: the least recently seen task that is neither killed
+        nor streaming goes (other tasks' traffic never evicts a kill)."""
+        for _ in range(len(self._tasks)):
+            task = next(iter(self._tasks.values()))
+            if not self._kept(task):
+                self._forget(task.task)
+                return
+            self._tasks.move_to_end(task.task)
+
+    def _forget(self, name: str) -> None:
+        task = self._tasks.pop(name)
+        self._killed.pop(name, None)
         if task.tenant is not None:
             tasks = self._by_tenant.get(task.tenant)
             if tasks is not None:
                 tasks.discard(task.task)
                 if not tasks:
                     del self._by_tenant[task.tenant]
+
+    # -- the local file (state.persist_file) --------------------------------------------------
+
+    @property
+    def _persist_file(self) -> Path | None:
+        # Only as the embedded ledger: Redis's fallback in open mode keeps no file.
+        return self.settings.persist_file if self.settings.backend == "memory" else None
+
+    async def _persist(self) -> None:
+        path = self._persist_file
+        if path is None:
+            return
+        killed = [t for t in self._tasks.values() if t.killed is not None]
+        others = [t for t in reversed(self._tasks.values()) if t.killed is None]
+        kept = killed + others[: max(persist.MAX_RECORDS - len(killed), 0)]
+        records = [_record(task, self._killed.get(task.task)) for task in kept]
+        try:
+            await asyncio.to_thread(persist.write, path, records)
+        except OSError as exc:
+            event("state_file_unwritten", logging.ERROR, error=type(exc).__name__)
+
+    def _restore(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            try:
+                task = _from_record(record)
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._tasks[task.task] = task
+            self._index(task)
+            if task.killed is not None:
+                self._killed[task.task] = float(record.get("killed_at") or self.clock())
+        self._killed = OrderedDict(sorted(self._killed.items(), key=lambda item: item[1]))
+        # Oldest first, as the sweep expects.
+        self._tasks = OrderedDict(sorted(self._tasks.items(), key=lambda item: item[1].last_seen))
+
+    # -- open mode's starting point -----------------------------------------------------------
+
+    def seed(self, task: str, used: int, cost: float, killed: Trip | None) -> None:
+        """Start (or bring up to date) a task from figures the shared state last gave: a
+        Redis ledger in open mode spends from what was left, and refuses a killed task."""
+        state = self._touch(task, self.clock())
+        state.tokens_used = max(state.tokens_used, used)
+        state.cost_used = max(state.cost_used, cost)
+        if killed is not None and state.killed is None:
+            state.killed = killed
+            self._note_kill(state)
+
+    # -- kill retention ----------------------------------------------------------------------
+
+    def _kept(self, task: _Task) -> bool:
+        return task.killed is not None or self.board.watching(task.task)
+
+    def _note_kill(self, task: _Task) -> None:
+        """Keep a killed task for ``kill_retention``; past ``max_killed_tasks`` kills, the
+        oldest kill goes first (a bound only kills can reach, not other traffic)."""
+        self._killed[task.task] = self.clock()
+        self._killed.move_to_end(task.task)
+        while len(self._killed) > self.settings.max_killed_tasks:
+            oldest, _ = self._killed.popitem(last=False)
+            if oldest in self._tasks and not self.board.watching(oldest):
+                self._forget(oldest)
+
+    def _expire_kills(self, now: float) -> int:
+        expired = 0
+        horizon = now - self.settings.kill_retention
+        while self._killed:
+            name, at = next(iter(self._killed.items()))
+            if at > horizon:
+                break
+            del self._killed[name]
+            task = self._tasks.get(name)
+            if task is not None and task.killed is not None and not self.board.watching(name):
+                self._forget(name)
+                expired += 1
+        return expired
 
     def _index(self, task: _Task) -> None:
         if task.tenant is not None:
@@ -210,6 +312,7 @@ class MemoryLedger:
             if plan.policy.on_trip == "kill":
                 task.killed = trip
                 task.mark("kill", trip.detail, self.clock())
+                self._note_kill(task)
                 self.board.cut(plan.task, trip)
                 raise Denied(plan.task, trip, fresh=True)
             if trip.reason not in task.observed:
@@ -285,6 +388,7 @@ class MemoryLedger:
             trips = [one_kill(trips)]
             task.killed = trips[0]
             task.mark("kill", trips[0].detail, self.clock())
+            self._note_kill(task)
             killed = True
             self.board.cut(grant.task, trips[0])
         elif grant.policy.on_trip == "observe":
@@ -300,6 +404,7 @@ class MemoryLedger:
             task.started, task.clocked = task.last_seen, True
         task.killed = trip
         task.mark("kill", trip.detail, self.clock())
+        self._note_kill(task)
         self.board.cut(task_name, trip)
         return True
 
@@ -334,6 +439,7 @@ class MemoryLedger:
                 if state.killed is None:
                     state.killed = trip
                     state.mark("kill", trip.detail, self.clock())
+                    self._note_kill(state)
                     self.board.cut(task, trip)
                     reported.append((trip, action))
             elif trip.reason not in state.observed:
@@ -364,6 +470,7 @@ class MemoryLedger:
         if state is None:
             return None
         state.killed = None
+        self._killed.pop(task, None)
         state.observed = frozenset()
         state.overrides.update(overrides)
         state.mark("resume", f"{note} {_describe_limits(overrides)}".strip(), self.clock())
@@ -376,6 +483,15 @@ class MemoryLedger:
         state.extra_duration += seconds
         state.mark("extend", f"deadline moved {seconds:.0f}s later {note}".strip(), self.clock())
         return self._view(state)
+
+    # -- the task's deadline -----------------------------------------------------------------
+
+    async def deadline(self, task: str, policy_limit: float | None) -> tuple[float, float] | None:
+        state = self._tasks.get(task)
+        if state is None or not state.clocked:  # the clock starts at the first call
+            return None
+        allowed = allowed_seconds(state.overrides, state.extra_duration, policy_limit)
+        return None if allowed is None else (state.started, allowed)
 
     async def get(self, task: str) -> TaskView | None:
         state = self._tasks.get(task)
@@ -424,6 +540,51 @@ class MemoryLedger:
     @staticmethod
     def _empty_view(name: str) -> TaskView:
         return TaskView(name, 0.0, 0.0, 0, 0, 0.0, 0, 0, [], None)
+
+
+def _record(task: _Task, killed_at: float | None) -> dict[str, Any]:
+    return {
+        "killed_at": killed_at,
+        "task": task.task,
+        "started": task.started,
+        "last_seen": task.last_seen,
+        "clocked": task.clocked,
+        "tokens_used": task.tokens_used,
+        "cost_used": task.cost_used,
+        "calls": task.calls,
+        "hops": task.hops,
+        "max_tokens": task.max_tokens,
+        "tenant": task.tenant,
+        "owner": task.owner,
+        "overrides": task.overrides,
+        "extra_duration": task.extra_duration,
+        "killed": task.killed.to_json() if task.killed is not None else None,
+        "timeline": [list(entry) for entry in task.timeline],
+    }
+
+
+def _from_record(record: dict[str, Any]) -> _Task:
+    killed = record.get("killed")
+    return _Task(
+        task=str(record["task"]),
+        started=float(record["started"]),
+        last_seen=float(record["last_seen"]),
+        clocked=bool(record.get("clocked", True)),
+        tokens_used=int(record.get("tokens_used", 0)),
+        cost_used=float(record.get("cost_used", 0.0)),
+        calls=int(record.get("calls", 0)),
+        hops=int(record.get("hops", 0)),
+        max_tokens=None if record.get("max_tokens") is None else int(record["max_tokens"]),
+        tenant=record.get("tenant"),
+        owner=record.get("owner"),
+        overrides={str(k): float(v) for k, v in dict(record.get("overrides") or {}).items()},
+        extra_duration=float(record.get("extra_duration", 0.0)),
+        killed=Trip.from_json(killed) if isinstance(killed, str) else None,
+        timeline=tuple(
+            (float(at), str(kind), str(detail))
+            for at, kind, detail in list(record.get("timeline") or [])[-TIMELINE_PER_TASK:]
+        ),
+    )
 
 
 def _first_call(task: _Task, plan: CallPlan) -> None:

@@ -53,6 +53,7 @@ from proxy.session.base import (
     Settled,
     TaskView,
     TimelineEvent,
+    allowed_seconds,
 )
 from proxy.session.memory import MemoryLedger
 from proxy.session.redis_client import build_client
@@ -63,6 +64,8 @@ from proxy.telemetry.metrics import Metrics
 _UNREACHABLE = (RedisError, OSError, TimeoutError)
 RECHECK_INTERVAL_S = 1.0
 MAX_PENDING = 100_000
+MAX_RETAINING = 1_000  # kill-retention writes in flight at once
+MAX_KNOWN = 100_000  # tasks whose last figures open mode remembers
 # A reserve, settle or kill may take this many redis_timeouts at most, its retry included.
 STEP_TIMEOUTS = 4
 # Tasks read per round trip when listing them all.
@@ -83,6 +86,13 @@ class _Pending:
     tokens: int
     cost: float
     calls: int  # 1 for a call reserved in memory (open mode), whose call Redis never saw
+
+
+@dataclass(slots=True)
+class _Known:
+    used: int = 0  # tokens used and reserved, as last read
+    cost: float = 0.0
+    killed: Trip | None = None
 
 
 def key_part(name: str) -> str:
@@ -160,7 +170,12 @@ class RedisLedger:
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._fallback = MemoryLedger(settings, clock=clock or time.time)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
+        # Open mode: what this replica last knew of tasks, and kills decided while Redis was
+        # away (see _remember).
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._kills_pending: OrderedDict[str, Trip] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
+        self._retaining: set[asyncio.Task[None]] = set()
         self.reachable = True
 
     def _resilient(self, script: Any) -> Any:
@@ -206,8 +221,10 @@ class RedisLedger:
         # Every wait here is bounded: closing connections to a Redis that just restarted must
         # not hold up a shutdown.
         bound = self._step_timeout
-        for task in self._tasks:
+        for task in (*self._tasks, *self._retaining):
             task.cancel()
+        if self._retaining:
+            await asyncio.wait(self._retaining, timeout=bound)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=bound)
         with contextlib.suppress(*_UNREACHABLE):
@@ -293,7 +310,7 @@ class RedisLedger:
         except _UNREACHABLE as error:
             self._unreachable("reserve", error)
             if self.settings.on_state_error == "open":
-                grant = await self._fallback.reserve(plan)
+                grant = await self._reserve_locally(plan)
                 grant.local = True
                 return grant
             raise StateUnavailable(
@@ -328,9 +345,14 @@ class RedisLedger:
     def _grant(self, plan: CallPlan, reply: list[Any]) -> Grant:
         verdict = reply[0]
         if verdict == "killed":
+            # The refused call refreshed the task's keys for task_ttl: the kill's retention
+            # is longer.
+            self._retain_kill(plan.task)
+            self._remember(plan.task, killed=Trip.from_json(reply[1]))
             raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False)
         if verdict == "trip":
             trip = Trip.from_json(reply[1])
+            self._remember(plan.task, killed=trip)
             self.board.cut(plan.task, trip)
             raise Denied(plan.task, trip, fresh=True)
         if verdict == "busy":
@@ -350,6 +372,7 @@ class RedisLedger:
             observed,
         ) = reply
         records = json.loads(observed)
+        self._remember(plan.task, int(used) + int(reserved), _num(cost))
         view = TaskView(
             task=plan.task,
             started=_num(started),
@@ -378,6 +401,8 @@ class RedisLedger:
     async def settle(self, grant: Grant, outcome: Outcome) -> Settled:
         if grant.local:
             settled = await self._fallback.settle(grant, outcome)
+            if settled.killed and settled.trips:
+                self._pend_kill(grant.task, settled.trips[0])
             # Its own id, so that a write-back whose reply is lost is not counted twice.
             member = f"local:{uuid.uuid4().hex}"
             self._pend(
@@ -474,6 +499,7 @@ class RedisLedger:
             killed=Trip.from_json(killed) if killed else None,
             max_tokens=grant.policy.limits.max_tokens,
         )
+        self._remember(grant.task, view.tokens_used + view.tokens_reserved, view.cost_usd)
         trips: builtins.list[Trip] = []
         for index, detector in enumerate(SETTLE):
             fingerprint = getattr(outcome, detector.fingerprint) or ""
@@ -524,6 +550,7 @@ class RedisLedger:
             )
         except _UNREACHABLE as error:
             self._unreachable("kill", error)
+            self._pend_kill(task, trip)
             return await self._fallback.kill(task, trip)
         return bool(done)
 
@@ -724,6 +751,7 @@ class RedisLedger:
                 )
             self._push_timeline(pipe, keys, "resume", f"{note} {_describe(overrides)}".strip())
             await pipe.execute()
+        self._forget_known_kill(task)
         return await self.get(task)
 
     async def extend(self, task: str, seconds: float, note: str) -> TaskView | None:
@@ -737,6 +765,18 @@ class RedisLedger:
             )
             await pipe.execute()
         return await self.get(task)
+
+    # -- the task's deadline -----------------------------------------------------------------
+
+    async def deadline(self, task: str, policy_limit: float | None) -> tuple[float, float] | None:
+        started, limit, extra = await self.client.hmget(
+            self._keys(task).state, ["started", "lim|max_duration", "extra_duration"]
+        )
+        if started is None:
+            return None
+        overrides = {} if limit is None else {"max_duration": _num(limit)}
+        allowed = allowed_seconds(overrides, _num(extra), policy_limit)
+        return None if allowed is None else (_num(started), allowed)
 
     def _push_timeline(self, pipe: Any, keys: Keys, kind: str, detail: str) -> None:
         pipe.lpush(keys.timeline, _timeline_entry(kind, detail))
@@ -808,11 +848,107 @@ class RedisLedger:
         except (TypeError, ValueError, KeyError):
             return
         self.board.cut(task, trip)
+        self._retain_kill(task)
+        self._remember(task, killed=trip)
+
+    # -- open mode: what this replica last knew ----------------------------------------------
+
+    def _remember(
+        self,
+        task: str,
+        used: int | None = None,
+        cost: float | None = None,
+        killed: Trip | None = None,
+    ) -> None:
+        """Each task's last figures and kill as Redis told them, bounded (least recently
+        told out first): while Redis is away, open mode starts a task from them, so a killed
+        task stays killed and a spent budget stays spent."""
+        known = self._known.get(task)
+        if known is None:
+            known = self._known[task] = _Known()
+            if len(self._known) > MAX_KNOWN:
+                self._known.popitem(last=False)
+        else:
+            self._known.move_to_end(task)
+        if used is not None:
+            known.used = used
+        if cost is not None:
+            known.cost = cost
+        if killed is not None:
+            known.killed = killed
+
+    def _forget_known_kill(self, task: str) -> None:
+        known = self._known.get(task)
+        if known is not None:
+            known.killed = None
+        self._kills_pending.pop(task, None)
+
+    async def _reserve_locally(self, plan: CallPlan) -> Grant:
+        known = self._known.get(plan.task)
+        if known is not None:
+            self._fallback.seed(plan.task, known.used, known.cost, known.killed)
+        try:
+            return await self._fallback.reserve(plan)
+        except Denied as denied:
+            if denied.fresh:
+                self._pend_kill(plan.task, denied.trip)
+            raise
+
+    def _pend_kill(self, task: str, trip: Trip) -> None:
+        """A kill decided in memory: written to Redis (and published) when it answers."""
+        self._remember(task, killed=trip)
+        self._kills_pending.setdefault(task, trip)
+        if len(self._kills_pending) > MAX_KNOWN:
+            self._kills_pending.popitem(last=False)
+
+    async def _write_kill(self, task: str, trip: Trip) -> None:
+        keys = self._keys(task)
+        record = trip.to_json()
+        await self._kill(
+            keys=[keys.state, keys.timeline],
+            args=[
+                record,
+                int(self.settings.task_ttl),
+                self.channel,
+                json.dumps({"task": task, "trip": json.loads(record)}),
+                _timeline_entry("kill", trip.detail),
+                self._now(),
+            ],
+        )
+
+    # -- kill retention ----------------------------------------------------------------------
+
+    def _retain_kill(self, task: str) -> None:
+        """Keep a killed task's keys for ``kill_retention`` (never less than ``task_ttl``).
+        Every replica hears each kill on the channel and sets it; setting it twice is
+        harmless."""
+        if len(self._retaining) >= MAX_RETAINING:
+            return
+        retaining = asyncio.ensure_future(self._expire_killed(task))
+        self._retaining.add(retaining)
+        retaining.add_done_callback(self._retaining.discard)
+
+    async def _expire_killed(self, task: str) -> None:
+        keys = self._keys(task)
+        ttl = int(max(self.settings.kill_retention, self.settings.task_ttl))
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in (keys.state, keys.agents, keys.timeline):
+                    pipe.expire(key, ttl)
+                await pipe.execute()
+        except _UNREACHABLE as error:
+            self._unreachable("retain_kill", error)
 
     async def _recheck_in_flight(self) -> None:
-        """Kills published while this replica was not listening still cut its streams."""
+        """Kills published while this replica was not listening still cut its streams; a
+        task with a stream in flight is kept from expiring meanwhile."""
         for task in self.board.tasks():
-            killed = await self.client.hget(self._keys(task).state, "killed")
+            keys = self._keys(task)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hget(keys.state, "killed")
+                for key in (keys.state, keys.agents, keys.reservations):
+                    pipe.expire(key, int(self.settings.task_ttl), gt=True)
+                killed, *_ = await pipe.execute()
             if killed:
                 self.board.cut(task, Trip.from_json(killed))
 
@@ -833,6 +969,10 @@ class RedisLedger:
         self._pending.append(pending)
 
     async def _flush_pending(self) -> None:
+        while self._kills_pending:
+            task, trip = next(iter(self._kills_pending.items()))
+            await self._write_kill(task, trip)
+            self._kills_pending.pop(task, None)
         while self._pending:
             item = self._pending[0]
             await self._run_settle(

@@ -145,6 +145,15 @@ def count_text(text: str) -> int:
     return len(_encoding().encode_ordinary(text))
 
 
+def count_bounded(text: str) -> int:
+    """``count_text`` for a text up to ``EXACT_CHARS_PER_CALL`` characters; past that, its
+    UTF-8 length, an upper bound (every token is at least one byte) that costs no
+    tokenizing, so no text a provider sends can hold the event loop."""
+    if len(text) <= EXACT_CHARS_PER_CALL:
+        return count_text(text)
+    return _utf8_len(text)
+
+
 class _CountCache:
     """LRU of token counts keyed by (length, hash) of the text.
 

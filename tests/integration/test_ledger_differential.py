@@ -231,14 +231,22 @@ class LedgerPair(RuleBasedStateMachine):
         max_tokens=st.none() | st.integers(1, 40_000),
         max_cost=st.none() | st.sampled_from(COSTS),
         max_calls=st.none() | st.integers(1, 20),
+        max_duration=st.none() | st.sampled_from([0.0, 5.0, 120.0]),
     )
-    def resume(self, max_tokens: int | None, max_cost: float | None, max_calls: int | None) -> None:
+    def resume(
+        self,
+        max_tokens: int | None,
+        max_cost: float | None,
+        max_calls: int | None,
+        max_duration: float | None,
+    ) -> None:
         overrides = {
             name: float(value)
             for name, value in (
                 ("max_tokens", max_tokens),
                 ("max_cost_usd", max_cost),
                 ("max_calls", max_calls),
+                ("max_duration", max_duration),
             )
             if value is not None
         }
@@ -258,6 +266,13 @@ class LedgerPair(RuleBasedStateMachine):
     def same_task(self) -> None:
         memory, redis = self.both(lambda ledger: ledger.get(self.task))
         _same(_full(memory), _full(redis))
+
+    @invariant()
+    def same_deadline(self) -> None:
+        """The deadline a stream's timer reads: the task's own limit, extensions and all."""
+        limit = self.policy.limits.max_duration
+        memory, redis = self.both(lambda ledger: ledger.deadline(self.task, limit))
+        _same(memory, redis)
 
 
 def test_memory_and_redis_ledgers_agree(redis_server: Any) -> None:

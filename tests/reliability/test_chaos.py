@@ -315,3 +315,13 @@ def test_with_header_opt_in_only_flagged_calls_get_faults(
     reply = ask("chat", proxy.base_url, headers={**headers, "X-Tripwire-Chaos": "rate_limit"})
     assert reply.status == 200
     assert mock.provider.total_hits == 3
+
+
+def test_a_rule_without_header_opt_in_cannot_be_skipped_by_the_client(
+    make_proxy: Any, mock: MockProviderThread, task: str
+) -> None:
+    proxy = chaos_proxy(make_proxy, task, faults=["server_error"])
+    for opt_out in ("no", "0", "rate_limit"):
+        with pytest.raises(errors_of("chat").InternalServerError):
+            ask("chat", proxy.base_url, headers={"X-Task-Id": task, "X-Tripwire-Chaos": opt_out})
+    assert mock.provider.total_hits == 0

@@ -1,0 +1,90 @@
+"""``on_state_error: open`` while Redis is away: a task killed in Redis stays refused, a task
+spends only what Redis last said was left, and kills decided meanwhile reach Redis after."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from proxy.config import Limits, RepeatSettings, StateSettings
+from proxy.detectors.base import Trip, TripReason
+from proxy.policy.rules import Effective
+from proxy.session.base import CallPlan, Denied, Outcome
+from proxy.session.redis import RedisLedger
+from tests.redis_server import RedisServer
+
+BUDGET = Effective(Limits(max_tokens=500), RepeatSettings(), "kill", ())
+TRIP = Trip(TripReason.OPERATOR, {"by": "ops", "note": "stop"})
+
+
+def plan(task: str, prompt: int = 10) -> CallPlan:
+    return CallPlan(task, "a", BUDGET, prompt, None, 1, None, time.time())
+
+
+@pytest.fixture
+async def outage(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisLedger]]:
+    server = RedisServer(tmp_path / "redis", None, "--appendonly", "yes", "--appendfsync", "always")
+    ledger = RedisLedger(
+        StateSettings(
+            backend="redis", redis_url=server.url, redis_timeout=0.3, on_state_error="open"
+        )
+    )
+    await ledger.start()
+    yield server, ledger
+    await ledger.close()
+    server.stop()
+
+
+async def test_a_task_killed_in_redis_stays_refused_during_an_outage(
+    outage: tuple[RedisServer, RedisLedger],
+) -> None:
+    server, ledger = outage
+    grant = await ledger.reserve(plan("killed"))
+    await ledger.settle(grant, Outcome(100, 0.0, None, None, True))
+    assert await ledger.kill("killed", TRIP)
+    server.stop()
+    for _ in range(3):
+        with pytest.raises(Denied):
+            await ledger.reserve(plan("killed"))
+
+
+async def test_open_mode_spends_only_what_was_left(
+    outage: tuple[RedisServer, RedisLedger],
+) -> None:
+    server, ledger = outage
+    grant = await ledger.reserve(plan("spent"))
+    await ledger.settle(grant, Outcome(450, 0.0, None, None, True))
+    server.stop()
+    with pytest.raises(Denied) as refused:  # 50 tokens left, not a fresh 500
+        await ledger.reserve(plan("spent", prompt=100))
+    assert refused.value.trip.reason == TripReason.BUDGET_TOKENS
+
+
+async def test_kills_decided_during_an_outage_are_written_back(
+    outage: tuple[RedisServer, RedisLedger],
+) -> None:
+    server, ledger = outage
+    grant = await ledger.reserve(plan("later"))
+    await ledger.settle(grant, Outcome(20, 0.0, None, None, True))
+    server.stop()
+    assert await ledger.kill("later", TRIP)
+    server.start()
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        killed = None
+        for _ in range(100):
+            try:
+                killed = client.hget(ledger._keys("later").state, "killed")
+            except redis.ConnectionError:
+                killed = None
+            if killed:
+                break
+            await asyncio.sleep(0.1)
+        assert killed and "operator" in killed
+    finally:
+        client.close()
