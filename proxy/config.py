@@ -156,6 +156,9 @@ class Upstream(Strict):
     api_key_env: str | None = None
     # OpenAI-compatible hosts differ on which cap field they accept when the client sent none.
     cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # Tenants whose calls may go out with this upstream's key when they have none of their
+    # own; any other tenant without one is refused.
+    shared_key_tenants: list[str] = []
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 600.0
 
@@ -369,6 +372,9 @@ class Tenant(Strict):
     # Provider keys Tripwire injects for this tenant's calls, by upstream name: agents never
     # hold them.
     upstream_keys: dict[str, UpstreamKey] = {}
+    # Without a key of its own for an upstream, a tenant is refused unless this says it may
+    # use the operator's shared key.
+    use_shared_keys: bool = False
 
 
 class Owner(Strict):

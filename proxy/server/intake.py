@@ -17,14 +17,15 @@ from aiohttp import web
 
 from proxy.auth import Claims, TokenVerifier
 from proxy.config import Config
-from proxy.errors import AuthError, BadRequest, RouteError
+from proxy.errors import AuthError, BadRequest, Forbidden, RouteError
+from proxy.ids import canonical_id, check_model
 from proxy.pipeline.call import Call
 from proxy.policy.rules import Effective, PolicyBook
 from proxy.providers import ADAPTERS
 from proxy.providers.base import CallInfo
 from proxy.server import routing
 from proxy.server.limits import read_body
-from proxy.server.tagging import Tagger, clean_id
+from proxy.server.tagging import Tagger
 from proxy.tokens import estimate_prompt
 
 # What reading a body of the wrong shape raises (a list where an object belongs, a string for
@@ -42,6 +43,18 @@ class Intake:
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
         self.max_body_bytes = config.server.max_body_bytes
         self.body_timeout = config.server.body_timeout
+        self.shared_keys = frozenset(n for n, up in config.upstreams.items() if up.resolved_key())
+        self.tenant_keys = frozenset(
+            (tenant, upstream)
+            for tenant, settings in config.tenants.items()
+            for upstream, key in settings.upstream_keys.items()
+            if key.resolved()
+        )
+        self.shared_key_tenants = {
+            name: frozenset(up.shared_key_tenants)
+            | {t for t, settings in config.tenants.items() if settings.use_shared_keys}
+            for name, up in config.upstreams.items()
+        }
 
     async def read(self, request: web.Request, started: float) -> Call:
         route = routing.resolve(request.rel_url.raw_path, self.upstream_names)
@@ -69,16 +82,22 @@ class Intake:
                         f"the request body does not have the shape of a {route.path} request "
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
+        if info.model:
+            # Before the price lookup, a metric label or a log line sees it.
+            check_model(info.model)
         headers = request.headers
         task, source = self.tagger.tag(headers, route.task)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
         if claims is not None:
             # Signed claims win over anything the client says in headers or the URL.
             if claims.task:
-                task, source = clean_id(claims.task), "token"
-            agent = clean_id(claims.agent) if claims.agent else agent
+                task, source = canonical_id(claims.task, "the token's task claim"), "token"
+            if claims.agent:
+                agent = canonical_id(claims.agent, "the token's agent claim")
             if claims.tenant:
+                # The only "/" in a task key: no canonical id holds one.
                 task = f"{claims.tenant}/{task}"
+                self._check_tenant_key(claims.tenant, route.upstream)
         prompt = (
             estimate_prompt(info.prompt, adapter.tokenizer_family(info.model))
             if info.modelled
@@ -101,6 +120,21 @@ class Intake:
             parsed if isinstance(parsed, dict) else None,
             hashlib.blake2b(raw, digest_size=8).hexdigest() if raw else None,
             claims=claims,
+        )
+
+    def _check_tenant_key(self, tenant: str, upstream: str) -> None:
+        """A tenant's call goes out with the tenant's own provider key; the operator's shared
+        key only where the configuration says so (and where there is none to share, the
+        caller's own credentials travel as sent)."""
+        if upstream not in self.shared_keys:
+            return
+        if (tenant, upstream) in self.tenant_keys or tenant in self.shared_key_tenants[upstream]:
+            return
+        raise Forbidden(
+            f"tenant '{tenant}' has no provider key of its own for upstream '{upstream}', and "
+            f"may not use the shared one (set tenants.{tenant}.upstream_keys.{upstream}, or "
+            f"allow it with tenants.{tenant}.use_shared_keys or "
+            f"upstreams.{upstream}.shared_key_tenants)"
         )
 
     def _policy(self, task: str, agent: str, claims: Claims | None) -> Effective:
