@@ -413,6 +413,20 @@ class TelemetrySettings(Strict):
     max_agent_labels: int = Field(default=50, ge=1)
     # A task with no call for this long counts as ended for the per-task histograms.
     active_task_window: Seconds = 300.0
+    # Who may scrape metrics_path: "token" needs a bearer token (metrics_token, or a Tripwire
+    # token of no tenant with the metrics, viewer or admin role); "open" needs none; "auto" is
+    # "token" when auth.mode is jwt or a metrics_token is set, else "open".
+    metrics_auth: Literal["auto", "token", "open"] = "auto"
+    metrics_token: str | None = Field(default=None, repr=False)
+    metrics_token_env: str | None = None
+    # Task ids in exemplars and the top-spend gauge: "untenanted" shows only tasks of no
+    # tenant (a tenant's ids are its own business, as in the admin API); "all" or "none".
+    metrics_task_ids: Literal["untenanted", "all", "none"] = "untenanted"
+
+    def resolved_metrics_token(self) -> str | None:
+        if self.metrics_token:
+            return self.metrics_token
+        return os.environ.get(self.metrics_token_env) or None if self.metrics_token_env else None
 
 
 class Config(BaseSettings):
@@ -543,6 +557,7 @@ def _unset_variables(config: Config) -> list[str]:
     named: list[tuple[str, str | None]] = [
         ("auth.hs256_secret_env", config.auth.hs256_secret_env),
         ("escalation.secret_env", config.escalation.secret_env),
+        ("telemetry.metrics_token_env", config.telemetry.metrics_token_env),
     ]
     named += [(f"upstreams.{n}.api_key_env", u.api_key_env) for n, u in config.upstreams.items()]
     named += [
