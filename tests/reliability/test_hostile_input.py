@@ -762,3 +762,10 @@ def test_any_id_becomes_canonical_or_is_refused(value: str) -> None:
     assert unquote(canonical) == value.strip()
     if "%" not in canonical:
         assert canonical_id(canonical) == canonical
+
+
+def test_a_long_unknown_path_is_not_echoed_whole(proxy: ProxyThread, client: httpx2.Client) -> None:
+    for path in ("/u/" + "x" * 8000 + "/v1/chat/completions", "/" + "y" * 8000):
+        response = client.post(proxy.base_url + path, json=valid_body("chat"))
+        assert response.status_code == 404
+        assert len(response.content) < 600 and "x" * 200 not in response.text
