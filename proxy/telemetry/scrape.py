@@ -19,6 +19,13 @@ from proxy.errors import AuthError
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tripwire-metrics"'}
 
 
+def requires_token(config: Config) -> bool:
+    settings = config.telemetry
+    if settings.metrics_auth == "auto":
+        return config.auth.mode == "jwt" or settings.resolved_metrics_token() is not None
+    return settings.metrics_auth == "token"
+
+
 class ScrapeGate:
     def __init__(self, required: bool, token: str | None, verifier: TokenVerifier | None) -> None:
         self.required = required
@@ -27,13 +34,12 @@ class ScrapeGate:
 
     @classmethod
     def from_config(cls, config: Config) -> ScrapeGate:
-        settings = config.telemetry
-        token = settings.resolved_metrics_token()
         verifier = TokenVerifier(config.auth)
-        required = settings.metrics_auth == "token" or (
-            settings.metrics_auth == "auto" and (config.auth.mode == "jwt" or token is not None)
+        return cls(
+            requires_token(config),
+            config.telemetry.resolved_metrics_token(),
+            verifier if verifier.configured else None,
         )
-        return cls(required, token, verifier if verifier.configured else None)
 
     def refusal(self, authorization: str) -> web.Response | None:
         """None when the scrape may go ahead, else the answer that refuses it."""
