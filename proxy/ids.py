@@ -41,7 +41,8 @@ def canonical_id(value: str, what: str = "id") -> str:
     if len(value) > MAX_ID_LENGTH * 12:
         # Checked before escaping, so a megabyte header costs nothing to refuse.
         raise BadRequest(f"{what} is {len(value)} characters long; at most {MAX_ID_LENGTH}")
-    escaped = quote(value, safe=ID_SAFE)
+    # surrogatepass: a header byte that is not UTF-8 reaches here as a lone surrogate.
+    escaped = quote(value, safe=ID_SAFE, errors="surrogatepass")
     if not escaped:
         raise BadRequest(f"{what} is empty")
     if len(escaped) > MAX_ID_LENGTH:

@@ -769,3 +769,17 @@ def test_a_long_unknown_path_is_not_echoed_whole(proxy: ProxyThread, client: htt
         response = client.post(proxy.base_url + path, json=valid_body("chat"))
         assert response.status_code == 404
         assert len(response.content) < 600 and "x" * 200 not in response.text
+
+
+def test_an_id_that_is_not_utf8_is_escaped_not_a_crash(
+    proxy: ProxyThread, client: httpx2.Client
+) -> None:
+    for kind, path in PATHS.items():
+        response = client.post(
+            proxy.base_url + path,
+            json=valid_body(kind, text=uuid.uuid4().hex),
+            headers={"X-Task-Id": b"job-\xff\xfe", "X-Agent-Id": b"\xc3("},  # type: ignore[dict-item]
+        )
+        assert response.status_code == 200, response.text
+        task = response.headers["x-tripwire-task"]
+        assert task.startswith("job-%") and re.match(r"^[A-Za-z0-9._~:@+=%-]+$", task)
