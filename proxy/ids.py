@@ -26,7 +26,6 @@ ID_PATTERN = r"^[A-Za-z0-9._~:@+=%-]{1,128}$"
 # A tenant's name: no escapes, no slash; as in a token's tenant claim and the admin API.
 MAX_TENANT_LENGTH = 64
 TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_TENANT = re.compile(TENANT_PATTERN)
 
 MAX_MODEL_LENGTH = 256
 # Printable ASCII without spaces: every provider's and local server's model names fit
@@ -51,14 +50,6 @@ def canonical_id(value: str, what: str = "id") -> str:
             "(letters, digits and . _ ~ : @ + = - count one, anything else three per byte)"
         )
     return escaped
-
-
-def check_tenant(value: str, what: str = "tenant") -> str:
-    if not _TENANT.match(value):
-        raise BadRequest(
-            f"{what} must be 1 to {MAX_TENANT_LENGTH} letters, digits, '.', '_' or '-'"
-        )
-    return value
 
 
 def check_model(value: str) -> str:
