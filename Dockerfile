@@ -2,7 +2,9 @@
 #   docker build -t tripwire:$(python3 -c 'import proxy; print(proxy.__version__)') .
 #
 # It installs exactly the runtime packages pinned in uv.lock (no dev or test tools), with the
-# same uv version the Makefile uses, so the image holds the versions the suite tested.
+# same uv version the Makefile uses, so the image holds the versions the suite tested. The
+# `otel` extra (the OpenTelemetry SDK and OTLP exporters) is in, so the chart's `otel.endpoint`
+# turns traces on without another image.
 FROM python:3.11-slim AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -16,9 +18,9 @@ RUN pip install 'uv==0.13.9'
 WORKDIR /src
 # Dependencies first, so a code change does not reinstall them.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --locked --no-dev --no-install-project
+RUN uv sync --locked --no-dev --extra otel --no-install-project
 COPY proxy ./proxy
-RUN uv sync --locked --no-dev --no-editable
+RUN uv sync --locked --no-dev --extra otel --no-editable
 
 FROM python:3.11-slim
 

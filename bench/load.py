@@ -2,7 +2,10 @@
 streams (wrk cannot time the chunks of a response). Every run is closed-loop at a fixed
 concurrency and bounded in time.
 
-Every request carries its own task id and a distinct body, so a proxy's loop detectors and
+Two workloads. Many tasks: every request carries its own task id. Long task: every request of
+a run carries the same task id, as an agent team's hundreds of calls on one job do, so the
+proxy's per-task state (windows, content detectors, Redis keys) is read and written by every
+call. Either way every body and every answer is distinct, so a proxy's loop detectors and
 per-task limits never trip on benchmark traffic: the harness measures the cost of watching
 calls, not of refusing them.
 """
@@ -107,6 +110,8 @@ class LoadResult:
     chunks: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     errors: int = 0
+    sent: int = 0  # calls sent in all, unrecorded warm-up calls included (for CPU per call)
+    task: str = "many"  # "many": a task id per call; "long": one task id for the whole run
 
     @property
     def ok(self) -> bool:
@@ -155,7 +160,7 @@ end
 function request()
   counter = counter + 1
   local n = tostring(tid) .. "-" .. tostring(counter)
-  headers["X-Task-Id"] = prefix .. n
+  headers["X-Task-Id"] = {task}
   return wrk.format("POST", path, headers, head .. n .. tail)
 end
 
@@ -182,6 +187,7 @@ def run_wrk(
     seconds: float,
     task_prefix: str,
     extra_headers: dict[str, str] | None = None,
+    calls: int | None = None,
 ) -> LoadResult:
     head, _, tail = shape.body.partition("{n}")
     headers = "\n".join(
@@ -194,6 +200,7 @@ def run_wrk(
         head=_lua_string(head),
         tail=_lua_string(tail),
         headers=headers,
+        task="prefix .. n" if calls is None else _lua_string(task_prefix + "long"),
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
@@ -203,7 +210,9 @@ def run_wrk(
             "wrk",
             "-t1",
             f"-c{concurrency}",
-            f"-d{max(1, round(seconds))}s",
+            # wrk cannot stop at a count (a stopped thread still waits out -d): a long task
+            # is one second of calls of one task instead, a thousand calls or more.
+            f"-d{max(1, round(seconds)) if calls is None else 1}s",
             "--timeout",
             "10s",
             "-s",
@@ -229,6 +238,8 @@ def run_wrk(
         latency_ms={k: raw[k] / 1000 for k in ("p50", "p90", "p99", "mean", "max")},
         statuses={"non-2xx": raw["status"]} if raw["status"] else {},
         errors=errors,
+        sent=raw["requests"],
+        task="many" if calls is None else "long",
     )
 
 
@@ -296,18 +307,28 @@ async def run_client(
     seconds: float,
     task_prefix: str,
     extra_headers: dict[str, str] | None = None,
+    *,
+    calls: int | None = None,
 ) -> LoadResult:
+    """Closed loop for `seconds`; with `calls`, one task id for every call of the run (the
+    long-task workload), stopped after `calls` recorded calls instead."""
     tally = _Tally()
     url = base_url + shape.path
     counter = 0
+    recorded = 0
     recording = False
 
     async def worker(session: aiohttp.ClientSession, deadline: float) -> None:
-        nonlocal counter
+        nonlocal counter, recorded
         while time.monotonic() < deadline:
+            if recording and calls is not None:
+                if recorded >= calls:
+                    return
+                recorded += 1
             counter += 1
             n = f"c-{counter}"
-            headers = {**BASE_HEADERS, **(extra_headers or {}), "X-Task-Id": task_prefix + n}
+            task = task_prefix + ("long" if calls is not None else n)
+            headers = {**BASE_HEADERS, **(extra_headers or {}), "X-Task-Id": task}
             try:
                 await _one_call(session, url, shape.render(n), headers, tally, recording)
             except (aiohttp.ClientError, TimeoutError):
@@ -317,9 +338,11 @@ async def run_client(
     async with client_session() as session:
         # One short unrecorded round opens the connections, so the clock does not time them.
         await asyncio.gather(*(worker(session, time.monotonic() + 0.2) for _ in range(concurrency)))
+        warm = counter
         recording = True
         started = time.monotonic()
-        deadline = started + seconds
+        # A long task stops at its count; the time limit only bounds a stalled target.
+        deadline = started + (seconds if calls is None else 120.0)
         await asyncio.gather(*(worker(session, deadline) for _ in range(concurrency)))
         elapsed = time.monotonic() - started
     ms = [x * 1000 for x in tally.latencies]
@@ -336,6 +359,8 @@ async def run_client(
         chunks=len(tally.chunk_delays),
         statuses=dict(tally.statuses),
         errors=tally.errors,
+        sent=warm + len(tally.latencies),
+        task="many" if calls is None else "long",
     )
 
 
@@ -348,11 +373,12 @@ def run_load(
     *,
     use_wrk: bool,
     extra_headers: dict[str, str] | None = None,
+    calls: int | None = None,
 ) -> LoadResult:
     if use_wrk and not shape.stream:
-        return run_wrk(base_url, shape, concurrency, seconds, task_prefix, extra_headers)
+        return run_wrk(base_url, shape, concurrency, seconds, task_prefix, extra_headers, calls)
     return asyncio.run(
-        run_client(base_url, shape, concurrency, seconds, task_prefix, extra_headers)
+        run_client(base_url, shape, concurrency, seconds, task_prefix, extra_headers, calls=calls)
     )
 
 

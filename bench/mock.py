@@ -24,12 +24,15 @@ import asyncio
 import contextlib
 import json
 import os
+import random
+import re
 import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.mock_provider import count_tokens
+from proxy.mock_provider.common import encoding
 
 STATS_PATH = "/_bench/stats"
 _CACHE_MIN_CHARS = 64
@@ -37,6 +40,7 @@ _CACHE_SIZE = 4096
 _counts: dict[str, int] = {}
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
+_WORD = re.compile(r" [a-z]{4,9}")
 
 
 @dataclass(slots=True)
@@ -114,16 +118,39 @@ def _cap(body: dict[str, Any]) -> int | None:
     return None
 
 
-def _parts(serial: int, tokens: int, chunks: int) -> list[str]:
-    """The reply as `chunks` deltas of about equal token counts; the serial number keeps
-    replies distinct, so the loop detectors of a proxy see no repeated output."""
+_TEXT_WORDS = 1 << 18
+_text: list[str] = []
+
+
+def _load_text() -> None:
+    """A long fixed sequence of words that cl100k encodes as one token each, wherever they
+    stand: a reply of N words is N tokens, and replies cut from different places share
+    (almost) no word 3-shingles, so a task of hundreds of calls trips no content detector
+    (cycle, near-duplicate, no progress) of a proxy, as real varied answers would not."""
+    if _text:
+        return
+    codec = encoding()
+    words = []
+    for token in range(256, 40_000):
+        word = codec.decode([token])
+        if _WORD.fullmatch(word) and len(codec.encode_ordinary(word * 3)) == 3:
+            words.append(word)
+    _text.extend(random.Random(7).choices(words, k=_TEXT_WORDS))
+
+
+def _parts(serial: int, tokens: int, chunks: int) -> list[tuple[str, int]]:
+    """The reply as `chunks` (delta, tokens) of about equal token counts; distinct per
+    serial number, so the loop detectors of a proxy see no repeated output."""
+    _load_text()
     chunks = max(1, min(chunks, tokens)) if tokens else 1
     base, extra = divmod(tokens, chunks)
+    start = (serial * 7919) % max(1, _TEXT_WORDS - tokens)
     parts = []
     for index in range(chunks):
         count = base + (1 if index < extra else 0)
         prefix = f"Reply {serial}:" if index == 0 else ""
-        parts.append(prefix + " lorem" * count)
+        parts.append((prefix + "".join(_text[start : start + count]), count))
+        start += count
     return parts
 
 
@@ -290,7 +317,7 @@ class Protocol(asyncio.Protocol):
     ) -> dict[str, Any]:
         prompt = _prompt_tokens(body)
         tokens = _completion_tokens(body, settings)
-        text = "".join(_parts(serial, tokens, 1))
+        text = "".join(part for part, _ in _parts(serial, tokens, 1))
         self.mock.stats.prompt_tokens += prompt
         self.mock.stats.completion_tokens += tokens
         model = str(body.get("model", ""))
@@ -335,7 +362,6 @@ class Protocol(asyncio.Protocol):
         prompt = _prompt_tokens(body)
         tokens = _completion_tokens(body, settings)
         parts = _parts(serial, tokens, settings.chunks)
-        per_part = [max(part.count(" lorem"), 0) for part in parts]
         model = str(body.get("model", ""))
         events = (
             _ChatEvents(model, serial, body) if kind == "chat" else _MessageEvents(model, serial)
@@ -345,7 +371,7 @@ class Protocol(asyncio.Protocol):
             _response_head(200, "text/event-stream; charset=utf-8", None, keep_alive)
             + _chunk(events.opening(prompt))
         )
-        for index, (part, count) in enumerate(zip(parts, per_part, strict=True)):
+        for index, (part, count) in enumerate(parts):
             if index and settings.chunk_delay > 0:
                 await asyncio.sleep(settings.chunk_delay)
             if self.closed:
@@ -496,6 +522,7 @@ class _MessageEvents:
 async def serve(host: str, port: int, defaults: Defaults) -> None:
     loop = asyncio.get_running_loop()
     count_tokens("load the tokenizer before the port opens")
+    _load_text()
     mock = Mock(defaults)
     server = await loop.create_server(lambda: Protocol(mock), host, port, backlog=1024)
     bound = server.sockets[0].getsockname()[1]

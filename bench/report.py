@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import headline
+
 ORDER = ("direct", "floor", "tripwire", "tripwire-redis", "litellm")
 
 
@@ -29,6 +31,8 @@ def _runs(results: dict[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]
     found = {}
     for name, target in results.get("targets", {}).items():
         for run in target.get("runs", []):
+            if run.get("task", "many") != "many":
+                continue  # the long task has its own section (bench/headline.py)
             found[(name, run["shape"], run["concurrency"])] = run
     return found
 
@@ -53,6 +57,9 @@ def render(results: dict[str, Any]) -> str:
     out: list[str] = [f"# Tripwire benchmark ({results.get('mode', '?')} mode)", ""]
     out += _setup(results)
     out += _errors(results)
+    out += headline.headline(results)
+    out += headline.long_task(results)
+    out += headline.redis_vs_embedded(results)
     out += _summary(results)
     out += _json_detail(results)
     out += _streams(results)
@@ -74,9 +81,11 @@ def render(results: dict[str, Any]) -> str:
 def _errors(results: dict[str, Any]) -> list[str]:
     """Runs with failed calls measure the error path, not the proxy: say so up front."""
     bad = [
-        f"{name} {shape} c={c}: {run['errors']:,} of {run['requests']:,} calls failed "
+        f"{name} {run['shape']} c={run['concurrency']} ({run.get('task', 'many')} task): "
+        f"{run['errors']:,} of {run['requests']:,} calls failed "
         f"({', '.join(f'{k}: {v}' for k, v in run.get('statuses', {}).items()) or 'see log'})"
-        for (name, shape, c), run in _runs(results).items()
+        for name, target in results.get("targets", {}).items()
+        for run in target.get("runs", [])
         if run["errors"] > max(1, run["requests"] // 1000)
     ]
     if not bad:
@@ -110,8 +119,11 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f"- Mock provider (bench/mock.py): answer delay {mock.get('delay_s')} s, "
         f"{mock.get('reply_tokens')} completion tokens, streams of {mock.get('chunks')} deltas "
         f"{mock.get('chunk_delay_s')} s apart; RSS {_mib(mock.get('rss_end_kib'))} MiB at the end",
-        "- Every call has its own task id and a distinct body (default policy; benchmark tasks "
-        "get `max_calls` raised), so no limit or loop detector trips.",
+        "- Many tasks: every call has its own task id; long task: every call of a run has the "
+        f"same one ({plan.get('long_calls')} calls per run; a JSON run on wrk is 1 s of calls "
+        "instead, since wrk cannot stop at a count). Every body and answer is distinct "
+        "(default policy; benchmark tasks get `max_calls` raised), so no limit or loop "
+        "detector trips.",
         "",
     ]
 
@@ -306,6 +318,7 @@ def _memory_rows(results: dict[str, Any]) -> list[str]:
         rows.append(
             [
                 name,
+                _mib(target.get("rss_idle_kib")),
                 _mib(target.get("rss_warm_kib")),
                 _mib(target.get("rss_end_kib")),
                 _mib(target.get("hwm_kib")),
@@ -314,7 +327,14 @@ def _memory_rows(results: dict[str, Any]) -> list[str]:
         )
     if not rows:
         return []
-    head = ["target", "RSS after warm-up MiB", "RSS at end MiB", "peak MiB", "calls measured"]
+    head = [
+        "target",
+        "RSS idle MiB",
+        "RSS after warm-up MiB",
+        "RSS at end MiB",
+        "peak MiB",
+        "calls measured",
+    ]
     out = ["## Memory of the proxy process", "", *_table(head, rows)]
     http = results.get("targets", {}).get("tripwire", {}).get("http_memory")
     if http:

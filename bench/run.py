@@ -1,4 +1,4 @@
-"""The benchmark harness: `python -m bench` (quick, ~2 minutes on 2 cores) or `--full`.
+"""The benchmark harness: `python -m bench` (quick, 3-4 minutes on 2 cores) or `--full`.
 
 One run measures, side by side and against the same mock provider: the mock directly, a
 minimal aiohttp pass-through (the floor for a Python proxy), Tripwire embedded, Tripwire with
@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +49,8 @@ class Plan:
     stream_s: float
     json_runs: tuple[tuple[str, int], ...]
     stream_runs: tuple[tuple[str, int], ...]
+    long_calls: int  # calls of one task per long-task run
+    long_runs: tuple[tuple[str, int], ...]
     budget_levels: tuple[int, ...]
     budget_time_limit_s: float
     memory_tasks: int
@@ -56,6 +60,22 @@ class Plan:
     profile_s: float
 
 
+# The long task: each shape at 1 concurrent call (latency, time to first byte) and 64 (calls/s,
+# CPU per call), each run one new task of `long_calls` calls.
+LONG_RUNS = tuple(
+    (s, c)
+    for s in ("openai-json", "openai-sse", "anthropic-json", "anthropic-sse")
+    for c in (1, 64)
+)
+# Long-task streams come without pauses between deltas, so a run of hundreds of streams stays
+# short and measures the relay's cost, not the mock's sleeps.
+LONG_STREAM_HEADERS = {"x-mock-chunk-delay": "0"}
+# Counters a proxy may expose for content-detector runs; the first found is used.
+DETECTOR_RUN_COUNTERS = (
+    "tripwire_detector_runs_total",
+    "tripwire_content_detector_runs_total",
+)
+
 QUICK = Plan(
     mode="quick",
     warmup_s=1.0,
@@ -63,6 +83,8 @@ QUICK = Plan(
     stream_s=2.0,
     json_runs=(("openai-json", 1), ("openai-json", 8), ("openai-json", 64), ("anthropic-json", 8)),
     stream_runs=(("openai-sse", 8), ("openai-sse", 64), ("anthropic-sse", 8)),
+    long_calls=500,
+    long_runs=LONG_RUNS,
     budget_levels=(1, 8, 32, 128),
     budget_time_limit_s=20.0,
     memory_tasks=100_000,
@@ -78,6 +100,8 @@ FULL = Plan(
     stream_s=8.0,
     json_runs=tuple((s, c) for s in ("openai-json", "anthropic-json") for c in (1, 8, 64)),
     stream_runs=tuple((s, c) for s in ("openai-sse", "anthropic-sse") for c in (1, 8, 64)),
+    long_calls=2_000,
+    long_runs=LONG_RUNS,
     budget_levels=(1, 8, 32, 128),
     budget_time_limit_s=60.0,
     memory_tasks=100_000,
@@ -155,17 +179,21 @@ def _load_cpu() -> float:
 
 
 @contextlib.contextmanager
-def cpu_meter(pids: dict[str, int]) -> Iterator[dict[str, float]]:
-    """CPU share (% of one core) of each process and of the load side while a run lasts."""
+def cpu_meter(pids: dict[str, int]) -> Iterator[tuple[dict[str, float], dict[str, float]]]:
+    """CPU share (% of one core) of each process and of the load side while a run lasts, and
+    the CPU seconds each process used."""
     shares: dict[str, float] = {}
+    used: dict[str, float] = {}
     before = {name: procs.cpu_seconds(pid) for name, pid in pids.items()}
     load_before = _load_cpu()
     started = time.monotonic()
-    yield shares
+    yield shares, used
     wall = max(time.monotonic() - started, 1e-9)
     for name, pid in pids.items():
-        shares[name] = 100 * (procs.cpu_seconds(pid) - before[name]) / wall
-    shares["load"] = 100 * (_load_cpu() - load_before) / wall
+        used[name] = procs.cpu_seconds(pid) - before[name]
+        shares[name] = 100 * used[name] / wall
+    used["load"] = _load_cpu() - load_before
+    shares["load"] = 100 * used["load"] / wall
 
 
 class Bench:
@@ -353,26 +381,51 @@ class Bench:
 
     def measure(self, name: str, url: str, proc: procs.Proc | None) -> dict[str, Any]:
         plan = self.plan
-        say(f"{name}: warm-up")
         pids = {"mock": self.mock.pid}
+        out: dict[str, Any] = {"runs": []}
         if proc is not None:
             pids["proxy"] = proc.pid
+            # Right after start-up, before any traffic.
+            out["rss_idle_kib"] = proc.rss_kib()
+            out["metrics_names"] = metric_names(proc.url)
+        say(f"{name}: warm-up")
         if name == "tripwire-redis" and self.redis is not None:
             pids["redis"] = self.redis.pid
         self.one_run(url, "openai-json", 8, plan.warmup_s, f"bench-{name}-warm-")
         self.one_run(url, "openai-sse", 8, min(plan.warmup_s, 1.0), f"bench-{name}-warmsse-")
-        out: dict[str, Any] = {"runs": []}
         if proc is not None:
             out["rss_warm_kib"] = proc.rss_kib()
-        for shape, concurrency in plan.json_runs + plan.stream_runs:
+        runs: list[tuple[str, int, int | None]] = [
+            (shape, c, None) for shape, c in plan.json_runs + plan.stream_runs
+        ]
+        runs += [(shape, c, plan.long_calls) for shape, c in plan.long_runs]
+        for shape, concurrency, calls in runs:
             seconds = plan.stream_s if load.SHAPES[shape].stream else plan.json_s
-            with cpu_meter(pids) as cpu:
-                result = self.one_run(url, shape, concurrency, seconds, f"bench-{name}-{shape}-")
+            stream = load.SHAPES[shape].stream
+            tag = f"bench-{name}-{shape}-c{concurrency}-"
+            watch = name == "tripwire-redis" and calls is not None and shape == "openai-json"
+            before = self.detector_counts(proc) if watch and proc is not None else None
+            with cpu_meter(pids) as (cpu, cpu_s):
+                result = self.one_run(
+                    url,
+                    shape,
+                    concurrency,
+                    seconds,
+                    tag,
+                    extra_headers=LONG_STREAM_HEADERS if calls is not None and stream else None,
+                    calls=calls,
+                )
             row = asdict(result)
             row["cpu_pct"] = cpu
+            row["cpu_s"] = cpu_s
+            if "proxy" in cpu_s and result.sent:
+                row["proxy_cpu_ms_per_call"] = 1000 * cpu_s["proxy"] / result.sent
+            if before is not None and proc is not None:
+                after = self.detector_counts(proc)
+                row["detector_counts"] = {key: _grown(before[key], after[key]) for key in before}
             out["runs"].append(row)
             say(
-                f"{name}: {shape} c={concurrency}: {result.rps:,.0f}/s "
+                f"{name}: {shape} c={concurrency} {result.task} task(s): {result.rps:,.0f}/s "
                 f"p50 {result.latency_ms.get('p50', 0):.2f} ms "
                 f"p99 {result.latency_ms.get('p99', 0):.2f} ms, errors {result.errors}, "
                 f"cpu {', '.join(f'{k} {v:.0f}%' for k, v in cpu.items())}"
@@ -386,11 +439,44 @@ class Bench:
         return out
 
     def one_run(
-        self, url: str, shape: str, concurrency: int, seconds: float, prefix: str
+        self,
+        url: str,
+        shape: str,
+        concurrency: int,
+        seconds: float,
+        prefix: str,
+        *,
+        extra_headers: dict[str, str] | None = None,
+        calls: int | None = None,
     ) -> load.LoadResult:
         return load.run_load(
-            url, load.SHAPES[shape], concurrency, seconds, prefix, use_wrk=self.use_wrk
+            url,
+            load.SHAPES[shape],
+            concurrency,
+            seconds,
+            prefix,
+            use_wrk=self.use_wrk,
+            extra_headers=extra_headers,
+            calls=calls,
         )
+
+    def detector_counts(self, proc: procs.Proc) -> dict[str, float | None]:
+        """What outside the proxy tells how often the content detectors ran: a counter on
+        /metrics when the proxy exposes one, and Redis' count of HMGET commands (the Redis
+        ledger reads the detector state with one HMGET before each run of the detectors; its
+        scripts' own HMGETs are the same for every call, see headline.detector_runs)."""
+        counts: dict[str, float | None] = {"metric": None, "redis_hmget": None}
+        found = scrape_counter(proc.url, DETECTOR_RUN_COUNTERS)
+        if found is not None:
+            counts["metric"] = found
+        if self.ctx.redis_url is not None:
+            client = redis.Redis.from_url(self.ctx.redis_url)
+            try:
+                stats = client.info("commandstats")
+            finally:
+                client.close()
+            counts["redis_hmget"] = float(stats.get("cmdstat_hmget", {}).get("calls", 0))
+        return counts
 
     def http_memory(self, proc: procs.Proc) -> dict[str, Any]:
         """RSS growth over `http_tasks` calls with distinct task ids, sent through HTTP."""
@@ -545,6 +631,41 @@ class Bench:
         gc_stats = Path(str(out) + ".gc.json")
         if gc_stats.exists():
             self.results["profile"]["gc"] = json.loads(gc_stats.read_text())
+
+
+def _grown(first: float | None, last: float | None) -> float | None:
+    return None if first is None or last is None else last - first
+
+
+def metric_names(url: str) -> list[str]:
+    """The metric families a target exposes on /metrics (empty when it has none)."""
+    text = _get_text(url + "/metrics")
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    return sorted(names)
+
+
+def scrape_counter(url: str, names: tuple[str, ...]) -> float | None:
+    """The sum over all label sets of the first of `names` found on /metrics."""
+    text = _get_text(url + "/metrics")
+    for name in names:
+        base = name.removesuffix("_total")
+        samples = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((base + "_total", base + "{", base + " "))
+            and not line.startswith("#")
+        ]
+        if samples:
+            return sum(samples)
+    return None
+
+
+def _get_text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return str(answer.read().decode(errors="replace"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return ""
 
 
 def profile_rows(path: Path, top: int = 25) -> dict[str, Any]:
