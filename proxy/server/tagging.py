@@ -2,7 +2,9 @@
 
 Task, first match wins: a task header (``X-Task-Id`` or another gateway's session header), the
 URL prefix, the trace id of a W3C ``traceparent``, else a short hash of the client's credential
-(``key:<hash>``) so a zero-config deployment still separates clients.
+(``key:<hash>``) so a zero-config deployment still separates clients, else the connection's own
+identity (``peer:<address>``): two untagged callers never share a task. A fallback id is the
+base of a session (``proxy/session/sessions.py``), not a task for ever.
 Agent: ``X-Agent-Id``, the URL prefix, else a hash of the system prompt (``sys:<hash>``), since
 agents of one framework differ by their instructions.
 Whatever the source, the id leaves here in the one canonical form of ``proxy.ids``.
@@ -19,7 +21,7 @@ from proxy.ids import canonical_id
 from proxy.pipeline.call import TaskSource
 
 DEFAULT_AGENT = "default"
-ANONYMOUS_TASK = "anonymous"
+ANONYMOUS_TASK = "anonymous"  # only when the connection has no address (a Unix socket)
 # W3C Trace Context: version, 32 hex digits of trace id, 16 of parent id, flags. Upper case is
 # read too (and lowered), as some tracers send it.
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}", re.IGNORECASE)
@@ -49,13 +51,17 @@ class Tagger:
     def task(self, headers: Mapping[str, str], url_task: str | None) -> str:
         return self.tag(headers, url_task)[0]
 
-    def tag(self, headers: Mapping[str, str], url_task: str | None) -> tuple[str, TaskSource]:
-        """The call's task id, in canonical form whatever its source, and where it came from."""
-        raw, source, where = self._task(headers, url_task)
+    def tag(
+        self, headers: Mapping[str, str], url_task: str | None, peer: str | None = None
+    ) -> tuple[str, TaskSource]:
+        """The call's task id, in canonical form whatever its source, and where it came from.
+        ``peer`` is the connection's address, the identity of a caller that sends no credential
+        (never a header it could forge)."""
+        raw, source, where = self._task(headers, url_task, peer)
         return canonical_id(raw, f"the task id {where}"), source
 
     def _task(
-        self, headers: Mapping[str, str], url_task: str | None
+        self, headers: Mapping[str, str], url_task: str | None, peer: str | None
     ) -> tuple[str, TaskSource, str]:
         """The task id as the client sent it, its source, and where it was read."""
         for name in self.task_headers:
@@ -71,6 +77,8 @@ class Tagger:
         credential = headers.get("authorization") or headers.get("x-api-key")
         if credential:
             return "key:" + short_hash(credential), "fallback", "of the credential"
+        if peer:
+            return "peer:" + peer, "fallback", "of the connection"
         return ANONYMOUS_TASK, "fallback", "of an untagged call"
 
     def agent(
