@@ -48,6 +48,11 @@ class Intake:
     def __init__(self, config: Config, policy: PolicyBook, tagger: Tagger) -> None:
         self.upstreams = config.upstreams
         self.upstream_names = frozenset(config.upstreams)
+        # Deployment names as paths are read: without case.
+        self.deployments = {
+            name: {k.lower(): v for k, v in up.deployments.items()}
+            for name, up in config.upstreams.items()
+        }
         self.policy = policy
         self.tagger = tagger
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
@@ -97,6 +102,9 @@ class Intake:
         if info.model:
             # Before the price lookup, a metric label or a log line sees it.
             check_model(info.model)
+        deployments = self.deployments[route.upstream]
+        if deployments and info.model.lower() in deployments:
+            info.model = deployments[info.model.lower()]
         headers = request.headers
         task, source = self.tagger.tag(headers, route.task, request.remote)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
