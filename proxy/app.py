@@ -35,6 +35,7 @@ from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.record import Telemetry
+from proxy.telemetry.scrape import ScrapeGate
 from proxy.tokens import preload as preload_tokenizer
 
 CONFIG = web.AppKey("config", Config)
@@ -119,6 +120,7 @@ def build_app(
         max_models=config.telemetry.max_model_labels,
         max_agents=config.telemetry.max_agent_labels,
         active_window_s=config.telemetry.active_task_window,
+        task_ids=config.telemetry.metrics_task_ids,
     )
     state = ledger if ledger is not None else build_ledger(config, metrics)
     app[LEDGER] = state
@@ -186,7 +188,12 @@ def build_app(
             status=200 if ok or fail_open else 503,
         )
 
+    scraper = ScrapeGate.from_config(config)
+
     async def scrape(request: web.Request) -> web.Response:
+        refused = scraper.refusal(request.headers.get("Authorization", ""))
+        if refused is not None:
+            return refused
         # OpenMetrics when the scraper asks for it: only that format carries exemplars.
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encode(metrics.registry), headers={"Content-Type": content_type})

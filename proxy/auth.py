@@ -21,10 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from proxy.config import AuthSettings, Limits
 from proxy.errors import AuthError, ConfigError
+from proxy.ids import MAX_TENANT_LENGTH, TENANT_PATTERN
 
 ADMIN_ROLE = "admin"
 # Reads the admin API (and the console) but changes nothing.
 VIEWER_ROLE = "viewer"
+# Scrapes /metrics and nothing else.
+METRICS_ROLE = "metrics"
 
 
 class Claims(BaseModel):
@@ -33,7 +36,9 @@ class Claims(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     sub: str | None = None
-    tenant: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # The task and agent claims go through the canonical form of every id (proxy.ids) where
+    # a call is read; the tenant is one of the names Tripwire itself joins to a task with "/".
+    tenant: str | None = Field(default=None, max_length=MAX_TENANT_LENGTH, pattern=TENANT_PATTERN)
     task: str | None = Field(default=None, max_length=128)
     agent: str | None = Field(default=None, max_length=128)
     owner: str | None = Field(default=None, max_length=2048)
@@ -55,6 +60,14 @@ class Claims(BaseModel):
     @property
     def is_admin(self) -> bool:
         return self.role == ADMIN_ROLE or ADMIN_ROLE in self.roles
+
+    @property
+    def may_scrape(self) -> bool:
+        """May read ``/metrics``, which covers every tenant: a token of no tenant with the
+        metrics role, or a global admin's or viewer's."""
+        if self.tenant is not None:
+            return False
+        return self.role == METRICS_ROLE or METRICS_ROLE in self.roles or self.is_viewer
 
     @property
     def is_viewer(self) -> bool:

@@ -143,8 +143,9 @@ def _add_admin_commands(commands: Any) -> None:
     token.add_argument("--owner", help="who is told when the task trips")
     token.add_argument(
         "--role",
-        choices=["admin", "viewer"],
-        help="admin: may use the admin API; viewer: may read it (and the console) only",
+        choices=["admin", "viewer", "metrics"],
+        help="admin: may use the admin API; viewer: may read it (and the console) only; "
+        "metrics: may scrape /metrics only",
     )
     _limit_flags(token)
     token.add_argument(

@@ -182,6 +182,9 @@ class Upstream(Strict):
     # Paths (globs on the normalised path) forwarded under a budget although their cost cannot
     # be bounded: a deliberate opening, logged at start-up.
     unbounded_paths: tuple[str, ...] = ()
+    # Tenants whose calls may go out with this upstream's key when they have none of their
+    # own; any other tenant without one is refused.
+    shared_key_tenants: list[str] = []
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 600.0
 
@@ -423,6 +426,9 @@ class Tenant(Strict):
     # Provider keys Tripwire injects for this tenant's calls, by upstream name: agents never
     # hold them.
     upstream_keys: dict[str, UpstreamKey] = {}
+    # Without a key of its own for an upstream, a tenant is refused unless this says it may
+    # use the operator's shared key.
+    use_shared_keys: bool = False
 
 
 class Owner(Strict):
@@ -497,6 +503,20 @@ class TelemetrySettings(Strict):
     # A task with no call for this long counts as ended for the per-task histograms.
     active_task_window: Seconds = 300.0
     otel: OtelSettings = OtelSettings()
+    # Who may scrape metrics_path: "token" needs a bearer token (metrics_token, or a Tripwire
+    # token of no tenant with the metrics, viewer or admin role); "open" needs none; "auto" is
+    # "token" when auth.mode is jwt or a metrics_token is set, else "open".
+    metrics_auth: Literal["auto", "token", "open"] = "auto"
+    metrics_token: str | None = Field(default=None, repr=False)
+    metrics_token_env: str | None = None
+    # Task ids in exemplars and the top-spend gauge: "untenanted" shows only tasks of no
+    # tenant (a tenant's ids are its own business, as in the admin API); "all" or "none".
+    metrics_task_ids: Literal["untenanted", "all", "none"] = "untenanted"
+
+    def resolved_metrics_token(self) -> str | None:
+        if self.metrics_token:
+            return self.metrics_token
+        return os.environ.get(self.metrics_token_env) or None if self.metrics_token_env else None
 
 
 class Config(BaseSettings):
@@ -627,6 +647,7 @@ def _unset_variables(config: Config) -> list[str]:
     named: list[tuple[str, str | None]] = [
         ("auth.hs256_secret_env", config.auth.hs256_secret_env),
         ("escalation.secret_env", config.escalation.secret_env),
+        ("telemetry.metrics_token_env", config.telemetry.metrics_token_env),
     ]
     named += [(f"upstreams.{n}.api_key_env", u.api_key_env) for n, u in config.upstreams.items()]
     named += [

@@ -58,6 +58,15 @@ class AuthError(TripwireError):
     log_level = "info"
 
 
+class Forbidden(TripwireError):
+    """A verified caller asking for what its configuration does not allow."""
+
+    status = 403
+    code = "tripwire_forbidden"
+    kind = "forbidden"
+    log_level = "info"
+
+
 class BadRequest(TripwireError):
     status = 400
     code = "invalid_request"

@@ -29,7 +29,7 @@ class StreamSlots:
 
     async def request(self, call: Call) -> web.StreamResponse | None:
         if call.info.stream:
-            client = client_key(call.request.headers, call.request.remote)
+            client = client_key(call.claims, call.request.remote)
             self.slots.acquire(call.task, client)  # raises TooManyStreams
             call.notes[_KEY] = client
         return None

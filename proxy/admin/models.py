@@ -12,10 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from proxy.config import Limits
+from proxy.ids import ID_PATTERN, TENANT_PATTERN
 from proxy.session.base import OVERRIDABLE
 
-TASK_ID_PATTERN = r"^[!-.0-~]+$"  # printable ASCII without space or "/": "/" joins tenant and task
-TENANT_PATTERN = r"^[A-Za-z0-9_.-]+$"  # as in a token's tenant claim
+# A created task's id is in the canonical form agents' calls are tagged with (no "/": it joins
+# tenant and task), so the task it names is the one their calls reach.
+TASK_ID_PATTERN = ID_PATTERN
 CURSOR_PATTERN = r"^[0-9]{1,9}$"
 MAX_NOTE = 500
 

@@ -99,6 +99,7 @@ ERROR_TYPES = {
     "not_found": "not_found_error",
     "invalid_request": "invalid_request_error",
     "unauthorized": "authentication_error",
+    "forbidden": "permission_error",
     "refused": "permission_error",
     "busy": "rate_limit_error",
     "unavailable": "overloaded_error",

@@ -31,12 +31,13 @@ def _utf8_len(text: str) -> int:
 
 
 # The problems Tripwire reports, by name; each adapter maps every one to its own error type.
-# The first ten are ``TripwireError.kind`` values, "blocked" is a worker's answer held back,
-# and the last two are provider failures chaos injects.
+# All but the last three are ``TripwireError.kind`` values, "blocked" is a worker's answer held
+# back, and the last two are provider failures chaos injects.
 ERROR_KINDS = (
     "not_found",
     "invalid_request",
     "unauthorized",
+    "forbidden",
     "refused",
     "busy",
     "unavailable",

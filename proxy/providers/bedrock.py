@@ -39,6 +39,7 @@ ERROR_TYPES = {
     "not_found": "ResourceNotFoundException",
     "invalid_request": "ValidationException",
     "unauthorized": "UnrecognizedClientException",
+    "forbidden": "AccessDeniedException",
     "refused": "AccessDeniedException",
     "busy": "ThrottlingException",
     "unavailable": "ServiceUnavailableException",

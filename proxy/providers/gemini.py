@@ -36,6 +36,7 @@ ERROR_TYPES = {
     "not_found": "NOT_FOUND",
     "invalid_request": "INVALID_ARGUMENT",
     "unauthorized": "UNAUTHENTICATED",
+    "forbidden": "PERMISSION_DENIED",
     # 403: google-genai retries only 408, 429 and 5xx, and only when asked to.
     "refused": "PERMISSION_DENIED",
     "busy": "RESOURCE_EXHAUSTED",

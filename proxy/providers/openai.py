@@ -108,6 +108,7 @@ ERROR_TYPES = {
     "not_found": "invalid_request_error",
     "invalid_request": "invalid_request_error",
     "unauthorized": "invalid_request_error",
+    "forbidden": "invalid_request_error",
     "refused": "tripwire_error",
     "busy": "rate_limit_error",
     "unavailable": "server_error",

@@ -19,14 +19,15 @@ from aiohttp import web
 
 from proxy.auth import Claims, TokenVerifier
 from proxy.config import Config
-from proxy.errors import AuthError, BadRequest, RouteError, UnboundedCall
+from proxy.errors import AuthError, BadRequest, Forbidden, RouteError, UnboundedCall
+from proxy.ids import canonical_id, check_model
 from proxy.pipeline.call import Call, TaskSource
 from proxy.policy.rules import Effective, PolicyBook
 from proxy.providers import ADAPTERS
 from proxy.providers.base import CallInfo
 from proxy.server import routing
 from proxy.server.limits import read_body
-from proxy.server.tagging import Tagger, clean_id
+from proxy.server.tagging import Tagger
 from proxy.telemetry.logs import event
 from proxy.tokens import estimate_prompt
 
@@ -57,6 +58,18 @@ class Intake:
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
         self.max_body_bytes = config.server.max_body_bytes
         self.body_timeout = config.server.body_timeout
+        self.shared_keys = frozenset(n for n, up in config.upstreams.items() if up.resolved_key())
+        self.tenant_keys = frozenset(
+            (tenant, upstream)
+            for tenant, settings in config.tenants.items()
+            for upstream, key in settings.upstream_keys.items()
+            if key.resolved()
+        )
+        self.shared_key_tenants = {
+            name: frozenset(up.shared_key_tenants)
+            | {t for t, settings in config.tenants.items() if settings.use_shared_keys}
+            for name, up in config.upstreams.items()
+        }
         _announce_unbounded(config)
 
     async def read(self, request: web.Request, started: float) -> Call:
@@ -86,6 +99,9 @@ class Intake:
                         f"the request body does not have the shape of a {route.path} request "
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
+        if info.model:
+            # Before the price lookup, a metric label or a log line sees it.
+            check_model(info.model)
         deployments = self.deployments[route.upstream]
         if deployments and info.model.lower() in deployments:
             info.model = deployments[info.model.lower()]
@@ -94,6 +110,8 @@ class Intake:
         agent = self.tagger.agent(headers, route.agent, info.system_text)
         if claims is not None:
             task, source, agent = _signed_tags(claims, token, task, source, agent)
+            if claims.tenant:
+                self._check_tenant_key(claims.tenant, route.upstream)
         policy = self._policy(task, agent, source, claims)
         if not info.modelled and policy.has_budget and request.method not in SAFE_METHODS:
             self._check_unbounded(path, route.upstream, upstream.unbounded_paths, policy, task)
@@ -119,6 +137,21 @@ class Intake:
             parsed if isinstance(parsed, dict) else None,
             hashlib.blake2b(raw, digest_size=8).hexdigest() if raw else None,
             claims=claims,
+        )
+
+    def _check_tenant_key(self, tenant: str, upstream: str) -> None:
+        """A tenant's call goes out with the tenant's own provider key; the operator's shared
+        key only where the configuration says so (and where there is none to share, the
+        caller's own credentials travel as sent)."""
+        if upstream not in self.shared_keys:
+            return
+        if (tenant, upstream) in self.tenant_keys or tenant in self.shared_key_tenants[upstream]:
+            return
+        raise Forbidden(
+            f"tenant '{tenant}' has no provider key of its own for upstream '{upstream}', and "
+            f"may not use the shared one (set tenants.{tenant}.upstream_keys.{upstream}, or "
+            f"allow it with tenants.{tenant}.use_shared_keys or "
+            f"upstreams.{upstream}.shared_key_tenants)"
         )
 
     def _check_unbounded(
@@ -202,14 +235,15 @@ def _signed_tags(
 ) -> tuple[str, TaskSource, str]:
     """Signed claims win over anything the client says in headers or the URL."""
     if claims.task:
-        task, source = clean_id(claims.task), "token"
+        task, source = canonical_id(claims.task, "the token's task claim"), "token"
     elif claims.limits is not None:
         # Signed limits bind to the token, or X-Task-Id would mint fresh budgets.
-        task, source = clean_id(claims.bound_task(token)), "token"
+        task, source = canonical_id(claims.bound_task(token), "the token's bound task"), "token"
     elif source == "fallback" and claims.sub:
         # Untagged, but the verified subject names the caller better than a hash.
-        task = "sub:" + clean_id(claims.sub)
-    agent = clean_id(claims.agent) if claims.agent else agent
+        task = canonical_id("sub:" + claims.sub, "the token's subject")
+    agent = canonical_id(claims.agent, "the token's agent claim") if claims.agent else agent
     if claims.tenant:
+        # The only "/" in a task key: no canonical id holds one.
         task = f"{claims.tenant}/{task}"
     return task, source, agent

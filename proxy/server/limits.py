@@ -9,11 +9,11 @@ arrives are aiohttp's own checks, configured through ``handler_args``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from proxy.auth import Claims
 from proxy.config import ServerSettings
 from proxy.errors import BadRequest, BudgetBusy
 from proxy.server.tagging import short_hash
@@ -61,11 +61,14 @@ async def read_body(request: web.Request, limit: int, within: float) -> bytes:
         raise RequestTimeout(f"the request body did not arrive within {within:g} seconds") from None
 
 
-def client_key(headers: Mapping[str, str], remote: str | None) -> str:
-    """Who opens a stream: the credential it sends (hashed, never kept), else its address."""
-    credential = headers.get("authorization") or headers.get("x-api-key")
-    if credential:
-        return "key:" + short_hash(credential)
+def client_key(claims: Claims | None, remote: str | None) -> str:
+    """Who opens a stream, from what was verified: the token's subject when auth is on (its
+    signed claims when it has none), else the connection's peer address. Never a header the
+    client may change at will: a new ``Authorization`` per request would be a new client."""
+    if claims is not None:
+        if claims.sub:
+            return "sub:" + short_hash(claims.sub)
+        return "claims:" + short_hash(claims.model_dump_json())
     return f"addr:{remote}"
 
 

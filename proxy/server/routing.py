@@ -72,10 +72,18 @@ def resolve(raw_path: str, upstreams: frozenset[str]) -> Route:
     path = "/" + "/".join(segments)
     if upstream is not None:
         if upstream not in upstreams:
-            raise RouteError(f"no upstream named {upstream!r} is configured")
+            raise RouteError(f"no upstream named {_shown(upstream)} is configured")
         return Route(upstream, path, task, agent)
     normal = normal_path(path)
     for matches, name in _DEFAULT_ROUTES:
         if matches(normal):
             return Route(name, path, task, agent)
-    raise RouteError(f"no route for {path}: use /v1/..., /u/{{upstream}}/... or /t/{{task}}/...")
+    raise RouteError(
+        f"no route for {_shown(path)}: use /v1/..., /u/{{upstream}}/... or /t/{{task}}/..."
+    )
+
+
+def _shown(value: str, limit: int = 100) -> str:
+    """A client's path in an error: quoted and cut short, so a long one neither bloats the
+    answer nor the log line."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from yarl import URL
 
 from proxy.config import Config, Limits, Policy
+from proxy.telemetry.scrape import requires_token
 
 _LIMIT_NAMES = {
     "max_tokens": "tokens",
@@ -109,6 +110,7 @@ def startup_summary(config: Config, url: str, *, mock: bool = False) -> str:
         f"    detectors in shadow mode: {', '.join(observe) or 'none'}",
         f"    rules: {len(policy.rules)}",
         f"  Untagged calls: {describe_sessions(config)}",
-        f"  Metrics: {url}{config.telemetry.metrics_path}",
+        f"  Metrics: {url}{config.telemetry.metrics_path}"
+        + (" (a bearer token required)" if requires_token(config) else ""),
     ]
     return "\n".join(lines)

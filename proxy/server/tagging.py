@@ -7,30 +7,24 @@ identity (``peer:<address>``): two untagged callers never share a task. A fallba
 base of a session (``proxy/session/sessions.py``), not a task for ever.
 Agent: ``X-Agent-Id``, the URL prefix, else a hash of the system prompt (``sys:<hash>``), since
 agents of one framework differ by their instructions.
+Whatever the source, the id leaves here in the one canonical form of ``proxy.ids``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
-from urllib.parse import quote
 
 from proxy.config import Tagging
+from proxy.ids import canonical_id
 from proxy.pipeline.call import TaskSource
 
-MAX_ID_LENGTH = 128
 DEFAULT_AGENT = "default"
 ANONYMOUS_TASK = "anonymous"  # only when the connection has no address (a Unix socket)
-
-
-def clean_id(value: str) -> str:
-    """Ids end up in headers and logs: keep them short, printable and ASCII. A slash is escaped
-    because ``tenant/task`` is how a tenant's tasks are keyed: no client-chosen id may reach
-    into a tenant's namespace."""
-    value = value.strip()[:MAX_ID_LENGTH]
-    if value.isascii() and value.isprintable() and "/" not in value:
-        return value
-    return quote(value, safe="")[:MAX_ID_LENGTH]
+# W3C Trace Context: version, 32 hex digits of trace id, 16 of parent id, flags. Upper case is
+# read too (and lowered), as some tracers send it.
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}", re.IGNORECASE)
 
 
 def short_hash(value: str) -> str:
@@ -38,10 +32,12 @@ def short_hash(value: str) -> str:
 
 
 def _trace_id(traceparent: str) -> str | None:
-    parts = traceparent.strip().split("-")
-    if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        return parts[1].lower()
-    return None
+    """The trace id of a well-formed ``traceparent``; anything else is ignored, as the W3C
+    spec asks, so the header cannot carry an id of the client's choosing past the checks."""
+    match = _TRACEPARENT.match(traceparent.strip()[:256])
+    if match is None or match.group(1) == "0" * 32:
+        return None
+    return match.group(1).lower()
 
 
 class Tagger:
@@ -58,34 +54,49 @@ class Tagger:
     def tag(
         self, headers: Mapping[str, str], url_task: str | None, peer: str | None = None
     ) -> tuple[str, TaskSource]:
-        """The call's task id and where it came from. ``peer`` is the connection's address,
-        the identity of a caller that sends no credential (never a header it could forge)."""
+        """The call's task id, in canonical form whatever its source, and where it came from.
+        ``peer`` is the connection's address, the identity of a caller that sends no credential
+        (never a header it could forge)."""
+        raw, source, where = self._task(headers, url_task, peer)
+        return canonical_id(raw, f"the task id {where}"), source
+
+    def _task(
+        self, headers: Mapping[str, str], url_task: str | None, peer: str | None
+    ) -> tuple[str, TaskSource, str]:
+        """The task id as the client sent it, its source, and where it was read."""
         for name in self.task_headers:
             value = headers.get(name)
             if value and value.strip():
-                return clean_id(value), "header"
+                return value, "header", f"in {name}"
         if url_task:
-            return clean_id(url_task), "path"
+            return url_task, "path", "in the URL"
         if self.use_traceparent:
             trace = _trace_id(headers.get("traceparent", ""))
             if trace is not None:
-                return trace, "traceparent"
+                return trace, "traceparent", "in traceparent"
         credential = headers.get("authorization") or headers.get("x-api-key")
         if credential:
-            return "key:" + short_hash(credential), "fallback"
+            return "key:" + short_hash(credential), "fallback", "of the credential"
         if peer:
-            return "peer:" + clean_id(peer), "fallback"
-        return ANONYMOUS_TASK, "fallback"
+            return "peer:" + peer, "fallback", "of the connection"
+        return ANONYMOUS_TASK, "fallback", "of an untagged call"
 
     def agent(
         self, headers: Mapping[str, str], url_agent: str | None, system_text: str | None
     ) -> str:
+        """The call's agent id, in canonical form whatever its source."""
+        raw, where = self._agent(headers, url_agent, system_text)
+        return canonical_id(raw, f"the agent id {where}")
+
+    def _agent(
+        self, headers: Mapping[str, str], url_agent: str | None, system_text: str | None
+    ) -> tuple[str, str]:
         for name in self.agent_headers:
             value = headers.get(name)
             if value and value.strip():
-                return clean_id(value)
+                return value, f"in {name}"
         if url_agent:
-            return clean_id(url_agent)
+            return url_agent, "in the URL"
         if system_text:
-            return "sys:" + short_hash(system_text)
-        return DEFAULT_AGENT
+            return "sys:" + short_hash(system_text), "of the system prompt"
+        return DEFAULT_AGENT, "by default"

@@ -4,7 +4,9 @@ Labels are bounded: upstream (from config), model and agent (the first ``max_mod
 ``max_agents`` seen keep their name, later ones fold into ``other``), reason, action, outcome.
 Task ids are never a label, except on ``tripwire_top_task_spend_usd``, bounded to the ten
 tasks that spent most. They travel as exemplars (OpenMetrics) on the trip, token and cost
-counters, so a dashboard can jump from a spike to the task.
+counters, so a dashboard can jump from a spike to the task. A tenant's task ids (``tenant/task``)
+are left out of both unless ``task_ids`` says "all": the exemplar names the tenant instead, and
+the gauge lists only tasks whose ids may be shown.
 """
 
 from __future__ import annotations
@@ -137,7 +139,9 @@ class _TaskCollector(Collector):
             "Spend of the tasks that spent most, bounded to the top ten.",
             labels=["task"],
         )
-        for name, figures in heapq.nlargest(TOP_TASKS, tasks.items(), key=lambda i: i[1].cost):
+        shown = self.metrics.shown
+        spenders = ((name, f) for name, f in tasks.items() if shown(name))
+        for name, figures in heapq.nlargest(TOP_TASKS, spenders, key=lambda i: i[1].cost):
             top.add_metric([name], figures.cost)
         yield top
         up = GaugeMetricFamily(STATE_UP, "1 when the state backend answers.", labels=["backend"])
@@ -153,7 +157,9 @@ class Metrics:
         max_agents: int = 50,
         active_window_s: float = 300.0,
         max_tracked_tasks: int = 100_000,
+        task_ids: str = "untenanted",
     ) -> None:
+        self.task_ids = task_ids
         self.registry = CollectorRegistry()
         self.backend = backend
         self.model = _Capped(max_models)
@@ -296,6 +302,19 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def shown(self, task: str) -> bool:
+        """May this task's id appear in a scrape? Only Tripwire puts a "/" in a task key, between
+        a tenant and its task."""
+        if self.task_ids == "all":
+            return True
+        return self.task_ids == "untenanted" and "/" not in task
+
+    def exemplar(self, task: str) -> dict[str, str] | None:
+        if self.shown(task):
+            return {"task_id": task[:64]}
+        tenant, slash, _ = task.partition("/")
+        return {"tenant": tenant} if slash else None
+
     def call(self, upstream: str, model: str, agent: str, outcome: str) -> None:
         self._child(
             self.calls, upstream, self.model(model or "unknown"), self.agent(agent), outcome
@@ -314,7 +333,7 @@ class Metrics:
     ) -> None:
         model = self.model(model or "unknown")
         agent = self.agent(agent)
-        exemplar = {"task_id": task[:64]}
+        exemplar = self.exemplar(task)
         for direction, count in (
             ("prompt", prompt),
             ("completion", completion),
@@ -343,7 +362,7 @@ class Metrics:
         self._child(self.envelopes_blocked, self.agent(agent)).inc()
 
     def trip(self, reason: str, action: str, agent: str, task: str) -> None:
-        self._child(self.trips, reason, action, self.agent(agent)).inc(1, {"task_id": task[:64]})
+        self._child(self.trips, reason, action, self.agent(agent)).inc(1, self.exemplar(task))
 
     def _agent_admitted(self, agent: str) -> None:
         """Every trip series of a new agent label starts at 0: a series born at 1 is no

@@ -96,6 +96,10 @@ def test_token_mints_what_the_proxy_verifies(
     admin = TokenVerifier(AuthSettings(hs256_secret=SECRET)).verify(out.strip())
     assert code == 0 and admin.is_admin and admin.sub == "me" and admin.tenant is None
 
+    code, out, _ = tripwire(capsys, "token", "--secret", SECRET, "--role", "metrics")
+    scraper = TokenVerifier(AuthSettings(hs256_secret=SECRET)).verify(out.strip())
+    assert code == 0 and scraper.may_scrape and not scraper.is_viewer
+
 
 def test_token_refuses_bad_input(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -241,6 +241,40 @@ def test_notes_give_the_in_cluster_base_url(render: Callable[..., Rendered]) -> 
     assert "in memory" in render({"replicaCount": 1}).texts["NOTES.txt"]
 
 
+def test_service_monitor_sends_the_metrics_token(
+    render: Callable[..., Rendered], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token in values: kept in the chart's Secret, named in the config, sent by the
+    ServiceMonitor; a Secret of the operator's: read from it by both."""
+    monitor = {"serviceMonitor": {"enabled": True}}
+    rendered = render(merged(PRODUCTION, {"metrics": {**monitor, "token": {"value": "scrape-me"}}}))
+    assert secret_env(rendered)["METRICS_TOKEN"] == "scrape-me"
+    assert "scrape-me" not in yaml.safe_dump(rendered.one("ConfigMap"))
+    [endpoint] = rendered.one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": FULLNAME, "key": "METRICS_TOKEN"},
+    }
+    config = load_rendered_config(rendered, tmp_path, monkeypatch)
+    assert config.telemetry.resolved_metrics_token() == "scrape-me"
+
+    theirs = {"token": {"existingSecret": "scrape-token", "key": "bearer"}}
+    rendered = render(merged(PRODUCTION, {"metrics": {**monitor, **theirs}}))
+    [endpoint] = rendered.one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"]["credentials"] == {"name": "scrape-token", "key": "bearer"}
+    assert {
+        "name": "METRICS_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "scrape-token", "key": "bearer"}},
+    } in proxy_container(rendered)["env"]
+    telemetry = yaml.safe_load(rendered.one("ConfigMap")["data"]["tripwire.yaml"])["telemetry"]
+    assert telemetry["metrics_token_env"] == "METRICS_TOKEN"
+
+    [plain] = render(merged(PRODUCTION, {"metrics": monitor})).one("ServiceMonitor")["spec"][
+        "endpoints"
+    ]
+    assert "authorization" not in plain
+
+
 def _env(rendered: Rendered) -> dict[str, str]:
     return {
         each["name"]: each.get("value", "") for each in proxy_container(rendered).get("env", [])

@@ -98,17 +98,23 @@ class Daemon:
 
 
 def start_prometheus(
-    workdir: Path, proxy_address: str, alertmanager_address: str, rule_file: Path = ALERT_RULES
+    workdir: Path,
+    proxy_address: str,
+    alertmanager_address: str,
+    rule_file: Path = ALERT_RULES,
+    bearer: str | None = None,
 ) -> Daemon:
-    """Scrapes the proxy as job ``tripwire`` and evaluates the rules every second."""
+    """Scrapes the proxy as job ``tripwire`` (sending ``bearer`` as its token, when given) and
+    evaluates the rules every second."""
     workdir.mkdir(parents=True, exist_ok=True)
+    job: dict[str, Any] = {"job_name": "tripwire", "static_configs": [{"targets": [proxy_address]}]}
+    if bearer is not None:
+        job["authorization"] = {"type": "Bearer", "credentials": bearer}
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rule_file)],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager_address]}]}]},
-        "scrape_configs": [
-            {"job_name": "tripwire", "static_configs": [{"targets": [proxy_address]}]}
-        ],
+        "scrape_configs": [job],
     }
     config_file = workdir / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -22,6 +22,7 @@ from tests.observability.stack import (
     start_prometheus,
 )
 
+SCRAPE_TOKEN = "prometheus-scrape-token-0123456789"
 ALERT = "TripwireRunawayTaskKilled"
 TASK = "e2e-runaway"
 AGENT = "fixer"
@@ -79,7 +80,8 @@ def firing(prometheus: Daemon, deadline: float) -> dict[str, Any] | None:
 def test_runaway_task_alert_reaches_the_webhook_within_a_minute(
     make_proxy: Any, tmp_path: Path
 ) -> None:
-    proxy: ProxyThread = make_proxy()
+    # Scrapes carry the token a guarded /metrics asks for, as the Helm chart's ServiceMonitor.
+    proxy: ProxyThread = make_proxy(telemetry={"metrics_token": SCRAPE_TOKEN})
     webhook = Webhook()
     alertmanager: Daemon | None = None
     prometheus: Daemon | None = None
@@ -89,6 +91,7 @@ def test_runaway_task_alert_reaches_the_webhook_within_a_minute(
             tmp_path / "prometheus",
             proxy_address=f"127.0.0.1:{proxy.port}",
             alertmanager_address=f"127.0.0.1:{alertmanager.port}",
+            bearer=SCRAPE_TOKEN,
         )
         wait_until_scraped(prometheus, time.monotonic() + 30)
         assert not [a for a in alerts(prometheus) if a["labels"].get("alertname") == ALERT]

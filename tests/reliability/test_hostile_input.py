@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -621,3 +623,163 @@ def test_a_usage_block_of_nulls_is_no_free_call(
     assert view.tokens_used >= 10
     if stream:
         assert view.tokens_used >= 10 + count_text(tally_of(kind, data).output().text)
+
+
+# -- bounds on what reaches a lookup, a label, a log line or a key ------------------------------
+
+
+class Pinger:
+    """``/healthz`` asked every 10 ms from another thread: the longest answer is how long the
+    event loop was blocked."""
+
+    def __init__(self, proxy: ProxyThread) -> None:
+        self.url = proxy.base_url + "/healthz"
+        self.longest = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        with httpx2.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                http.get(self.url)
+                self.longest = max(self.longest, time.monotonic() - started)
+                time.sleep(0.01)
+
+    def __enter__(self) -> Pinger:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def scrape(http: httpx2.Client, proxy: ProxyThread) -> bytes:
+    accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    return http.get(proxy.base_url + "/metrics", headers=accept).content
+
+
+@pytest.mark.parametrize("kind", list(PATHS))
+def test_a_huge_model_name_neither_stalls_the_loop_nor_bloats_metrics(
+    make_proxy: Any, log_lines: LogLines, kind: str
+) -> None:
+    """The reported attack: a 2 MB model name blocked the loop 3.8 s in the price lookup and
+    added about 40 times its size to every later scrape."""
+    proxy = make_proxy()  # the default body limit, 32 MB: the name fits in a body
+    with httpx2.Client(timeout=60) as http:
+        warm = http.post(proxy.base_url + PATHS[kind], json=valid_body(kind))
+        assert warm.status_code == 200
+        before = len(scrape(http, proxy))
+        body = valid_body(kind)
+        body["model"] = "m" * 2_000_000
+        with Pinger(proxy) as pinger:
+            for _ in range(2):
+                refused = http.post(
+                    proxy.base_url + PATHS[kind], json=body, headers={"X-Task-Id": "huge-model"}
+                )
+                assert refused.status_code == 400
+                check_answer(kind, refused, proxy, "huge-model")
+                assert "model name is 2000000 characters long" in refused.text
+                assert len(refused.content) < 2000
+        assert pinger.longest < 0.5
+        assert len(scrape(http, proxy)) - before < 4000
+    assert all(
+        len(record.getMessage()) + len(str(getattr(record, "fields", ""))) < 4000
+        for record in log_lines.records
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("too long", "m" * 257),
+        ("a space", "gpt 4o"),
+        ("a newline", "gpt-4o\nmini"),
+        ("not ASCII", "gpt-4o-mini\u202e"),
+        ("a control character", "gpt\x00"),
+    ],
+)
+def test_model_names_are_bounded(
+    proxy: ProxyThread, client: httpx2.Client, name: str, model: str
+) -> None:
+    for kind in PATHS:
+        body = valid_body(kind)
+        body["model"] = model
+        task = "model-" + uuid.uuid4().hex[:10]
+        response = post(client, proxy, kind, json.dumps(body).encode(), task)
+        assert response.status_code == 400, (name, response.text)
+        check_answer(kind, response, proxy, task)
+        assert "model name" in response.text
+    # Real names of every shape pass.
+    for model in ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1:8b", "claude@20240620"):
+        body = valid_body("chat")
+        body["model"] = model
+        task = "real-" + uuid.uuid4().hex[:10]
+        assert post(client, proxy, "chat", json.dumps(body).encode(), task).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Task-Id": "t" * 129},
+        {"X-Task-Id": "\u00e9".encode().decode("latin-1") * 40},
+        {"X-Agent-Id": "{" * 43},
+        {"x-litellm-session-id": "x" * 8000},
+        {"Helicone-Session-Id": "%" * 50},
+    ],
+    ids=["long task", "escaped past the bound", "agent of braces", "peer header", "percents"],
+)
+def test_ids_past_their_bound_are_a_400_in_the_providers_format(
+    proxy: ProxyThread, client: httpx2.Client, headers: dict[str, str]
+) -> None:
+    for kind, path in PATHS.items():
+        response = client.post(
+            proxy.base_url + path,
+            json=valid_body(kind),
+            headers={k: v.encode("latin-1") for k, v in headers.items()},  # type: ignore[misc]
+        )
+        assert response.status_code == 400, response.text
+        check_answer(kind, response, proxy, "t" * 129)
+        assert "at most 128" in response.text
+        assert len(response.content) < 2000
+
+
+@given(value=st.text(max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_any_id_becomes_canonical_or_is_refused(value: str) -> None:
+    from urllib.parse import unquote
+
+    from proxy.errors import BadRequest
+    from proxy.ids import ID_PATTERN, canonical_id
+
+    try:
+        canonical = canonical_id(value)
+    except BadRequest:
+        return
+    assert re.match(ID_PATTERN, canonical) and "/" not in canonical
+    # One-to-one: the escapes undo to what was sent, so two ids never share a task.
+    assert unquote(canonical) == value.strip()
+    if "%" not in canonical:
+        assert canonical_id(canonical) == canonical
+
+
+def test_a_long_unknown_path_is_not_echoed_whole(proxy: ProxyThread, client: httpx2.Client) -> None:
+    for path in ("/u/" + "x" * 8000 + "/v1/chat/completions", "/" + "y" * 8000):
+        response = client.post(proxy.base_url + path, json=valid_body("chat"))
+        assert response.status_code == 404
+        assert len(response.content) < 600 and "x" * 200 not in response.text
+
+
+def test_an_id_that_is_not_utf8_is_escaped_not_a_crash(
+    proxy: ProxyThread, client: httpx2.Client
+) -> None:
+    for kind, path in PATHS.items():
+        response = client.post(
+            proxy.base_url + path,
+            json=valid_body(kind, text=uuid.uuid4().hex),
+            headers={"X-Task-Id": b"job-\xff\xfe", "X-Agent-Id": b"\xc3("},  # type: ignore[dict-item]
+        )
+        assert response.status_code == 200, response.text
+        task = response.headers["x-tripwire-task"]
+        assert task.startswith("job-%") and re.match(r"^[A-Za-z0-9._~:@+=%-]+$", task)

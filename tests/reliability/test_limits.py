@@ -12,15 +12,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import httpx2
 import pytest
 
 from proxy.addons.slots import StreamSlots
 from proxy.app import HOOKS
+from proxy.auth import mint
 from proxy.config import load_config
 from tests.contract.sdk import KINDS, ask, errors_of
 from tests.harness import MockProviderThread, ProxyThread
 
+SECRET = "tripwire-tests-hs256-secret-0123456789"
 SLOW = {"x-mock-reply-tokens": "40", "x-mock-chunks": "20", "x-mock-chunk-delay": "0.03"}
 
 
@@ -197,8 +200,71 @@ def test_streams_per_client_are_bounded(
         ask("chat", proxy.base_url, stream=True, api_key="sk-alice", headers={"X-Task-Id": task})
     assert "this client already has 2 streams open" in str(raised.value)
     assert "sk-alice" not in str(raised.value)
-    reply = ask("chat", proxy.base_url, stream=True, api_key="sk-bob", headers={"X-Task-Id": task})
-    assert reply.items
+    # Without auth a client is its address: another key from the same one is the same client,
+    # another address is another client.
+    with pytest.raises(errors_of("chat").RateLimitError):
+        ask("chat", proxy.base_url, stream=True, api_key="sk-bob", headers={"X-Task-Id": task})
+    statuses = asyncio.run(open_streams(proxy, [{"X-Task-Id": task}], local="127.0.0.2"))
+    assert statuses == [200]
+
+
+async def open_streams(
+    proxy: ProxyThread, each: list[dict[str, str]], local: str | None = None
+) -> list[int]:
+    """Open one slow stream per headers in ``each``, all at once; their statuses, once every
+    one has answered (the streams stay open until then)."""
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "count slowly"}],
+        "stream": True,
+    }
+    connector = aiohttp.TCPConnector(limit=0, local_addr=(local, 0) if local else None)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        responses = await asyncio.gather(
+            *(
+                session.post(
+                    proxy.base_url + "/v1/chat/completions",
+                    json=body,
+                    headers={**SLOW, "x-mock-chunks": "60", **headers},
+                )
+                for headers in each
+            )
+        )
+        statuses = [response.status for response in responses]
+        for response in responses:
+            response.close()
+    return statuses
+
+
+def test_a_rotating_key_is_one_client_without_auth(
+    make_proxy: Any, mock: MockProviderThread, task: str
+) -> None:
+    """The reported attack: a new ``Authorization`` per request opened 20 streams of 8."""
+    proxy = make_proxy(server={"max_streams_per_client": 8})
+    each = [{"Authorization": f"Bearer sk-{i}", "X-Task-Id": f"{task}-{i}"} for i in range(20)]
+    statuses = asyncio.run(open_streams(proxy, each))
+    assert sorted(statuses) == [200] * 8 + [429] * 12
+
+
+def test_a_rotating_key_is_one_client_with_auth(
+    make_proxy: Any, mock: MockProviderThread, task: str
+) -> None:
+    """The reported attack: the token in X-Tripwire-Token, a different Authorization per
+    request, opened 12 streams against a limit of 3. The verified subject is the client."""
+    proxy = make_proxy(
+        server={"max_streams_per_client": 3}, auth={"mode": "jwt", "hs256_secret": SECRET}
+    )
+    bearer = mint(SECRET, {"sub": "mallory"}, 600)
+    each = [
+        {"X-Tripwire-Token": bearer, "Authorization": f"Bearer sk-{i}", "X-Task-Id": f"{task}-{i}"}
+        for i in range(12)
+    ]
+    statuses = asyncio.run(open_streams(proxy, each))
+    assert sorted(statuses) == [200] * 3 + [429] * 9
+    # Another subject, from the same address, is another client.
+    other = mint(SECRET, {"sub": "alice"}, 600)
+    statuses = asyncio.run(open_streams(proxy, [{"X-Tripwire-Token": other}] * 3))
+    assert statuses == [200] * 3
 
 
 def test_the_stream_limit_retries_through_the_sdk(

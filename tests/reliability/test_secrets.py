@@ -75,9 +75,12 @@ class Evidence:
         assert not leaks, leaks[:5]
 
 
-def scrape(client: httpx2.Client, base_url: str, evidence: Evidence, where: str) -> None:
+def scrape(
+    client: httpx2.Client, base_url: str, evidence: Evidence, where: str, bearer: str = ""
+) -> None:
+    auth = {"Authorization": f"Bearer {bearer}"} if bearer else {}
     for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
-        response = client.get(base_url + "/metrics", headers={"Accept": accept})
+        response = client.get(base_url + "/metrics", headers={"Accept": accept, **auth})
         assert response.status_code == 200
         evidence.add(f"{where} metrics ({accept})", response.text)
 
@@ -241,7 +244,9 @@ def test_no_secret_in_logs_metrics_or_answers_with_tokens(
         deadline = time.monotonic() + 5  # the escalation's delivery attempt, then its log line
         while time.monotonic() < deadline and not log_lines.events("escalation_failed"):
             time.sleep(0.05)
-        scrape(client, proxy.base_url, evidence, "proxy")
+        scraper = mint(JWT_SECRET, {"sub": "prometheus", "role": "metrics"}, 600)
+        evidence.tokens.append(scraper)
+        scrape(client, proxy.base_url, evidence, "proxy", scraper)
     assert f"Bearer {TENANT_KEY}" in {
         r.headers.get("authorization") for r in mock.provider.requests
     }

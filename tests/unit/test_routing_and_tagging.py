@@ -69,3 +69,22 @@ def test_a_client_chosen_task_id_cannot_reach_into_a_tenants_namespace() -> None
     # Tasks of tenant acme are keyed "acme/<task>"; a client's own id never contains a raw "/".
     assert tagger.task({"x-task-id": "acme/job-42"}, None) == "acme%2Fjob-42"
     assert tagger.task({}, "acme/job-42") == "acme%2Fjob-42"
+
+
+def test_a_traceparent_must_be_well_formed_to_name_a_task() -> None:
+    tagger = Tagger(Tagging())
+    forged = {"traceparent": "00-acme/q3report_aaaaaaaaaaaaaaaaaa-0000000000000001-01"}
+    assert tagger.tag(forged, None)[1] == "fallback"
+    assert tagger.tag({"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}, None)[1] == (
+        "fallback"
+    )
+    upper = {"traceparent": "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"}
+    assert tagger.tag(upper, None) == ("4bf92f3577b34da6a3ce929d0e0e4736", "traceparent")
+
+
+def test_every_source_gives_the_canonical_form() -> None:
+    tagger = Tagger(Tagging(task_headers=["x-task-id", "helicone-session-id"]))
+    assert tagger.task({"helicone-session-id": "a b/c%"}, None) == "a%20b%2Fc%25"
+    assert tagger.task({}, "a}:s") == "a%7D:s"
+    assert tagger.agent({"x-agent-id": "r\u00e9viseur"}, None, None) == "r%C3%A9viseur"
+    assert tagger.task({}, "job-42.v1~x:y@z+w=v") == "job-42.v1~x:y@z+w=v"

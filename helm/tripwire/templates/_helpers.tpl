@@ -102,6 +102,9 @@ app.kubernetes.io/component: redis
 {{- if and .Values.redis.enabled .Values.redis.password }}
 {{- $_ := set $env "REDIS_PASSWORD" .Values.redis.password }}
 {{- end }}
+{{- if .Values.metrics.token.value }}
+{{- $_ := set $env "METRICS_TOKEN" .Values.metrics.token.value }}
+{{- end }}
 {{- toYaml $env }}
 {{- end }}
 
@@ -111,6 +114,15 @@ app.kubernetes.io/component: redis
 {{- .Values.secrets.existingSecret }}
 {{- else if ne (include "tripwire.secretEnv" .) "{}" }}
 {{- include "tripwire.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret and key holding the metrics token, as "name key", or empty when there is none. */}}
+{{- define "tripwire.metricsToken" -}}
+{{- if .Values.metrics.token.existingSecret }}
+{{- printf "%s %s" .Values.metrics.token.existingSecret .Values.metrics.token.key }}
+{{- else if .Values.metrics.token.value }}
+{{- printf "%s METRICS_TOKEN" (include "tripwire.fullname" .) }}
 {{- end }}
 {{- end }}
 
@@ -129,6 +141,9 @@ app.kubernetes.io/component: redis
   "server" (dict "host" "0.0.0.0" "port" .Values.port)
   "telemetry" (dict "metrics_path" .Values.metrics.path)
   "policy_file" "/etc/tripwire/config/policy.yaml" }}
+{{- if include "tripwire.metricsToken" . }}
+{{- $_ := set $owned.telemetry "metrics_token_env" "METRICS_TOKEN" }}
+{{- end }}
 {{- if include "tripwire.redis.on" . }}
 {{- $state := dict "backend" "redis" "redis_cluster" .Values.redis.cluster }}
 {{- if not (include "tripwire.redis.secretURL" .) }}
@@ -144,6 +159,9 @@ app.kubernetes.io/component: redis
 {{- $replicas := ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled }}
 {{- if and (gt (int $replicas) 1) (not (include "tripwire.redis.on" .)) }}
 {{- fail (printf "%d replicas need a shared Redis, or each would count only its own calls and the limits would not hold: set redis.url (or redis.enabled=true to try it out), or replicaCount=1" (int $replicas)) }}
+{{- end }}
+{{- if and .Values.metrics.token.value .Values.secrets.existingSecret }}
+{{- fail "metrics.token.value goes into the chart's Secret, which secrets.existingSecret replaces: put the token in a Secret of yours and name it in metrics.token.existingSecret" }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas is above autoscaling.maxReplicas" }}
