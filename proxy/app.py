@@ -95,6 +95,7 @@ def build_app(
     state = ledger if ledger is not None else build_ledger(config, metrics)
     app[LEDGER] = state
     app[METRICS] = metrics
+    metrics.detector_runs = lambda: state.detector_runs
     telemetry = Telemetry(metrics, config.logging.calls)
     app[TELEMETRY] = telemetry
     audit = build_audit(config, state, metrics)

@@ -94,6 +94,7 @@ class MemoryLedger:
         # Each tenant's tasks, so a tenant's listing reads only them.
         self._by_tenant: dict[str, set[str]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.detector_runs = 0  # content-detector runs, exposed on /metrics
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -324,6 +325,7 @@ class MemoryLedger:
             tool_calls=tool_calls,
             tool_results=tool_results,
         )
+        self.detector_runs += 1
         state.content = content.plain()
         reported: list[tuple[Trip, str]] = []
         for trip in trips:
