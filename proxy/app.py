@@ -27,11 +27,11 @@ from proxy.pricing import PriceBook
 from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
 from proxy.server.limits import handler_args
+from proxy.server.tables import has_budget
 from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.record import Telemetry
-from proxy.tokens import preload as preload_tokenizer
 
 CONFIG = web.AppKey("config", Config)
 LEDGER = web.AppKey("ledger", Ledger)
@@ -119,8 +119,9 @@ def build_app(
         )
         await state.start()
         await audit.start()
-        preload_tokenizer()  # ~0.1 s once, rather than on the first call
-        app[FORWARDER] = Forwarder(config, state, PriceBook(), session, hooks, bus)
+        forwarder = app[FORWARDER] = Forwarder(config, state, PriceBook(), session, hooks, bus)
+        if has_budget(config.policy):
+            forwarder.tables.start()  # in a worker thread, while the server starts
         from proxy.escalation import Escalator
 
         escalator = Escalator(config.escalation, state, audit)
