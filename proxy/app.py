@@ -6,6 +6,7 @@ Nothing happens at import time; the upstream client session and the ledger live 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -21,6 +22,7 @@ from proxy.addons.tags import TagHeaders
 from proxy.addons.telemetry import CallTelemetry
 from proxy.audit import AuditLog, MemoryAuditLog, RedisAuditLog, trip_recorder
 from proxy.config import Config
+from proxy.errors import ConfigError
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.hooks import Hooks
 from proxy.pricing import PriceBook
@@ -46,7 +48,10 @@ TRIPS = web.AppKey("trips", TripBus)
 def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: TripBus) -> Hooks:
     """The call pipeline's addons. Their answer hooks run in this order; observer hooks run
     after the answer is decided, each in isolation."""
-    addons = [
+    addons: list[object | None] = [
+        # request: open the call's span first, so even a call another addon refuses has one.
+        # Only when tracing is configured: the OpenTelemetry SDK is an optional extra.
+        tracing_addon(config, telemetry.metrics, bus),
         Chaos.from_config(config, ledger, telemetry),  # request: may answer instead
         StreamSlots.from_settings(config.server),  # request: may refuse; done: release
         Envelopes.from_config(config, ledger, telemetry, bus),  # ask; completed: judge
@@ -56,6 +61,20 @@ def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: Trip
         ContentDetection(ledger, bus),  # settled: loop detectors on the text, off the path
     ]
     return Hooks([a for a in addons if a is not None], telemetry.addon_failed)
+
+
+def tracing_addon(config: Config, metrics: Metrics, bus: TripBus) -> object | None:
+    if not config.telemetry.otel.wanted(os.environ):
+        return None
+    try:
+        from proxy.addons.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            "tracing is configured (telemetry.otel or OTEL_EXPORTER_OTLP_ENDPOINT) but the "
+            f"OpenTelemetry SDK is not installed ({exc.name}): install tripwire-proxy[otel], "
+            "or unset the endpoint"
+        ) from None
+    return Tracing.from_config(config, metrics, bus)
 
 
 def build_audit(config: Config, ledger: Ledger, metrics: Metrics | None = None) -> AuditLog:
@@ -130,6 +149,10 @@ def build_app(
         try:
             yield
         finally:
+            for addon in hooks.addons:  # what an addon keeps open: a trace exporter's queue
+                close = getattr(addon, "close", None)
+                if close is not None:
+                    await close()
             bus.unsubscribe(escalator.listener)
             # Before the ledger closes: a delivery still reads the task and writes the audit.
             await escalator.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -400,6 +401,41 @@ class Logging(Strict):
     calls: bool = True  # one line per call; trips and refusals are always logged
 
 
+class OtelSettings(Strict):
+    """OpenTelemetry traces: one span per call, exported over OTLP. The standard ``OTEL_*``
+    variables configure what is not set here; tracing is off unless ``enabled`` is true or an
+    OTLP endpoint is set (here or in ``OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT``)."""
+
+    enabled: bool | None = None  # None: on when an endpoint is configured
+    endpoint: str | None = None  # over OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / _ENDPOINT
+    protocol: Literal["http/protobuf", "grpc"] | None = None  # over OTEL_EXPORTER_OTLP_PROTOCOL
+    service_name: str | None = None  # over OTEL_SERVICE_NAME; "tripwire" when neither is set
+    # Prompts and completions in spans (gen_ai.input.messages, gen_ai.output.messages): off, as
+    # the GenAI conventions recommend; they are the caller's data.
+    capture_content: bool = False
+    # The batch processor's bounds, over OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE
+    # and OTEL_BSP_SCHEDULE_DELAY (SDK defaults 2048, 512, 5 s): spans past a full queue are
+    # dropped and counted.
+    max_queue_size: int | None = Field(default=None, ge=1)
+    max_export_batch_size: int | None = Field(default=None, ge=1)
+    schedule_delay: Seconds | None = None
+    export_timeout: Seconds | None = None  # over OTEL_EXPORTER_OTLP_TIMEOUT (10 s)
+
+    def wanted(self, environ: Mapping[str, str]) -> bool:
+        """Whether to trace: a switch, else an endpoint; never when the SDK is disabled."""
+        if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return False
+        if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+            return False
+        if self.enabled is not None:
+            return self.enabled
+        return bool(
+            self.endpoint
+            or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        )
+
+
 class TelemetrySettings(Strict):
     metrics_path: str = "/metrics"
     # Label values beyond these counts fold into "other", so cardinality stays bounded.
@@ -407,6 +443,7 @@ class TelemetrySettings(Strict):
     max_agent_labels: int = Field(default=50, ge=1)
     # A task with no call for this long counts as ended for the per-task histograms.
     active_task_window: Seconds = 300.0
+    otel: OtelSettings = OtelSettings()
 
 
 class Config(BaseSettings):

@@ -66,6 +66,7 @@ class Envelopes:
         decision = await self.gate.judge(call.task, call.agent, call.tenant, call.policy, output)
         if decision is None:
             return None
+        call.notes["envelope"] = decision  # the verdict, for the call's trace
         if decision.action == "kill" and decision.trip is not None:
             return Intervention("kill", trip=decision.trip)
         if decision.action == "block":

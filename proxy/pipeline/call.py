@@ -47,6 +47,9 @@ class Call:
     headers_at: float = 0.0  # perf_counter when the provider's headers arrived
     # Per-call state an addon keeps between its hooks, under the addon's own key.
     notes: dict[str, Any] = field(default_factory=dict)
+    # Headers an addon sets on the request to the provider (a trace's ``traceparent``); they
+    # replace the caller's headers of the same name. Set by ``request`` or ``reserved``.
+    upstream_headers: dict[str, str] | None = None
 
     @property
     def tenant(self) -> str | None:

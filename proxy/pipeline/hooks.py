@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 
 class Addon:
     """The hooks an addon may implement. Documentation only: addons do not subclass it, and
-    ``Hooks`` skips whatever an addon leaves out."""
+    ``Hooks`` skips whatever an addon leaves out. An addon holding something open (a trace
+    exporter's queue) may also have ``async close()``, awaited when the server stops."""
 
     name: str = ""  # how failures are logged and counted; the class name when empty
 

@@ -114,7 +114,9 @@ class AnthropicAdapter:
         return usage_from_generic(body)
 
     def output_from_body(self, info: CallInfo, body: dict[str, Any]) -> Output:
-        output = Output()
+        output = Output(model=str(body.get("model") or ""))
+        if body.get("stop_reason"):
+            output.finish_reasons.append(str(body["stop_reason"]))
         texts: list[str] = []
         for block in body.get("content") or []:
             if not isinstance(block, dict):
@@ -227,12 +229,22 @@ class _MessagesTally(StreamTally):
             if block.get("type") == "tool_use":
                 self.add_tool(int(payload.get("index", 0)), str(block.get("name", "")))
         elif kind == "message_start":
-            self.usage = usage_from_generic(payload.get("message") or {})
+            self._opening(payload.get("message"))
         elif kind == "message_delta":
             self._closing_usage(payload.get("usage"))
+            delta = payload.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason"):
+                self.finish_reasons = [str(delta["stop_reason"])]
         elif kind == "error":
             self.error = str((payload.get("error") or {}).get("message") or payload)
         return True
+
+    def _opening(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            return
+        self.usage = usage_from_generic(message)
+        if message.get("model"):
+            self.model = str(message["model"])
 
     def _closing_usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):

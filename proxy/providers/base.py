@@ -79,10 +79,13 @@ class CallInfo:
 
 @dataclass(slots=True)
 class Output:
-    """The completion as fingerprinted by the detectors: text and tool calls."""
+    """The completion as fingerprinted by the detectors: text and tool calls; and, for
+    traces, the model that answered and why it stopped (neither is fingerprinted)."""
 
     text: str = ""
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments)
+    model: str = ""  # the model the provider says answered
+    finish_reasons: list[str] = field(default_factory=list)  # one per choice, as the wire says
 
     def fingerprint(self) -> str | None:
         """Same normalized text and tool calls -> same fingerprint; None for an empty output.
@@ -107,6 +110,8 @@ class StreamTally:
         self.usage: Usage | None = None
         self.final = False
         self.error: str | None = None  # an error event the provider sent
+        self.model = ""  # the answering model, where an event names it
+        self.finish_reasons: list[str] = []
         self._text: list[str] = []
         self._size = 0
         self._tools: dict[int, tuple[list[str], list[str]]] = {}  # index -> (name, arguments)
@@ -134,7 +139,7 @@ class StreamTally:
 
     def output(self) -> Output:
         tools = [("".join(n), "".join(a)) for n, a in self._tools.values()]
-        return Output("".join(self._text), tools)
+        return Output("".join(self._text), tools, self.model, list(self.finish_reasons))
 
     def billed_usage(self, prompt_estimate: int) -> Usage:
         """Usage to account when the stream ended: the provider's figures where it sent them,

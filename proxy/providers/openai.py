@@ -194,13 +194,15 @@ class OpenAIAdapter:
         return usage_from_generic(body)
 
     def output_from_body(self, info: CallInfo, body: dict[str, Any]) -> Output:
-        output = Output()
+        output = Output(model=str(body.get("model") or ""))
         texts: list[str] = []
         if info.kind == "chat":
             for choice in body.get("choices") or []:
                 message = choice.get("message") if isinstance(choice, dict) else None
                 if not isinstance(message, dict):
                     continue
+                if choice.get("finish_reason"):
+                    output.finish_reasons.append(str(choice["finish_reason"]))
                 if isinstance(message.get("content"), str):
                     texts.append(message["content"])
                 for call in message.get("tool_calls") or []:
@@ -211,6 +213,7 @@ class OpenAIAdapter:
                         )
         elif info.kind == "responses":
             _responses_output(body.get("output"), texts, output)
+            output.finish_reasons = _responses_finish(body)
         output.text = "".join(texts)
         return output
 
@@ -363,6 +366,18 @@ def _responses_output(items: Any, texts: list[str], output: Output) -> None:
             output.tool_calls.append((str(item.get("name", "")), str(item.get("arguments", ""))))
 
 
+def _responses_finish(response: dict[str, Any]) -> list[str]:
+    """The Responses API has a status, not a finish reason: ``completed`` reads as ``stop``,
+    an incomplete answer as the reason it gives (``max_output_tokens``)."""
+    status = response.get("status")
+    if status == "completed":
+        return ["stop"]
+    details = response.get("incomplete_details")
+    if isinstance(details, dict) and details.get("reason"):
+        return [str(details["reason"])]
+    return [str(status)] if status else []
+
+
 class _ChatTally(StreamTally):
     def __init__(self, drop_usage_chunk: bool) -> None:
         super().__init__()
@@ -378,27 +393,35 @@ class _ChatTally(StreamTally):
             self.error = str(chunk["error"])
             return True
         choices = chunk.get("choices") or []
+        if not self.model and chunk.get("model"):
+            self.model = str(chunk["model"])
         if isinstance(chunk.get("usage"), dict):
             self.usage = usage_from_generic(chunk)
             self.final = True
             if not choices and self._drop_usage_chunk:
                 return False
         for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict):
-                continue
-            if isinstance(delta.get("content"), str):
-                self.add_text(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                if not isinstance(call, dict):
-                    continue
-                function = call.get("function") or {}
-                self.add_tool(
-                    int(call.get("index", 0)),
-                    str(function.get("name") or ""),
-                    str(function.get("arguments") or ""),
-                )
+            if isinstance(choice, dict):
+                self._choice(choice)
         return True
+
+    def _choice(self, choice: dict[str, Any]) -> None:
+        if choice.get("finish_reason"):
+            self.finish_reasons.append(str(choice["finish_reason"]))
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return
+        if isinstance(delta.get("content"), str):
+            self.add_text(delta["content"])
+        for call in delta.get("tool_calls") or []:
+            if not isinstance(call, dict):
+                continue
+            function = call.get("function") or {}
+            self.add_tool(
+                int(call.get("index", 0)),
+                str(function.get("name") or ""),
+                str(function.get("arguments") or ""),
+            )
 
 
 class _ResponsesTally(StreamTally):
@@ -419,6 +442,9 @@ class _ResponsesTally(StreamTally):
             response = payload.get("response") or {}
             self.usage = usage_from_generic(response)
             self.final = self.usage is not None
+            if isinstance(response, dict):
+                self.model = str(response.get("model") or self.model)
+                self.finish_reasons = _responses_finish(response)
         elif kind == "error":
             self.error = str(payload.get("message") or payload)
         return True

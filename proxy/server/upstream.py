@@ -40,6 +40,8 @@ class UpstreamClient:
         headers = request_headers(
             request.headers, drop, call.adapter, key or self.keys[call.upstream_name]
         )
+        if call.upstream_headers:
+            headers.update(call.upstream_headers)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=call.upstream.connect_timeout,

@@ -46,6 +46,7 @@ DETECTOR_RUNS = "tripwire_detector_runs"
 ENVELOPES = "tripwire_envelopes"
 ENVELOPE_CONFIDENCE = "tripwire_envelope_confidence"
 ENVELOPES_BLOCKED = "tripwire_envelopes_blocked"
+OTEL_SPANS_DROPPED = "tripwire_otel_spans_dropped"
 ENVELOPE_STATUSES = ("success", "failed", "partial", "invalid")
 TRIP_ACTIONS = ("kill", "observe")
 INFO = "tripwire_build_info"
@@ -223,6 +224,13 @@ class Metrics:
             ADDON_FAILURES,
             "Exceptions in an addon's observer hook, logged and contained.",
             ["addon", "hook"],
+            registry=r,
+        )
+        self.otel_spans_dropped = Counter(
+            OTEL_SPANS_DROPPED,
+            "Trace spans that never reached the OTLP collector: export_failed (it did not take "
+            "them) or queue_full (the export queue was full).",
+            ["reason"],
             registry=r,
         )
         self.task_tokens = Histogram(

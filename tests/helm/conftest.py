@@ -147,6 +147,13 @@ SCENARIOS = {
     "prometheus rule": pytest.param(
         merged(PRODUCTION, {"metrics": {"prometheusRule": {"enabled": True}}}), marks=needs_alerts
     ),
+    "traces": merged(
+        PRODUCTION,
+        {
+            "otel": {"endpoint": "http://otel-collector.observability:4317", "protocol": "grpc"},
+            "extraEnv": [{"name": "TRIPWIRE_LOGGING__LEVEL", "value": "DEBUG"}],
+        },
+    ),
     "grafana dashboards": pytest.param(
         merged(PRODUCTION, {"grafana": {"dashboards": {"enabled": True, "folder": "Tripwire"}}}),
         marks=needs_dashboards,

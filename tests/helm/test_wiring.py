@@ -239,3 +239,29 @@ def test_notes_give_the_in_cluster_base_url(render: Callable[..., Rendered]) -> 
     assert f'base_url="http://{FULLNAME}.{NAMESPACE}.svc.cluster.local:8787/v1"' in notes
     assert f'base_url="http://{FULLNAME}.{NAMESPACE}.svc.cluster.local:8787"' in notes
     assert "in memory" in render({"replicaCount": 1}).texts["NOTES.txt"]
+
+
+def _env(rendered: Rendered) -> dict[str, str]:
+    return {
+        each["name"]: each.get("value", "") for each in proxy_container(rendered).get("env", [])
+    }
+
+
+def test_the_otlp_endpoint_turns_tracing_on(render: Callable[..., Rendered]) -> None:
+    assert not any(name.startswith("OTEL_") for name in _env(render(PRODUCTION)))
+    env = _env(render(SCENARIOS["traces"]))
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    assert env["OTEL_SERVICE_NAME"] == FULLNAME
+    assert env["TRIPWIRE_LOGGING__LEVEL"] == "DEBUG"  # extraEnv still applies
+    # What the proxy reads from that environment: tracing on, over gRPC.
+    from proxy.telemetry.otlp import protocol_of
+
+    settings = load_config(None).telemetry.otel
+    assert settings.wanted(env)
+    assert protocol_of(settings, env) == "grpc"
+    named = {
+        "otel": {"endpoint": "http://c:4318", "serviceName": "agents", "resourceAttributes": "a=b"}
+    }
+    env = _env(render(merged(PRODUCTION, named)))
+    assert env["OTEL_SERVICE_NAME"] == "agents" and env["OTEL_RESOURCE_ATTRIBUTES"] == "a=b"

@@ -86,6 +86,7 @@ def test_the_image_installs_the_runtime_from_the_lock() -> None:
     runs = [step[4:] for step in steps if step.startswith("RUN ")]
     syncs = [run for run in runs if run.startswith("uv sync")]
     assert syncs and all("--locked" in run and "--no-dev" in run for run in syncs)
+    assert all("--extra otel" in run for run in syncs)  # the chart can turn traces on
     assert not any("pip install ." in run or "pip install -e" in run for run in runs)
     copied = " ".join(step for step in steps if step.startswith("COPY"))
     assert "uv.lock" in copied
