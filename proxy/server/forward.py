@@ -62,8 +62,8 @@ class Forwarder:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        if not self.tables.loaded:  # the first calls wait for the tokenizer and the prices
-            await self.tables.ready()
+        if not self.tables.loaded:  # the first call loads the tokenizer and the prices
+            self.tables.load()
         call = await self.intake.read(request, started)
         try:
             try:

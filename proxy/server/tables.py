@@ -1,12 +1,13 @@
 """The tokenizer and the price tables: the two big read-only tables a call may need (about
 40 and 30 MB). Neither is loaded at start-up unless the policy sets a token or dollar budget;
-then both load in a worker thread while the server starts. Otherwise the first call that needs
-them starts that one load, off the event loop, and every call waits for it to finish.
+otherwise the first call that needs them loads them, once.
+
+The load runs on the event loop's thread, holding the loop for its few tenths of a second
+once: loaded from a worker thread the same tables leave the process about 27 MB larger (the
+allocator keeps that thread's freed scratch memory).
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from proxy.config import Limits, Policy
 from proxy.pricing import PriceBook
@@ -25,25 +26,11 @@ def has_budget(policy: Policy) -> bool:
 class Tables:
     def __init__(self, prices: PriceBook) -> None:
         self.prices = prices
-        self._loading: asyncio.Future[None] | None = None
 
     @property
     def loaded(self) -> bool:
         return self.prices.loaded and tokenizer_loaded()
 
-    def start(self) -> None:
-        """Begin the load in a worker thread, once."""
-        if self._loading is None:
-            self._loading = asyncio.ensure_future(asyncio.to_thread(self._load))
-
-    async def ready(self) -> None:
-        """Return once both tables are loaded; the first call to get here starts the load."""
-        if self.loaded:
-            return
-        self.start()
-        assert self._loading is not None
-        await asyncio.shield(self._loading)
-
-    def _load(self) -> None:
+    def load(self) -> None:
         load_tokenizer()
         self.prices.load()
