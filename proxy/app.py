@@ -7,7 +7,7 @@ Nothing happens at import time; the upstream client session and the ledger live 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -25,10 +25,12 @@ from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.hooks import Hooks
+from proxy.policy.rules import PolicyBook
 from proxy.pricing import PriceBook
 from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
 from proxy.server.limits import handler_args
+from proxy.server.reload import Reloader
 from proxy.server.tables import has_budget
 from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
@@ -43,6 +45,7 @@ TELEMETRY = web.AppKey("telemetry", Telemetry)
 AUDIT = web.AppKey("audit", AuditLog)
 HOOKS = web.AppKey("hooks", Hooks)
 TRIPS = web.AppKey("trips", TripBus)
+RELOADER = web.AppKey("reloader", Reloader)
 
 
 def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: TripBus) -> Hooks:
@@ -96,8 +99,14 @@ def build_ledger(config: Config, metrics: Metrics) -> Ledger:
 
 
 def build_app(
-    config: Config, ledger: Ledger | None = None, *, local_token: str | None = None
+    config: Config,
+    ledger: Ledger | None = None,
+    *,
+    local_token: str | None = None,
+    load: Callable[[], Config] | None = None,
 ) -> web.Application:
+    """``load`` reads the configuration again (from the files the server started with): given,
+    the app can reload its policy and tagging (``SIGHUP``, ``POST /tripwire/v1/reload``)."""
     formats = {name: upstream.format for name, upstream in config.upstreams.items()}
     app = web.Application(
         middlewares=[error_middleware(formats)],
@@ -191,10 +200,23 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get(config.telemetry.metrics_path, scrape)
     from proxy.admin import build_admin_app
+    from proxy.admin.app import STATE as ADMIN_STATE
     from proxy.console import build_console_app
 
     # Before the catch-all, so no admin path can ever be forwarded to a provider.
-    app.add_subapp("/tripwire/v1", build_admin_app(config, state, audit, telemetry, local_token))
+    reloader: Reloader | None = None
+    if load is not None:
+
+        def apply(new: Config) -> None:
+            app[FORWARDER].apply(new)
+            admin_app[ADMIN_STATE].views.policy = PolicyBook(new.policy)
+
+        reloader = Reloader(config, load, apply)
+        app[RELOADER] = reloader
+    admin_app = build_admin_app(
+        config, state, audit, telemetry, local_token, reloader.reload if reloader else None
+    )
+    app.add_subapp("/tripwire/v1", admin_app)
     app.add_subapp("/tripwire/ui", build_console_app())
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app

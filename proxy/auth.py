@@ -8,6 +8,7 @@ refused. ``exp`` is required; ``nbf``, ``iss`` and ``aud`` are checked when conf
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -39,6 +40,17 @@ class Claims(BaseModel):
     role: str | None = None
     roles: list[str] = []
     limits: Limits | None = None  # the budget minted with the token: a client cannot raise it
+    jti: str | None = Field(default=None, max_length=128)
+    iat: int | float | None = None
+
+    def bound_task(self, token: str) -> str:
+        """The task that signed limits without a ``task`` claim bind to: the token itself
+        (its ``jti``, else its subject and issue time, else the whole token), so no header
+        can give the same token a fresh budget."""
+        if self.jti:
+            return f"token-{self.jti}"
+        seed = f"{self.sub}|{self.iat}" if self.sub and self.iat is not None else token
+        return "token-" + hashlib.blake2b(seed.encode(), digest_size=8).hexdigest()
 
     @property
     def is_admin(self) -> bool:

@@ -34,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _config(args)
     setup_logging(config.logging.level, config.logging.format)
-    run(config, mock=args.mock)
+    run(config, mock=args.mock, load=lambda: _config(args))
     return 0
 
 
@@ -85,6 +85,12 @@ def _tasks(args: argparse.Namespace) -> int:
     from proxy.admin.commands import tasks
 
     return tasks(args)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from proxy.admin.commands import reload
+
+    return reload(args)
 
 
 def _console(args: argparse.Namespace) -> int:
@@ -201,6 +207,17 @@ def _add_admin_commands(commands: Any) -> None:
     audit.add_argument("--task", help="only this task's events")
     audit.add_argument("--limit", type=int, default=20, help="events to show (default 20)")
 
+    reload = commands.add_parser(
+        "reload",
+        parents=[common],
+        help="make a running `tripwire serve` re-read its policy and tagging settings",
+        description="Ask the running server (through its admin API) to read its config files "
+        "again, as sending it SIGHUP does. The policy and the tagging settings take effect for "
+        "the next calls; task state is kept. A file that does not load changes nothing and its "
+        "error is printed. Other sections need a restart, and are named.",
+    )
+    reload.set_defaults(run=_reload)
+
     console = commands.add_parser(
         "console",
         help="print the console's link, signed in with the local admin token",
@@ -225,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the proxy",
-        description="Run the proxy until SIGINT or SIGTERM.",
+        description="Run the proxy until SIGINT or SIGTERM. SIGHUP (or `tripwire reload`) "
+        "re-reads the policy and tagging settings without a restart.",
         epilog="Every setting of the config file can also be set by an environment variable: "
         "TRIPWIRE_ followed by its path in capitals, sections joined by a double underscore, "
         "e.g. TRIPWIRE_SERVER__PORT=9000, TRIPWIRE_STATE__BACKEND=redis, "

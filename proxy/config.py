@@ -80,9 +80,15 @@ class RepeatSettings(Strict):
     window: int = Field(default=20, ge=2, le=1000)
 
 
+TagSource = Literal["header", "path", "token", "traceparent", "fallback"]
+
+
 class Match(Strict):
     task: str = "*"
     agent: str = "*"
+    # How the call's task was named; unset: any. ``fallback`` is untagged traffic (a session
+    # of a credential's hash, a token's subject or a peer address).
+    source: TagSource | None = None
 
 
 TripAction = Literal["kill", "observe"]
@@ -135,6 +141,8 @@ class Rule(Strict):
     chaos: ChaosSettings | None = None
     # The agents this rule matches are workers: their answers must be status envelopes.
     envelope: EnvelopeSettings | None = None
+    # Paths this rule's tasks may call under a budget although their cost cannot be bounded.
+    unbounded_paths: tuple[str, ...] = ()
 
 
 class Policy(Strict):
@@ -157,6 +165,9 @@ class Upstream(Strict):
     api_key_env: str | None = None
     # OpenAI-compatible hosts differ on which cap field they accept when the client sent none.
     cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # Paths (globs on the normalised path) forwarded under a budget although their cost cannot
+    # be bounded: a deliberate opening, logged at start-up.
+    unbounded_paths: tuple[str, ...] = ()
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 600.0
 
@@ -195,6 +206,16 @@ def _default_upstreams() -> dict[str, Upstream]:
     }
 
 
+class SessionSettings(Strict):
+    """Untagged traffic is cut into sessions, so one client is never one task forever."""
+
+    enabled: bool = True
+    # No call of the client for this long ends its session; the next call starts a new one.
+    idle_gap: Seconds = 300.0
+    # A killed session ends this long after the kill even while the client keeps calling.
+    cooldown: Seconds = 60.0
+
+
 class Tagging(Strict):
     # Session headers other gateways already use, so moving to Tripwire needs no code change.
     task_headers: list[str] = [
@@ -207,6 +228,7 @@ class Tagging(Strict):
     ]
     agent_headers: list[str] = ["x-agent-id"]
     use_traceparent: bool = True
+    sessions: SessionSettings = SessionSettings()
 
 
 class ServerSettings(Strict):

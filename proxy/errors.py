@@ -6,6 +6,7 @@
     ├── AuthError          a missing or invalid Tripwire token (401)
     ├── BadRequest         the body cannot be read as the provider's format (400)
     ├── Refused            policy refused the call: task killed or a limit reached (403 default)
+    ├── UnboundedCall      a path whose cost cannot be bounded, under a budget (403)
     ├── BudgetBusy         the budget left is reserved by calls in flight: retry shortly (429)
     ├── StateUnavailable   the shared state (Redis) does not answer, fail-closed mode (503)
     └── UpstreamError      the provider could not be reached (502) or timed out (504)
@@ -17,6 +18,7 @@ renders each error in the caller's provider format without knowing any format. N
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -88,6 +90,17 @@ class Refused(TripwireError):
         self.figures = figures or {}
 
 
+class UnboundedCall(TripwireError):
+    """A call whose cost Tripwire cannot bound (a path it does not model) under a token or
+    dollar budget: refused unless ``unbounded_paths`` lets the path through."""
+
+    status = 403
+    code = "tripwire_unbounded_path"
+    kind = "refused"
+    log_level = "info"
+    outcome = "unbounded_path"
+
+
 class BudgetBusy(TripwireError):
     """The task's remaining budget is held by its calls in flight; retrying soon will fit."""
 
@@ -141,6 +154,18 @@ def refusal_message(task: str, trip: Trip) -> str:
     if figures:
         text += f" Figures: {figures}."
     return text + " Further calls of this task are refused."
+
+
+def session_refusal(task: str, trip: Trip, ends: float, now: float) -> str:
+    """The refusal of a killed session of untagged traffic: it ends, and calls flow again."""
+    text = refusal_message(task, trip).removesuffix(" Further calls of this task are refused.")
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(ends))
+    wait = max(ends - now, 0.0)
+    return (
+        f"{text} This session of untagged calls ends at {when} (in {wait:.0f} s): calls are "
+        "accepted again from then, as a new session. Send an X-Task-Id header to name tasks "
+        "yourself."
+    )
 
 
 def refused_by(trip: Trip, task: str, agent: str, status: int) -> Refused:

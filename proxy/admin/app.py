@@ -29,14 +29,16 @@ from proxy.audit import AuditEvent, AuditLog
 from proxy.auth import TokenVerifier
 from proxy.config import Config
 from proxy.detectors.base import Trip, TripReason
-from proxy.errors import AuthError, StateUnavailable
+from proxy.errors import AuthError, ConfigError, StateUnavailable
 from proxy.policy.rules import PolicyBook
+from proxy.server.reload import ReloadReport, one_line
 from proxy.session.base import Ledger, TaskView
 from proxy.telemetry.activity import Activity
 from proxy.telemetry.logs import event
 from proxy.telemetry.record import Telemetry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Reload = Callable[[str], Awaitable[ReloadReport]]
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
 
@@ -106,6 +108,7 @@ class AdminState:
         self.verifier = TokenVerifier(config.auth)
         self.views = Views(PolicyBook(config.policy), activity)
         self.document = build_document()
+        self.reloader: Reload | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -243,6 +246,27 @@ class AdminState:
         view = await self.task(caller, request.match_info["task"])
         return self.reply(self.views.detail(caller, view, time.time()))
 
+    async def reload(self, request: web.Request) -> web.Response:
+        """Re-read the policy and tagging settings from the server's files (global admins)."""
+        caller = self.caller(request)
+        if not caller.may_act or caller.tenant is not None:
+            raise ApiError(403, "forbidden", "reloading needs a global admin token")
+        if self.reloader is None:
+            raise ApiError(
+                409, "not_reloadable", "this server was not started from files it can re-read"
+            )
+        try:
+            report = await self.reloader("admin API")
+        except ConfigError as error:
+            raise ApiError(
+                400,
+                "invalid_config",
+                f"{one_line(error.message)}. The running policy stays in place",
+            ) from None
+        return self.reply(
+            models.ReloadOut(changed=report.changed, restart_needed=report.restart_needed)
+        )
+
     async def kill(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
         task = request.match_info["task"]
@@ -347,14 +371,17 @@ def build_admin_app(
     audit: AuditLog,
     telemetry: Telemetry | None = None,
     local_token: str | None = None,
+    reload: Reload | None = None,
 ) -> web.Application:
     """The admin API as an aiohttp sub-application, to mount at ``/tripwire/v1``; given the
-    proxy's telemetry, it keeps the recent activity the console shows."""
+    proxy's telemetry, it keeps the recent activity the console shows; given ``reload``, it
+    serves ``POST /reload``."""
     activity = Activity()
     if telemetry is not None:
         telemetry.call_listeners.append(activity.record)
     local = LocalAdmin(local_token) if local_token and config.auth.mode == "none" else None
     state = AdminState(config, ledger, audit, activity, local)
+    state.reloader = reload
     app = web.Application(middlewares=[_errors])
     app[STATE] = state
     router = app.router
@@ -366,6 +393,7 @@ def build_admin_app(
     router.add_post("/tasks/{task}/resume", state.resume)
     router.add_post("/tasks/{task}/extend", state.extend)
     router.add_get("/audit", state.audit_trail, allow_head=False)
+    router.add_post("/reload", state.reload)
     insight.add_routes(router, state)
     router.add_route("*", "/{tail:.*}", state.fallback)
     return app

@@ -60,9 +60,11 @@ async def _request(
             text = await response.text()
             status = response.status
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        detail = str(exc) or type(exc).__name__
         raise AdminError(
-            0, "unreachable", f"cannot reach Tripwire at {base_url}: {detail}"
+            0,
+            "unreachable",
+            f"cannot reach Tripwire at {base_url}: {_why(exc, timeout_s)}. Is `tripwire serve` "
+            "running there? Give its address with --url or TRIPWIRE_URL",
         ) from exc
     try:
         data = json.loads(text) if text else None
@@ -76,6 +78,35 @@ async def _request(
     if data is None:
         raise AdminError(status, "bad_response", "Tripwire answered with something not JSON")
     return data
+
+
+def check_url(base_url: str) -> str | None:
+    """Why ``base_url`` cannot be the admin API's address, or None."""
+    parsed = URL(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return (
+            f"--url must be an http:// or https:// address, such as "
+            f"http://{base_url.split('://')[-1] or '127.0.0.1:8787'} (got {base_url!r})"
+        )
+    return None
+
+
+def _why(exc: BaseException, timeout_s: float) -> str:
+    """The cause in a person's words: aiohttp's own text carries ``ssl:default`` and the
+    socket's repr."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup of '{exc.host}' failed"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake with {exc.host}:{exc.port} failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"connection refused by {exc.host}:{exc.port}"
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or 'failed'})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection (is that address Tripwire?)"
+    return str(exc) or type(exc).__name__
 
 
 def request(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from proxy.admin.client import AdminError, request, task_path
+from proxy.admin.client import AdminError, check_url, request, task_path
 from proxy.admin.local import FILE_ENV, read_token, token_path
 from proxy.auth import Claims, mint
 from proxy.config import Limits, check_hs256_secret
@@ -73,6 +74,15 @@ def token(args: argparse.Namespace) -> int:
         registered["iss"] = args.issuer
     if args.audience:
         registered["aud"] = args.audience
+    if "limits" in claims and "task" not in claims:
+        # Limits with no task bind to the token (``Claims.bound_task``): name it by a jti.
+        registered["jti"] = secrets.token_hex(8)
+        print(
+            f"note: no --task given, so these limits bind to the token itself (task "
+            f"'token-{registered['jti']}'): every call made with it shares one budget, "
+            "whatever X-Task-Id or URL it names",
+            file=sys.stderr,
+        )
     print(mint(secret, claims, args.ttl, **registered))
     return 0
 
@@ -242,8 +252,9 @@ def _refused_message(error: AdminError, local: bool) -> str:
 
 def console(args: argparse.Namespace, out: TextIO | None = None) -> int:
     url = (args.url or os.environ.get("TRIPWIRE_URL") or DEFAULT_URL).rstrip("/")
-    if "://" not in url:
-        return _fail(f"--url needs a scheme: http://{url}", 2)
+    bad_url = check_url(url)
+    if bad_url is not None:
+        return _fail(bad_url, 2)
     link = f"{url}/tripwire/ui/"
     local = read_token(token_path())
     if local:
@@ -332,7 +343,38 @@ _COMMANDS = {
 }
 
 
+def reload(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """``tripwire reload``: the running server re-reads its policy; print what changed."""
+    bad_url = check_url(args.url or os.environ.get("TRIPWIRE_URL") or DEFAULT_URL)
+    if bad_url is not None:
+        return _fail(bad_url, 2)
+    connection = _connection(args)
+    if connection is None:
+        return _fail(_no_token_message(), 2)
+    url, admin_token, local = connection
+    try:
+        data = request(url, admin_token, "POST", "/reload")
+    except AdminError as exc:
+        if exc.status in (401, 403):
+            return _fail(_refused_message(exc, local))
+        return _fail(str(exc))
+    if args.json:
+        text = json.dumps(data, indent=2)
+    else:
+        lines = [f"changed {line}" for line in data.get("changed") or []] or ["no changes"]
+        lines += [
+            f"not applied, needs a restart: {section}"
+            for section in data.get("restart_needed") or []
+        ]
+        text = "\n".join(lines)
+    print(text, file=out or sys.stdout)
+    return 0
+
+
 def tasks(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    bad_url = check_url(args.url or os.environ.get("TRIPWIRE_URL") or DEFAULT_URL)
+    if bad_url is not None:
+        return _fail(bad_url, 2)
     connection = _connection(args)
     if connection is None:
         return _fail(_no_token_message(), 2)

@@ -219,6 +219,13 @@ class AuditList(Response):
     events: list[AuditEventOut]
 
 
+class ReloadOut(Response):
+    changed: list[str] = Field(description="each changed setting: `path: old -> new`")
+    restart_needed: list[str] = Field(
+        description="sections that differ in the files but take effect only after a restart"
+    )
+
+
 class Me(Response):
     actor: str
     tenant: str | None

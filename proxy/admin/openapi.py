@@ -21,7 +21,8 @@ _ERRORS = {
     403: "the token does not carry the admin role (a viewer's may only read), or a tenant admin "
     "reached for another tenant",
     404: "no such task (or no such task in the caller's tenant)",
-    409: "the task's state forbids it: it exists already, or is killed already",
+    409: "the task's state forbids it: it exists already, or is killed already (reload: the "
+    "server was not started from files it can re-read)",
     415: "the body is not JSON",
     503: "the state store (Redis) does not answer",
 }
@@ -40,6 +41,7 @@ def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         (models.ActivityOut, "serialization"),
         (models.TripFeed, "serialization"),
         (models.ErrorBody, "serialization"),
+        (models.ReloadOut, "serialization"),
     ]
     refs, document = models_json_schema(pairs, ref_template=_REF)
     by_name = {model.__name__: schema for (model, _), schema in refs.items()}
@@ -142,6 +144,14 @@ def build_document() -> dict[str, Any]:
                 "summary": "The audit trail, newest first: trips, kills, resumes, budget changes",
                 "parameters": _query(models.AuditQuery),
                 "responses": _responses(200, refs["AuditList"], (404,), error),
+            }
+        },
+        "/reload": {
+            "post": {
+                "operationId": "reload",
+                "summary": "Re-read the policy and tagging settings from the server's files "
+                "(global admins); a file that does not load is a 400 and changes nothing",
+                "responses": _responses(200, refs["ReloadOut"], (409,), error),
             }
         },
         "/me": {

@@ -12,6 +12,7 @@ from proxy.admin import models
 from proxy.auth import Claims
 from proxy.policy.rules import PolicyBook
 from proxy.session.base import TaskView
+from proxy.session.sessions import is_session
 from proxy.telemetry.activity import Activity
 
 
@@ -61,7 +62,9 @@ class Views:
         if name in view.overrides:
             return float(view.overrides[name])
         agent = view.agents[0] if view.agents else ""
-        value = getattr(self.policy.resolve(view.task, agent).limits, name)
+        # A task's tag source is not stored; a session's id says it was untagged.
+        source = "fallback" if is_session(view.task) else "header"
+        value = getattr(self.policy.resolve(view.task, agent, source).limits, name)
         return float(value) if value is not None else None
 
     def fields(self, caller: Caller, view: TaskView, now: float) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import anthropic_wire, openai_wire
+from . import anthropic_wire, legacy, openai_wire
 from .behaviour import BehaviourError, MockBehaviour, parse_behaviour
 from .common import (
     Completion,
@@ -30,6 +30,8 @@ from .common import (
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 RESPONSES_PATH = "/v1/responses"
 MESSAGES_PATH = "/v1/messages"
+COMPLETIONS_PATH = "/v1/completions"
+BATCHES_PATH = "/v1/messages/batches"
 
 # Long agent transcripts easily exceed aiohttp's 1 MiB default body limit.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -185,6 +187,9 @@ _MESSAGES = _Protocol(
 )
 
 
+_COMPLETIONS = _openai(legacy.parse_completions_request, legacy.completion_body, legacy.no_stream)
+
+
 class _InvalidJson:
     pass
 
@@ -259,9 +264,33 @@ async def _serve(request: web.Request, protocol: _Protocol) -> web.StreamRespons
     if behaviour.reset == "mid":
         return await _send_half(request, payload, headers)
     provider.bill(
-        request.path, prompt_tokens=parsed.prompt_tokens, completion_tokens=completion.tokens
+        request.path,
+        prompt_tokens=parsed.prompt_tokens,
+        completion_tokens=completion.tokens * parsed.choices,
     )
     return web.json_response(payload, headers=headers)
+
+
+async def _batches(request: web.Request) -> web.Response:
+    """A Message Batch: every item is run (later, by the real API) and billed as the
+    Messages call it is; the answer carries no usage."""
+    provider = request.app[MOCK_PROVIDER_KEY]
+    body = _decode_json(await request.read())
+    provider.record_request(request.path, request.headers, None if body is _INVALID_JSON else body)
+    headers = {_MESSAGES.request_id_header: _MESSAGES.new_request_id()}
+    try:
+        behaviour = parse_behaviour(request.headers, provider.defaults)
+        items = legacy.batch_items(None if body is _INVALID_JSON else body)
+    except (BehaviourError, RequestError) as exc:
+        error = exc if isinstance(exc, RequestError) else RequestError(str(exc))
+        payload = _MESSAGES.invalid_request(error, headers["request-id"])
+        return web.json_response(payload, status=400, headers=headers)
+    for item in items:
+        completion = plan_completion(behaviour, item.last_user_text, item.cap)
+        provider.bill(
+            request.path, prompt_tokens=item.prompt_tokens, completion_tokens=completion.tokens
+        )
+    return web.json_response(legacy.batch_body(len(items)), headers=headers)
 
 
 async def _stream(
@@ -341,6 +370,8 @@ def build_mock_app(provider: MockProvider | None = None) -> web.Application:
     app.router.add_post(CHAT_COMPLETIONS_PATH, _handler(_CHAT))
     app.router.add_post(RESPONSES_PATH, _handler(_RESPONSES))
     app.router.add_post(MESSAGES_PATH, _handler(_MESSAGES))
+    app.router.add_post(COMPLETIONS_PATH, _handler(_COMPLETIONS))
+    app.router.add_post(BATCHES_PATH, _batches)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 

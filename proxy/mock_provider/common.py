@@ -89,6 +89,22 @@ def text_fragments(content: Any) -> list[str]:
             fragments.extend(text_fragments(content[key]))
     if "input" in content and content.get("type") in ("tool_use", "server_tool_use"):
         fragments.append(json.dumps(content["input"]))
+    fragments.extend(_document_fragments(content))
+    return fragments
+
+
+def _document_fragments(block: Mapping[str, Any]) -> list[str]:
+    """A document read from text or from content blocks is billed as that text, with the
+    title and context of documents and search results."""
+    if block.get("type") not in ("document", "search_result"):
+        return []
+    fragments = [block[key] for key in ("title", "context") if isinstance(block.get(key), str)]
+    source = block.get("source")
+    if block.get("type") == "document" and isinstance(source, Mapping):
+        if source.get("type") == "text" and isinstance(source.get("data"), str):
+            fragments.append(source["data"])
+        elif source.get("type") == "content":
+            fragments.extend(text_fragments(source.get("content")))
     return fragments
 
 
@@ -118,6 +134,23 @@ class ParsedRequest:
     cap: int | None
     stream: bool
     include_usage: bool = False
+    choices: int = 1  # completions generated, each billed (``n``, ``best_of``, prompts)
+    background: bool = False  # answered at once as queued, without usage; billed all the same
+
+
+def coerced_count(body: Mapping[str, Any], key: str) -> int:
+    """A choice count as a lenient, type-coercing host reads it: ``5``, ``5.0`` and ``"5"``
+    all generate five."""
+    value = body.get(key)
+    if value is None:
+        return 1
+    try:
+        count = int(float(value))
+    except (TypeError, ValueError):
+        raise RequestError(f"Invalid type for '{key}': expected an integer.", param=key) from None
+    if count < 1:
+        raise RequestError(f"Invalid '{key}': expected a value >= 1.", param=key)
+    return count
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from .common import (
     ParsedRequest,
     RequestError,
     StreamEvent,
+    coerced_count,
     last_user_text,
     optional_bool,
     optional_int,
@@ -112,9 +113,10 @@ def parse_chat_request(body: Any) -> ParsedRequest:
     include_usage = (
         isinstance(stream_options, Mapping) and stream_options.get("include_usage") is True
     )
-    cap = optional_int(fields, "max_completion_tokens", minimum=1)
-    if cap is None:
-        cap = optional_int(fields, "max_tokens", minimum=1)
+    # Hosts differ on which cap field they obey: bill as one that obeys the higher one.
+    caps = [optional_int(fields, key, minimum=1) for key in ("max_completion_tokens", "max_tokens")]
+    present = [c for c in caps if c is not None]
+    cap = max(present) if present else None
     extras = [schema_text(fields[key]) for key in ("tools", "functions") if fields.get(key)]
     return ParsedRequest(
         body=fields,
@@ -124,6 +126,7 @@ def parse_chat_request(body: Any) -> ParsedRequest:
         cap=cap,
         stream=stream,
         include_usage=include_usage,
+        choices=coerced_count(fields, "n"),
     )
 
 
@@ -179,7 +182,7 @@ def chat_completion_body(request: ParsedRequest, completion: Completion) -> dict
                 "finish_reason": _finish_reason(completion),
             }
         ],
-        "usage": chat_usage(request.prompt_tokens, completion.tokens),
+        "usage": chat_usage(request.prompt_tokens, completion.tokens * request.choices),
         "service_tier": SERVICE_TIER,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
@@ -253,6 +256,7 @@ def parse_responses_request(body: Any) -> ParsedRequest:
         # positive cap is honoured.
         cap=optional_int(fields, "max_output_tokens", minimum=1),
         stream=optional_bool(fields, "stream"),
+        background=optional_bool(fields, "background"),
     )
 
 
@@ -345,6 +349,9 @@ def response_body(request: ParsedRequest, completion: Completion) -> dict[str, A
     ids = _ResponseIds()
     status = _final_status(completion)
     output = [_message_item(ids.message_id, status, [_output_text(completion.text)])]
+    if request.background:
+        # Queued: the work (and its bill) comes later; the answer has no usage yet.
+        return _response_object(request, ids, status="queued", output=[], usage=None)
     usage = response_usage(request.prompt_tokens, completion.tokens)
     return _response_object(request, ids, status=status, output=output, usage=usage)
 

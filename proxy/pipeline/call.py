@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from proxy.config import TagSource
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -18,8 +20,9 @@ if TYPE_CHECKING:
     from proxy.session.base import Settled
 
 # Where a call's task id came from: a header, the URL, a signed token, the caller's
-# traceparent, or a fallback (the credential's hash, or the shared anonymous task).
-TaskSource = Literal["header", "path", "token", "traceparent", "fallback"]
+# traceparent, or a fallback (a session of the credential's hash, the token's subject or the
+# peer address).
+TaskSource = TagSource
 
 
 @dataclass(slots=True)
@@ -45,6 +48,11 @@ class Call:
     claims: Claims | None = None  # from a verified Tripwire token
     sent: float = 0.0  # perf_counter when the call left for the provider
     headers_at: float = 0.0  # perf_counter when the provider's headers arrived
+    # Untagged traffic: the client's identity the session was opened for, and when a killed
+    # session ends (epoch seconds) once known.
+    session_base: str | None = None
+    session_start: int = 0
+    session_ends: float | None = None
     # Per-call state an addon keeps between its hooks, under the addon's own key.
     notes: dict[str, Any] = field(default_factory=dict)
     # Headers an addon sets on the request to the provider (a trace's ``traceparent``); they

@@ -1,4 +1,5 @@
-"""Rules matched by task and agent globs, resolved once per (task, agent) pair.
+"""Rules matched by task and agent globs and how the task was tagged, resolved once per
+(task, agent, source).
 
 Every rule whose globs both match applies, in file order; a later rule overrides only the
 fields it sets. The result is cached, so matching costs nothing on the hot path after the
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from fnmatch import translate
 from functools import lru_cache
 
-from proxy.config import ChaosSettings, Limits, Policy, RepeatSettings, TripAction
+from proxy.config import ChaosSettings, Limits, Policy, RepeatSettings, TagSource, TripAction
 from proxy.detectors.base import TripReason
 from proxy.detectors.settings import (
     CycleSettings,
@@ -37,6 +38,17 @@ class Effective:
     no_progress: NoProgressSettings = field(default_factory=NoProgressSettings)
     envelope: EnvelopeSettings | None = None  # set: the agent is a worker
     tool_loop: ToolLoopSettings = field(default_factory=ToolLoopSettings)
+    unbounded_paths: tuple[str, ...] = ()  # the union over the rules that applied
+
+    @property
+    def has_budget(self) -> bool:
+        """A token or dollar budget applies: every call's cost must be bounded."""
+        lim = self.limits
+        return (
+            lim.max_tokens is not None
+            or lim.max_tokens_per_agent is not None
+            or lim.max_cost_usd is not None
+        )
 
     @property
     def content_detection(self) -> bool:
@@ -69,15 +81,18 @@ class PolicyBook:
             (re.compile(translate(rule.match.task)), re.compile(translate(rule.match.agent)), rule)
             for rule in policy.rules
         ]
+        self._sources = [rule.match.source for rule in policy.rules]
         self.resolve = lru_cache(maxsize=cache_size)(self._resolve)
         # Most calls match the same few rule sets: build each set's result once.
         self._combine = lru_cache(maxsize=256)(self._combine_rules)
 
-    def _resolve(self, task: str, agent: str) -> Effective:
+    def _resolve(self, task: str, agent: str, source: TagSource = "header") -> Effective:
         matched = tuple(
             index
             for index, (task_glob, agent_glob, _) in enumerate(self._compiled)
-            if task_glob.match(task) and agent_glob.match(agent)
+            if task_glob.match(task)
+            and agent_glob.match(agent)
+            and self._sources[index] in (None, source)
         )
         return self._combine(matched)
 
@@ -89,9 +104,11 @@ class PolicyBook:
         envelope: EnvelopeSettings | None = None
         content = {name: getattr(self.policy, name) for name in _CONTENT}
         applied: list[str] = []
+        unbounded: tuple[str, ...] = ()
         for index in matched:
             rule = self._compiled[index][2]
             applied.append(rule.name or f"rules[{index}]")
+            unbounded += rule.unbounded_paths
             limits.update({k: getattr(rule.limits, k) for k in rule.limits.model_fields_set})
             if rule.repeat is not None:
                 repeat = rule.repeat
@@ -114,4 +131,5 @@ class PolicyBook:
             content["no_progress"],
             envelope,
             content["tool_loop"],
+            unbounded,
         )

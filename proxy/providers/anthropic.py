@@ -17,6 +17,7 @@ from proxy.providers.base import (
 )
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts
+from proxy.tokens.walk import collect
 
 
 def _blocks(content: Any, texts: list[str]) -> int:
@@ -42,6 +43,56 @@ def _blocks(content: Any, texts: list[str]) -> int:
     return images
 
 
+def _cap(body: dict[str, Any]) -> int | None:
+    cap = body.get("max_tokens")
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+
+
+def _messages_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
+    system_texts: list[str] = []
+    _blocks(body.get("system"), system_texts)
+    messages = body.get("messages")
+    count = sum(1 for m in messages if isinstance(m, dict)) if isinstance(messages, list) else 0
+    # Every text of the request counts (``proxy.tokens.walk``); tools as their JSON text.
+    found = collect(body, frozenset({"tools"}))
+    if body.get("tools"):
+        found.texts.append(json.dumps(body["tools"]))
+    prompt = PromptParts(found.texts, count, found.images, found.media_tokens)
+    return prompt, "\n".join(system_texts) or None
+
+
+def _batch_params(body: dict[str, Any]) -> list[dict[str, Any]]:
+    items = body.get("requests")
+    return [
+        item["params"]
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict) and isinstance(item.get("params"), dict)
+    ]
+
+
+def _batch_info(body: dict[str, Any]) -> CallInfo:
+    """A Message Batch: every item is a Messages call billed on its own, so the batch costs at
+    most the sum of their prompts plus one cap per item (the largest item's cap is reserved
+    for each)."""
+    items = _batch_params(body)
+    info = CallInfo(kind="batch", model=str(items[0].get("model", "")) if items else "")
+    texts: list[str] = []
+    messages = images = media = 0
+    caps: list[int | None] = []
+    for params in items:
+        prompt, _ = _messages_prompt(params)
+        texts.extend(prompt.texts)
+        messages += prompt.messages
+        images += prompt.images
+        media += prompt.media_tokens
+        caps.append(_cap(params))
+    info.prompt = PromptParts(texts, messages, images, media, requests=max(len(items), 1))
+    info.cap_field = "max_tokens"
+    info.cap = None if not caps or None in caps else max(c for c in caps if c is not None)
+    info.choices = max(len(items), 1)
+    return info
+
+
 ERROR_TYPES = {
     "not_found": "not_found_error",
     "invalid_request": "invalid_request_error",
@@ -61,7 +112,7 @@ ERROR_TYPES = {
 
 class AnthropicAdapter:
     name = "anthropic"
-    kinds = frozenset({"messages"})
+    kinds = frozenset({"messages", "batch"})
     default_base_url = "https://api.anthropic.com"
     default_routes = ("/v1/messages",)
     price_provider = "anthropic"
@@ -75,7 +126,9 @@ class AnthropicAdapter:
         headers["x-api-key"] = api_key
 
     def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo:
-        is_messages = path.rstrip("/").endswith("/v1/messages")
+        if path.endswith("/v1/messages/batches"):
+            return _batch_info(body)
+        is_messages = path.endswith("/v1/messages")
         info = CallInfo(
             kind="messages" if is_messages else "other",
             model=str(body.get("model", "")),
@@ -83,30 +136,25 @@ class AnthropicAdapter:
         )
         if not is_messages:
             return info
-        texts: list[str] = []
-        system_texts: list[str] = []
-        images = _blocks(body.get("system"), system_texts)
-        texts.extend(system_texts)
-        messages = body.get("messages")
-        count = 0
-        for message in messages if isinstance(messages, list) else []:
-            if isinstance(message, dict):
-                count += 1
-                images += _blocks(message.get("content"), texts)
-        if body.get("tools"):
-            texts.append(json.dumps(body["tools"]))
-        info.prompt = PromptParts(texts, count, images)
-        info.system_text = "\n".join(system_texts) or None
+        info.prompt, info.system_text = _messages_prompt(body)
         info.cap_field = "max_tokens"
-        cap = body.get("max_tokens")
-        info.cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+        info.cap = _cap(body)
         return info
+
+    def costs_nothing(self, path: str) -> bool:
+        return path.endswith(("/count_tokens", "/cancel", "/files")) or "/files/" in path
 
     def enforce(
         self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
     ) -> bool:
         if cap is None or cap_field is None:
             return False
+        if info.kind == "batch":
+            # Every item is held to the cap granted per item.
+            for params in _batch_params(body):
+                own = _cap(params)
+                params["max_tokens"] = cap if own is None else min(own, cap)
+            return True
         body[cap_field] = cap
         return True
 

@@ -21,8 +21,14 @@ from proxy.detectors.normalise import canonical_arguments, exact_text
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts, count_text
 
-# Output kept for fingerprinting is bounded so one huge completion cannot grow memory.
+# Output kept for fingerprinting is bounded so one huge completion cannot grow memory; what
+# is not kept is still counted (``StreamTally``).
 MAX_OUTPUT_CHARS = 256 * 1024
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
 
 # The problems Tripwire reports, by name; each adapter maps every one to its own error type.
 # The first ten are ``TripwireError.kind`` values, "blocked" is a worker's answer held back,
@@ -115,15 +121,21 @@ class StreamTally:
         self._text: list[str] = []
         self._size = 0
         self._tools: dict[int, tuple[list[str], list[str]]] = {}  # index -> (name, arguments)
+        # Output past what is kept for fingerprints, counted as its UTF-8 bytes: every token
+        # covers at least one byte, so a stream that ends without usage is never booked short.
+        self._unkept_bytes = 0
 
     def add_text(self, text: str) -> None:
         if self._size < MAX_OUTPUT_CHARS:
             self._text.append(text)
             self._size += len(text)
+        else:
+            self._unkept_bytes += _utf8_len(text)
 
     def add_tool(self, index: int, name: str = "", arguments: str = "") -> None:
         if index not in self._tools:
             if len(self._tools) >= 128:
+                self._unkept_bytes += _utf8_len(name) + _utf8_len(arguments)
                 return
             self._tools[index] = ([], [])
         names, args = self._tools[index]
@@ -132,6 +144,8 @@ class StreamTally:
         if arguments and self._size < MAX_OUTPUT_CHARS:
             args.append(arguments)
             self._size += len(arguments)
+        elif arguments:
+            self._unkept_bytes += _utf8_len(arguments)
 
     def feed(self, event: SSEEvent) -> bool:
         """Account one event; return False when the client must not see it."""
@@ -148,6 +162,7 @@ class StreamTally:
         if not self.final:
             output = self.output()
             seen = count_text(output.text) + sum(count_text(a) for _, a in output.tool_calls)
+            seen += self._unkept_bytes
             usage.output_tokens = max(usage.output_tokens, seen)
         return usage
 
@@ -185,7 +200,14 @@ class Adapter(Protocol):
 
     # -- requests -------------------------------------------------------------------------
 
-    def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo: ...
+    def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo:
+        """What the call is; ``path`` comes normalised (``proxy.server.routing.normal_path``)."""
+        ...
+
+    def costs_nothing(self, path: str) -> bool:
+        """A path of a kind this format does not model that is never billed (counting tokens,
+        cancelling, uploading files), so no budget needs to bound it."""
+        ...
 
     def tokenizer_family(self, model: str) -> str:
         """The tokenizer to estimate a prompt with (``proxy.tokens.estimate_prompt``)."""

@@ -18,6 +18,7 @@ from proxy.providers.base import (
 )
 from proxy.server.sse import SSEEvent
 from proxy.tokens import PromptParts
+from proxy.tokens.walk import collect
 
 CHAT_PATH = "/v1/chat/completions"
 RESPONSES_PATH = "/v1/responses"
@@ -28,7 +29,13 @@ def _kind(path: str) -> str:
         return "chat"
     if path.endswith("/responses"):
         return "responses"
+    if path.endswith("/completions"):
+        return "completions"  # the legacy text completions
     return "other"
+
+
+# Calls that never cost tokens, so no budget needs to bound them (by the end of their path).
+_FREE_ENDINGS = ("/moderations", "/files", "/uploads", "/parts", "/cancel", "/input_tokens")
 
 
 def _content_parts(content: Any, texts: list[str]) -> int:
@@ -52,59 +59,43 @@ def _content_parts(content: Any, texts: list[str]) -> int:
 
 
 def _chat_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
-    texts: list[str] = []
-    images = 0
-    system: str | None = None
-    messages = body.get("messages")
-    count = 0
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            count += 1
-            before = len(texts)
-            images += _content_parts(message.get("content"), texts)
-            if system is None and message.get("role") in ("system", "developer"):
-                system = "\n".join(texts[before:])
-            for call in message.get("tool_calls") or []:
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict):
-                    texts.append(str(function.get("name", "")))
-                    texts.append(str(function.get("arguments", "")))
-    for key in ("tools", "functions", "response_format"):
-        if body.get(key):
-            texts.append(json.dumps(body[key]))
-    return PromptParts(texts, count, images), system
+    count, system = _messages_and_system(body.get("messages"))
+    return _walked(body, ("tools", "functions", "response_format"), count), system
 
 
 def _responses_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
-    texts: list[str] = []
-    images = 0
-    count = 0
     system = body.get("instructions") if isinstance(body.get("instructions"), str) else None
-    if system:
-        texts.append(system)
     items = body.get("input")
+    count, first_system = _messages_and_system(items)
     if isinstance(items, str):
-        texts.append(items)
         count = 1
-    elif isinstance(items, list):
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            count += 1
-            before = len(texts)
-            images += _content_parts(item.get("content"), texts)
-            if system is None and item.get("role") in ("system", "developer"):
-                system = "\n".join(texts[before:])
-            for key in ("arguments", "output", "name"):
-                value = item.get(key)
-                if isinstance(value, str):
-                    texts.append(value)
-    for key in ("tools", "text"):
-        if body.get(key):
-            texts.append(json.dumps(body[key]))
-    return PromptParts(texts, count, images), system
+    return _walked(body, ("tools", "text"), count), system or first_system
+
+
+def _messages_and_system(messages: Any) -> tuple[int, str | None]:
+    """How many messages (or input items) there are, and the first system message's text.
+    What is counted is not read here: ``_walked`` walks the whole request."""
+    if not isinstance(messages, list):
+        return 0, None
+    count = 0
+    system: str | None = None
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        count += 1
+        if system is None and message.get("role") in ("system", "developer"):
+            texts: list[str] = []
+            _content_parts(message.get("content"), texts)
+            system = "\n".join(texts)
+    return count, system
+
+
+def _walked(body: dict[str, Any], as_json: tuple[str, ...], messages: int) -> PromptParts:
+    """Every text of the request (``proxy.tokens.walk``), with the fields in ``as_json``
+    counted as their JSON text: the provider renders tool definitions and schemas whole."""
+    found = collect(body, frozenset(as_json))
+    found.texts.extend(json.dumps(body[key]) for key in as_json if body.get(key))
+    return PromptParts(found.texts, messages, found.images, found.media_tokens)
 
 
 # Model-name prefixes of OpenAI's own models; other models served over the OpenAI wire format
@@ -137,9 +128,42 @@ def _positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+CHAT_CAP_FIELDS = ("max_completion_tokens", "max_tokens")
+
+
+def _is_ids(prompt: list[Any]) -> bool:
+    """A legacy prompt given as one array of token ids, not as several prompts."""
+    return all(isinstance(item, int) for item in prompt)
+
+
+def _largest_cap(body: dict[str, Any], fields: list[str]) -> int | None:
+    """The highest cap among the fields sent: the one a host might obey. None when any of
+    them is no positive integer (null, a string): that host may run uncapped."""
+    caps = [_positive_int(body[name]) for name in fields]
+    if not caps or None in caps:
+        return None
+    return max(cap for cap in caps if cap is not None)
+
+
+def _count_field(body: dict[str, Any], name: str) -> int:
+    """A choice count (``n``, ``best_of``) as the provider validates it: an integer of at
+    least 1; a float with no fraction (``5.0``) is that integer, as a JSON number is to a
+    server that coerces it. Anything else is refused, not guessed at: ``"5"`` or ``5.5``
+    might be generated as five choices by a lenient host."""
+    value = body.get(name)
+    if value is None:
+        return 1
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        # A shape error: the server answers it with a 400 in the provider's format.
+        raise ValueError(f"'{name}' must be an integer of at least 1, not {json.dumps(value)}")
+    return value
+
+
 class OpenAIAdapter:
     name = "openai"
-    kinds = frozenset({"chat", "responses"})
+    kinds = frozenset({"chat", "responses", "completions"})
     default_base_url = "https://api.openai.com"
     default_routes = ("/v1/",)
     price_provider = "openai"
@@ -158,12 +182,12 @@ class OpenAIAdapter:
         )
         if kind == "chat":
             info.prompt, info.system_text = _chat_prompt(body)
-            if "max_completion_tokens" in body:
-                info.cap_field = "max_completion_tokens"
-            elif "max_tokens" in body:
-                info.cap_field = "max_tokens"
-            info.cap = _positive_int(body.get(info.cap_field)) if info.cap_field else None
-            info.choices = _positive_int(body.get("n")) or 1
+            sent = [name for name in CHAT_CAP_FIELDS if name in body]
+            # One cap field: the client's own. Several: the upstream's (``Upstream.cap_field``)
+            # takes them all, since which of them a host obeys is not known.
+            info.cap_field = sent[0] if len(sent) == 1 else None
+            info.cap = _largest_cap(body, sent)
+            info.choices = _count_field(body, "n")
             options = body.get("stream_options")
             info.wants_stream_usage = (
                 isinstance(options, dict) and options.get("include_usage") is True
@@ -172,16 +196,48 @@ class OpenAIAdapter:
             info.prompt, info.system_text = _responses_prompt(body)
             info.cap_field = "max_output_tokens"
             info.cap = _positive_int(body.get("max_output_tokens"))
+        elif kind == "completions":
+            prompt = body.get("prompt")
+            prompts = (
+                len(prompt) if isinstance(prompt, list) and prompt and not _is_ids(prompt) else 1
+            )
+            info.prompt = _walked(body, (), prompts)
+            info.cap_field = "max_tokens"
+            # The legacy endpoint's default cap is 16 tokens.
+            info.cap = _positive_int(body.get("max_tokens")) if "max_tokens" in body else 16
+            # Every prompt gets ``best_of`` completions generated (``n`` returned), each
+            # billed up to the cap.
+            info.choices = prompts * max(_count_field(body, "n"), _count_field(body, "best_of"))
+            options = body.get("stream_options")
+            info.wants_stream_usage = (
+                isinstance(options, dict) and options.get("include_usage") is True
+            )
         return info
+
+    def costs_nothing(self, path: str) -> bool:
+        return path.endswith(_FREE_ENDINGS) or "/files/" in path or "/uploads/" in path
 
     def enforce(
         self, body: dict[str, Any], info: CallInfo, cap: int | None, cap_field: str | None
     ) -> bool:
         changed = False
+        if info.kind == "chat":
+            sent = [name for name in CHAT_CAP_FIELDS if name in body]
+            if cap is None and len(sent) > 1 and info.cap is not None:
+                cap = info.cap  # the client's own cap, in the one field the upstream reads
+            if cap is not None and cap_field is not None:
+                for name in sent:
+                    if name != cap_field:
+                        del body[name]  # the cap set here must be the one the host obeys
+                        changed = True
+        for name in ("n", "best_of"):
+            if isinstance(body.get(name), float):
+                body[name] = int(body[name])  # validated in parse_request: 5.0 -> 5
+                changed = True
         if cap is not None and cap_field is not None:
             body[cap_field] = cap
             changed = True
-        if info.kind == "chat" and info.stream and not info.wants_stream_usage:
+        if info.kind in ("chat", "completions") and info.stream and not info.wants_stream_usage:
             options = body.get("stream_options")
             body["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
@@ -214,13 +270,17 @@ class OpenAIAdapter:
         elif info.kind == "responses":
             _responses_output(body.get("output"), texts, output)
             output.finish_reasons = _responses_finish(body)
+        elif info.kind == "completions":
+            for choice in body.get("choices") or []:
+                if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                    texts.append(choice["text"])
         output.text = "".join(texts)
         return output
 
     def stream_tally(self, info: CallInfo) -> StreamTally:
         if info.kind == "responses":
             return _ResponsesTally()
-        if info.kind == "chat":
+        if info.kind in ("chat", "completions"):
             return _ChatTally(drop_usage_chunk=not info.wants_stream_usage)
         return _GenericTally()
 
@@ -408,6 +468,8 @@ class _ChatTally(StreamTally):
     def _choice(self, choice: dict[str, Any]) -> None:
         if choice.get("finish_reason"):
             self.finish_reasons.append(str(choice["finish_reason"]))
+        if isinstance(choice.get("text"), str):  # a legacy completion's delta
+            self.add_text(choice["text"])
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             return

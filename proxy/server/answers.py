@@ -18,10 +18,15 @@ from proxy.telemetry.logs import event
 
 
 def read_answer(
-    call: Call, ok: bool, content_type: str, data: bytes
+    call: Call, ok: bool, content_type: str, data: bytes, reserved_tokens: int = 0
 ) -> tuple[Usage, Output | None]:
     """Usage and output from a copy of a JSON answer. The body still reaches the client as
-    sent, accounted by what could be read."""
+    sent, accounted by what could be read.
+
+    A successful answer without usage (a Responses ``background`` call answered ``queued``, a
+    batch accepted) may still cost everything the call was allowed: its whole reservation
+    (``reserved_tokens``, the prompt estimate plus the cap for every choice) is booked as
+    used. No later report of that call reaches Tripwire, so it is never released."""
     usage: Usage | None = None
     output: Output | None = None
     modelled = call.info.modelled
@@ -37,9 +42,13 @@ def read_answer(
                 event("unreadable_response", logging.WARNING, error=type(exc).__name__)
     answered = ok and modelled
     if usage is None or (answered and not usage.total):
-        # An answer without usage still cost its prompt (a usage block of nulls or strings
-        # reads as none at all); an error answer costs nothing.
-        usage = Usage(input_tokens=call.prompt_tokens if answered else 0)
+        # A usage block of nulls or strings reads as none at all; an error answer costs
+        # nothing.
+        if answered:
+            prompt = call.prompt_tokens
+            usage = Usage(input_tokens=prompt, output_tokens=max(reserved_tokens - prompt, 0))
+        else:
+            usage = Usage()
     return usage, output
 
 

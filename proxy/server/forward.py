@@ -22,7 +22,8 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.errors import BudgetBusy, TripwireError, refused_by
+from proxy.detectors.base import Trip
+from proxy.errors import BudgetBusy, TripwireError, refused_by, session_refusal
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Intervention, Settlement
 from proxy.pipeline.hooks import Hooks
@@ -37,6 +38,7 @@ from proxy.server.tables import Tables
 from proxy.server.tagging import Tagger
 from proxy.server.upstream import UpstreamClient, outcome_of, upstream_error
 from proxy.session.base import PREVIEW_CHARS, Busy, CallPlan, Denied, Grant, Ledger, Outcome
+from proxy.session.sessions import session_id
 from proxy.telemetry.logs import event
 
 
@@ -59,6 +61,17 @@ class Forwarder:
         self.hooks = hooks
         self.bus = bus
         self.refuse_status = config.policy.refuse_status
+        self.sessions = config.tagging.sessions
+
+    def apply(self, config: Config) -> None:
+        """A reloaded policy and tagging settings: the next call reads them; calls in flight
+        finish under the rules they started with."""
+        tagger = Tagger(config.tagging)
+        self.intake.policy = PolicyBook(config.policy)
+        self.intake.tagger = tagger
+        self.upstream.consumed = tagger.consumed
+        self.refuse_status = config.policy.refuse_status
+        self.sessions = config.tagging.sessions
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -67,6 +80,8 @@ class Forwarder:
         call = await self.intake.read(request, started)
         try:
             try:
+                if call.task_source == "fallback" and self.sessions.enabled:
+                    await self._open_session(call)
                 for hook in self.hooks.request:
                     answer = await hook(call)
                     if answer is not None:
@@ -78,6 +93,33 @@ class Forwarder:
             return await self._forward(call, grant, self._enforce(call, grant))
         finally:
             self.hooks.done(call)
+
+    # -- sessions of untagged traffic -------------------------------------------------------
+
+    async def _open_session(self, call: Call) -> None:
+        """An untagged call's task is its client's current session (``proxy/session/
+        sessions.py``): limits and loop windows are the session's, not the client's for ever."""
+        base = call.task
+        span = await self.ledger.open_session(base, self.sessions.idle_gap)
+        call.session_base, call.session_start = base, span.start
+        call.session_ends = span.ends
+        call.task = session_id(base, span.start)
+
+    async def _refused(self, call: Call, trip: Trip) -> TripwireError:
+        """The refusal of a killed task's call; a session's says when its client's calls are
+        accepted again."""
+        error = refused_by(trip, call.task, call.agent, self.refuse_status)
+        if call.session_base is None:
+            return error
+        ends = call.session_ends
+        if ends is None:
+            ends = await self.ledger.end_session(
+                call.session_base, call.session_start, self.sessions.cooldown
+            )
+        if ends is not None:
+            error.message = session_refusal(call.task, trip, ends, time.time())
+            error.args = (error.message,)
+        return error
 
     # -- reserve and cap --------------------------------------------------------------------
 
@@ -114,7 +156,7 @@ class Forwarder:
         except Denied as denied:
             if denied.fresh:
                 self.bus.trip(call.task, call.agent, denied.trip, "kill", call.tenant)
-            raise refused_by(denied.trip, call.task, call.agent, self.refuse_status) from None
+            raise await self._refused(call, denied.trip) from None
         for trip in grant.observed:
             self.bus.trip(call.task, call.agent, trip, "observe", call.tenant)
         call.price = price
@@ -137,8 +179,9 @@ class Forwarder:
         try:
             upstream = await self.upstream.send(call, body)
         except BaseException as exc:
-            error = upstream_error(exc)
-            await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), 502))
+            error = upstream_error(exc, call)
+            status = error.status if isinstance(error, TripwireError) else 502
+            await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), status))
             raise error from exc
         call.headers_at = time.perf_counter()
         try:
@@ -154,15 +197,15 @@ class Forwarder:
         try:
             data = await upstream.read()
         except BaseException as exc:
-            error = upstream_error(exc)
-            await asyncio.shield(
-                self._settle(call, grant, Usage(), outcome_of(error), upstream.status)
-            )
+            error = upstream_error(exc, call)
+            # The call line carries what the client gets: this error, not the provider's head.
+            status = error.status if isinstance(error, TripwireError) else upstream.status
+            await asyncio.shield(self._settle(call, grant, Usage(), outcome_of(error), status))
             raise error from exc
         received = time.perf_counter()
         ok = 200 <= upstream.status < 300
         usage, output = answers.read_answer(
-            call, ok, upstream.headers.get("Content-Type", ""), data
+            call, ok, upstream.headers.get("Content-Type", ""), data, grant.reserved_tokens
         )
         outcome = "ok" if ok else "provider_error"
         settled = await self._settle(call, grant, usage, outcome, upstream.status, output, received)
@@ -172,7 +215,7 @@ class Forwarder:
         if output is not None and self.hooks.completed:
             verdict = await self._verdict(call, output)
         if verdict is not None and verdict.action == "kill" and verdict.trip is not None:
-            raise refused_by(verdict.trip, call.task, call.agent, self.refuse_status)
+            raise await self._refused(call, verdict.trip)
         if verdict is not None and verdict.action == "block":
             # The provider's answer is replaced: the caller must not act on it.
             status, reason = verdict.status, None

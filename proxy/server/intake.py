@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import unquote
 
@@ -17,20 +19,28 @@ from aiohttp import web
 
 from proxy.auth import Claims, TokenVerifier
 from proxy.config import Config
-from proxy.errors import AuthError, BadRequest, RouteError
-from proxy.pipeline.call import Call
+from proxy.errors import AuthError, BadRequest, RouteError, UnboundedCall
+from proxy.pipeline.call import Call, TaskSource
 from proxy.policy.rules import Effective, PolicyBook
 from proxy.providers import ADAPTERS
 from proxy.providers.base import CallInfo
 from proxy.server import routing
 from proxy.server.limits import read_body
 from proxy.server.tagging import Tagger, clean_id
+from proxy.telemetry.logs import event
 from proxy.tokens import estimate_prompt
 
 # What reading a body of the wrong shape raises (a list where an object belongs, a string for
 # a number, nesting past the recursion limit).
 SHAPE_ERRORS = (TypeError, ValueError, AttributeError, LookupError, RecursionError)
 TOKEN_HEADER = "X-Tripwire-Token"
+# Methods that never run a model: reading a result, listing, deleting.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def normal_glob(glob: str) -> str:
+    """An ``unbounded_paths`` entry, normalised as paths are (``routing.normal_path``)."""
+    return routing.normal_path(glob)
 
 
 class Intake:
@@ -42,6 +52,7 @@ class Intake:
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
         self.max_body_bytes = config.server.max_body_bytes
         self.body_timeout = config.server.body_timeout
+        _announce_unbounded(config)
 
     async def read(self, request: web.Request, started: float) -> Call:
         route = routing.resolve(request.rel_url.raw_path, self.upstream_names)
@@ -50,7 +61,8 @@ class Intake:
         path = route.path
         if "." in path or "%" in path:
             path = _provider_path(path)
-        claims = self._claims(request) if self.verifier is not None else None
+        path = routing.normal_path(path)
+        claims, token = self._claims(request) if self.verifier is not None else (None, "")
         raw = await read_body(request, self.max_body_bytes, self.body_timeout)
         info = CallInfo(kind="other")
         parsed: Any = None
@@ -70,15 +82,13 @@ class Intake:
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
         headers = request.headers
-        task, source = self.tagger.tag(headers, route.task)
+        task, source = self.tagger.tag(headers, route.task, request.remote)
         agent = self.tagger.agent(headers, route.agent, info.system_text)
         if claims is not None:
-            # Signed claims win over anything the client says in headers or the URL.
-            if claims.task:
-                task, source = clean_id(claims.task), "token"
-            agent = clean_id(claims.agent) if claims.agent else agent
-            if claims.tenant:
-                task = f"{claims.tenant}/{task}"
+            task, source, agent = _signed_tags(claims, token, task, source, agent)
+        policy = self._policy(task, agent, source, claims)
+        if not info.modelled and policy.has_budget and request.method not in SAFE_METHODS:
+            self._check_unbounded(path, route.upstream, upstream.unbounded_paths, policy, task)
         prompt = (
             estimate_prompt(info.prompt, adapter.tokenizer_family(info.model))
             if info.modelled
@@ -94,7 +104,7 @@ class Intake:
             task,
             agent,
             source,
-            self._policy(task, agent, claims),
+            policy,
             prompt,
             started,
             raw,
@@ -103,8 +113,27 @@ class Intake:
             claims=claims,
         )
 
-    def _policy(self, task: str, agent: str, claims: Claims | None) -> Effective:
-        effective = self.policy.resolve(task, agent)
+    def _check_unbounded(
+        self, path: str, name: str, opened: tuple[str, ...], policy: Effective, task: str
+    ) -> None:
+        """Fail closed: under a token or dollar budget, a call Tripwire cannot put a bound
+        on is refused unless its path was opened on purpose (``unbounded_paths``)."""
+        adapter = ADAPTERS[self.upstreams[name].format]
+        if adapter.costs_nothing(path):
+            return
+        if any(fnmatchcase(path, normal_glob(glob)) for glob in opened + policy.unbounded_paths):
+            return
+        raise UnboundedCall(
+            f"Tripwire cannot bound the cost of {path} (a path it does not model: no prompt "
+            f"estimate, no output cap) and task '{task}' runs under a token or dollar budget. "
+            "Use a modelled endpoint, or list the path in unbounded_paths of the upstream "
+            f"'{name}' or of a policy rule to forward it unaccounted."
+        )
+
+    def _policy(
+        self, task: str, agent: str, source: TaskSource, claims: Claims | None
+    ) -> Effective:
+        effective = self.policy.resolve(task, agent, source)
         if claims is not None and claims.limits is not None:
             signed = {k: getattr(claims.limits, k) for k in claims.limits.model_fields_set}
             effective = dataclasses.replace(
@@ -112,7 +141,7 @@ class Intake:
             )
         return effective
 
-    def _claims(self, request: web.Request) -> Claims:
+    def _claims(self, request: web.Request) -> tuple[Claims, str]:
         assert self.verifier is not None
         token = request.headers.get(TOKEN_HEADER)
         if not token:
@@ -123,7 +152,29 @@ class Intake:
                 f"this Tripwire needs a token: send it as {TOKEN_HEADER} "
                 "or as Authorization: Bearer"
             )
-        return self.verifier.verify(token)
+        return self.verifier.verify(token), token
+
+
+def _announce_unbounded(config: Config) -> None:
+    """Every opening of the fail-closed rule, once at start-up: an operator must see them."""
+    for name, upstream in config.upstreams.items():
+        if upstream.unbounded_paths:
+            event(
+                "unbounded_paths",
+                logging.WARNING,
+                upstream=name,
+                paths=list(upstream.unbounded_paths),
+                note="forwarded under a budget without being counted against it",
+            )
+    for index, rule in enumerate(config.policy.rules):
+        if rule.unbounded_paths:
+            event(
+                "unbounded_paths",
+                logging.WARNING,
+                rule=rule.name or f"rules[{index}]",
+                paths=list(rule.unbounded_paths),
+                note="forwarded under a budget without being counted against it",
+            )
 
 
 def _provider_path(path: str) -> str:
@@ -136,3 +187,21 @@ def _provider_path(path: str) -> str:
     if any(part in (".", "..") for part in decoded.replace("\\", "/").split("/")):
         raise RouteError(f"no route for a path with '.' or '..' segments: {path}")
     return decoded
+
+
+def _signed_tags(
+    claims: Claims, token: str, task: str, source: TaskSource, agent: str
+) -> tuple[str, TaskSource, str]:
+    """Signed claims win over anything the client says in headers or the URL."""
+    if claims.task:
+        task, source = clean_id(claims.task), "token"
+    elif claims.limits is not None:
+        # Signed limits bind to the token, or X-Task-Id would mint fresh budgets.
+        task, source = clean_id(claims.bound_task(token)), "token"
+    elif source == "fallback" and claims.sub:
+        # Untagged, but the verified subject names the caller better than a hash.
+        task = "sub:" + clean_id(claims.sub)
+    agent = clean_id(claims.agent) if claims.agent else agent
+    if claims.tenant:
+        task = f"{claims.tenant}/{task}"
+    return task, source, agent

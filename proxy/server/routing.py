@@ -33,6 +33,14 @@ class Route:
     agent: str | None
 
 
+def normal_path(path: str) -> str:
+    """The path a call is classified by: lower case, no empty segment, no trailing slash.
+    Providers serve ``/V1//chat/completions/`` as a chat completion, so it must be read as one
+    here too; the path forwarded is still the client's."""
+    normal = "/" + "/".join(part for part in path.lower().split("/") if part)
+    return normal
+
+
 def _take(segments: list[str], name: str) -> str | None:
     if len(segments) >= 2 and segments[0] == name and segments[1]:
         value = unquote(segments[1])
@@ -51,7 +59,8 @@ def resolve(raw_path: str, upstreams: frozenset[str]) -> Route:
         if upstream not in upstreams:
             raise RouteError(f"no upstream named {upstream!r} is configured")
         return Route(upstream, path, task, agent)
+    normal = normal_path(path)
     for prefix, name in _DEFAULT_ROUTES:
-        if path.startswith(prefix):
+        if normal.startswith(prefix):
             return Route(name, path, task, agent)
     raise RouteError(f"no route for {path}: use /v1/..., /u/{{upstream}}/... or /t/{{task}}/...")

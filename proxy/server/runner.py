@@ -1,4 +1,5 @@
-"""Running the proxy until SIGINT or SIGTERM, optionally in front of the built-in mock provider."""
+"""Running the proxy until SIGINT or SIGTERM, optionally in front of the built-in mock provider;
+SIGHUP reloads the policy (``proxy/server/reload.py``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import errno
 import gc
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import build_app
+from proxy.app import RELOADER, build_app
 from proxy.config import Config, Upstream
 from proxy.errors import ConfigError
 from proxy.server.summary import shown_url, startup_summary
@@ -83,7 +85,7 @@ def _announce_console(host: str, port: int, config: Config, local_token: str | N
         print(f"Tripwire console: {url}#token={local_token}", flush=True)
 
 
-def run(config: Config, *, mock: bool = False) -> None:
+def run(config: Config, *, mock: bool = False, load: Callable[[], Config] | None = None) -> None:
     """Serve on uvloop's event loop when it is installed (the ``uvloop`` extra, installed in
     the image): the same asyncio API with a cheaper loop and transports. Without it, on
     asyncio's own loop."""
@@ -94,19 +96,26 @@ def run(config: Config, *, mock: bool = False) -> None:
     else:
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(config, mock=mock))
+        runner.run(serve(config, mock=mock, load=load))
 
 
-async def serve(config: Config, *, mock: bool = False) -> None:
+async def serve(
+    config: Config, *, mock: bool = False, load: Callable[[], Config] | None = None
+) -> None:
+    """``load`` reads the configuration again, for ``SIGHUP`` and ``tripwire reload``."""
     cleanups = []
+    reload_source = load
     if mock:
         from proxy.mock_provider import start_mock_provider
 
         mock_runner, _, mock_url = await start_mock_provider("127.0.0.1", 0)
         cleanups.append(mock_runner)
         config = with_mock_upstreams(config, mock_url)
+        if load is not None:
+            reload_source = lambda: with_mock_upstreams(load(), mock_url)  # noqa: E731
     local_token = _local_token(config)
-    runner = web.AppRunner(build_app(config, local_token=local_token), access_log=None)
+    app = build_app(config, local_token=local_token, load=reload_source)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     cleanups.insert(0, runner)
     try:
@@ -135,6 +144,16 @@ async def serve(config: Config, *, mock: bool = False) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+        reloader = app.get(RELOADER)
+        if reloader is not None:
+
+            def on_hangup() -> None:
+                task = asyncio.create_task(reloader.reload_logged("SIGHUP"))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
         await stop.wait()
         event("stopping")
     finally:

@@ -60,6 +60,22 @@ def describe_detectors(policy: Policy) -> tuple[list[str], list[str]]:
     return kill, observe
 
 
+def describe_sessions(config: Config) -> str:
+    sessions = config.tagging.sessions
+    if not sessions.enabled:
+        return "one task per client (sessions off)"
+    return (
+        f"a session per client, ending after {_seconds(sessions.idle_gap)} idle or "
+        f"{_seconds(sessions.cooldown)} after a kill"
+    )
+
+
+def _seconds(value: float) -> str:
+    if value >= 60 and value % 60 == 0:
+        return f"{value / 60:g}m"
+    return f"{value:g}s"
+
+
 def startup_summary(config: Config, url: str, *, mock: bool = False) -> str:
     policy = config.policy
     kill, observe = describe_detectors(policy)
@@ -92,6 +108,7 @@ def startup_summary(config: Config, url: str, *, mock: bool = False) -> str:
         f"    detectors that stop a task: {', '.join(kill) or 'none'}",
         f"    detectors in shadow mode: {', '.join(observe) or 'none'}",
         f"    rules: {len(policy.rules)}",
+        f"  Untagged calls: {describe_sessions(config)}",
         f"  Metrics: {url}{config.telemetry.metrics_path}",
     ]
     return "\n".join(lines)

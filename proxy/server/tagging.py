@@ -2,7 +2,9 @@
 
 Task, first match wins: a task header (``X-Task-Id`` or another gateway's session header), the
 URL prefix, the trace id of a W3C ``traceparent``, else a short hash of the client's credential
-(``key:<hash>``) so a zero-config deployment still separates clients.
+(``key:<hash>``) so a zero-config deployment still separates clients, else the connection's own
+identity (``peer:<address>``): two untagged callers never share a task. A fallback id is the
+base of a session (``proxy/session/sessions.py``), not a task for ever.
 Agent: ``X-Agent-Id``, the URL prefix, else a hash of the system prompt (``sys:<hash>``), since
 agents of one framework differ by their instructions.
 """
@@ -18,7 +20,7 @@ from proxy.pipeline.call import TaskSource
 
 MAX_ID_LENGTH = 128
 DEFAULT_AGENT = "default"
-ANONYMOUS_TASK = "anonymous"
+ANONYMOUS_TASK = "anonymous"  # only when the connection has no address (a Unix socket)
 
 
 def clean_id(value: str) -> str:
@@ -53,8 +55,11 @@ class Tagger:
     def task(self, headers: Mapping[str, str], url_task: str | None) -> str:
         return self.tag(headers, url_task)[0]
 
-    def tag(self, headers: Mapping[str, str], url_task: str | None) -> tuple[str, TaskSource]:
-        """The call's task id and where it came from."""
+    def tag(
+        self, headers: Mapping[str, str], url_task: str | None, peer: str | None = None
+    ) -> tuple[str, TaskSource]:
+        """The call's task id and where it came from. ``peer`` is the connection's address,
+        the identity of a caller that sends no credential (never a header it could forge)."""
         for name in self.task_headers:
             value = headers.get(name)
             if value and value.strip():
@@ -68,6 +73,8 @@ class Tagger:
         credential = headers.get("authorization") or headers.get("x-api-key")
         if credential:
             return "key:" + short_hash(credential), "fallback"
+        if peer:
+            return "peer:" + clean_id(peer), "fallback"
         return ANONYMOUS_TASK, "fallback"
 
     def agent(

@@ -65,9 +65,39 @@ def outcome_of(error: Exception) -> str:
     return "interrupted"
 
 
-def upstream_error(exc: BaseException) -> Exception:
+def upstream_error(exc: BaseException, call: Call) -> Exception:
+    """What the caller is told when the provider gave no answer: which upstream, at which
+    address, and why, in one line an operator can act on."""
+    where = f"upstream '{call.upstream_name}' ({call.upstream.base_url})"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(
+            f"{where} did not accept a connection within {call.upstream.connect_timeout:g} s "
+            f"(upstreams.{call.upstream_name}.connect_timeout)"
+        )
     if isinstance(exc, asyncio.TimeoutError):
-        return UpstreamTimeout("the provider did not answer in time")
+        return UpstreamTimeout(
+            f"{where} sent nothing for {call.upstream.read_timeout:g} s "
+            f"(upstreams.{call.upstream_name}.read_timeout)"
+        )
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return UpstreamError(f"the provider could not be reached: {type(exc).__name__}")
+        return UpstreamError(f"{where} could not be reached: {_cause(exc)}")
     return exc if isinstance(exc, Exception) else UpstreamError("the call was interrupted")
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup of '{exc.host}' failed ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate of '{exc.host}' not accepted ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake with '{exc.host}' failed ({exc.os_error})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"connection refused by {exc.host}:{exc.port} (is the provider running?)"
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the provider closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the provider's answer broke off"
+    detail = str(exc)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

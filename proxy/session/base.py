@@ -22,6 +22,7 @@ from typing import Protocol
 from proxy.detectors.base import Trip
 from proxy.policy.rules import Effective
 from proxy.pricing import Price
+from proxy.session.sessions import Span
 
 
 @dataclass(slots=True)
@@ -188,6 +189,17 @@ class Ledger(Protocol):
 
     async def ready(self) -> bool:
         """Whether the state backend answers (``/readyz``)."""
+        ...
+
+    async def open_session(self, base: str, idle_gap: float) -> Span:
+        """The session of untagged client ``base`` a call now belongs to: its current one, or
+        a new one after an idle gap or once a killed session's cool-down is over
+        (``proxy/session/sessions.py``)."""
+        ...
+
+    async def end_session(self, base: str, start: int, cooldown: float) -> float | None:
+        """Mark a killed session to end ``cooldown`` from now (the first mark wins); when it
+        ends, or None when the client is in another session already."""
         ...
 
     async def start(self) -> None: ...

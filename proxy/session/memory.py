@@ -38,6 +38,7 @@ from proxy.session.base import (
     TaskView,
     TimelineEvent,
 )
+from proxy.session.sessions import SessionBook, Span
 
 OTHER_AGENTS = "other"
 _T = TypeVar("_T")
@@ -95,6 +96,7 @@ class MemoryLedger:
         self._by_tenant: dict[str, set[str]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.detector_runs = 0  # content-detector runs, exposed on /metrics
+        self._sessions = SessionBook(settings.max_tasks)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -389,6 +391,14 @@ class MemoryLedger:
         return [self._view(self._tasks[name]) for name in names if name in self._tasks]
 
     # -- views ------------------------------------------------------------------------------
+
+    # -- sessions of untagged traffic -------------------------------------------------------
+
+    async def open_session(self, base: str, idle_gap: float) -> Span:
+        return self._sessions.open(base, self.clock(), idle_gap)
+
+    async def end_session(self, base: str, start: int, cooldown: float) -> float | None:
+        return self._sessions.end(base, start, self.clock(), cooldown)
 
     @staticmethod
     def _view(task: _Task) -> TaskView:

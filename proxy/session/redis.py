@@ -40,7 +40,7 @@ from proxy.detectors.spec import Detector
 from proxy.errors import StateUnavailable
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
-from proxy.session import redis_scripts
+from proxy.session import redis_scripts, sessions
 from proxy.session.base import (
     TIMELINE_PER_TASK,
     Busy,
@@ -57,6 +57,7 @@ from proxy.session.base import (
 from proxy.session.batches import KeyedBatches
 from proxy.session.memory import MemoryLedger
 from proxy.session.redis_client import build_client
+from proxy.session.sessions import Span
 from proxy.telemetry.logs import event
 from proxy.telemetry.metrics import Metrics
 
@@ -166,6 +167,8 @@ class RedisLedger:
         self._content_swap = self._resilient(
             self.client.register_script(redis_scripts.CONTENT_SWAP)
         )
+        self._open_session = self._resilient(self.client.register_script(sessions.OPEN))
+        self._end_session = self._resilient(self.client.register_script(sessions.END))
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._content: KeyedBatches[_Completion, builtins.list[Trip]] = KeyedBatches(
             self._swap_content
@@ -539,6 +542,37 @@ class RedisLedger:
             self._unreachable("kill", error)
             return await self._fallback.kill(task, trip)
         return bool(done)
+
+    # -- sessions of untagged traffic -------------------------------------------------------
+
+    def _session_key(self, base: str) -> str:
+        return f"{self.settings.key_prefix}:session:{{{key_part(base)}}}"
+
+    async def open_session(self, base: str, idle_gap: float) -> Span:
+        ttl_ms = int((idle_gap + sessions.RECORD_MARGIN_S) * 1000)
+        try:
+            start, ends = await self._open_session(
+                keys=[self._session_key(base)], args=[self._now(), repr(idle_gap), ttl_ms]
+            )
+        except _UNREACHABLE as error:
+            self._unreachable("session", error)
+            if self.settings.on_state_error == "open":
+                return await self._fallback.open_session(base, idle_gap)
+            raise StateUnavailable(
+                "Tripwire cannot reach its state store (Redis), so it cannot tell this "
+                "client's session; calls are refused until Redis answers again."
+            ) from error
+        return Span(int(start), float(ends) if ends else None)
+
+    async def end_session(self, base: str, start: int, cooldown: float) -> float | None:
+        try:
+            ends = await self._end_session(
+                keys=[self._session_key(base)], args=[start, self._now(), repr(cooldown)]
+            )
+        except _UNREACHABLE as error:
+            self._unreachable("session", error)
+            return await self._fallback.end_session(base, start, cooldown)
+        return float(ends) if ends else None
 
     async def get(self, task: str) -> TaskView | None:
         keys = self._keys(task)

@@ -26,6 +26,13 @@ reservation made from it is rarely below the final usage. It sums, per family:
   gpt-4.1 costs at most 85 + 8 x 170 = 1,445 tokens. Not enough for gpt-4o-mini, which bills
   images at ~33x the tokens (same dollar cost as gpt-4o), nor for OpenAI's patch-based
   minis (up to ~3,800 tokens): adapters for those should report extra images.
+* audio, files and documents: ``PromptParts.media_tokens``, their byte length when inline
+  and 200,000 when only referenced (``proxy.tokens.walk``), added as is.
+
+What is counted is not chosen by the adapters: ``proxy.tokens.walk.collect`` walks the whole
+request and keeps every string but ids, enums and settings, so a shape nobody modelled is
+counted all the same. Adapters only refine it (tool definitions as their JSON text, the
+number of messages).
 
 Bounded CPU. Tokenizing costs about 35-60 us per KB of English or code and up to ~200 us
 per KB of pathological text (long runs of one character, random symbols). So:
@@ -103,13 +110,18 @@ _BOUNDARY = re.compile(r"(?<=\S) (?=\S)")
 class PromptParts:
     """What a provider adapter extracts from a request body.
 
-    `texts` holds every piece of text the provider will tokenize: message contents, the
-    system prompt, tool definitions as JSON text, tool calls and results.
+    `texts` holds every piece of text the provider may tokenize, as found by
+    ``proxy.tokens.walk.collect`` over the whole request (tool definitions as JSON text).
     """
 
     texts: list[str]
     messages: int
     images: int = 0
+    # Audio, files and documents whose text is not in the request, from their upper bound
+    # (``proxy.tokens.walk``); taken as is, never scaled.
+    media_tokens: int = 0
+    # Calls the request makes (a batch's items): each carries the fixed overheads.
+    requests: int = 1
 
 
 _loaded: list[tiktoken.Encoding] = []
@@ -250,17 +262,16 @@ def estimate_prompt(parts: PromptParts, family: str) -> int:
     tokenizer. See the module docstring for the factors, overheads and size limits.
     """
     exact, byte_bound = _count_texts(parts.texts)
-    images = IMAGE_TOKENS * parts.images
+    images = IMAGE_TOKENS * parts.images + parts.media_tokens
     if family == "openai":
         return (
             _scale(exact, 105)
             + byte_bound
             + _OPENAI_PER_MESSAGE * parts.messages
-            + _OPENAI_REPLY_PRIMER
-            + _OPENAI_FIXED
+            + (_OPENAI_REPLY_PRIMER + _OPENAI_FIXED) * parts.requests
             + images
         )
-    overhead = _ANTHROPIC_PER_MESSAGE * parts.messages + _ANTHROPIC_FIXED + images
+    overhead = _ANTHROPIC_PER_MESSAGE * parts.messages + _ANTHROPIC_FIXED * parts.requests + images
     anthropic = _scale(exact, 135) + byte_bound + overhead
     if family == "anthropic":
         return anthropic

@@ -45,6 +45,15 @@ def test_task_sources_in_order() -> None:
     assert by_key != tagger.task({"authorization": "Bearer sk-2"}, None)
 
 
+def test_an_untagged_caller_without_a_credential_is_its_peer_address() -> None:
+    tagger = Tagger(Tagging())
+    assert tagger.tag({}, None, "10.1.2.3") == ("peer:10.1.2.3", "fallback")
+    assert tagger.tag({}, None, "10.1.2.4")[0] != tagger.tag({}, None, "10.1.2.3")[0]
+    # A credential still names the caller first, and a forwarded-for header never does.
+    assert tagger.tag({"x-api-key": "k"}, None, "10.1.2.3")[0].startswith("key:")
+    assert tagger.tag({"x-forwarded-for": "9.9.9.9"}, None, "10.1.2.3")[0] == "peer:10.1.2.3"
+
+
 def test_agent_sources_in_order() -> None:
     tagger = Tagger(Tagging())
     assert tagger.agent({"x-agent-id": "critic"}, "planner", "You are...") == "critic"
