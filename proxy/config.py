@@ -158,6 +158,16 @@ class Policy(Strict):
     rules: list[Rule] = []
 
 
+class AwsSigning(Strict):
+    """Tripwire signs each call to this upstream with SigV4, with AWS credentials from
+    botocore's usual chain (environment, ``profile``, container or instance role); the
+    client's own signature, made for Tripwire's host, is replaced. Needs the ``aws`` extra."""
+
+    region: str
+    service: str = "bedrock"
+    profile: str | None = None
+
+
 class Upstream(Strict):
     base_url: str
     format: str = "openai"  # a wire format registered in proxy/providers/__init__.py
@@ -165,6 +175,10 @@ class Upstream(Strict):
     api_key_env: str | None = None
     # OpenAI-compatible hosts differ on which cap field they accept when the client sent none.
     cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # The model behind each deployment name (Azure OpenAI): prices, labels and the tokenizer
+    # follow the model, not the name a resource gave it.
+    deployments: dict[str, str] = {}
+    aws_sigv4: AwsSigning | None = None
     # Paths (globs on the normalised path) forwarded under a budget although their cost cannot
     # be bounded: a deliberate opening, logged at start-up.
     unbounded_paths: tuple[str, ...] = ()
@@ -187,6 +201,12 @@ class Upstream(Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Upstream:
+        if self.aws_sigv4 is not None and (self.api_key or self.api_key_env):
+            raise ValueError("an upstream signs with aws_sigv4 or sends an api_key, not both")
+        return self
 
     def resolved_key(self) -> str | None:
         if self.api_key:

@@ -85,6 +85,7 @@ def proxy_config(mock_url: str, **sections: Any) -> Config:
     upstreams = {
         "openai": {"base_url": mock_url, "format": "openai"},
         "anthropic": {"base_url": mock_url, "format": "anthropic"},
+        "gemini": {"base_url": mock_url, "format": "gemini"},
         **sections.pop("upstreams", {}),
     }
     return load_config(None, upstreams=upstreams, **sections)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import anthropic_wire, legacy, openai_wire
+from . import anthropic_wire, bedrock_wire, gemini_wire, legacy, openai_wire
 from .behaviour import BehaviourError, MockBehaviour, parse_behaviour
 from .common import (
     Completion,
@@ -49,6 +49,7 @@ class RecordedRequest(NamedTuple):
     headers: CIMultiDictProxy[str]
     body: Any
     """The parsed JSON body, or None when the body was not valid JSON."""
+    query: str = ""
 
 
 @dataclass(slots=True)
@@ -113,11 +114,13 @@ class MockProvider:
             self.requests.clear()
             self.usage.clear()
 
-    def record_request(self, path: str, headers: CIMultiDictProxy[str], body: Any) -> None:
+    def record_request(
+        self, path: str, headers: CIMultiDictProxy[str], body: Any, query: str = ""
+    ) -> None:
         snapshot = CIMultiDictProxy(CIMultiDict(headers))
         with self._lock:
             self.hits[path] += 1
-            self.requests.append(RecordedRequest(path, snapshot, body))
+            self.requests.append(RecordedRequest(path, snapshot, body, query))
 
     def bill(self, path: str, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         with self._lock:
@@ -139,6 +142,7 @@ class _Protocol:
     status_error: Callable[[int, str], dict[str, Any]]
     invalid_request: Callable[[RequestError, str], dict[str, Any]]
     invalid_json_message: str
+    stream_content_type: str = "text/event-stream"
 
 
 _OPENAI_INVALID_JSON = (
@@ -190,6 +194,74 @@ _MESSAGES = _Protocol(
 _COMPLETIONS = _openai(legacy.parse_completions_request, legacy.completion_body, legacy.no_stream)
 
 
+def _gemini(model: str, stream: bool, sse: bool) -> _Protocol:
+    return _Protocol(
+        parse=lambda body: gemini_wire.parse_generate_request(body, model, stream),
+        body=gemini_wire.generate_body,
+        stream=gemini_wire.sse_stream if sse else gemini_wire.array_stream,
+        request_id_header="x-goog-request-id",
+        new_request_id=gemini_wire.request_id,
+        status_error=gemini_wire.status_error_body,
+        invalid_request=gemini_wire.invalid_request_body,
+        invalid_json_message=gemini_wire.INVALID_JSON,
+        stream_content_type="text/event-stream" if sse else "application/json",
+    )
+
+
+async def _gemini_handler(request: web.Request) -> web.StreamResponse:
+    """``.../models/{model}:{method}``, on the Gemini API's paths and Vertex AI's."""
+    model, _, method = request.match_info["target"].partition(":")
+    if method == "countTokens":
+        body = _decode_json(await request.read())
+        provider = request.app[MOCK_PROVIDER_KEY]
+        provider.record_request(request.path, request.headers, body)
+        return web.json_response(gemini_wire.count_tokens_body(body))
+    if method not in ("generateContent", "streamGenerateContent"):
+        return await _not_found(request)
+    stream = method == "streamGenerateContent"
+    return await _serve(request, _gemini(model, stream, request.query.get("alt") == "sse"))
+
+
+def _with_deployment(
+    parse: Callable[[Any], ParsedRequest], deployment: str
+) -> Callable[[Any], ParsedRequest]:
+    """Azure names the model by its deployment in the path; a body may leave ``model`` out."""
+
+    def parse_body(body: Any) -> ParsedRequest:
+        if isinstance(body, dict) and not body.get("model"):
+            body = {**body, "model": deployment}
+        return parse(body)
+
+    return parse_body
+
+
+async def _azure_handler(request: web.Request) -> web.StreamResponse:
+    """``/openai/deployments/{deployment}/...`` (Azure OpenAI's deployment paths)."""
+    protocol = _CHAT if request.match_info["method"] == "chat/completions" else _RESPONSES
+    deployment = request.match_info["deployment"]
+    return await _serve(
+        request, replace(protocol, parse=_with_deployment(protocol.parse, deployment))
+    )
+
+
+async def _bedrock_handler(request: web.Request) -> web.StreamResponse:
+    """``/model/{modelId}/converse`` and ``converse-stream`` (Bedrock Runtime)."""
+    model = request.match_info["model"]
+    stream = request.match_info["method"] == "converse-stream"
+    protocol = _Protocol(
+        parse=lambda body: bedrock_wire.parse_converse_request(body, model, stream),
+        body=bedrock_wire.converse_body,
+        stream=bedrock_wire.converse_stream,
+        request_id_header="x-amzn-RequestId",
+        new_request_id=bedrock_wire.request_id,
+        status_error=bedrock_wire.status_error_body,
+        invalid_request=bedrock_wire.invalid_request_body,
+        invalid_json_message=bedrock_wire.INVALID_JSON,
+        stream_content_type=bedrock_wire.EVENT_STREAM,
+    )
+    return await _serve(request, protocol)
+
+
 class _InvalidJson:
     pass
 
@@ -222,7 +294,12 @@ def _handler(protocol: _Protocol) -> Callable[[web.Request], Awaitable[web.Strea
 async def _serve(request: web.Request, protocol: _Protocol) -> web.StreamResponse:
     provider = request.app[MOCK_PROVIDER_KEY]
     body = _decode_json(await request.read())
-    provider.record_request(request.path, request.headers, None if body is _INVALID_JSON else body)
+    provider.record_request(
+        request.path,
+        request.headers,
+        None if body is _INVALID_JSON else body,
+        request.query_string,
+    )
     request_id = protocol.new_request_id()
     headers = {protocol.request_id_header: request_id}
 
@@ -258,7 +335,7 @@ async def _serve(request: web.Request, protocol: _Protocol) -> web.StreamRespons
     completion = plan_completion(behaviour, parsed.last_user_text, parsed.cap)
     if parsed.stream:
         return await _stream(
-            request, protocol.stream(parsed, completion), parsed, behaviour, headers
+            request, protocol, protocol.stream(parsed, completion), parsed, behaviour, headers
         )
     payload = protocol.body(parsed, completion)
     if behaviour.reset == "mid":
@@ -295,6 +372,7 @@ async def _batches(request: web.Request) -> web.Response:
 
 async def _stream(
     request: web.Request,
+    protocol: _Protocol,
     events: list[StreamEvent],
     parsed: ParsedRequest,
     behaviour: MockBehaviour,
@@ -303,7 +381,7 @@ async def _stream(
     provider = request.app[MOCK_PROVIDER_KEY]
     cut_after = _cut_point(events) if behaviour.reset == "mid" else None
     response = web.StreamResponse(headers={**headers, "cache-control": "no-cache"})
-    response.content_type = "text/event-stream"
+    response.content_type = protocol.stream_content_type
     response.charset = "utf-8"
     try:
         await response.prepare(request)
@@ -372,6 +450,18 @@ def build_mock_app(provider: MockProvider | None = None) -> web.Application:
     app.router.add_post(MESSAGES_PATH, _handler(_MESSAGES))
     app.router.add_post(COMPLETIONS_PATH, _handler(_COMPLETIONS))
     app.router.add_post(BATCHES_PATH, _batches)
+    app.router.add_post("/model/{model}/{method:converse|converse-stream}", _bedrock_handler)
+    app.router.add_post("/openai/v1/chat/completions", _handler(_CHAT))
+    app.router.add_post("/openai/v1/responses", _handler(_RESPONSES))
+    app.router.add_post(
+        "/openai/deployments/{deployment}/{method:chat/completions|responses}", _azure_handler
+    )
+    app.router.add_post("/{version:v1[a-z0-9]*}/models/{target}", _gemini_handler)
+    app.router.add_post(
+        "/{version:v1[a-z0-9]*}/projects/{project}/locations/{location}"
+        "/publishers/google/models/{target}",
+        _gemini_handler,
+    )
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 

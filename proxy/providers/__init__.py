@@ -2,12 +2,18 @@
 format adds (with its module here and its mock in ``proxy/mock_provider/``)."""
 
 from proxy.providers.anthropic import AnthropicAdapter
+from proxy.providers.azure import AzureOpenAIAdapter
 from proxy.providers.base import Adapter, CallInfo, Output, StreamTally, Usage
+from proxy.providers.bedrock import BedrockAdapter
+from proxy.providers.gemini import GeminiAdapter
 from proxy.providers.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
     "anthropic": AnthropicAdapter(),
+    "gemini": GeminiAdapter(),
+    "azure": AzureOpenAIAdapter(),
+    "bedrock": BedrockAdapter(),
 }
 
 # The format of Tripwire's answer to a path no upstream serves.

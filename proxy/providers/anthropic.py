@@ -9,10 +9,12 @@ from typing import Any
 from proxy.providers.base import (
     CallInfo,
     Output,
+    StreamDecoder,
     StreamTally,
     Usage,
     load_json,
     sse,
+    sse_decoder,
     usage_from_generic,
 )
 from proxy.server.sse import SSEEvent
@@ -117,6 +119,7 @@ class AnthropicAdapter:
     default_routes = ("/v1/messages",)
     price_provider = "anthropic"
     error_types = ERROR_TYPES
+    query_credentials: tuple[str, ...] = ()
 
     def tokenizer_family(self, model: str) -> str:
         return "anthropic"
@@ -177,6 +180,11 @@ class AnthropicAdapter:
                 )
         output.text = "".join(texts)
         return output
+
+    def stream_decoder(
+        self, info: CallInfo, status: int, content_type: str
+    ) -> StreamDecoder | None:
+        return sse_decoder(content_type)
 
     def stream_tally(self, info: CallInfo) -> StreamTally:
         return _MessagesTally()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.detectors.normalise import canonical_arguments, exact_text
-from proxy.server.sse import SSEEvent
+from proxy.server.sse import SSEDecoder, SSEEvent
 from proxy.tokens import PromptParts, count_text
 
 # Output kept for fingerprinting is bounded so one huge completion cannot grow memory; what
@@ -76,6 +76,9 @@ class CallInfo:
     prompt: PromptParts = field(default_factory=lambda: PromptParts([], 0))
     system_text: str | None = None
     wants_stream_usage: bool = True  # False: the client did not ask; usage is injected
+    # How the answer's stream is framed, once known: "sse", or "json-array" (Gemini's
+    # streamGenerateContent without alt=sse). Tripwire's own events follow it.
+    framing: str = "sse"
 
     @property
     def modelled(self) -> bool:
@@ -167,6 +170,19 @@ class StreamTally:
         return usage
 
 
+class StreamDecoder(Protocol):
+    """Splits a response stream's bytes into events (sans-IO), and frames Tripwire's own
+    events to fit the stream at the point where the client's copy stands."""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]: ...
+
+    def flush(self) -> list[SSEEvent]: ...
+
+    def frame(self, event: bytes, tail: bytes) -> bytes:
+        """``event`` as written after ``tail``, the last bytes the client was sent."""
+        ...
+
+
 class Adapter(Protocol):
     """One wire protocol. ``openai`` covers every OpenAI-compatible host."""
 
@@ -191,6 +207,12 @@ class Adapter(Protocol):
     @property
     def price_provider(self) -> str:
         """The genai-prices provider id to look prices up under first."""
+        ...
+
+    @property
+    def query_credentials(self) -> tuple[str, ...]:
+        """Query parameters that carry a provider key (Gemini's ``key``): dropped from the
+        forwarded URL when Tripwire puts its own key in place."""
         ...
 
     @property
@@ -242,6 +264,12 @@ class Adapter(Protocol):
 
     def stream_tally(self, info: CallInfo) -> StreamTally: ...
 
+    def stream_decoder(
+        self, info: CallInfo, status: int, content_type: str
+    ) -> StreamDecoder | None:
+        """The decoder of an answer that is a stream, or None for an answer read whole."""
+        ...
+
     def closing_event(self, info: CallInfo) -> Callable[[SSEEvent], bool] | None:
         """Recognises a stream's first closing event, from which events may be held back until
         the answer is judged; None for a kind whose closing events are not known."""
@@ -265,6 +293,11 @@ class Adapter(Protocol):
     def malformed_event(self, info: CallInfo) -> bytes:
         """A stream event cut inside its JSON."""
         ...
+
+
+def sse_decoder(content_type: str) -> StreamDecoder | None:
+    """An SSE decoder for an event-stream answer: the choice of the SSE formats."""
+    return SSEDecoder() if content_type.startswith("text/event-stream") else None
 
 
 def sse(payload: dict[str, Any], name: str | None = None) -> bytes:

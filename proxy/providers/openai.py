@@ -10,10 +10,12 @@ from typing import Any
 from proxy.providers.base import (
     CallInfo,
     Output,
+    StreamDecoder,
     StreamTally,
     Usage,
     load_json,
     sse,
+    sse_decoder,
     usage_from_generic,
 )
 from proxy.server.sse import SSEEvent
@@ -168,6 +170,7 @@ class OpenAIAdapter:
     default_routes = ("/v1/",)
     price_provider = "openai"
     error_types = ERROR_TYPES
+    query_credentials: tuple[str, ...] = ()
 
     def tokenizer_family(self, model: str) -> str:
         return "openai" if model.lower().startswith(_OPENAI_MODEL_PREFIXES) else "unknown"
@@ -276,6 +279,11 @@ class OpenAIAdapter:
                     texts.append(choice["text"])
         output.text = "".join(texts)
         return output
+
+    def stream_decoder(
+        self, info: CallInfo, status: int, content_type: str
+    ) -> StreamDecoder | None:
+        return sse_decoder(content_type)
 
     def stream_tally(self, info: CallInfo) -> StreamTally:
         if info.kind == "responses":

@@ -29,7 +29,7 @@ from proxy.pipeline.call import Call, Intervention, Settlement
 from proxy.pipeline.hooks import Hooks
 from proxy.policy.rules import PolicyBook
 from proxy.pricing import PriceBook
-from proxy.providers.base import Output, Usage
+from proxy.providers.base import Output, StreamDecoder, Usage
 from proxy.server import answers
 from proxy.server.headers import response_headers
 from proxy.server.intake import Intake
@@ -185,8 +185,10 @@ class Forwarder:
             raise error from exc
         call.headers_at = time.perf_counter()
         try:
-            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-                return await self._stream(call, grant, upstream)
+            content_type = upstream.headers.get("Content-Type", "")
+            decoder = call.adapter.stream_decoder(call.info, upstream.status, content_type)
+            if decoder is not None:
+                return await self._stream(call, grant, upstream, decoder)
             return await self._buffered(call, grant, upstream)
         finally:
             upstream.release()
@@ -229,7 +231,7 @@ class Forwarder:
         return web.Response(status=status, reason=reason, headers=headers, body=data)
 
     async def _stream(
-        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse
+        self, call: Call, grant: Grant, upstream: aiohttp.ClientResponse, decoder: StreamDecoder
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
         for tag in self.hooks.response_headers:
@@ -244,6 +246,7 @@ class Forwarder:
             call.adapter.stream_tally(call.info),
             lambda trip: answers.refusal_event(call, trip, self.refuse_status),
             lambda: answers.broken_event(call),
+            decoder=decoder,
         )
         held = self.hooks.holds(call)
         # The stream's closing events wait until the call is settled (and a held answer

@@ -47,6 +47,11 @@ class Intake:
     def __init__(self, config: Config, policy: PolicyBook, tagger: Tagger) -> None:
         self.upstreams = config.upstreams
         self.upstream_names = frozenset(config.upstreams)
+        # Deployment names as paths are read: without case.
+        self.deployments = {
+            name: {k.lower(): v for k, v in up.deployments.items()}
+            for name, up in config.upstreams.items()
+        }
         self.policy = policy
         self.tagger = tagger
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
@@ -81,6 +86,9 @@ class Intake:
                         f"the request body does not have the shape of a {route.path} request "
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
+        deployments = self.deployments[route.upstream]
+        if deployments and info.model.lower() in deployments:
+            info.model = deployments[info.model.lower()]
         headers = request.headers
         task, source = self.tagger.tag(headers, route.task, request.remote)
         agent = self.tagger.agent(headers, route.agent, info.system_text)

@@ -3,26 +3,41 @@
     /t/{task}/[a/{agent}/]...   tags the call, then routes the rest
     /u/{name}/...               the upstream named in config, whatever its format
     /v1/messages...             the ``anthropic`` upstream
+    /v1beta/..., /v1/models/{model}:...   the ``gemini`` upstream
     /v1/...                     the ``openai`` upstream
 
-(the last two: each adapter's ``default_routes``, the longest prefix first).
+(the last three: each adapter's ``default_routes``, the longest prefix first; a ``*`` in a
+route stands for one path segment's characters, so ``/v1/models/*:`` claims Gemini's
+``/v1/models/gemini-2.5-flash:generateContent`` and leaves OpenAI's ``/v1/models/gpt-4o``).
 
 Only upstreams named in config can be reached: the client chooses a name, never a host.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from proxy.errors import RouteError
 from proxy.providers import ADAPTERS
 
-# (prefix, upstream): a path no upstream is named for goes to the format that claims it.
-_DEFAULT_ROUTES = sorted(
-    ((prefix, name) for name, adapter in ADAPTERS.items() for prefix in adapter.default_routes),
-    key=lambda route: -len(route[0]),
-)
+
+def _matcher(route: str) -> Callable[[str], object]:
+    if "*" not in route:
+        return lambda path: path.startswith(route)
+    return re.compile("[^/]*".join(map(re.escape, route.split("*")))).match
+
+
+# (matcher, upstream): a path no upstream is named for goes to the format that claims it.
+_DEFAULT_ROUTES = [
+    (_matcher(route), name)
+    for route, name in sorted(
+        ((r, name) for name, adapter in ADAPTERS.items() for r in adapter.default_routes),
+        key=lambda route: -len(route[0]),
+    )
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +75,7 @@ def resolve(raw_path: str, upstreams: frozenset[str]) -> Route:
             raise RouteError(f"no upstream named {upstream!r} is configured")
         return Route(upstream, path, task, agent)
     normal = normal_path(path)
-    for prefix, name in _DEFAULT_ROUTES:
-        if normal.startswith(prefix):
+    for matches, name in _DEFAULT_ROUTES:
+        if matches(normal):
             return Route(name, path, task, agent)
     raise RouteError(f"no route for {path}: use /v1/..., /u/{{upstream}}/... or /t/{{task}}/...")

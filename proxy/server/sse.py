@@ -71,6 +71,10 @@ class SSEDecoder:
         self._searched = len(buffer)
         return events
 
+    def frame(self, event: bytes, tail: bytes) -> bytes:
+        """An SSE event stands alone wherever the stream is."""
+        return event
+
     def flush(self) -> list[SSEEvent]:
         """Whatever is left when the stream ends without a final blank line."""
         events = [_parse(bytes(self._buffer))] if self._buffer.strip() else []

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.detectors.base import Trip
 from proxy.providers import StreamTally
+from proxy.providers.base import StreamDecoder
 from proxy.server.sse import SSEDecoder, SSEEvent
 from proxy.telemetry.logs import event
 
@@ -31,6 +32,7 @@ class StreamRelay:
         broken_event: Callable[[], bytes],
         hold: Callable[[SSEEvent], bool] | None = None,
         release: Callable[[], Awaitable[bytes | None]] | None = None,
+        decoder: StreamDecoder | None = None,
     ) -> None:
         """``hold`` recognises the stream's first closing event: from it on, events wait until
         the stream ends, then ``release`` says what the client gets instead (None: the held
@@ -49,7 +51,16 @@ class StreamRelay:
         self.held: list[bytes] = []
         # Sees each event after the tally read it; None (the usual case) costs one check.
         self.watch: Callable[[SSEEvent], None] | None = None
-        self._decoder = SSEDecoder()
+        self._decoder: StreamDecoder = decoder if decoder is not None else SSEDecoder()
+        self._tail = b""  # the last bytes the client was sent, for framing Tripwire's own
+
+    async def _write(self, data: bytes) -> None:
+        self._tail = (self._tail + data[-16:])[-16:]
+        await self.response.write(data)
+
+    async def _write_own(self, event: bytes) -> None:
+        """An event Tripwire writes itself, framed to fit the stream where it stands."""
+        await self._write(self._decoder.frame(event, self._tail))
 
     def outcome(self, status: int) -> str:
         if self.trip is not None:
@@ -123,22 +134,22 @@ class StreamRelay:
             if self.trip is not None:
                 return
             if out:
-                await self.response.write(out[0] if len(out) == 1 else b"".join(out))
+                await self._write(out[0] if len(out) == 1 else b"".join(out))
                 if self.trip is not None:
                     return  # cut during the write: the upstream connection is closed already
         out = self._accept(decoder.flush())
         if out and self.trip is None:
-            await self.response.write(b"".join(out))
+            await self._write(b"".join(out))
 
     async def _finish(self) -> None:
         try:
             if self.held and self.trip is None:
                 await self._release()
             if self.trip is not None:
-                await self.response.write(self.error_event(self.trip))
+                await self._write_own(self.error_event(self.trip))
             elif self.broken:
                 # A silently truncated stream would look complete to the client's SDK.
-                await self.response.write(self.broken_event())
+                await self._write_own(self.broken_event())
             await self.response.write_eof()
         except _CLIENT_GONE:
             self.client_gone = True
@@ -146,4 +157,7 @@ class StreamRelay:
     async def _release(self) -> None:
         instead = await self.release() if self.release is not None else None
         if self.trip is None:  # a kill while the verdict was awaited ends it as any kill does
-            await self.response.write(instead if instead is not None else b"".join(self.held))
+            if instead is not None:
+                await self._write_own(instead)
+            else:
+                await self._write(b"".join(self.held))

@@ -4,14 +4,17 @@ wire format wants it), the timeouts, and what a failure to get an answer is call
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlencode
 
 import aiohttp
+from multidict import MultiDictProxy
 
 from proxy.config import Config
 from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.pipeline.call import Call
 from proxy.server.headers import request_headers
 from proxy.server.intake import TOKEN_HEADER
+from proxy.server.sigv4 import SigV4Signer
 
 
 class UpstreamClient:
@@ -21,6 +24,11 @@ class UpstreamClient:
         self.session = session
         self.consumed = consumed  # the tag headers Tripwire reads and does not forward
         self.keys = {name: up.resolved_key() for name, up in config.upstreams.items()}
+        self.signers = {
+            name: SigV4Signer(up.aws_sigv4)
+            for name, up in config.upstreams.items()
+            if up.aws_sigv4 is not None
+        }
         self.tenant_keys = {
             (tenant, upstream): key.resolved()
             for tenant, settings in config.tenants.items()
@@ -30,18 +38,23 @@ class UpstreamClient:
     async def send(self, call: Call, body: bytes) -> aiohttp.ClientResponse:
         request = call.request
         url = call.upstream.base_url + call.path
-        if request.rel_url.raw_query_string:
-            url += "?" + request.rel_url.raw_query_string
+        tenant = call.tenant
+        key = self.tenant_keys.get((tenant, call.upstream_name)) if tenant else None
+        key = key or self.keys[call.upstream_name]
+        query = request.rel_url.raw_query_string
+        if query and key and call.adapter.query_credentials:
+            query = _without(request.rel_url.query, call.adapter.query_credentials)
+        if query:
+            url += "?" + query
         drop = self.consumed
         if call.claims is not None and not request.headers.get(TOKEN_HEADER):
             drop = drop | {"authorization"}  # it carried the Tripwire token, not a provider key
-        tenant = call.tenant
-        key = self.tenant_keys.get((tenant, call.upstream_name)) if tenant else None
-        headers = request_headers(
-            request.headers, drop, call.adapter, key or self.keys[call.upstream_name]
-        )
+        headers = request_headers(request.headers, drop, call.adapter, key)
         if call.upstream_headers:
             headers.update(call.upstream_headers)
+        signer = self.signers.get(call.upstream_name)
+        if signer is not None:
+            headers = await signer.sign(request.method, url, headers, body)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=call.upstream.connect_timeout,
@@ -55,6 +68,11 @@ class UpstreamClient:
             timeout=timeout,
             allow_redirects=False,
         )
+
+
+def _without(query: MultiDictProxy[str], names: tuple[str, ...]) -> str:
+    """The query without the client's own provider key: Tripwire's goes in its place."""
+    return urlencode([(k, v) for k, v in query.items() if k not in names])
 
 
 def outcome_of(error: Exception) -> str:

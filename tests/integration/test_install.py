@@ -14,7 +14,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UV = str(Path(sys.executable).parent / "uv")
-DEV_ONLY = {"pytest", "mypy", "ruff", "hypothesis", "openai", "anthropic", "schemathesis"}
+DEV_ONLY = {
+    "pytest",
+    "mypy",
+    "ruff",
+    "hypothesis",
+    "openai",
+    "anthropic",
+    "schemathesis",
+    "google-genai",
+    "boto3",
+    "strands-agents",
+}
 
 
 def _lock() -> dict[str, dict[str, object]]:

@@ -88,7 +88,7 @@ class BillingProvider(MockProvider):
         self.arrivals: dict[str, list[float]] = defaultdict(list)
         self.seen_calls: set[str] = set()
 
-    def record_request(self, path: str, headers: Any, body: Any) -> None:
+    def record_request(self, path: str, headers: Any, body: Any, query: str = "") -> None:
         # Nothing kept per request but its ids: a long run would otherwise hold every body.
         task, call = headers.get("x-soak-task", ""), headers.get("x-soak-call", "")
         _CALL.set((task, call))

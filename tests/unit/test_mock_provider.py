@@ -792,8 +792,8 @@ def test_provider_records_requests_and_resets(
     )
     provider = mock.provider
     assert provider.total_hits == 2
-    path, headers, body = provider.requests[0]
-    assert path == CHAT_COMPLETIONS_PATH
+    path, headers, body, query = provider.requests[0]
+    assert (path, query) == (CHAT_COMPLETIONS_PATH, "")
     assert headers["x-tripwire-task"] == "task-1"
     assert body["messages"] == USER
     assert provider.last_request is not None
