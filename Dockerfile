@@ -4,7 +4,8 @@
 # It installs exactly the runtime packages pinned in uv.lock (no dev or test tools), with the
 # same uv version the Makefile uses, so the image holds the versions the suite tested. The
 # `otel` extra (the OpenTelemetry SDK and OTLP exporters) is in, so the chart's `otel.endpoint`
-# turns traces on without another image.
+# turns traces on without another image; so is the `uvloop` extra, whose event loop
+# `tripwire serve` then runs on.
 FROM python:3.11-slim AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -18,9 +19,9 @@ RUN pip install 'uv==0.13.9'
 WORKDIR /src
 # Dependencies first, so a code change does not reinstall them.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --locked --no-dev --extra otel --no-install-project
+RUN uv sync --locked --no-dev --extra otel --extra uvloop --no-install-project
 COPY proxy ./proxy
-RUN uv sync --locked --no-dev --extra otel --no-editable
+RUN uv sync --locked --no-dev --extra otel --extra uvloop --no-editable
 
 FROM python:3.11-slim
 

@@ -467,6 +467,15 @@ class Bench:
         scripts' own HMGETs are the same for every call, see headline.detector_runs)."""
         counts: dict[str, float | None] = {"metric": None, "redis_hmget": None}
         found = scrape_counter(proc.url, DETECTOR_RUN_COUNTERS)
+        # The detectors run after each response: let the last completions' runs finish.
+        for _ in range(20):
+            if found is None:
+                break
+            time.sleep(0.25)
+            again = scrape_counter(proc.url, DETECTOR_RUN_COUNTERS)
+            if again == found:
+                break
+            found = again
         if found is not None:
             counts["metric"] = found
         if self.ctx.redis_url is not None:

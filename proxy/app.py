@@ -31,12 +31,12 @@ from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
 from proxy.server.limits import handler_args
 from proxy.server.reload import Reloader
+from proxy.server.tables import has_budget
 from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.record import Telemetry
 from proxy.telemetry.scrape import ScrapeGate
-from proxy.tokens import preload as preload_tokenizer
 
 CONFIG = web.AppKey("config", Config)
 LEDGER = web.AppKey("ledger", Ledger)
@@ -125,6 +125,7 @@ def build_app(
     state = ledger if ledger is not None else build_ledger(config, metrics)
     app[LEDGER] = state
     app[METRICS] = metrics
+    metrics.detector_runs = lambda: state.detector_runs
     telemetry = Telemetry(metrics, config.logging.calls)
     app[TELEMETRY] = telemetry
     audit = build_audit(config, state, metrics)
@@ -148,8 +149,9 @@ def build_app(
         )
         await state.start()
         await audit.start()
-        preload_tokenizer()  # ~0.1 s once, rather than on the first call
-        app[FORWARDER] = Forwarder(config, state, PriceBook(), session, hooks, bus)
+        forwarder = app[FORWARDER] = Forwarder(config, state, PriceBook(), session, hooks, bus)
+        if has_budget(config.policy):
+            forwarder.tables.load()  # ~0.3 s once, rather than on the first call
         from proxy.escalation import Escalator
 
         escalator = Escalator(config.escalation, state, audit)

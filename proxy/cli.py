@@ -29,14 +29,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from proxy.server.runner import serve
+    from proxy.server.runner import run
     from proxy.telemetry.logs import setup_logging
 
     config = _config(args)
     setup_logging(config.logging.level, config.logging.format)
-    asyncio.run(serve(config, mock=args.mock, load=lambda: _config(args)))
+    run(config, mock=args.mock, load=lambda: _config(args))
     return 0
 
 

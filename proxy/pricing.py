@@ -138,15 +138,34 @@ class PriceBook:
     """
 
     def __init__(self, cache_size: int = 1024) -> None:
-        from genai_prices.data import providers
-
-        self._providers: list[Provider] = providers
+        # The dataset (~30 MB in memory) is read on the first lookup or ``load``, not here:
+        # the server builds its book at start-up and loads it only when a call needs it.
+        self._loaded: list[Provider] | None = None
+        self._load_lock = threading.Lock()
         self._lookup: Callable[[str, str | None], Price | None] = lru_cache(maxsize=cache_size)(
             self._search
         )
         self._warned: OrderedDict[str, None] = OrderedDict()
         self._warned_cap = cache_size
         self._warned_lock = threading.Lock()
+
+    def load(self) -> None:
+        """Read the dataset now (once; safe from a worker thread while calls wait on it)."""
+        _ = self._providers
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def _providers(self) -> list[Provider]:
+        if self._loaded is None:
+            with self._load_lock:
+                if self._loaded is None:
+                    from genai_prices.data import providers
+
+                    self._loaded = providers
+        return self._loaded
 
     def lookup(self, model: str, provider: str | None = None) -> Price | None:
         """The price of `model`, or None when the dataset does not price it per token.

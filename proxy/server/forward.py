@@ -35,6 +35,7 @@ from proxy.server import answers
 from proxy.server.headers import response_headers
 from proxy.server.intake import Intake
 from proxy.server.streaming import StreamRelay
+from proxy.server.tables import Tables
 from proxy.server.tagging import Tagger
 from proxy.server.upstream import UpstreamClient, outcome_of, upstream_error
 from proxy.session.base import PREVIEW_CHARS, Busy, CallPlan, Denied, Grant, Ledger, Outcome
@@ -57,6 +58,7 @@ class Forwarder:
         self.upstream = UpstreamClient(config, session, tagger.consumed)
         self.ledger = ledger
         self.prices = prices
+        self.tables = Tables(prices)
         self.hooks = hooks
         self.bus = bus
         self.refuse_status = config.policy.refuse_status
@@ -74,7 +76,10 @@ class Forwarder:
         self.sessions = config.tagging.sessions
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        call = await self.intake.read(request, time.perf_counter())
+        started = time.perf_counter()
+        if not self.tables.loaded:  # the first call loads the tokenizer and the prices
+            self.tables.load()
+        call = await self.intake.read(request, started)
         try:
             try:
                 if call.task_source == "fallback" and self.sessions.enabled:

@@ -141,6 +141,7 @@ class Settled:
 
 class Ledger(Protocol):
     board: KillBoard
+    detector_runs: int  # content-detector runs since start-up, for /metrics
 
     async def reserve(self, plan: CallPlan) -> Grant: ...
 

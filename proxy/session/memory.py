@@ -102,6 +102,7 @@ class MemoryLedger:
         self._sweeper: asyncio.Task[None] | None = None
         # Killed tasks by kill time: kept past task_ttl and max_tasks (see _note_kill).
         self._killed: OrderedDict[str, float] = OrderedDict()
+        self.detector_runs = 0  # content-detector runs, exposed on /metrics
         self._sessions = SessionBook(settings.max_tasks)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -431,6 +432,7 @@ class MemoryLedger:
             tool_calls=tool_calls,
             tool_results=tool_results,
         )
+        self.detector_runs += 1
         state.content = content.plain()
         reported: list[tuple[Trip, str]] = []
         for trip in trips:

@@ -55,6 +55,7 @@ from proxy.session.base import (
     TimelineEvent,
     allowed_seconds,
 )
+from proxy.session.batches import KeyedBatches
 from proxy.session.memory import MemoryLedger
 from proxy.session.redis_client import build_client
 from proxy.session.sessions import Span
@@ -93,6 +94,17 @@ class _Known:
     used: int = 0  # tokens used and reserved, as last read
     cost: float = 0.0
     killed: Trip | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class _Completion:
+    """A completion waiting for the content detectors."""
+
+    agent: str
+    text: str
+    policy: Effective
+    tool_calls: Sequence[tuple[str, str]]
+    tool_results: Sequence[str]
 
 
 def key_part(name: str) -> str:
@@ -168,6 +180,10 @@ class RedisLedger:
         self._open_session = self._resilient(self.client.register_script(sessions.OPEN))
         self._end_session = self._resilient(self.client.register_script(sessions.END))
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._content: KeyedBatches[_Completion, builtins.list[Trip]] = KeyedBatches(
+            self._swap_content
+        )
+        self.detector_runs = 0  # content-detector runs, exposed on /metrics
         self._fallback = MemoryLedger(settings, clock=clock or time.time)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         # Open mode: what this replica last knew of tasks, and kills decided while Redis was
@@ -654,11 +670,15 @@ class RedisLedger:
         tool_calls: Sequence[tuple[str, str]] = (),
         tool_results: Sequence[str] = (),
     ) -> builtins.list[tuple[Trip, str]]:
-        """Read the task's detector state, update it and write it back unless another replica
-        wrote it in between; then read again and redo the update, so no completion is missed."""
+        """Run the content detectors on one completion. A task's completions are taken one
+        batch at a time per replica (``KeyedBatches``): read the state once, run the detectors
+        on each completion in order, write it back once unless another replica wrote it in
+        between (then read again and redo the batch, so no completion is missed)."""
         keys = self._keys(task)
         try:
-            trips = await self._swap_content(keys, agent, text, policy, tool_calls, tool_results)
+            trips = await self._content.submit(
+                task, _Completion(agent, text, policy, tool_calls, tool_results)
+            )
         except _UNREACHABLE as error:
             # Detection is a heuristic over a window: a completion Redis cannot take is skipped.
             self._unreachable("observe_content", error)
@@ -674,41 +694,42 @@ class RedisLedger:
         return reported
 
     async def _swap_content(
-        self,
-        keys: Keys,
-        agent: str,
-        text: str,
-        policy: Effective,
-        tool_calls: Sequence[tuple[str, str]],
-        tool_results: Sequence[str],
-    ) -> builtins.list[Trip]:
+        self, task: str, batch: Sequence[_Completion]
+    ) -> builtins.list[builtins.list[Trip]]:
+        keys = self._keys(task)
         for _ in range(CONTENT_SWAP_ATTEMPTS):
             stored, version, killed = await self.client.hmget(
                 keys.state, "content", "content_v", "killed"
             )
+            found: builtins.list[builtins.list[Trip]] = [[] for _ in batch]
             if killed:
-                return []
+                return found
             try:
                 state = ContentState.from_bytes(base64.b64decode(stored or ""))
             except ValueError:
                 state = ContentState()
-            state, trips = observe_content(
-                state,
-                agent,
-                text,
-                cycle=policy.cycle,
-                near_duplicate=policy.near_duplicate,
-                no_progress=policy.no_progress,
-                tool_loop=policy.tool_loop,
-                tool_calls=tool_calls,
-                tool_results=tool_results,
-            )
+            for index, done in enumerate(batch):
+                state, trips = observe_content(
+                    state,
+                    done.agent,
+                    done.text,
+                    cycle=done.policy.cycle,
+                    near_duplicate=done.policy.near_duplicate,
+                    no_progress=done.policy.no_progress,
+                    tool_loop=done.policy.tool_loop,
+                    tool_calls=done.tool_calls,
+                    tool_results=done.tool_results,
+                )
+                self.detector_runs += 1
+                found[index] = trips
+                if any(done.policy.action_for(trip.reason) == "kill" for trip in trips):
+                    break  # the task is killed: later completions are not looked at
             encoded = base64.b64encode(state.to_bytes()).decode()
             ttl = int(self.settings.task_ttl)
             if await self._content_swap(keys=[keys.state], args=[version or "0", encoded, ttl]):
-                return trips
+                return found
         event("content_state_contended", logging.WARNING, task=keys.task)
-        return []
+        return [[] for _ in batch]
 
     async def count_envelope(self, task: str, status: str) -> None:
         keys = self._keys(task)

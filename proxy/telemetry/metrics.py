@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy import __version__
@@ -44,6 +44,7 @@ UPSTREAM_TTFB = "tripwire_upstream_ttfb_seconds"
 OVERHEAD = "tripwire_overhead_seconds"
 TOP_TASK_SPEND = "tripwire_top_task_spend_usd"
 STATE_UP = "tripwire_state_backend_up"
+DETECTOR_RUNS = "tripwire_detector_runs"
 ENVELOPES = "tripwire_envelopes"
 ENVELOPE_CONFIDENCE = "tripwire_envelope_confidence"
 ENVELOPES_BLOCKED = "tripwire_envelopes_blocked"
@@ -74,6 +75,10 @@ _OVERHEAD_BUCKETS = (
 _TOKEN_BUCKETS = (100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000)
 _COUNT_BUCKETS = (1, 2, 3, 5, 8, 12, 20, 50, 100, 200, 500, 1000)
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+def _no_runs() -> int:
+    return 0
 
 
 def _always_up() -> bool:
@@ -126,7 +131,7 @@ class _TaskCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         self.metrics.expire_tasks(time.time())
         tasks = self.metrics.tasks
         active = GaugeMetricFamily(
@@ -147,6 +152,13 @@ class _TaskCollector(Collector):
         up = GaugeMetricFamily(STATE_UP, "1 when the state backend answers.", labels=["backend"])
         up.add_metric([self.metrics.backend], 1.0 if self.metrics.state_up() else 0.0)
         yield up
+        runs = CounterMetricFamily(
+            DETECTOR_RUNS,
+            "Runs of the content detectors over a completion, on this replica (a run redone "
+            "after another replica updated the task's detector state counts again).",
+        )
+        runs.add_metric([], self.metrics.detector_runs())
+        yield runs
 
 
 class Metrics:
@@ -168,6 +180,7 @@ class Metrics:
         self.max_tracked_tasks = max_tracked_tasks
         self.tasks: OrderedDict[str, _TaskFigures] = OrderedDict()
         self.state_up: Callable[[], bool] = _always_up
+        self.detector_runs: Callable[[], int] = _no_runs
         # Bounded by the label caps: every label value here comes from a capped set.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry

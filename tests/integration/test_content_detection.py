@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -124,3 +125,61 @@ async def test_two_replicas_observing_one_task_at_once_miss_nothing(redis_server
             await replica.close()
     trips = [trip for found in reported for trip, _ in found]
     assert [trip.reason for trip in trips] == ["near_duplicate"]
+
+
+async def test_one_task_settling_at_once_runs_the_detectors_once_per_completion(
+    redis_server: Any,
+) -> None:
+    """64 calls of one task completing together through one replica: each completion is looked
+    at once (no read-compute-retry storm), in order, and none is missed."""
+    settings = StateSettings(backend="redis", redis_url=redis_server.url)
+    ledger = RedisLedger(settings)
+    policy = Effective(
+        Limits(),
+        RepeatSettings(),
+        "kill",
+        (),
+        cycle=CycleSettings(enabled=False),
+        near_duplicate=NearDuplicateSettings(repeats=2),
+        no_progress=NoProgressSettings(enabled=False),
+    )
+    words = [uuid.uuid4().hex[:7] for _ in range(64 * 30)]
+    distinct = [" ".join(words[i * 30 : (i + 1) * 30]) for i in range(62)]
+    task = "crowd-" + uuid.uuid4().hex[:6]
+    await ledger.start()
+    try:
+        reported = await asyncio.gather(
+            *(ledger.observe_content(task, "writer", text, policy) for text in distinct + ANSWERS)
+        )
+    finally:
+        await ledger.close()
+    assert ledger.detector_runs == 64
+    trips = [(index, trip.reason) for index, found in enumerate(reported) for trip, _ in found]
+    assert trips == [(63, "near_duplicate")]
+
+
+def test_metrics_count_content_detector_runs(
+    make_proxy: Any, mock: MockProviderThread, state: dict[str, Any]
+) -> None:
+    proxy = make_proxy(state=state)
+    task = "runs-" + uuid.uuid4().hex[:6]
+    client = openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0)
+    for number in range(3):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"step {number}"}],
+            extra_headers={"X-Task-Id": task, "x-mock-reply": f"answer number {number} here"},
+        )
+    deadline = time.monotonic() + 5
+    runs = 0.0
+    while time.monotonic() < deadline:  # the detectors run just after the response
+        text = httpx.get(proxy.base_url + "/metrics").text
+        runs = sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("tripwire_detector_runs_total ")
+        )
+        if runs >= 3:
+            break
+        time.sleep(0.05)
+    assert runs == 3
