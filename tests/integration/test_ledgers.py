@@ -47,8 +47,8 @@ def outcome(
 class Clock:
     """The time both ledgers read: the tests move it rather than sleep."""
 
-    def __init__(self) -> None:
-        self.now = START
+    def __init__(self, start: float = START) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now

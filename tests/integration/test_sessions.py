@@ -5,47 +5,28 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from proxy.config import StateSettings
 from proxy.session.base import Ledger
-from proxy.session.memory import MemoryLedger
-from proxy.session.redis import RedisLedger
 from proxy.session.sessions import is_session, session_id
 from tests.contract.sdk import ask, errors_of
 from tests.harness import ProxyThread
+from tests.integration.test_ledgers import Clock, ledger
+
+__all__ = ["ledger"]  # the fixture that runs the ledger tests on both backends
 
 START = 1_800_000_000.0
 GAP = 300.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def ledger(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Ledger]:
-    if request.param == "memory":
-        state: Ledger = MemoryLedger(StateSettings(), clock=clock)
-    else:
-        server = request.getfixturevalue("redis_server")
-        state = RedisLedger(StateSettings(backend="redis", redis_url=server.url), clock=clock)
-    await state.start()
-    yield state
-    await state.close()
+    """The ledgers' shared clock (``ledger`` comes from the ledger protocol tests), started at a
+    time a session id can name."""
+    return Clock(START)
 
 
 @pytest.fixture
