@@ -32,7 +32,6 @@ _WEIGHTS = np.array([LIGHT, HEAVY, NUMBER, HEAVY], dtype=np.int64)
 # Constants are 0-d arrays: as operands they cost numpy half what its scalars do.
 _CLASS = np.array(3, dtype=np.uint32)
 _FEATURE = ~_CLASS
-_NUMBER_CLASS = np.array(2, dtype=np.uint32)
 _S2 = np.array(2, dtype=np.uint32)
 _LAST_VALUE = np.array(0xFFFFFFFB, dtype=np.uint32)  # below an empty slot's
 _NO_FEATURE = 0x3FFFFFFF  # an empty slot's feature; real features stay below it
@@ -51,7 +50,11 @@ _EMPTY_SKETCH = _EMPTY_SLOT * BAG_FEATURES
 
 _SKETCH = struct.Struct(f"<{BAG_FEATURES}I")
 _EMPTY_VALUES = (0xFFFFFFFF,) * BAG_FEATURES
-_HEAD = 2 * BAG_FEATURES
+# A word's weight class by its first byte: a number (2) wherever it stands, another word 1, or
+# 0 in the opening or closing sentence.
+_CLASS_INSIDE = bytes(2 if 48 <= byte < 58 else 1 for byte in range(256))
+_CLASS_AT_EDGE = bytes(2 if 48 <= byte < 58 else 0 for byte in range(256))
+_HEAD = 4 * BAG_FEATURES  # values sorted first: enough features unless words repeat a lot
 
 # Words that say nothing about what a message is about: English function words, and the
 # vocabulary agents wrap the same content in (greetings, thanks, hand-offs, sign-offs).
@@ -74,18 +77,22 @@ STOPWORDS = tuple(_STOPWORDS_TEXT.split())
 def bag_sketch(
     features: npt.NDArray[np.uint32],
     content: npt.NDArray[np.bool_],
-    numeric: npt.NDArray[np.bool_],
+    first: bytes,
     opening: int,
     closing: int,
 ) -> bytes:
     """The sketch of a completion's words (the high 32 bits of their hashes, in order;
-    ``content`` marks the ones kept, ``numeric`` the numbers); the first ``opening`` and last
-    ``closing`` words weigh ``LIGHT``, unless they are numbers."""
+    ``content`` marks the ones kept, ``first`` holds each one's first byte: a digit makes it a
+    number); the first ``opening`` and last ``closing`` words weigh ``LIGHT``, unless they are
+    numbers."""
     count = len(features)
-    # The feature is the hash's top 30 bits, the weight class in the two bits below.
+    # The feature is the hash's top 30 bits, the weight class in the two bits below: worked
+    # out on bytes, which costs less than array operations.
+    classes = bytearray(first.translate(_CLASS_INSIDE))
+    classes[:opening] = first[:opening].translate(_CLASS_AT_EDGE)
+    classes[count - closing :] = first[count - closing :].translate(_CLASS_AT_EDGE)
     values = features & _FEATURE
-    values[opening : count - closing] |= 1
-    np.copyto(values, values & _FEATURE | _NUMBER_CLASS, where=numeric)  # wherever it stands
+    values |= np.frombuffer(classes, dtype=np.uint8)
     kept = int(np.count_nonzero(content))
     if kept == 0:
         return _EMPTY_SKETCH
@@ -103,7 +110,7 @@ def bag_sketch(
 def _lightest(values: npt.NDArray[np.uint32]) -> list[int]:
     """The values of the ``BAG_FEATURES`` smallest features (all, if fewer), sorted, one a
     feature: the heaviest (the largest class) of its occurrences."""
-    if len(values) > _HEAD:
+    if len(values) > 2 * _HEAD:
         # Sort only the smallest values: enough when they hold more features than are kept,
         # so that the kept ones' every occurrence is among them.
         head = _distinct_heaviest(np.partition(values, _HEAD)[: _HEAD + 1])
@@ -142,11 +149,13 @@ def similarities_in(sketch: bytes, packed: bytes, stride: int) -> list[float]:
     if not packed:
         return []
     skip = stride - BAG_BYTES
-    mine = np.frombuffer(sketch, dtype="<u4")
-    # The sketches one after another in one array: flat arrays take numpy's fastest paths.
-    rows = np.frombuffer(packed, dtype="<u4").reshape(-1, stride // 4)[:, skip // 4 :].ravel()
-    mine_f, mine_w = mine >> _S2, _WEIGHTS.take(mine & _CLASS)
-    rows_f, rows_in = rows >> _S2, _WEIGHTS.take(rows & _CLASS)
+    # All sketches one after another in one flat array, this one first: flat arrays take
+    # numpy's fastest paths, and one operation serves both sides.
+    values = np.frombuffer(bytes(skip) + sketch + packed, dtype="<u4")
+    values = values.reshape(-1, stride // 4)[:, skip // 4 :].ravel()
+    features, weights = values >> _S2, _WEIGHTS.take(values & _CLASS)
+    mine_f, mine_w = features[:BAG_FEATURES], weights[:BAG_FEATURES]
+    rows_f, rows_in = features[BAG_FEATURES:], weights[BAG_FEATURES:]
     # The bound stays below an empty slot's feature, so empty slots never count.
     bound = np.minimum(rows_f[BAG_FEATURES - 1 :: BAG_FEATURES], min(int(mine_f[-1]), _TOP))
     rows_in *= rows_f <= bound.repeat(BAG_FEATURES)

@@ -113,12 +113,12 @@ def _scores(
     if near_duplicate.recent.endswith(cycle.recent):
         if not recent.holds(near_duplicate.recent, key):
             return [], []
-        scores = recent.scores(sketch, near_duplicate.recent)
+        scores = recent.scores(sketch, near_duplicate.recent, key)
         return scores[len(scores) - cycle.outputs :], scores
     kept = cycle.recent + near_duplicate.recent
     if not recent.holds(kept, key):
         return [], []
-    scores = recent.scores(sketch, kept)
+    scores = recent.scores(sketch, kept, key)
     return scores[: cycle.outputs], scores[cycle.outputs :]
 
 

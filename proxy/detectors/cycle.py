@@ -74,7 +74,7 @@ def observe_shingles(
     key = agent_key(agent) if key is None else key
     owners = entries.keys(state.recent)
     if scores is None:
-        scores = entries.scores(shingles.sketch, state.recent) if key in owners else []
+        scores = entries.scores(shingles.sketch, state.recent, key) if key in owners else []
     runs = list(state.runs)
     for period in range(1, MAX_PERIOD + 1):
         back = len(owners) - period

@@ -54,6 +54,18 @@ def read(data: bytes, offset: int, number: int) -> tuple[bytes, int]:
     return data[offset:end], end
 
 
-def scores(sketch_: bytes, entries: bytes) -> list[float]:
-    """The similarity of ``sketch_`` to each entry's sketch."""
-    return similarities_in(sketch_, entries, ENTRY_BYTES)
+def scores(sketch_: bytes, entries: bytes, key: int) -> list[float]:
+    """The similarity of ``sketch_`` to each of the agent's entries' sketches; 0 for others'
+    (the detectors only compare an agent's outputs with its own)."""
+    owners = keys(entries)
+    mine = [index for index, owner in enumerate(owners) if owner == key]
+    if len(mine) == len(owners):
+        return similarities_in(sketch_, entries, ENTRY_BYTES)
+    found = [0.0] * len(owners)
+    if mine:
+        picked = b"".join(
+            [entries[i * ENTRY_BYTES + _KEY.size : (i + 1) * ENTRY_BYTES] for i in mine]
+        )
+        for index, score in zip(mine, similarities_in(sketch_, picked, BAG_BYTES), strict=True):
+            found[index] = score
+    return found

@@ -63,7 +63,6 @@ _M1 = np.array(0xBF58476D1CE4E5B9, dtype=np.uint64)
 _M2 = np.array(0x94D049BB133111EB, dtype=np.uint64)
 _S30, _S27, _S31 = (np.array(n, dtype=np.uint64) for n in (30, 27, 31))
 _SENTENCE_END = re.compile(rb"[.!?\n]")
-_IS_DIGIT = np.array([48 <= n < 58 for n in range(256)], dtype=bool)
 # The high 32 bits of a little-endian uint64 are its second uint32.
 _HIGH = 1 if sys.byteorder == "little" else 0
 
@@ -103,7 +102,7 @@ def _encoded(text: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class _Words:
     hashes: Words  # 64 bits each, in order
-    first: npt.NDArray[np.uint8]  # each one's first byte
+    first: bytes  # each one's first byte
     folded: bytes  # the text they were read from, folded: words are its runs of non-spaces
     raw: bytes  # the same, before folding (cut at 64 KiB)
 
@@ -115,7 +114,7 @@ def _words(raw: bytes) -> _Words:
         # converts a list of them faster than it finds them.
         gathered = np.array(folded.split(), dtype="S16").view(np.uint8)
         pairs = gathered.view("<u8").reshape(-1, 2)
-        return _Words(_hash_words(pairs), gathered[::16], folded, raw)
+        return _Words(_hash_words(pairs), gathered[::16].tobytes(), folded, raw)
     # A space before and 16 after, so every word has a start edge and 16 readable bytes.
     buffer = b" " + folded + _PAD
     spaces = np.frombuffer(buffer, dtype=np.uint8) == 32
@@ -126,7 +125,7 @@ def _words(raw: bytes) -> _Words:
     # raw bytes, which numpy copies faster than unaligned numbers.
     at = np.ndarray((len(buffer) - 16,), dtype="V16", buffer=buffer, offset=1, strides=(1,))
     gathered = at[starts].view(np.uint8)
-    first = gathered[::16]
+    first = gathered[::16].tobytes()
     pairs = gathered.view("<u8").reshape(-1, 2)
     pairs &= _MASKS.take(edges[1::2] - starts, axis=0, mode="clip")
     return _Words(_hash_words(pairs), first, folded, raw)
@@ -246,7 +245,7 @@ def shingle(text: str) -> Shingles:
     opening, closing = edge_words(found)
     features = _high(hashed)
     content = _CONTENT.take(features >> _STOP_SHIFT)
-    sketch = bag_sketch(features, content, _IS_DIGIT.take(found.first), opening, closing)
+    sketch = bag_sketch(features, content, found.first, opening, closing)
     return Shingles(_shingles_of(hashed), sketch)
 
 

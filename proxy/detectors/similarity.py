@@ -66,7 +66,7 @@ def observe_shingles(
     trip = None
     if len(mine) + 1 >= settings.repeats:
         if scores is None:
-            scores = entries.scores(shingles.sketch, state.recent)
+            scores = entries.scores(shingles.sketch, state.recent, key)
         alike = [scores[dropped + index] for index in mine]
         repeats = sum(score >= settings.similarity for score in alike) + 1
         if repeats >= settings.repeats:
