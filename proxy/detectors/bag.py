@@ -109,26 +109,28 @@ def bag_sketch(
 
 def _lightest(values: npt.NDArray[np.uint32]) -> list[int]:
     """The values of the ``BAG_FEATURES`` smallest features (all, if fewer), sorted, one a
-    feature: the heaviest (the largest class) of its occurrences."""
+    feature: the heaviest (the largest class) of its occurrences. Reorders ``values``."""
     if len(values) > 2 * _HEAD:
         # Sort only the smallest values: enough when they hold more features than are kept,
         # so that the kept ones' every occurrence is among them.
-        head = _distinct_heaviest(np.partition(values, _HEAD)[: _HEAD + 1])
+        values.partition(_HEAD)
+        head = _distinct_heaviest(values[: _HEAD + 1])
         if len(head) > BAG_FEATURES:
             return head[:BAG_FEATURES].tolist()  # type: ignore[no-any-return]
     return _distinct_heaviest(values)[:BAG_FEATURES].tolist()  # type: ignore[no-any-return]
 
 
 def _distinct_heaviest(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
-    """Sorted, one value a feature: the heaviest (the largest class) of its occurrences."""
+    """Sorted (in place), one value a feature: the heaviest (the largest class) of its
+    occurrences."""
+    values.sort()
     if len(values) < 2:
         return values
-    ordered = np.sort(values)
-    features = ordered >> _S2
-    last = np.empty(len(ordered), dtype=bool)
+    features = values >> _S2
+    last = np.empty(len(values), dtype=bool)
     last[-1] = True
     np.not_equal(features[1:], features[:-1], out=last[:-1])
-    return ordered[last]
+    return values[last]
 
 
 def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:

@@ -111,8 +111,8 @@ def _verdict(
 ) -> Trip | None:
     if len(recent) < settings.completions:
         return None
-    new = sum(n for n, _ in recent)
-    sampled = sum(s for _, s in recent)
+    new = sum([n for n, _ in recent])
+    sampled = sum([s for _, s in recent])
     if sampled < settings.min_sampled or new >= settings.min_new_share * sampled:
         return None
     return NO_PROGRESS.trip(

@@ -84,9 +84,10 @@ def _high(values: Words) -> Hashes:
 
 def sorted_unique(values: Hashes) -> Hashes:
     # np.unique is several times slower on arrays of this size: it hashes instead of sorting.
-    if len(values) < 2:
-        return np.sort(values)
-    ordered = np.sort(values)
+    ordered = values.copy()
+    ordered.sort()
+    if len(ordered) < 2:
+        return ordered
     keep = np.empty(len(ordered), dtype=bool)
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
@@ -185,7 +186,12 @@ def edge_words(found: _Words) -> tuple[int, int]:
     opening = min(len(folded[: first.start()].split()), quarter)
     # The last sentence starts after the last end that has a word after it.
     last_start = folded.rstrip(b" ").rfind(b" ") + 1
-    before_last = max(raw.rfind(end, 0, last_start) for end in (b".", b"!", b"?", b"\n"))
+    before_last = max(
+        raw.rfind(b".", 0, last_start),
+        raw.rfind(b"!", 0, last_start),
+        raw.rfind(b"?", 0, last_start),
+        raw.rfind(b"\n", 0, last_start),
+    )
     closing = len(folded[before_last:].split()) if before_last >= 0 else 0
     return opening, min(closing, quarter)
 

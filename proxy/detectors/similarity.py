@@ -68,7 +68,7 @@ def observe_shingles(
         if scores is None:
             scores = entries.scores(shingles.sketch, state.recent, key)
         alike = [scores[dropped + index] for index in mine]
-        repeats = sum(score >= settings.similarity for score in alike) + 1
+        repeats = len([score for score in alike if score >= settings.similarity]) + 1
         if repeats >= settings.repeats:
             trip = NEAR_DUPLICATE.trip(
                 agent=agent,

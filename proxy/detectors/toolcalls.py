@@ -127,17 +127,17 @@ def observe(
     trip = None
     if calls:
         run = (*run, calls_fingerprint(calls))[-MAX_RUN:]
-        names = tuple(name[:_NAME_CHARS].replace("\n", " ") for name, _ in calls[:4])
+        names = tuple([name[:_NAME_CHARS].replace("\n", " ") for name, _ in calls[:4]])
         trip = _verdict(run, agent, names, settings)
     runs[key] = (since, run)
-    kept = tuple((owner, *entry) for owner, entry in runs.items())[-MAX_AGENTS:]
+    kept = tuple([(owner, *entry) for owner, entry in runs.items()][-MAX_AGENTS:])
     return ToolLoopState(kept, tuple(seen[-MAX_RESULTS:]), names), trip
 
 
 def fed(state: ToolLoopState, agent: str, key: int | None = None) -> bool:
     """Whether ``agent`` got a new tool result with its last completion or the one before."""
     key = agent_key(agent) if key is None else key
-    return any(owner == key and since <= FED_WITHIN for owner, since, _ in state.runs)
+    return any([owner == key and since <= FED_WITHIN for owner, since, _ in state.runs])
 
 
 def _verdict(
