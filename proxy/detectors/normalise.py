@@ -54,7 +54,8 @@ def exact_bytes(text: str) -> bytes:
         # A long text: numpy drops every space that follows a space faster than re scans.
         codes = np.frombuffer(folded, dtype=np.uint8)
         space = codes == _SPACE
-        return codes[np.concatenate((_FIRST, ~(space[1:] & space[:-1])))].tobytes().strip(b" ")
+        collapsed: bytes = codes[np.concatenate((_FIRST, ~(space[1:] & space[:-1])))].tobytes()
+        return collapsed.strip(b" ")
     folded = text.lower().encode("utf-8", "replace").translate(WORD_FOLD)
     # Other scripts have their own spaces (U+00A0, U+3000, ...): str.split knows them.
     return " ".join(folded.decode("utf-8", "replace").split()).encode()
