@@ -170,6 +170,8 @@ def observe_content(
             trips.extend([trip] if trip else [])
     elif tool_state is state.tool_loop:
         return state, []
+    if near_state.recent == cycle_state.recent and near_state.recent is not cycle_state.recent:
+        near_state = NearDuplicateState(cycle_state.recent)  # a task's first outputs: one copy
     if trips and fed(tool_state, agent, key):
         trips = []  # the agent is acting on something new its tools said: not a loop
     trips.extend([tool_trip] if tool_trip else [])

@@ -30,11 +30,14 @@ _VERSION = 2
 _HEADER = struct.Struct(f"<BB{MAX_PERIOD}H")
 
 
+_NO_RUNS = (0,) * MAX_PERIOD  # shared by every state that continues no period
+
+
 class CycleState(NamedTuple):
     # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
     recent: bytes = b""  # the last MAX_PERIOD outputs, oldest first (``proxy.detectors.recent``)
     names: tuple[str, ...] = ()  # their agents' names
-    runs: tuple[int, ...] = (0,) * MAX_PERIOD  # runs[p - 1]: outputs in a row continuing p
+    runs: tuple[int, ...] = _NO_RUNS  # runs[p - 1]: outputs in a row continuing p
 
     @property
     def outputs(self) -> int:
@@ -82,7 +85,7 @@ def observe_shingles(
         runs[period - 1] = runs[period - 1] + 1 if continues else 0
     recent = entries.last(state.recent + entries.entry(key, shingles.sketch), MAX_PERIOD)
     names = (*state.names, agent[:_NAME_CHARS].replace("\n", " "))[-MAX_PERIOD:]
-    new_state = CycleState(recent, names, tuple(runs))
+    new_state = CycleState(recent, names, tuple(runs) if any(runs) else _NO_RUNS)
     for period in range(2, settings.max_period + 1):
         if runs[period - 1] >= period * (settings.rounds - 1) and runs[0] < period - 1:
             return new_state, _trip(names[-period:], period, agent, settings)

@@ -42,13 +42,17 @@ class NoProgressState(NamedTuple):
     # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
     threshold: int = _ALL
     sample: bytes = b""  # sorted little-endian uint32 hashes below ``threshold``
-    # (new, sampled) shingles of the task's last outputs, oldest first.
-    recent: tuple[tuple[int, int], ...] = ()
+    # (new, sampled) shingles of the task's last outputs, oldest first, as little-endian
+    # uint16 pairs (a completion, 64 KiB at most, has fewer than 2**16 shingles).
+    recent: bytes = b""
+
+    @property
+    def outputs(self) -> int:
+        return len(self.recent) // _PAIR.size
 
     def to_bytes(self) -> bytes:
-        head = _HEADER.pack(_VERSION, self.threshold, len(self.sample) // 4, len(self.recent))
-        pairs = b"".join(_PAIR.pack(min(n, 0xFFFF), min(s, 0xFFFF)) for n, s in self.recent)
-        return head + pairs + self.sample
+        head = _HEADER.pack(_VERSION, self.threshold, len(self.sample) // 4, self.outputs)
+        return head + self.recent + self.sample
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NoProgressState:
@@ -60,8 +64,7 @@ class NoProgressState(NamedTuple):
         start = _HEADER.size + count * _PAIR.size
         if len(data) != start + size * 4 or threshold > _ALL:
             raise ValueError("corrupt no-progress detector state")
-        recent = tuple(_PAIR.unpack_from(data, at) for at in range(_HEADER.size, start, _PAIR.size))
-        return cls(threshold, data[start:], recent)
+        return cls(threshold, data[start:], data[_HEADER.size : start])
 
 
 def observe_shingles(
@@ -82,7 +85,8 @@ def observe_shingles(
             threshold = _HASH.unpack_from(merged, 4 * size)[0]
             merged = merged[: 4 * size]
         sample = merged
-    recent = (*state.recent, (new, distinct))[-settings.completions :]
+    pair = _PAIR.pack(min(new, 0xFFFF), min(distinct, 0xFFFF))
+    recent = (state.recent + pair)[-_PAIR.size * settings.completions :]
     new_state = NoProgressState(threshold, sample, recent)
     return new_state, _verdict(recent, agent, settings)
 
@@ -106,13 +110,12 @@ def _merge_many(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
     return merged.astype("<u4", copy=False).tobytes(), distinct
 
 
-def _verdict(
-    recent: tuple[tuple[int, int], ...], agent: str, settings: NoProgressSettings
-) -> Trip | None:
-    if len(recent) < settings.completions:
+def _verdict(recent: bytes, agent: str, settings: NoProgressSettings) -> Trip | None:
+    count = len(recent) // _PAIR.size
+    if count < settings.completions:
         return None
-    new = sum([n for n, _ in recent])
-    sampled = sum([s for _, s in recent])
+    figures = struct.unpack(f"<{2 * count}H", recent)
+    new, sampled = sum(figures[0::2]), sum(figures[1::2])
     if sampled < settings.min_sampled or new >= settings.min_new_share * sampled:
         return None
     return NO_PROGRESS.trip(
