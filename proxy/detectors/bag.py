@@ -41,7 +41,7 @@ _LAST_SLOT = np.array(BAG_FEATURES - 1)
 _ROW_STARTS = np.arange(0, BAG_FEATURES * 256, BAG_FEATURES)  # more than a state ever keeps
 
 
-def _row_starts(rows: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
+def _row_starts(rows: Sequence[bytes]) -> npt.NDArray[np.intp]:
     return np.arange(0, BAG_FEATURES * len(rows), BAG_FEATURES)
 
 
@@ -135,26 +135,17 @@ def _distinct_heaviest(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]
 
 def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
     """Estimated weighted Jaccard similarity of one sketch to each of ``others``; two texts
-    without content words are not alike."""
-    return similarities_in(sketch, b"".join(others), BAG_BYTES)
-
-
-def similarities_in(sketch: bytes, packed: bytes, stride: int) -> list[float]:
-    """``bag_similarities`` to the sketches that end every ``stride`` bytes of ``packed`` (each
-    after ``stride - BAG_BYTES`` bytes of something else): all of them in a few array
-    operations.
+    without content words are not alike. All of them in a few array operations.
 
     Each pair is compared on the features up to the smaller of the two sketches' largest: every
     feature of either text in that range is in its sketch, so they are a uniform sample of the
     union (all of it when a sketch is not full: an empty slot's feature is the largest).
     """
-    if not packed:
+    if not others:
         return []
-    skip = stride - BAG_BYTES
-    # All sketches one after another in one flat array, this one first: flat arrays take
-    # numpy's fastest paths, and one operation serves both sides.
-    values = np.frombuffer(bytes(skip) + sketch + packed, dtype="<u4")
-    values = values.reshape(-1, stride // 4)[:, skip // 4 :].ravel()
+    # All sketches in one flat array, this one first: one operation serves both sides, and
+    # flat arrays take numpy's fastest paths.
+    values = np.frombuffer(b"".join([sketch, *others]), dtype="<u4")
     features, weights = values >> _S2, _WEIGHTS.take(values & _CLASS)
     mine_f, mine_w = features[:BAG_FEATURES], weights[:BAG_FEATURES]
     rows_f, rows_in = features[BAG_FEATURES:], weights[BAG_FEATURES:]
@@ -168,8 +159,8 @@ def similarities_in(sketch: bytes, packed: bytes, stride: int) -> list[float]:
     np.minimum(at, _LAST_SLOT, out=at)
     matched = np.minimum(rows_in, mine_w.take(at))
     matched *= mine_f.take(at) == rows_f
-    starts = _ROW_STARTS[: len(bound)] if len(bound) <= len(_ROW_STARTS) else _row_starts(bound)
-    both = np.add.reduceat(matched, starts)
-    either = mine_in + np.add.reduceat(rows_in, starts) - both
-    result: list[float] = (both / np.maximum(either, 1)).tolist()
-    return result
+    starts = _ROW_STARTS[: len(others)] if len(others) <= len(_ROW_STARTS) else _row_starts(others)
+    # A few pairs: the last steps cost less in Python than as array operations.
+    both = np.add.reduceat(matched, starts).tolist()
+    either = (mine_in + np.add.reduceat(rows_in, starts)).tolist()
+    return [shared / max(total - shared, 1) for shared, total in zip(both, either, strict=True)]

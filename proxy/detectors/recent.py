@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from proxy.detectors.bag import BAG_BYTES, similarities_in
+from proxy.detectors.bag import BAG_BYTES, bag_similarities
 
 _KEY = struct.Struct("<I")
 ENTRY_BYTES = _KEY.size + BAG_BYTES
@@ -57,15 +57,10 @@ def read(data: bytes, offset: int, number: int) -> tuple[bytes, int]:
 def scores(sketch_: bytes, entries: bytes, key: int) -> list[float]:
     """The similarity of ``sketch_`` to each of the agent's entries' sketches; 0 for others'
     (the detectors only compare an agent's outputs with its own)."""
-    owners = keys(entries)
-    mine = [index for index, owner in enumerate(owners) if owner == key]
-    if len(mine) == len(owners):
-        return similarities_in(sketch_, entries, ENTRY_BYTES)
-    found = [0.0] * len(owners)
+    mine = [index for index, owner in enumerate(keys(entries)) if owner == key]
+    found = [0.0] * count(entries)
     if mine:
-        picked = b"".join(
-            [entries[i * ENTRY_BYTES + _KEY.size : (i + 1) * ENTRY_BYTES] for i in mine]
-        )
-        for index, score in zip(mine, similarities_in(sketch_, picked, BAG_BYTES), strict=True):
+        picked = [entries[i * ENTRY_BYTES + _KEY.size : (i + 1) * ENTRY_BYTES] for i in mine]
+        for index, score in zip(mine, bag_similarities(sketch_, picked), strict=True):
             found[index] = score
     return found
