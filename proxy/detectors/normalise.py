@@ -19,8 +19,6 @@ import functools
 import json
 import re
 
-import numpy as np
-
 
 def _word_fold() -> bytes:
     table = bytearray(b" " * 256)
@@ -36,8 +34,6 @@ def _word_fold() -> bytes:
 WORD_FOLD = _word_fold()
 _SPACES = re.compile(rb"  +")
 _SHORT = 2048  # bytes: folded text up to this long is collapsed by re, longer by numpy
-_SPACE = np.array(32, dtype=np.uint8)
-_FIRST = np.ones(1, dtype=bool)
 # json.dumps with these options builds an encoder on every call: one, built once.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _REMEMBERED = 1024  # characters: arguments up to this long are remembered, 256 at most
@@ -51,14 +47,25 @@ def exact_bytes(text: str) -> bytes:
         folded = text.encode().translate(WORD_FOLD)
         if len(folded) <= _SHORT:
             return _SPACES.sub(b" ", folded).strip(b" ")
-        # A long text: numpy drops every space that follows a space faster than re scans.
-        codes = np.frombuffer(folded, dtype=np.uint8)
-        space = codes == _SPACE
-        collapsed: bytes = codes[np.concatenate((_FIRST, ~(space[1:] & space[:-1])))].tobytes()
-        return collapsed.strip(b" ")
+        return _collapse_long(folded).strip(b" ")
     folded = text.lower().encode("utf-8", "replace").translate(WORD_FOLD)
     # Other scripts have their own spaces (U+00A0, U+3000, ...): str.split knows them.
     return " ".join(folded.decode("utf-8", "replace").split()).encode()
+
+
+def _collapse_long(folded: bytes) -> bytes:
+    """``folded`` with every space that follows a space dropped: numpy does it faster than re
+    scans a long text. Imported here, so that what only reads this module's tables does not
+    load numpy (the proxy has it loaded already, for the content detectors)."""
+    import numpy as np
+
+    codes = np.frombuffer(folded, dtype=np.uint8)
+    space = codes == 32
+    kept = np.empty(len(codes), dtype=bool)
+    kept[0] = True
+    np.logical_not(space[1:] & space[:-1], out=kept[1:])
+    collapsed: bytes = codes[kept].tobytes()
+    return collapsed
 
 
 def exact_text(text: str) -> str:
