@@ -27,6 +27,7 @@ from proxy.pipeline.bus import TripBus
 from proxy.pipeline.hooks import Hooks
 from proxy.policy.rules import PolicyBook
 from proxy.pricing import PriceBook
+from proxy.server.budgets import TaskBudgets
 from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
 from proxy.server.limits import handler_args
@@ -138,6 +139,9 @@ def build_app(
     app[TRIPS] = bus
     hooks = build_addons(config, state, telemetry, bus)
     app[HOOKS] = hooks
+    # Which tasks have token or dollar budgets of their own: the admin API tells it, and the
+    # calls of the others are not estimated unless their policy sets a budget.
+    budgets = TaskBudgets(complete=isinstance(state, MemoryLedger))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
@@ -148,8 +152,11 @@ def build_app(
             trust_env=False,
         )
         await state.start()
+        await budgets.read(state)
         await audit.start()
-        forwarder = app[FORWARDER] = Forwarder(config, state, PriceBook(), session, hooks, bus)
+        forwarder = app[FORWARDER] = Forwarder(
+            config, state, PriceBook(), session, hooks, bus, budgets
+        )
         if has_budget(config.policy):
             forwarder.tables.load()  # ~0.3 s once, rather than on the first call
         from proxy.escalation import Escalator
@@ -221,7 +228,13 @@ def build_app(
         reloader = Reloader(config, load, apply)
         app[RELOADER] = reloader
     admin_app = build_admin_app(
-        config, state, audit, telemetry, local_token, reloader.reload if reloader else None
+        config,
+        state,
+        audit,
+        telemetry,
+        local_token,
+        reloader.reload if reloader else None,
+        budgets,
     )
     app.add_subapp("/tripwire/v1", admin_app)
     app.add_subapp("/tripwire/ui", build_console_app())

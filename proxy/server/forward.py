@@ -14,13 +14,13 @@ with an error event on a kill or in place of an answer an addon replaced.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 import aiohttp
 from aiohttp import web
 
+from proxy import jsonio
 from proxy.config import Config
 from proxy.detectors.base import Trip
 from proxy.detectors.budget import BUDGET_TOKENS
@@ -32,6 +32,7 @@ from proxy.policy.rules import PolicyBook
 from proxy.pricing import PriceBook
 from proxy.providers.base import Output, StreamDecoder, Usage
 from proxy.server import answers
+from proxy.server.budgets import TaskBudgets
 from proxy.server.headers import response_headers
 from proxy.server.intake import Intake
 from proxy.server.streaming import StreamRelay
@@ -39,6 +40,7 @@ from proxy.server.tables import Tables
 from proxy.server.tagging import Tagger
 from proxy.server.upstream import UpstreamClient, outcome_of, upstream_error
 from proxy.session.base import PREVIEW_CHARS, Busy, CallPlan, Denied, Grant, Ledger, Outcome
+from proxy.session.memory import MemoryLedger
 from proxy.session.sessions import session_id
 from proxy.telemetry.logs import event
 
@@ -52,9 +54,12 @@ class Forwarder:
         session: aiohttp.ClientSession,
         hooks: Hooks,
         bus: TripBus,
+        budgets: TaskBudgets | None = None,
     ) -> None:
         tagger = Tagger(config.tagging)
-        self.intake = Intake(config, PolicyBook(config.policy), tagger)
+        # Tasks with budgets of their own: every one is known here with the embedded ledger.
+        self.budgets = budgets or TaskBudgets(complete=isinstance(ledger, MemoryLedger))
+        self.intake = Intake(config, PolicyBook(config.policy), tagger, self.budgets)
         self.upstream = UpstreamClient(config, session, tagger.consumed)
         self.ledger = ledger
         self.prices = prices
@@ -77,13 +82,12 @@ class Forwarder:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        if not self.tables.loaded:  # the first call loads the tokenizer and the prices
-            self.tables.load()
         call = await self.intake.read(request, started)
         try:
             try:
                 if call.task_source == "fallback" and self.sessions.enabled:
                     await self._open_session(call)
+                    self.intake.estimate(call)  # the session may have a budget of its own
                 for hook in self.hooks.request:
                     answer = await hook(call)
                     if answer is not None:
@@ -162,6 +166,8 @@ class Forwarder:
             raise await self._refused(call, denied.trip) from None
         for trip in grant.observed:
             self.bus.trip(call.task, call.agent, trip, "observe", call.tenant)
+        if grant.view.overrides:  # limits of its own this process had not heard of
+            self.budgets.note(call.task, grant.view.overrides)
         call.price = price
         return grant
 
@@ -173,7 +179,7 @@ class Forwarder:
         changed = call.adapter.enforce(call.body, call.info, grant.output_cap, cap_field)
         for hook in self.hooks.reserved:
             changed = hook(call, grant) or changed
-        return json.dumps(call.body).encode() if changed else call.raw
+        return jsonio.dumps(call.body) if changed else call.raw
 
     # -- send and relay ---------------------------------------------------------------------
 
@@ -324,11 +330,11 @@ class Forwarder:
         self, call: Call, grant: Grant, relay: StreamRelay, status: int, outcome: str, judge: bool
     ) -> None:
         tally = relay.tally
-        usage = tally.billed_usage(call.prompt_tokens)
+        usage = tally.billed_usage(answers.prompt_estimate(call) if tally.usage is None else 0)
         if not usage.total and tally.final and call.info.modelled:
             # Closing usage of nulls or strings: count the stream as if it sent none.
             tally.usage, tally.final = None, False
-            usage = tally.billed_usage(call.prompt_tokens)
+            usage = tally.billed_usage(answers.prompt_estimate(call))
             tally.final = True
         output = tally.output() if outcome == "ok" else None
         await asyncio.shield(self._settle(call, grant, usage, outcome, status, output))
@@ -406,6 +412,7 @@ def _bound_output(call: Call, grant: Grant, relay: StreamRelay) -> None:
     relay.output_limit = (
         reserved + reserved * OUTPUT_TOLERANCE_PERCENT // 100 + OUTPUT_TOLERANCE_TOKENS
     )
+    relay.tally.counting = True
 
     def over(counted: int) -> Trip:
         return BUDGET_TOKENS.trip(
