@@ -178,6 +178,7 @@ def build_app(
             await audit.close()
             await session.close()
             await state.close()
+            telemetry.flush()  # the last calls' metrics and log lines
 
     app.cleanup_ctx.append(lifecycle)
 
