@@ -405,9 +405,11 @@ OUTPUT_TOLERANCE_TOKENS = 32
 
 def _bound_output(call: Call, grant: Grant, relay: StreamRelay) -> None:
     """Compare the stream's counted output with what the call reserved: a provider that
-    ignores the forwarded cap is cut past it and the call billed what was counted."""
+    ignores the forwarded cap is cut past it and the call billed what was counted. Only
+    under a budget (the calls whose prompt is estimated): without one, no reservation can be
+    overrun, and the stream's usage is read from its end rather than counted delta by delta."""
     reserved = grant.reserved_tokens - call.prompt_tokens
-    if grant.policy.on_trip != "kill" or reserved <= 0:
+    if grant.policy.on_trip != "kill" or reserved <= 0 or not call.estimated:
         return  # shadow mode changes nothing; no output was reserved, so none is bounded
     relay.output_limit = (
         reserved + reserved * OUTPUT_TOLERANCE_PERCENT // 100 + OUTPUT_TOLERANCE_TOKENS

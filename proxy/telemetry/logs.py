@@ -6,6 +6,7 @@ Only fields passed explicitly are written: request headers never reach a log lin
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import logging
@@ -67,6 +68,7 @@ class LineWriter(logging.Handler):
         self._pending: deque[bytes] = deque()
         self._wake = threading.Event()
         self._stopping = False
+        self._kick_scheduled = False
         self._thread = threading.Thread(target=self._write, name="tripwire-log", daemon=True)
         self._thread.start()
 
@@ -84,8 +86,20 @@ class LineWriter(logging.Handler):
             self.dropped += 1
             return
         self._pending.append(line)
-        if not self._wake.is_set():
+        if self._kick_scheduled or self._wake.is_set():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self._wake.set()
+            return
+        # Woken once per turn of the event loop, for every line the turn logged.
+        self._kick_scheduled = True
+        loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        self._wake.set()
 
     def _write(self) -> None:
         pending = self._pending
