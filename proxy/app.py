@@ -147,6 +147,9 @@ def build_app(
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         session = aiohttp.ClientSession(
             connector=connector,
+            # A provider's cookies belong to the client that got them, in its own answer: a
+            # shared jar would hand them to every other client's calls.
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
             trust_env=False,

@@ -23,6 +23,8 @@ log = logging.getLogger(LOGGER_NAME)
 # Lines formatted and not yet written past which new ones are dropped (and counted): a log
 # output that stalls must not grow the process without bound.
 MAX_PENDING_LINES = 10_000
+# How long a line logged on the event loop waits, at most, to be written with the next ones.
+WRITE_INTERVAL_S = 0.01
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,9 +95,10 @@ class LineWriter(logging.Handler):
         except RuntimeError:
             self._wake.set()
             return
-        # Woken once per turn of the event loop, for every line the turn logged.
+        # Woken at most every WRITE_INTERVAL_S, for every line logged meanwhile: a thread
+        # woken per line would cost more than the lines.
         self._kick_scheduled = True
-        loop.call_soon(self._kick)
+        loop.call_later(WRITE_INTERVAL_S, self._kick)
 
     def _kick(self) -> None:
         self._kick_scheduled = False
