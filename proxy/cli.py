@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="three runaway agents against a built-in mock provider")
     demo.set_defaults(run=_demo)
 
-    from proxy.replay.cli import add_replay_parser
+    from proxy.replay.args import add_replay_parser
 
     add_replay_parser(commands)
     _add_admin_commands(commands)
