@@ -9,13 +9,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from proxy.replay.args import add_replay_parser
-    from proxy.replay.cli import main, run_replay
+    from proxy.replay.cli import add_replay_parser, main, run_replay
     from proxy.replay.runner import DetectorPolicy, Firing, TraceReport, replay, replay_trace
     from proxy.replay.traces import Trace, TraceFormatError, Turn
 
 _HOMES = {
-    "add_replay_parser": "proxy.replay.args",
+    "add_replay_parser": "proxy.replay.cli",
     "main": "proxy.replay.cli",
     "run_replay": "proxy.replay.cli",
     "DetectorPolicy": "proxy.replay.runner",

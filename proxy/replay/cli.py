@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from proxy.errors import ConfigError
 from proxy.replay.args import FORMATS, add_arguments
@@ -49,6 +49,16 @@ def guess_format(path: Path) -> str:
     if head.startswith("{") and '"history"' in head:
         return "who_and_when"
     return "jsonl"
+
+
+def add_replay_parser(commands: Any) -> argparse.ArgumentParser:
+    """Register ``replay`` on a ``parser.add_subparsers()`` object."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "replay", help="run the loop detectors over a recorded conversation"
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run_replay)
+    return parser
 
 
 def _saving(savings: Savings | None, report: TraceReport) -> str:
