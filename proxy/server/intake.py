@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import logging
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
@@ -38,6 +39,7 @@ SHAPE_ERRORS = (TypeError, ValueError, AttributeError, LookupError, RecursionErr
 TOKEN_HEADER = "X-Tripwire-Token"
 # Methods that never run a model: reading a result, listing, deleting.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+ROUTES_CACHED = 4096
 
 
 def normal_glob(glob: str) -> str:
@@ -59,6 +61,8 @@ class Intake:
         }
         self.policy = policy
         self.tagger = tagger
+        # Agents call the same few paths: each is routed once (a refused path is not kept).
+        self._route = lru_cache(maxsize=ROUTES_CACHED)(self._route_of)
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
         self.max_body_bytes = config.server.max_body_bytes
         self.body_timeout = config.server.body_timeout
@@ -77,13 +81,9 @@ class Intake:
         _announce_unbounded(config)
 
     async def read(self, request: web.Request, started: float) -> Call:
-        route = routing.resolve(request.rel_url.raw_path, self.upstream_names)
+        route, path = self._route(request.rel_url.raw_path)
         upstream = self.upstreams[route.upstream]
         adapter = ADAPTERS[upstream.format]
-        path = route.path
-        if "." in path or "%" in path:
-            path = _provider_path(path)
-        path = routing.normal_path(path)
         claims, token = self._claims(request) if self.verifier is not None else (None, "")
         raw = await read_body(request, self.max_body_bytes, self.body_timeout)
         info = CallInfo(kind="other")
@@ -158,6 +158,14 @@ class Intake:
                 f"({type(exc).__name__}: {exc})"
             ) from exc
         call.estimated = True
+
+    def _route_of(self, raw_path: str) -> tuple[routing.Route, str]:
+        """The route of a raw path, and the path the call is classified by."""
+        route = routing.resolve(raw_path, self.upstream_names)
+        path = route.path
+        if "." in path or "%" in path:
+            path = _provider_path(path)
+        return route, routing.normal_path(path)
 
     def _check_tenant_key(self, tenant: str, upstream: str) -> None:
         """A tenant's call goes out with the tenant's own provider key; the operator's shared
