@@ -64,7 +64,9 @@ def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: Trip
         TagHeaders(),  # response headers: X-Tripwire-*
         Deadline(ledger, bus),  # stream started: arm; stream ended: disarm
         CallTelemetry(telemetry),  # settled, refused, stream ended: metrics and call log
-        ContentDetection(ledger, bus),  # settled: loop detectors on the text, off the path
+        # settled: loop detectors on the text, off the path; request: a call of a task whose
+        # kill-mode detection still runs waits for its verdict
+        ContentDetection(ledger, bus),
     ]
     return Hooks([a for a in addons if a is not None], telemetry.addon_failed)
 
