@@ -252,13 +252,16 @@ class MemoryLedger:
         task = self._tasks.get(name)
         if task is None:
             task = _Task(name, started=now, last_seen=now)
-            self._tasks[name] = task
-            if len(self._tasks) > self.settings.max_tasks:
-                self._forget_oldest()
+            self._keep(task)
         else:
             self._tasks.move_to_end(name)
             task.last_seen = now
         return task
+
+    def _keep(self, task: _Task) -> None:
+        self._tasks[task.task] = task
+        if len(self._tasks) > self.settings.max_tasks:
+            self._forget_oldest()
 
     def _bucket(self, task: _Task, name: str) -> str:
         """The agent's own name, or ``other`` once the task has its maximum of agents."""
@@ -269,12 +272,21 @@ class MemoryLedger:
     def _agent(self, task: _Task, name: str) -> _Agent:
         return task.agents.setdefault(self._bucket(task, name), _Agent())
 
+    def _task_of(self, plan: CallPlan) -> tuple[_Task, bool]:
+        """The call's task, and whether it is new. A new task is kept only once its first
+        call is let through: a first call refused leaves nothing behind, so refused calls of
+        made-up ids neither fill the tables nor push other tasks out of them."""
+        if plan.task in self._tasks:
+            return self._touch(plan.task, plan.now), False
+        return _Task(plan.task, started=plan.now, last_seen=plan.now), True
+
     async def reserve(self, plan: CallPlan) -> Grant:
-        task = self._touch(plan.task, plan.now)
+        task, new = self._task_of(plan)
         if task.killed is not None:
             raise Denied(plan.task, task.killed, fresh=False)
         _first_call(task, plan)
-        self._index(task)
+        if not new:
+            self._index(task)
         lim = plan.policy.limits
         if task.overrides:
             lim = lim.model_copy(update=task.overrides)
@@ -311,6 +323,8 @@ class MemoryLedger:
         observed: list[Trip] = []
         for trip in checks:
             if plan.policy.on_trip == "kill":
+                if new:
+                    raise Denied(plan.task, trip, fresh=False, first_call=True)
                 task.killed = trip
                 task.mark("kill", trip.detail, self.clock())
                 self._note_kill(task)
@@ -326,6 +340,9 @@ class MemoryLedger:
             and cap != plan.requested_output
             and not checks
         )
+        if new:
+            self._keep(task)
+            self._index(task)
         output = cap * plan.choices if cap is not None else 0
         reserved = plan.prompt_tokens + output
         reserved_cost = 0.0

@@ -371,6 +371,8 @@ class RedisLedger:
             self._remember(plan.task, killed=trip)
             self.board.cut(plan.task, trip)
             raise Denied(plan.task, trip, fresh=True)
+        if verdict == "refused":  # the task's first call: nothing was written
+            raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False, first_call=True)
         if verdict == "busy":
             raise Busy(plan.task, int(_num(reply[1])))
         (

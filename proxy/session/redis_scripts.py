@@ -42,7 +42,7 @@ from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments, reply or rules change, so replicas of two
 # versions never share a key layout or a kill channel by accident.
-VERSION = 3
+VERSION = 4
 # Settled calls remembered per task, so a settle replayed after its reply was lost (the script
 # ran, the answer never came back) is not counted twice.
 SETTLED_PER_TASK = 512
@@ -127,6 +127,9 @@ local function touch()
   redis.call('EXPIRE', z, ttl)
 end
 
+-- A task is kept from the first call let through: a first call refused writes nothing.
+local new = redis.call('EXISTS', s) == 0
+
 local function timeline_push(entry)
   redis.call('LPUSH', timeline, entry)
   redis.call('LTRIM', timeline, 0, TIMELINE - 1)
@@ -178,10 +181,14 @@ max_hops = tonumber(st[14]) or max_hops
 max_duration = tonumber(st[15]) or max_duration
 if max_duration == 0 then max_duration = nil end  -- as in Python: 0 sets no deadline
 if max_duration then max_duration = max_duration + (tonumber(st[16]) or 0) end
--- The limit the task was last checked against, for its view.
-redis.call('HSET', s, 'max_tokens', max_tokens or -1)
-if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
-if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
+-- The limit the task was last checked against, for its view; who the task belongs to. Written
+-- by every call that keeps the task.
+local function keep()
+  redis.call('HSET', s, 'max_tokens', max_tokens or -1)
+  if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
+  if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
+  if not st[1] then redis.call('HSET', s, 'started', num(now)) end
+end
 
 -- Budgets are kept per agent up to max_agents; later agents share the bucket 'other'. Hops
 -- and the figures a person reads name the calling agent itself.
@@ -227,6 +234,7 @@ end
         + _CHECKS
         + """
 if kill and #trips == 0 and busy then
+  keep()
   redis.call('HSET', s, 'last_seen', num(now))
   touch()
   return {'busy', tostring(reserved)}
@@ -241,8 +249,11 @@ if bound >= 0 then
   end
 end
 
-if not st[1] then redis.call('HSET', s, 'started', num(now)) end
 local observed = {}
+if kill and #trips > 0 and new then
+  return {'refused', trips[1].json}
+end
+keep()
 if #trips > 0 then
   if kill then
     local record = trips[1].json

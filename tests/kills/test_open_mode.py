@@ -88,3 +88,31 @@ async def test_kills_decided_during_an_outage_are_written_back(
         assert killed and "operator" in killed
     finally:
         client.close()
+
+
+async def test_a_first_call_refused_during_an_outage_leaves_no_task(
+    outage: tuple[RedisServer, RedisLedger],
+) -> None:
+    server, ledger = outage
+    server.stop()
+    with pytest.raises(Denied) as refused:  # a made-up id whose first call is over budget
+        await ledger.reserve(plan("made-up", prompt=600))
+    assert refused.value.first_call
+    grant = await ledger.reserve(plan("working"))
+    await ledger.settle(grant, Outcome(20, 0.0, None, None, True))
+    server.start()
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        written = None
+        for _ in range(100):  # the write-back: kills first, then the settles
+            try:
+                written = client.hget(ledger._keys("working").state, "used")
+            except redis.ConnectionError:
+                written = None
+            if written:
+                break
+            await asyncio.sleep(0.1)
+        assert written == "20"
+        assert not client.exists(ledger._keys("made-up").state)
+    finally:
+        client.close()
