@@ -110,7 +110,9 @@ class MemoryLedger:
     async def start(self) -> None:
         path = self._persist_file
         if path is not None:
-            self._restore(await asyncio.to_thread(persist.read, path))
+            records, sessions = await asyncio.to_thread(persist.read, path)
+            self._restore(records)
+            self._sessions.restore(sessions)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def ready(self) -> bool:
@@ -182,8 +184,9 @@ class MemoryLedger:
         others = [t for t in reversed(self._tasks.values()) if t.killed is None]
         kept = killed + others[: max(persist.MAX_RECORDS - len(killed), 0)]
         records = [_record(task, self._killed.get(task.task)) for task in kept]
+        sessions = self._sessions.saved(persist.MAX_RECORDS)
         try:
-            await asyncio.to_thread(persist.write, path, records)
+            await asyncio.to_thread(persist.write, path, records, sessions)
         except OSError as exc:
             event("state_file_unwritten", logging.ERROR, error=type(exc).__name__)
 
@@ -203,12 +206,24 @@ class MemoryLedger:
 
     # -- open mode's starting point -----------------------------------------------------------
 
-    def seed(self, task: str, used: int, cost: float, killed: Trip | None) -> None:
+    def seed(
+        self,
+        task: str,
+        used: int,
+        cost: float,
+        killed: Trip | None,
+        calls: int = 0,
+        started: float | None = None,
+    ) -> None:
         """Start (or bring up to date) a task from figures the shared state last gave: a
-        Redis ledger in open mode spends from what was left, and refuses a killed task."""
+        Redis ledger in open mode spends from what was left, counts its calls on, keeps its
+        deadline's clock, and refuses a killed task."""
         state = self._touch(task, self.clock())
         state.tokens_used = max(state.tokens_used, used)
         state.cost_used = max(state.cost_used, cost)
+        state.calls = max(state.calls, calls)
+        if started is not None and not state.clocked:
+            state.started, state.clocked = started, True
         if killed is not None and state.killed is None:
             state.killed = killed
             self._note_kill(state)
@@ -572,6 +587,9 @@ def _record(task: _Task, killed_at: float | None) -> dict[str, Any]:
         "cost_used": task.cost_used,
         "calls": task.calls,
         "hops": task.hops,
+        "last_agent": task.last_agent,
+        # Each agent's spend, for per-agent budgets (its bucket's, "other" included).
+        "agents": {name: agent.tokens_used for name, agent in task.agents.items()},
         "max_tokens": task.max_tokens,
         "tenant": task.tenant,
         "owner": task.owner,
@@ -593,6 +611,11 @@ def _from_record(record: dict[str, Any]) -> _Task:
         cost_used=float(record.get("cost_used", 0.0)),
         calls=int(record.get("calls", 0)),
         hops=int(record.get("hops", 0)),
+        last_agent=None if record.get("last_agent") is None else str(record["last_agent"]),
+        agents={
+            str(name): _Agent(tokens_used=int(used))
+            for name, used in dict(record.get("agents") or {}).items()
+        },
         max_tokens=None if record.get("max_tokens") is None else int(record["max_tokens"]),
         tenant=record.get("tenant"),
         owner=record.get("owner"),

@@ -174,13 +174,16 @@ def test_a_bedrock_message_past_the_bound_ends_the_stream_with_an_exception_even
     texts: list[str] = []
     try:
         with pytest.raises(EventStreamError) as cut:
-            answer = client.converse_stream(
+            events = client.converse_stream(
                 modelId="us.amazon.nova-lite-v1:0",
                 messages=[{"role": "user", "content": [{"text": "Hello there"}]}],
-            )
-            for item in answer["stream"]:
-                if "contentBlockDelta" in item:
-                    texts.append(item["contentBlockDelta"]["delta"]["text"])
+            )["stream"]
+            try:
+                for item in events:
+                    if "contentBlockDelta" in item:
+                        texts.append(item["contentBlockDelta"]["delta"]["text"])
+            finally:
+                events.close()
     finally:
         client.close()
     assert "broke off" in str(cut.value)
