@@ -320,6 +320,26 @@ class MemoryLedger:
             return self._touch(plan.task, plan.now), False
         return _Task(plan.task, started=plan.now, last_seen=plan.now), True
 
+    def _trips_at_reserve(
+        self, task: _Task, plan: CallPlan, checks: list[Trip], new: bool
+    ) -> list[Trip]:
+        """Under a killing policy the first trip kills the task (or, for a task's first call,
+        refuses it and keeps nothing); in shadow mode, the trips not reported before."""
+        observed: list[Trip] = []
+        for trip in checks:
+            if plan.policy.on_trip == "kill":
+                if new:
+                    raise Denied(plan.task, trip, fresh=False, first_call=True)
+                task.killed = trip
+                task.mark("kill", trip.detail, self.clock())
+                self._note_kill(task)
+                self.board.cut(plan.task, trip)
+                raise Denied(plan.task, trip, fresh=True)
+            if trip.reason not in task.observed:
+                task.observed |= {trip.reason}
+                observed.append(trip)
+        return observed
+
     async def reserve(self, plan: CallPlan) -> Grant:
         task, new = self._task_of(plan)
         if task.killed is not None:
@@ -361,19 +381,7 @@ class MemoryLedger:
         cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
         if cap == 0 and not checks:
             checks.append(budget.too_many_choices(plan.choices))
-        observed: list[Trip] = []
-        for trip in checks:
-            if plan.policy.on_trip == "kill":
-                if new:
-                    raise Denied(plan.task, trip, fresh=False, first_call=True)
-                task.killed = trip
-                task.mark("kill", trip.detail, self.clock())
-                self._note_kill(task)
-                self.board.cut(plan.task, trip)
-                raise Denied(plan.task, trip, fresh=True)
-            if trip.reason not in task.observed:
-                task.observed |= {trip.reason}
-                observed.append(trip)
+        observed = self._trips_at_reserve(task, plan, checks, new)
         # Shadow mode changes nothing the agent receives, so an over-budget cap is left alone.
         enforce = (
             plan.policy.on_trip == "kill"
@@ -644,7 +652,7 @@ def _record(task: _Task, killed_at: float | None) -> dict[str, Any]:
         "hops": task.hops,
         "last_agent": task.last_agent,
         # Each agent's spend, for per-agent budgets (its bucket's, "other" included).
-        "agents": {name: agent.tokens_used for name, agent in task.agents.items()},
+        "agents": {agent.name: agent.tokens_used for agent in task.agents},
         "max_tokens": task.max_tokens,
         "tenant": task.tenant,
         "owner": task.owner,
@@ -667,10 +675,10 @@ def _from_record(record: dict[str, Any]) -> _Task:
         calls=int(record.get("calls", 0)),
         hops=int(record.get("hops", 0)),
         last_agent=None if record.get("last_agent") is None else str(record["last_agent"]),
-        agents={
-            str(name): _Agent(tokens_used=int(used))
+        agents=tuple(
+            _Agent(sys.intern(str(name)), tokens_used=int(used))
             for name, used in dict(record.get("agents") or {}).items()
-        },
+        ),
         max_tokens=None if record.get("max_tokens") is None else int(record["max_tokens"]),
         tenant=record.get("tenant"),
         owner=record.get("owner"),
