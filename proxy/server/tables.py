@@ -1,5 +1,5 @@
 """The tokenizer and the price tables: the two big read-only tables a call may need (about
-40 and 30 MB). Neither is loaded at start-up unless the policy sets a token or dollar budget;
+19 MB and 1 MB once loaded; see ``proxy.tokens`` and ``proxy.pricing``). Neither is loaded at start-up unless the policy sets a token or dollar budget;
 otherwise the first call that needs them loads them, once.
 
 The load runs on the event loop's thread, holding the loop for its few tenths of a second
@@ -32,5 +32,7 @@ class Tables:
         return self.prices.loaded and tokenizer_loaded()
 
     def load(self) -> None:
+        # The price index builds in a child process while the tokenizer loads here.
+        prices_loaded = self.prices.start_load()
         load_tokenizer()
-        self.prices.load()
+        prices_loaded()
