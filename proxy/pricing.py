@@ -35,6 +35,9 @@ OpenAI reports cached tokens inside `prompt_tokens`, so its adapter subtracts
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -407,7 +410,9 @@ def _decode_price(data: tuple[Any, ...] | None) -> Price | None:
     if data is None:
         return None
     tiers = tuple((start, _decode_price(tier)) for start, tier in data[6])
-    return Price(data[0], data[1], data[2], data[3], data[4], data[5], tiers)  # type: ignore[arg-type]
+    # Interned: a model's id repeats in each of its prices, tiers and conditions.
+    model_id = sys.intern(data[4])
+    return Price(data[0], data[1], data[2], data[3], model_id, data[5], tiers)  # type: ignore[arg-type]
 
 
 def _decode_clause(data: tuple[Any, ...]) -> Clause:
@@ -416,7 +421,7 @@ def _decode_clause(data: tuple[Any, ...]) -> Clause:
         return (kind, re.compile(arg))
     if kind in ("or", "and"):
         return (kind, tuple(_decode_clause(each) for each in arg))
-    return (kind, arg)
+    return (kind, sys.intern(arg))
 
 
 def _decode_prices(data: tuple[Any, ...]) -> Price | tuple[_Condition, ...] | None:
@@ -440,7 +445,7 @@ def _decode(data: bytes) -> tuple[_Provider, ...]:
             model_match=None if model_match is None else _decode_clause(model_match),
             fallback=tuple(fallback),
             models=tuple(
-                _Model(mid, _decode_clause(match), _decode_prices(prices))
+                _Model(sys.intern(mid), _decode_clause(match), _decode_prices(prices))
                 for mid, match, prices in models
             ),
         )
@@ -449,12 +454,22 @@ def _decode(data: bytes) -> tuple[_Provider, ...]:
 
 
 def _cache_path() -> str:
-    """Where the index built for this genai-prices release is kept between runs."""
-    from importlib.metadata import version
+    """Where the index built from the installed dataset is kept between runs.
 
+    Named for the dataset file's path, size and modification time rather than the package's
+    version: reading the version costs ``importlib.metadata``'s imports (~1.4 MB), and a
+    reinstall or an edited dataset gets an index of its own.
+    """
+    key = f"{INDEX_FORMAT}"
+    spec = importlib.util.find_spec("genai_prices")  # locates the package, imports nothing
+    if spec is not None and spec.origin is not None:
+        data = os.path.join(os.path.dirname(spec.origin), "data.py")
+        with contextlib.suppress(OSError):
+            stat = os.stat(data)
+            key = f"{data}|{stat.st_size}|{stat.st_mtime_ns}|{INDEX_FORMAT}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    name = f"prices-{version('genai-prices')}-{INDEX_FORMAT}.json"
-    return os.path.join(base, "tripwire", name)
+    return os.path.join(base, "tripwire", f"prices-{digest}.json")
 
 
 def _cached() -> bytes | None:

@@ -1,6 +1,7 @@
 """The tokenizer and the price tables: the two big read-only tables a call may need (about
-19 MB and 1 MB once loaded; see ``proxy.tokens`` and ``proxy.pricing``). Neither is loaded at start-up unless the policy sets a token or dollar budget;
-otherwise the first call that needs them loads them, once.
+18 and 3 MB once loaded; see ``proxy.tokens`` and ``proxy.pricing``). Neither is loaded at
+start-up unless the policy sets a token or dollar budget; otherwise the first call that needs
+them loads them, once.
 
 The load runs on the event loop's thread, holding the loop for its few tenths of a second
 once: loaded from a worker thread the same tables leave the process about 27 MB larger (the
