@@ -11,6 +11,7 @@ allocator keeps that thread's freed scratch memory).
 from __future__ import annotations
 
 from proxy.config import Limits, Policy
+from proxy.heap import release_free_heap
 from proxy.pricing import PriceBook
 from proxy.tokens import loaded as tokenizer_loaded
 from proxy.tokens import preload as load_tokenizer
@@ -37,3 +38,4 @@ class Tables:
         prices_loaded = self.prices.start_load()
         load_tokenizer()
         prices_loaded()
+        release_free_heap()  # the index's decoding scratch
