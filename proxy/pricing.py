@@ -510,7 +510,9 @@ def _spawn(cache: bool = True) -> subprocess.Popen[bytes] | _Cached | None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "proxy.price_build"],
+            # -P: the child finds its modules where this process found them (PYTHONPATH),
+            # not first in the working directory.
+            [sys.executable, "-P", "-m", "proxy.price_build"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             env=env,

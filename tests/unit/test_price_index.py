@@ -121,3 +121,12 @@ def test_index_is_reused_from_the_cache_and_rebuilt_when_damaged(
     cached[0].write_text("[[1, 2")
     again = PriceBook()
     assert again.lookup("gpt-4o", "openai") == first.lookup("gpt-4o", "openai") is not None
+
+
+def test_without_a_child_process_the_index_is_built_in_process(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr("sys.executable", "/nonexistent/python")
+    book = PriceBook()
+    assert book.lookup("gpt-4o", "openai") == _reference("gpt-4o", "openai") is not None
