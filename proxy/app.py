@@ -151,7 +151,9 @@ def build_app(
         )
         await state.start()
         await audit.start()
-        forwarder = app[FORWARDER] = Forwarder(config, state, PriceBook(), session, hooks, bus)
+        forwarder = app[FORWARDER] = Forwarder(
+            config, state, PriceBook(), session, hooks, bus, telemetry.refused
+        )
         if has_budget(config.policy):
             forwarder.tables.load()  # ~0.3 s once, rather than on the first call
         from proxy.escalation import Escalator
