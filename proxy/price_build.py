@@ -36,7 +36,7 @@ from genai_prices.types import (
     TimeOfDateConstraint,
 )
 
-from proxy.pricing import PER_MTOK, Price, encode_price
+from proxy.price import PER_MTOK, Price, encode_price
 
 __all__ = ["build", "convert", "encode_clause"]
 
