@@ -162,7 +162,7 @@ def build_app(
         await budgets.read(state)
         await audit.start()
         forwarder = app[FORWARDER] = Forwarder(
-            config, state, PriceBook(), session, hooks, bus, budgets
+            config, state, PriceBook(), session, hooks, bus, telemetry.refused, budgets
         )
         if has_budget(config.policy):
             forwarder.tables.load()  # ~0.3 s once, rather than on the first call

@@ -129,7 +129,9 @@ class MemoryLedger:
     async def start(self) -> None:
         path = self._persist_file
         if path is not None:
-            self._restore(await asyncio.to_thread(persist.read, path))
+            records, sessions = await asyncio.to_thread(persist.read, path)
+            self._restore(records)
+            self._sessions.restore(sessions)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def ready(self) -> bool:
@@ -202,8 +204,9 @@ class MemoryLedger:
         others = [t for t in reversed(self._tasks.values()) if t.killed is None]
         kept = killed + others[: max(persist.MAX_RECORDS - len(killed), 0)]
         records = [_record(task, self._killed.get(task.task)) for task in kept]
+        sessions = self._sessions.saved(persist.MAX_RECORDS)
         try:
-            await asyncio.to_thread(persist.write, path, records)
+            await asyncio.to_thread(persist.write, path, records, sessions)
         except OSError as exc:
             event("state_file_unwritten", logging.ERROR, error=type(exc).__name__)
 
@@ -223,12 +226,24 @@ class MemoryLedger:
 
     # -- open mode's starting point -----------------------------------------------------------
 
-    def seed(self, task: str, used: int, cost: float, killed: Trip | None) -> None:
+    def seed(
+        self,
+        task: str,
+        used: int,
+        cost: float,
+        killed: Trip | None,
+        calls: int = 0,
+        started: float | None = None,
+    ) -> None:
         """Start (or bring up to date) a task from figures the shared state last gave: a
-        Redis ledger in open mode spends from what was left, and refuses a killed task."""
+        Redis ledger in open mode spends from what was left, counts its calls on, keeps its
+        deadline's clock, and refuses a killed task."""
         state = self._touch(task, self.clock())
         state.tokens_used = max(state.tokens_used, used)
         state.cost_used = max(state.cost_used, cost)
+        state.calls = max(state.calls, calls)
+        if started is not None and not state.clocked:
+            state.started, state.clocked = started, True
         if killed is not None and state.killed is None:
             state.killed = killed
             self._note_kill(state)
@@ -272,13 +287,16 @@ class MemoryLedger:
         task = self._tasks.get(name)
         if task is None:
             task = _Task(name, started=now, last_seen=now)
-            self._tasks[name] = task
-            if len(self._tasks) > self.settings.max_tasks:
-                self._forget_oldest()
+            self._keep(task)
         else:
             self._tasks.move_to_end(name)
             task.last_seen = now
         return task
+
+    def _keep(self, task: _Task) -> None:
+        self._tasks[task.task] = task
+        if len(self._tasks) > self.settings.max_tasks:
+            self._forget_oldest()
 
     def _bucket(self, task: _Task, name: str) -> str:
         """The agent's own name, or ``other`` once the task has its maximum of agents."""
@@ -294,12 +312,41 @@ class MemoryLedger:
             task.agents = (*task.agents, agent)
         return agent
 
+    def _task_of(self, plan: CallPlan) -> tuple[_Task, bool]:
+        """The call's task, and whether it is new. A new task is kept only once its first
+        call is let through: a first call refused leaves nothing behind, so refused calls of
+        made-up ids neither fill the tables nor push other tasks out of them."""
+        if plan.task in self._tasks:
+            return self._touch(plan.task, plan.now), False
+        return _Task(plan.task, started=plan.now, last_seen=plan.now), True
+
+    def _trips_at_reserve(
+        self, task: _Task, plan: CallPlan, checks: list[Trip], new: bool
+    ) -> list[Trip]:
+        """Under a killing policy the first trip kills the task (or, for a task's first call,
+        refuses it and keeps nothing); in shadow mode, the trips not reported before."""
+        observed: list[Trip] = []
+        for trip in checks:
+            if plan.policy.on_trip == "kill":
+                if new:
+                    raise Denied(plan.task, trip, fresh=False, first_call=True)
+                task.killed = trip
+                task.mark("kill", trip.detail, self.clock())
+                self._note_kill(task)
+                self.board.cut(plan.task, trip)
+                raise Denied(plan.task, trip, fresh=True)
+            if trip.reason not in task.observed:
+                task.observed |= {trip.reason}
+                observed.append(trip)
+        return observed
+
     async def reserve(self, plan: CallPlan) -> Grant:
-        task = self._touch(plan.task, plan.now)
+        task, new = self._task_of(plan)
         if task.killed is not None:
             raise Denied(plan.task, task.killed, fresh=False)
         _first_call(task, plan)
-        self._index(task)
+        if not new:
+            self._index(task)
         lim = plan.policy.limits
         if task.overrides:
             lim = lim.model_copy(update=task.overrides)
@@ -334,17 +381,7 @@ class MemoryLedger:
         cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
         if cap == 0 and not checks:
             checks.append(budget.too_many_choices(plan.choices))
-        observed: list[Trip] = []
-        for trip in checks:
-            if plan.policy.on_trip == "kill":
-                task.killed = trip
-                task.mark("kill", trip.detail, self.clock())
-                self._note_kill(task)
-                self.board.cut(plan.task, trip)
-                raise Denied(plan.task, trip, fresh=True)
-            if trip.reason not in task.observed:
-                task.observed |= {trip.reason}
-                observed.append(trip)
+        observed = self._trips_at_reserve(task, plan, checks, new)
         # Shadow mode changes nothing the agent receives, so an over-budget cap is left alone.
         enforce = (
             plan.policy.on_trip == "kill"
@@ -352,6 +389,9 @@ class MemoryLedger:
             and cap != plan.requested_output
             and not checks
         )
+        if new:
+            self._keep(task)
+            self._index(task)
         output = cap * plan.choices if cap is not None else 0
         reserved = plan.prompt_tokens + output
         reserved_cost = 0.0
@@ -610,6 +650,9 @@ def _record(task: _Task, killed_at: float | None) -> dict[str, Any]:
         "cost_used": task.cost_used,
         "calls": task.calls,
         "hops": task.hops,
+        "last_agent": task.last_agent,
+        # Each agent's spend, for per-agent budgets (its bucket's, "other" included).
+        "agents": {agent.name: agent.tokens_used for agent in task.agents},
         "max_tokens": task.max_tokens,
         "tenant": task.tenant,
         "owner": task.owner,
@@ -631,6 +674,11 @@ def _from_record(record: dict[str, Any]) -> _Task:
         cost_used=float(record.get("cost_used", 0.0)),
         calls=int(record.get("calls", 0)),
         hops=int(record.get("hops", 0)),
+        last_agent=None if record.get("last_agent") is None else str(record["last_agent"]),
+        agents=tuple(
+            _Agent(sys.intern(str(name)), tokens_used=int(used))
+            for name, used in dict(record.get("agents") or {}).items()
+        ),
         max_tokens=None if record.get("max_tokens") is None else int(record["max_tokens"]),
         tenant=record.get("tenant"),
         owner=record.get("owner"),
