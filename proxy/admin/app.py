@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
 
 from proxy.admin import insight, models
 from proxy.admin.local import LocalAdmin
@@ -31,6 +31,7 @@ from proxy.config import Config
 from proxy.detectors.base import Trip, TripReason
 from proxy.errors import AuthError, ConfigError, StateUnavailable
 from proxy.policy.rules import PolicyBook
+from proxy.server.budgets import TaskBudgets
 from proxy.server.reload import ReloadReport, one_line
 from proxy.session.base import Ledger, TaskView
 from proxy.telemetry.activity import Activity
@@ -69,18 +70,31 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(error.status, error.code, error.message)
     except AuthError as error:
         return error_response(401, "unauthorized", error.message, **{"WWW-Authenticate": "Bearer"})
-    except (StateUnavailable, RedisError, OSError, TimeoutError) as error:
-        event("admin_state_unavailable", logging.WARNING, path=request.path, error=repr(error))
-        return error_response(
-            503, "state_unavailable", "Tripwire cannot reach its state store; retry shortly"
-        )
+    except (StateUnavailable, OSError, TimeoutError) as error:
+        return _state_unavailable(request, error)
     except web.HTTPException as error:
         code = "not_found" if error.status == 404 else error.reason.lower().replace(" ", "_")
         extra = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else {}
         return error_response(error.status, code, error.text or error.reason, **extra)
     except Exception as exc:
+        if _is_redis_error(exc):
+            return _state_unavailable(request, exc)
         event("admin_internal_error", logging.ERROR, path=request.path, error=repr(exc))
         return error_response(500, "internal_error", "Tripwire failed to handle this request")
+
+
+def _state_unavailable(request: web.Request, error: BaseException) -> web.Response:
+    event("admin_state_unavailable", logging.WARNING, path=request.path, error=repr(error))
+    return error_response(
+        503, "state_unavailable", "Tripwire cannot reach its state store; retry shortly"
+    )
+
+
+def _is_redis_error(error: BaseException) -> bool:
+    """A Redis client error, looked up only once the client is loaded: the embedded ledger
+    never loads it (its import alone costs the process about 20 MB)."""
+    errors = sys.modules.get("redis.exceptions")
+    return errors is not None and isinstance(error, errors.RedisError)
 
 
 def _validation_message(error: ValidationError) -> str:
@@ -99,8 +113,10 @@ class AdminState:
         audit: AuditLog,
         activity: Activity,
         local: LocalAdmin | None = None,
+        budgets: TaskBudgets | None = None,
     ) -> None:
         self.config = config
+        self.budgets = budgets
         self.ledger = ledger
         self.audit = audit
         self.activity = activity
@@ -208,6 +224,8 @@ class AdminState:
         if await self.ledger.get(key) is not None:
             raise ApiError(409, "task_exists", f"task {body.task!r} exists already")
         overrides = body.limits.overrides() if body.limits is not None else {}
+        if self.budgets is not None:  # before the ledger: no call of it goes unestimated
+            self.budgets.note(key, overrides)
         view = await self.ledger.create(key, tenant=tenant, owner=owner, overrides=overrides)
         await self.record(
             caller, "create", view, "created ahead of its first call", limits=overrides, owner=owner
@@ -288,6 +306,8 @@ class AdminState:
         view = await self.task(caller, task)
         body = await self.body(request, models.ResumeTask, optional=True)
         overrides = body.limits.overrides() if body.limits is not None else {}
+        if self.budgets is not None:  # before the ledger: no call of it goes unestimated
+            self.budgets.note(view.task, overrides)
         resumed = await self.ledger.resume(view.task, overrides, body.note)
         if resumed is None:  # expired between the two reads
             raise _not_found(task)
@@ -372,15 +392,17 @@ def build_admin_app(
     telemetry: Telemetry | None = None,
     local_token: str | None = None,
     reload: Reload | None = None,
+    budgets: TaskBudgets | None = None,
 ) -> web.Application:
     """The admin API as an aiohttp sub-application, to mount at ``/tripwire/v1``; given the
     proxy's telemetry, it keeps the recent activity the console shows; given ``reload``, it
-    serves ``POST /reload``."""
+    serves ``POST /reload``; given ``budgets``, it tells the proxy which tasks it gives token
+    or dollar budgets of their own."""
     activity = Activity()
     if telemetry is not None:
         telemetry.call_listeners.append(activity.record)
     local = LocalAdmin(local_token) if local_token and config.auth.mode == "none" else None
-    state = AdminState(config, ledger, audit, activity, local)
+    state = AdminState(config, ledger, audit, activity, local, budgets)
     state.reloader = reload
     app = web.Application(middlewares=[_errors])
     app[STATE] = state

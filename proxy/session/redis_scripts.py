@@ -31,8 +31,11 @@ characters, ``%``, spaces and non-ASCII), so no id can close the hash tag or rea
 Limits set on one task (at creation, or raised on resume) live in the state hash as
 ``lim|<name>`` and win over the policy's; ``extra_duration`` moves the deadline.
 
-Every key gets the task TTL on every write. Replies carry floats as strings, since Redis turns
-Lua numbers into integers.
+Every key gets the task TTL on every write, except that a killed task's state, agents and
+timeline get the kill's retention (``kill_retention``, never less than the TTL) from the kill on,
+from every script that touches them: neither a refused call nor a call settling after the kill
+brings them back to the idle TTL. Replies carry floats as strings, since Redis turns Lua numbers
+into integers.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments, reply or rules change, so replicas of two
 # versions never share a key layout or a kill channel by accident.
-VERSION = 3
+VERSION = 4
 # Settled calls remembered per task, so a settle replayed after its reply was lost (the script
 # ran, the answer never came back) is not counted twice.
 SETTLED_PER_TASK = 512
@@ -120,12 +123,19 @@ local tenant, owner = ARGV[21], ARGV[22]
 local now = tonumber(ARGV[23])
 local t = redis.call('TIME')
 if not now then now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+-- A killed task's keys live this long (kill_retention, never less than the TTL), whatever
+-- call touches them: a refused call never shortens a kill's life back to the idle TTL.
+local retention = tonumber(ARGV[24])
 
-local function touch()
-  redis.call('EXPIRE', s, ttl)
-  redis.call('EXPIRE', a, ttl)
-  redis.call('EXPIRE', z, ttl)
+local function touch(life)
+  life = life or ttl
+  redis.call('EXPIRE', s, life)
+  redis.call('EXPIRE', a, life)
+  redis.call('EXPIRE', z, life)
 end
+
+-- A task is kept from the first call let through: a first call refused writes nothing.
+local new = redis.call('EXISTS', s) == 0
 
 local function timeline_push(entry)
   redis.call('LPUSH', timeline, entry)
@@ -161,7 +171,8 @@ local st = redis.call('HMGET', s, 'started', 'killed', 'used', 'reserved', 'cost
   'lim|max_cost_usd', 'lim|max_calls', 'lim|max_hops', 'lim|max_duration', 'extra_duration')
 if st[2] then
   redis.call('HSET', s, 'last_seen', num(now))
-  touch()
+  touch(retention)
+  redis.call('EXPIRE', timeline, retention)
   return {'killed', st[2]}
 end
 local started = tonumber(st[1]) or now
@@ -178,10 +189,14 @@ max_hops = tonumber(st[14]) or max_hops
 max_duration = tonumber(st[15]) or max_duration
 if max_duration == 0 then max_duration = nil end  -- as in Python: 0 sets no deadline
 if max_duration then max_duration = max_duration + (tonumber(st[16]) or 0) end
--- The limit the task was last checked against, for its view.
-redis.call('HSET', s, 'max_tokens', max_tokens or -1)
-if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
-if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
+-- The limit the task was last checked against, for its view; who the task belongs to. Written
+-- by every call that keeps the task.
+local function keep()
+  redis.call('HSET', s, 'max_tokens', max_tokens or -1)
+  if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
+  if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
+  if not st[1] then redis.call('HSET', s, 'started', num(now)) end
+end
 
 -- Budgets are kept per agent up to max_agents; later agents share the bucket 'other'. Hops
 -- and the figures a person reads name the calling agent itself.
@@ -227,6 +242,7 @@ end
         + _CHECKS
         + """
 if kill and #trips == 0 and busy then
+  keep()
   redis.call('HSET', s, 'last_seen', num(now))
   touch()
   return {'busy', tostring(reserved)}
@@ -241,14 +257,18 @@ if bound >= 0 then
   end
 end
 
-if not st[1] then redis.call('HSET', s, 'started', num(now)) end
 local observed = {}
+if kill and #trips > 0 and new then
+  return {'refused', trips[1].json}
+end
+keep()
 if #trips > 0 then
   if kill then
     local record = trips[1].json
     redis.call('HSET', s, 'killed', record, 'last_seen', num(now))
     timeline_push('{"at":' .. num(now) .. ',"kind":"kill","trip":' .. record .. '}')
-    touch()
+    redis.call('EXPIRE', timeline, retention)
+    touch(retention)
     redis.call('PUBLISH', channel, '{"task":' .. cjson.encode(task) .. ',"trip":' .. record .. '}')
     return {'trip', record}
   end
@@ -291,8 +311,8 @@ SETTLE = (
 local s, a, z, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local agent, ttl, extra_calls = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local preview = ARGV[7]
--- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[8..]: for
+local preview, retention = ARGV[7], tonumber(ARGV[8])
+-- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[9..]: for
 -- each, the fingerprint to observe ('' for none) and the window's size.
 local windows = #KEYS - 5
 
@@ -339,12 +359,15 @@ if preview ~= '' then
 end
 local counts = {}
 for i = 1, windows do
-  local seen, length = observe(KEYS[5 + i], ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i]))
+  local seen, length = observe(KEYS[5 + i], ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i]))
   table.insert(counts, seen)
   table.insert(counts, length)
 end
 
-for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, ttl) end
+-- A call settling after its task's kill (the stream the kill cut) keeps the kill's life.
+local life = ttl
+if redis.call('HEXISTS', s, 'killed') == 1 then life = retention end
+for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, life) end
 local st = state()
 for _, n in ipairs(counts) do table.insert(st, n) end
 table.insert(st, 0)
@@ -352,8 +375,10 @@ return st
 """.replace("PREVIEWS", str(PREVIEWS_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
 
+# ARGV[2]: the kill's retention (kill_retention, never less than the task TTL), set on the
+# task's state, agents and timeline at once.
 KILL = f"""-- tripwire kill v{VERSION}
-local s, timeline = KEYS[1], KEYS[2]
+local s, timeline, a = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HEXISTS', s, 'killed') == 1 then return 0 end
 local now = ARGV[6]
 if now == '' then now = redis.call('TIME')[1] end
@@ -361,6 +386,7 @@ redis.call('HSET', s, 'killed', ARGV[1], 'last_seen', now)
 -- A kill before any call starts the deadline's clock, as a first call would.
 redis.call('HSETNX', s, 'started', now)
 redis.call('EXPIRE', s, tonumber(ARGV[2]))
+redis.call('EXPIRE', a, tonumber(ARGV[2]))
 redis.call('LPUSH', timeline, ARGV[5])
 redis.call('LTRIM', timeline, 0, {TIMELINE_PER_TASK - 1})
 redis.call('EXPIRE', timeline, tonumber(ARGV[2]))
@@ -374,6 +400,7 @@ CONTENT_SWAP = f"""-- tripwire content swap v{VERSION}
 local s = KEYS[1]
 if (redis.call('HGET', s, 'content_v') or '0') ~= ARGV[1] then return 0 end
 redis.call('HSET', s, 'content', ARGV[2], 'content_v', tonumber(ARGV[1]) + 1)
-redis.call('EXPIRE', s, tonumber(ARGV[3]))
+-- A task killed meanwhile keeps its kill's retention.
+if redis.call('HEXISTS', s, 'killed') == 0 then redis.call('EXPIRE', s, tonumber(ARGV[3])) end
 return 1
 """
