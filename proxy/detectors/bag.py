@@ -39,15 +39,8 @@ _TOP = _NO_FEATURE - 1
 _NO_WEIGHT = np.zeros(1, dtype=np.int64)
 _LAST_SLOT = np.array(BAG_FEATURES - 1)
 _ROW_STARTS = np.arange(0, BAG_FEATURES * 256, BAG_FEATURES)  # more than a state ever keeps
-
-
-def _row_starts(rows: Sequence[bytes]) -> npt.NDArray[np.intp]:
-    return np.arange(0, BAG_FEATURES * len(rows), BAG_FEATURES)
-
-
 _EMPTY_SLOT = b"\xff\xff\xff\xff"
 _EMPTY_SKETCH = _EMPTY_SLOT * BAG_FEATURES
-
 _SKETCH = struct.Struct(f"<{BAG_FEATURES}I")
 _EMPTY_VALUES = (0xFFFFFFFF,) * BAG_FEATURES
 # A word's weight class by its first byte: a number (2) wherever it stands, another word 1, or
@@ -159,7 +152,9 @@ def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
     np.minimum(at, _LAST_SLOT, out=at)
     matched = np.minimum(rows_in, mine_w.take(at))
     matched *= mine_f.take(at) == rows_f
-    starts = _ROW_STARTS[: len(others)] if len(others) <= len(_ROW_STARTS) else _row_starts(others)
+    starts = _ROW_STARTS[: len(others)]
+    if len(starts) < len(others):
+        starts = np.arange(0, BAG_FEATURES * len(others), BAG_FEATURES)
     # A few pairs: the last steps cost less in Python than as array operations.
     both = np.add.reduceat(matched, starts).tolist()
     either = (mine_in + np.add.reduceat(rows_in, starts)).tolist()
