@@ -53,17 +53,24 @@ class ContentState(NamedTuple):
     def plain(self) -> Plain:
         """The state as exact tuples of numbers, bytes and strings, which the garbage collector
         stops tracking (it never untracks a tuple subclass such as this one): the embedded
-        ledger keeps this form, so 100k tasks' states add nothing to a full collection."""
-        return (
-            tuple(self.cycle),
-            tuple(self.near_duplicate),
-            tuple(self.no_progress),
-            tuple(self.tool_loop),
-        )
+        ledger keeps this form, so 100k tasks' states add nothing to a full collection. The
+        cycle detector's outputs are usually the near-duplicate window's last ones: then they
+        are kept once, the cycle's part holding only how many they are."""
+        cycle, near = self.cycle, self.near_duplicate
+        if cycle.recent and near.recent.endswith(cycle.recent):
+            return (
+                (cycle.outputs, cycle.names, cycle.runs),
+                tuple(near),
+                tuple(self.no_progress),
+                tuple(self.tool_loop),
+            )
+        return (tuple(cycle), tuple(near), tuple(self.no_progress), tuple(self.tool_loop))
 
     @classmethod
     def from_plain(cls, plain: Plain) -> ContentState:
         cycle, near_duplicate, no_progress, tool_loop = plain
+        if isinstance(cycle[0], int):  # the window's last outputs (see ``plain``)
+            cycle = (recent.last(near_duplicate[0], cycle[0]), *cycle[1:])
         return cls(
             CycleState._make(cycle),
             NearDuplicateState._make(near_duplicate),

@@ -75,6 +75,19 @@ def test_serialized_form_round_trips_and_rejects_garbage() -> None:
             ContentState.from_bytes(bad)
 
 
+def test_the_embedded_ledgers_form_keeps_shared_outputs_once_and_round_trips() -> None:
+    state = ContentState()
+    for n in range(30):
+        # Short outputs reach the cycle detector, not the near-duplicate window: the two
+        # detectors' kept outputs part ways, then meet again.
+        text = "Done." if n % 7 == 3 else prose(n % 4, 40)
+        state, _ = observe_content(state, f"a{n % 2}", text, **DEFAULTS)
+        plain = state.plain()
+        assert ContentState.from_plain(plain) == state
+        if state.near_duplicate.recent.endswith(state.cycle.recent):
+            assert plain[0][0] == state.cycle.outputs  # a count, not a second copy
+
+
 def test_tool_calls_without_text_reach_the_tool_loop_detector() -> None:
     tools = {**DEFAULTS, "tool_loop": ToolLoopSettings()}
     state, reasons = ContentState(), []
