@@ -201,11 +201,12 @@ def edge_words(found: _Words) -> tuple[int, int]:
 class Shingles:
     """What the content detectors need from one completion, computed once."""
 
-    __slots__ = ("_hashes", "shingles", "sketch")
+    __slots__ = ("_hashes", "empty", "shingles", "sketch")
 
     def __init__(self, shingles: Hashes, sketch: bytes) -> None:
         self.shingles = shingles  # word 3-shingles, in order, with repeats
         self.sketch = sketch  # the bag sketch of its content words
+        self.empty = len(shingles) == 0  # no word at all
         self._hashes: Hashes | None = None
 
     @property
@@ -219,10 +220,6 @@ class Shingles:
     def count(self) -> int:
         """How many distinct shingles."""
         return len(self.hashes)
-
-    @property
-    def empty(self) -> bool:
-        return len(self.shingles) == 0
 
     def at_least(self, count: int) -> bool:
         """Whether there are at least ``count`` distinct shingles, without sorting them all
