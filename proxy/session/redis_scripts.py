@@ -42,7 +42,7 @@ from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments, reply or rules change, so replicas of two
 # versions never share a key layout or a kill channel by accident.
-VERSION = 3
+VERSION = 4
 # Settled calls remembered per task, so a settle replayed after its reply was lost (the script
 # ran, the answer never came back) is not counted twice.
 SETTLED_PER_TASK = 512
@@ -292,24 +292,39 @@ local s, a, z, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local agent, ttl, extra_calls = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local preview = ARGV[7]
--- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[8..]: for
+-- The version of the content detectors' state the caller holds ('' when it wants none): when
+-- the task's is another, the reply carries it, so the detectors run next on the current state
+-- without a read of their own.
+local held = ARGV[8]
+-- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[9..]: for
 -- each, the fingerprint to observe ('' for none) and the window's size.
 local windows = #KEYS - 5
 
-local function state()
+-- The reply: the task's figures, the windows' counts, whether this was a replay, then the
+-- content state's version and the state itself ('' when the caller holds it already).
+local function state(counts, replay)
   local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
-    'last_seen', 'killed')
-  return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '0',
-    st[7] or '0', st[8] or ''}
+    'last_seen', 'killed', 'content_v')
+  local reply = {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0',
+    st[6] or '0', st[7] or '0', st[8] or ''}
+  for _, n in ipairs(counts) do table.insert(reply, n) end
+  table.insert(reply, replay)
+  local version = st[9] or '0'
+  table.insert(reply, version)
+  if held ~= '' and version ~= held then
+    table.insert(reply, redis.call('HGET', s, 'content') or '')
+  else
+    table.insert(reply, '')
+  end
+  return reply
 end
 
 if member ~= '' then
   local id = string.match(member, '^[^|]*')
   if redis.call('ZADD', d, 'NX', redis.call('TIME')[1], id) == 0 then
-    local st = state()
-    for _ = 1, 2 * windows do table.insert(st, 0) end
-    table.insert(st, 1)  -- a replay: counted when it first ran
-    return st
+    local counts = {}
+    for _ = 1, 2 * windows do table.insert(counts, 0) end
+    return state(counts, 1)  -- a replay: counted when it first ran
   end
   redis.call('ZREMRANGEBYRANK', d, 0, -(SETTLED + 1))
   redis.call('EXPIRE', d, ttl)
@@ -339,16 +354,13 @@ if preview ~= '' then
 end
 local counts = {}
 for i = 1, windows do
-  local seen, length = observe(KEYS[5 + i], ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i]))
+  local seen, length = observe(KEYS[5 + i], ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i]))
   table.insert(counts, seen)
   table.insert(counts, length)
 end
 
 for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, ttl) end
-local st = state()
-for _, n in ipairs(counts) do table.insert(st, n) end
-table.insert(st, 0)
-return st
+return state(counts, 0)
 """.replace("PREVIEWS", str(PREVIEWS_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
 
@@ -369,11 +381,18 @@ return 1
 """
 
 # Content-detector state is computed in Python (sketches, shingles) and written back only if no
-# other replica wrote it in between; the caller re-reads and recomputes when it did.
+# other replica wrote it since the version the caller computed from; otherwise the reply carries
+# the current version and state, and the caller computes again from those (no read of its own).
 CONTENT_SWAP = f"""-- tripwire content swap v{VERSION}
 local s = KEYS[1]
-if (redis.call('HGET', s, 'content_v') or '0') ~= ARGV[1] then return 0 end
-redis.call('HSET', s, 'content', ARGV[2], 'content_v', tonumber(ARGV[1]) + 1)
+local st = redis.call('HMGET', s, 'content_v', 'killed')
+if st[2] then return {{'killed'}} end
+local version = st[1] or '0'
+if version ~= ARGV[1] then
+  return {{'stale', version, redis.call('HGET', s, 'content') or ''}}
+end
+version = tostring(tonumber(version) + 1)
+redis.call('HSET', s, 'content', ARGV[2], 'content_v', version)
 redis.call('EXPIRE', s, tonumber(ARGV[3]))
-return 1
+return {{'ok', version}}
 """
