@@ -46,6 +46,7 @@ from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session import redis_scripts, sessions
 from proxy.session.base import (
+    OVERRIDABLE,
     TIMELINE_PER_TASK,
     Busy,
     CallPlan,
@@ -403,9 +404,14 @@ class RedisLedger:
             calls,
             hops,
             observed,
+            *limits,
         ) = reply
         records = json.loads(observed)
         self._remember(plan.task, int(used) + int(reserved), _num(cost))
+        overrides = {
+            name: _num(value) for name, value in zip(OVERRIDABLE, limits[:-1], strict=True) if value
+        }
+        max_tokens = overrides.get("max_tokens", plan.policy.limits.max_tokens)
         view = TaskView(
             task=plan.task,
             started=_num(started),
@@ -417,7 +423,9 @@ class RedisLedger:
             hops=int(hops),
             agents=[],
             killed=None,
-            max_tokens=plan.policy.limits.max_tokens,
+            max_tokens=None if max_tokens is None else int(max_tokens),
+            overrides=overrides,
+            extra_duration=_num(limits[-1]),
         )
         return Grant(
             plan.task,

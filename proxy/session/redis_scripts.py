@@ -276,8 +276,12 @@ redis.call('ZADD', z, now + rttl, member)
 touch()
 local enforced = -1
 if enforce then enforced = cap end
+-- Then the task's own limits and extension, as read (the grant's view carries them, and the
+-- deadline of a stream is timed from it without another read).
 return {'ok', enforced, member, res_tokens, num(res_cost), num(started), used,
-  reserved + res_tokens, num(cost), calls + 1, new_hops, '[' .. table.concat(observed, ',') .. ']'}
+  reserved + res_tokens, num(cost), calls + 1, new_hops, '[' .. table.concat(observed, ',') .. ']',
+  st[10] or '', st[11] or '', st[12] or '', st[13] or '', st[14] or '', st[15] or '',
+  st[16] or ''}
 """
     )
     .replace("TIMELINE", str(TIMELINE_PER_TASK))
