@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import functools
 import json
 import logging
 import os
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -208,30 +207,38 @@ class RedisLedger:
         stale one. The same after a failover behind a DNS name: connections to the demoted
         primary answer READONLY (a Sentinel-managed pool turns that into a connection error
         itself)."""
-        script: Callable[..., Awaitable[Any]]
-        if self._calls is not None:
-            script = functools.partial(self._calls.call, Script(source))
-        else:
-            script = self.client.register_script(source)
+        calls = self._calls
+        if calls is not None:
+            known = Script(source)
 
-        async def attempt(keys: list[str], args: list[Any]) -> Any:
+            async def script(keys: list[str], args: list[Any], deferrable: bool) -> Any:
+                return await calls.call(known, keys, args, deferrable=deferrable)
+
+        else:
+            registered = self.client.register_script(source)
+
+            async def script(keys: list[str], args: list[Any], deferrable: bool) -> Any:
+                return await registered(keys=keys, args=args)
+
+        async def attempt(keys: list[str], args: list[Any], deferrable: bool) -> Any:
             try:
-                return await script(keys=keys, args=args)
+                return await script(keys, args, deferrable)
             except (RedisConnectionError, ReadOnlyError):
                 pool = getattr(self.client, "connection_pool", None)
                 if pool is None:  # a cluster client reconnects by itself
                     raise
-                if self._calls is not None:
-                    await self._calls.release_idle()
+                if calls is not None:
+                    await calls.release_idle()
                 await pool.disconnect(inuse_connections=False)
-                return await script(keys=keys, args=args)
+                return await script(keys, args, deferrable)
 
-        async def run(keys: list[str], args: list[Any]) -> Any:
+        async def run(keys: list[str], args: list[Any], deferrable: bool = False) -> Any:
+            """``deferrable``: no client waits on it (``ScriptCalls.call``)."""
             # Each wait inside redis-py has its own bound (a free connection, connecting, the
             # reply); this one bounds the whole step, retry included, so no call can hang on
             # Redis whatever state the client's pool is left in by a restart.
             async with asyncio.timeout(self._step_timeout):
-                return await attempt(keys, args)
+                return await attempt(keys, args, deferrable)
 
         return run
 
@@ -263,7 +270,7 @@ class RedisLedger:
             async with asyncio.timeout(bound):
                 await self._flush_pending()
         if self._calls is not None:
-            await self._calls.close()
+            await self._calls.close(bound)
         await self._fallback.close()
         with contextlib.suppress(*_UNREACHABLE):
             async with asyncio.timeout(bound):
@@ -760,7 +767,16 @@ class RedisLedger:
                 if any(done.policy.action_for(trip.reason) == "kill" for trip in trips):
                     break  # the task is killed: later completions are not looked at
             encoded = encode(updated)
-            reply = await self._content_swap(keys=[keys.state], args=[version, encoded, ttl])
+            # A kill is written at once; otherwise no one waits on this write (the state only
+            # feeds the detectors' next run), so it may go out with the next call's.
+            killing = any(
+                done.policy.action_for(trip.reason) == "kill"
+                for done, trips in zip(batch, found, strict=True)
+                for trip in trips
+            )
+            reply = await self._content_swap(
+                keys=[keys.state], args=[version, encoded, ttl], deferrable=not killing
+            )
             if reply[0] == "ok":
                 self._states.wrote(task, reply[1], updated)
                 return found

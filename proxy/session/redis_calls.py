@@ -4,9 +4,11 @@ A script call made while no other waits on Redis goes at once. One made while ot
 joins a batch: every call made in that turn of the event loop goes out in one write on one
 pooled connection on the next turn, and the replies are read back in order. So under load the
 reserves, settles and detector-state writes of tens of calls share a pool checkout, a write and
-a read instead of paying for one each, and a lone call pays for no batching. Commands are
-packed by hiredis straight from their arguments, and a script the server does not know (after
-a restart or ``SCRIPT FLUSH``) is loaded and the call sent again.
+a read instead of paying for one each, and a lone call pays for no batching. A call nothing
+waits on to serve a client (the content detectors' state write) is deferred a moment and goes
+out with the next call, so even one call at a time costs one write before forwarding and one
+after. Commands are packed by hiredis straight from their arguments, and a script the server
+does not know (after a restart or ``SCRIPT FLUSH``) is loaded and the call sent again.
 
 The connections come from the client's pool but are kept between calls for up to ``HOLD_S``
 (a pool checkout costs about as much as the call itself). Not with a pool that follows the
@@ -46,68 +48,95 @@ class Script:
 
 # How long a connection taken from the pool is kept for further calls.
 HOLD_S = 1.0
+# How long a deferrable call may wait for another call to go out with.
+DEFER_S = 0.001
+
+_Pending = tuple[bytes, "asyncio.Future[Any]"]
 
 
 class ScriptCalls:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._pool = client.connection_pool
-        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._queue: list[_Pending] = []  # calls for the batch of the loop's next turn
+        self._deferred: list[_Pending] = []  # calls that wait for company (``DEFER_S``)
+        self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._exchanges = 0  # writes whose replies are still being waited for
         # Connections taken from the pool, idle between calls, with when each was taken.
         self._idle: list[tuple[AbstractConnection, float]] = []
         self._hold = not isinstance(self._pool, SentinelConnectionPool)
 
-    async def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def call(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        deferrable: bool = False,
+    ) -> Any:
+        """Run the script. A ``deferrable`` call (nothing waits on its answer to serve a
+        client) goes out with the next call made, or ``DEFER_S`` later."""
         packed = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         try:
-            return await self._run(packed)
+            return await self._run(packed, deferrable)
         except NoScriptError:
             await self._client.script_load(script.source)
-            return await self._run(packed)
+            return await self._run(packed, deferrable)
 
-    async def _run(self, packed: bytes) -> Any:
-        if self._exchanges or self._queue:
-            # Other calls are waiting on Redis: this one joins the batch of the loop's turn.
-            return await self._join(packed)
-        (reply,) = await self._exchange([packed])
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
-
-    def _join(self, packed: bytes) -> asyncio.Future[Any]:
+    async def _run(self, packed: bytes, deferrable: bool) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._queue:
-            sending = loop.create_task(self._send())
+        if deferrable or self._exchanges or self._queue:
+            future: asyncio.Future[Any] = loop.create_future()
+            if not deferrable:
+                # Other calls are waiting on Redis: this one joins the next turn's batch.
+                self._enqueue([(packed, future)])
+            else:
+                self._deferred.append((packed, future))
+                if self._timer is None:
+                    self._timer = loop.call_later(DEFER_S, self._flush_deferred)
+            return await future
+        # Alone: at once, in this call, with the deferred ones after it.
+        deferred = self._take_deferred()
+        try:
+            replies = await self._exchange([packed, *(command for command, _ in deferred)])
+        except BaseException as error:
+            _fail(deferred, error)
+            raise
+        _resolve(deferred, replies[1:])
+        if isinstance(replies[0], ResponseError):
+            raise replies[0]
+        return replies[0]
+
+    def _take_deferred(self) -> list[_Pending]:
+        deferred, self._deferred = self._deferred, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return deferred
+
+    def _flush_deferred(self) -> None:
+        self._timer = None
+        self._enqueue(self._take_deferred())
+
+    def _enqueue(self, pending: list[_Pending]) -> None:
+        if pending and not self._queue:
+            sending = asyncio.get_running_loop().create_task(self._send())
             self._sending.add(sending)
             sending.add_done_callback(self._sending.discard)
-        self._queue.append((packed, future))
-        return future
+        self._queue.extend(pending)
 
     async def _send(self) -> None:
         batch, self._queue = self._queue, []
+        batch += self._take_deferred()
         try:
-            replies = await self._exchange([packed for packed, _ in batch])
+            replies = await self._exchange([command for command, _ in batch])
         except BaseException as error:
-            for _, future in batch:
-                if future.done():
-                    continue
-                if isinstance(error, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(error)
+            _fail(batch, error)
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done():  # its caller gave up (the step's timeout)
-                continue
-            if isinstance(reply, ResponseError):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        _resolve(batch, replies)
 
     async def _exchange(self, commands: list[bytes]) -> list[Any]:
         """Write the commands at once on one pooled connection and read their replies in
@@ -158,7 +187,11 @@ class ScriptCalls:
         for connection, _ in idle:
             await self._drop(connection)
 
-    async def close(self) -> None:
+    async def close(self, wait_s: float) -> None:
+        """Send what was deferred and wait (up to ``wait_s``) for the batches on their way."""
+        self._enqueue(self._take_deferred())
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=wait_s)
         for sending in list(self._sending):
             sending.cancel()
         if self._sending:
@@ -166,6 +199,26 @@ class ScriptCalls:
         idle, self._idle = self._idle, []
         for connection, _ in idle:
             await self._pool.release(connection)
+
+
+def _resolve(pending: list[_Pending], replies: list[Any]) -> None:
+    for (_, future), reply in zip(pending, replies, strict=True):
+        if future.done():  # its caller gave up (the step's timeout)
+            continue
+        if isinstance(reply, ResponseError):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
+
+
+def _fail(pending: list[_Pending], error: BaseException) -> None:
+    for _, future in pending:
+        if future.done():
+            continue
+        if isinstance(error, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(error)
 
 
 def _as_connection_error(error: BaseException) -> BaseException:
