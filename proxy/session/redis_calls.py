@@ -66,6 +66,7 @@ class ScriptCalls:
         # Connections taken from the pool, idle between calls, with when each was taken.
         self._idle: list[tuple[AbstractConnection, float]] = []
         self._hold = not isinstance(self._pool, SentinelConnectionPool)
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # scripts being loaded, by SHA1
 
     async def call(
         self,
@@ -81,8 +82,17 @@ class ScriptCalls:
         try:
             return await self._run(packed, deferrable)
         except NoScriptError:
-            await self._client.script_load(script.source)
+            await self._load(script)
             return await self._run(packed, deferrable)
+
+    async def _load(self, script: Script) -> None:
+        """Load a script the server lost; calls that found it missing at once share one load."""
+        loading = self._loading.get(script.sha)
+        if loading is None:
+            loading = asyncio.ensure_future(self._client.script_load(script.source))
+            self._loading[script.sha] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
+        await asyncio.shield(loading)
 
     async def _run(self, packed: bytes, deferrable: bool) -> Any:
         loop = asyncio.get_running_loop()
