@@ -165,10 +165,35 @@ def redis_vs_embedded(results: dict[str, Any]) -> list[str]:
             rows,
         ),
     ]
-    runs = detector_line(results)
-    if runs:
-        out += [runs, ""]
+    for line in (detector_line(results), round_trips_line(results)):
+        if line:
+            out += [line, ""]
     return out
+
+
+def round_trips(results: dict[str, Any]) -> list[tuple[int, float | None]]:
+    """Redis round trips per call of the Redis target's long-task OpenAI JSON runs: the reads
+    Redis processed over the calls sent (one read per write a client makes, a few for a write
+    of tens of kilobytes)."""
+    out: list[tuple[int, float | None]] = []
+    for concurrency in (LOW, HIGH):
+        run = _run(results, "tripwire-redis", "long", "openai-json", concurrency)
+        reads, sent = (run.get("detector_counts") or {}).get("redis_reads"), run.get("sent")
+        out.append((concurrency, reads / sent if reads is not None and sent else None))
+    return out
+
+
+def round_trips_line(results: dict[str, Any]) -> str:
+    if "tripwire-redis" not in results.get("targets", {}):
+        return ""
+    figures = round_trips(results)
+    if all(per_call is None for _, per_call in figures):
+        return ""
+    each = " and ".join(f"**{_fmt(per_call)}** at {c} concurrent" for c, per_call in figures)
+    return (
+        f"Redis round trips per call, long task, OpenAI JSON: {each} (the writes Redis read, "
+        "from its `INFO stats`, over the calls sent; calls made at once share theirs)."
+    )
 
 
 def runs_per_completion(low: dict[str, Any], high: dict[str, Any]) -> tuple[float | None, str]:
