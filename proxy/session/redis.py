@@ -613,6 +613,10 @@ class RedisLedger:
             self._unreachable("kill", error)
             self._pend_kill(task, trip)
             return await self._fallback.kill(task, trip)
+        if done:
+            # Known here at once, not only when the channel's message comes back: an outage
+            # right after must not leave open mode without it.
+            self._remember(task, killed=trip)
         return bool(done)
 
     # -- sessions of untagged traffic -------------------------------------------------------

@@ -178,18 +178,20 @@ max_hops = tonumber(st[14]) or max_hops
 max_duration = tonumber(st[15]) or max_duration
 if max_duration == 0 then max_duration = nil end  -- as in Python: 0 sets no deadline
 if max_duration then max_duration = max_duration + (tonumber(st[16]) or 0) end
--- The limit the task was last checked against, for its view.
-redis.call('HSET', s, 'max_tokens', max_tokens or -1)
+-- The limit the task was last checked against, for its view: written with the step's other
+-- fields, one HSET whichever way the call goes.
+local checked = max_tokens or -1
 if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
 if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
 
 -- Budgets are kept per agent up to max_agents; later agents share the bucket 'other'. Hops
 -- and the figures a person reads name the calling agent itself.
 local agent = caller
-if redis.call('HEXISTS', a, agent .. '|u') == 0 and redis.call('HLEN', a) >= 2 * max_agents then
-  agent = 'other'
-end
 local ag = redis.call('HMGET', a, agent .. '|u', agent .. '|r')
+if not ag[1] and redis.call('HLEN', a) >= 2 * max_agents then
+  agent = 'other'
+  ag = redis.call('HMGET', a, 'other|u', 'other|r')
+end
 local a_used, a_reserved = tonumber(ag[1]) or 0, tonumber(ag[2]) or 0
 
 local trips = {}
@@ -227,7 +229,7 @@ end
         + _CHECKS
         + """
 if kill and #trips == 0 and busy then
-  redis.call('HSET', s, 'last_seen', num(now))
+  redis.call('HSET', s, 'last_seen', num(now), 'max_tokens', checked)
   touch()
   return {'busy', tostring(reserved)}
 end
@@ -241,12 +243,15 @@ if bound >= 0 then
   end
 end
 
-if not st[1] then redis.call('HSET', s, 'started', num(now)) end
+-- The task's clock starts at its first checked call.
+local starting = {}
+if not st[1] then starting = {'started', num(now)} end
 local observed = {}
 if #trips > 0 then
   if kill then
     local record = trips[1].json
-    redis.call('HSET', s, 'killed', record, 'last_seen', num(now))
+    redis.call('HSET', s, 'killed', record, 'last_seen', num(now), 'max_tokens', checked,
+      unpack(starting))
     timeline_push('{"at":' .. num(now) .. ',"kind":"kill","trip":' .. record .. '}')
     touch()
     redis.call('PUBLISH', channel, '{"task":' .. cjson.encode(task) .. ',"trip":' .. record .. '}')
@@ -265,12 +270,11 @@ if cap >= 0 then output = cap * choices end
 local res_tokens = prompt + output
 local res_cost = 0
 if prompt_cost >= 0 then res_cost = prompt_cost + out_price * output end
-redis.call('HSET', s, 'last_seen', num(now), 'last_agent', caller, 'hops', new_hops)
-redis.call('HINCRBY', s, 'calls', 1)
-redis.call('HINCRBY', s, 'reserved', res_tokens)
-addf(s, 'cost_reserved', res_cost, false)
-redis.call('HINCRBY', a, agent .. '|r', res_tokens)
-redis.call('HSETNX', a, agent .. '|u', 0)
+-- The figures read above, moved by this call: one write per hash.
+redis.call('HSET', s, 'last_seen', num(now), 'last_agent', caller, 'hops', new_hops,
+  'calls', calls + 1, 'reserved', reserved + res_tokens,
+  'cost_reserved', num(cost_reserved + res_cost), 'max_tokens', checked, unpack(starting))
+redis.call('HSET', a, agent .. '|r', a_reserved + res_tokens, agent .. '|u', a_used)
 local member = rid .. '|' .. res_tokens .. '|' .. num(res_cost) .. '|' .. agent
 redis.call('ZADD', z, now + rttl, member)
 touch()
@@ -332,24 +336,54 @@ if member ~= '' then
   end
   redis.call('ZREMRANGEBYRANK', d, 0, -(SETTLED + 1))
   redis.call('EXPIRE', d, ttl)
-  if redis.call('ZREM', z, member) == 1 then
-    agent = release(s, a, member)
+end
+-- The reservation released (when it is still held) and the usage booked: the figures read,
+-- moved, and written back in one HSET per hash (the same sums as HINCRBY and ``release``).
+local released = member ~= '' and redis.call('ZREM', z, member) == 1
+local r_tokens, r_cost = 0, 0
+if released then
+  local who
+  r_tokens, r_cost, who = string.match(member, '^[^|]*|([^|]*)|([^|]*)|(.*)$')
+  r_tokens, r_cost, agent = tonumber(r_tokens), tonumber(r_cost), who
+end
+local fig = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'cost_reserved', 'calls',
+  'started')
+local fields = {'used', (tonumber(fig[1]) or 0) + tokens, 'cost',
+  num((tonumber(fig[3]) or 0) + cost)}
+if released then
+  local left = (tonumber(fig[4]) or 0) - r_cost
+  if left < 0 then left = 0 end
+  table.insert(fields, 'reserved')
+  table.insert(fields, (tonumber(fig[2]) or 0) - r_tokens)
+  table.insert(fields, 'cost_reserved')
+  table.insert(fields, num(left))
+end
+if extra_calls > 0 then
+  table.insert(fields, 'calls')
+  table.insert(fields, (tonumber(fig[5]) or 0) + extra_calls)
+  if not fig[6] then
+    table.insert(fields, 'started')
+    table.insert(fields, redis.call('TIME')[1])
   end
 end
-redis.call('HINCRBY', s, 'used', tokens)
-addf(s, 'cost', cost, false)
-redis.call('HINCRBY', a, agent .. '|u', tokens)
-if extra_calls > 0 then
-  redis.call('HINCRBY', s, 'calls', extra_calls)
-  redis.call('HSETNX', s, 'started', redis.call('TIME')[1])
+redis.call('HSET', s, unpack(fields))
+local ag = redis.call('HMGET', a, agent .. '|u', agent .. '|r')
+if released then
+  redis.call('HSET', a, agent .. '|u', (tonumber(ag[1]) or 0) + tokens, agent .. '|r',
+    (tonumber(ag[2]) or 0) - r_tokens)
+else
+  redis.call('HSET', a, agent .. '|u', (tonumber(ag[1]) or 0) + tokens)
 end
 
 local function observe(key, fp, size)
   if fp == '' then return 0, 0 end
-  redis.call('LPUSH', key, fp)
-  redis.call('LTRIM', key, 0, size - 1)
+  local length = redis.call('LPUSH', key, fp)
+  if length > size then
+    redis.call('LTRIM', key, 0, size - 1)
+    length = size
+  end
   redis.call('EXPIRE', key, ttl)
-  return #redis.call('LPOS', key, fp, 'COUNT', 0), redis.call('LLEN', key)
+  return #redis.call('LPOS', key, fp, 'COUNT', 0), length
 end
 if preview ~= '' then
   redis.call('LPUSH', p, preview)
