@@ -77,6 +77,9 @@ def test_detector_runs_per_completion() -> None:
     assert headline.runs_per_completion(low, high) == (3.0, "estimated from Redis HMGET counts")
     high["detector_counts"]["metric"] = 240.0
     assert headline.runs_per_completion(low, high) == (1.2, "/metrics counter")
+    # The proxy's own count of calls served, where it has one (wrk's leaves out those in flight).
+    high["detector_counts"]["calls"] = 240.0
+    assert headline.runs_per_completion(low, high) == (1.0, "/metrics counter")
     assert headline.runs_per_completion({}, {"sent": 10})[1] == "not exposed"
 
 
