@@ -82,10 +82,9 @@ def memory(tasks: int, traced: bool) -> dict[str, Any]:
     `max_tasks` is raised so nothing is evicted."""
     settings = StateSettings(max_tasks=max(tasks, 1) * 2)
     book = PolicyBook(Policy())
-    ledger = MemoryLedger(settings)
     # Warm the policy cache and the allocator's pools so the first tasks do not carry them.
-    asyncio.run(_fill(ledger, book, 1000, offset=10_000_000))
-    ledger._tasks.clear()
+    asyncio.run(_fill(MemoryLedger(settings), book, 1000, offset=10_000_000))
+    ledger = MemoryLedger(settings)
     gc.collect()
     if traced:
         tracemalloc.start()

@@ -7,6 +7,7 @@ Nothing happens at import time; the upstream client session and the ledger live 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -82,9 +83,10 @@ def tracing_addon(config: Config, metrics: Metrics, bus: TripBus) -> object | No
 
 
 def build_audit(config: Config, ledger: Ledger, metrics: Metrics | None = None) -> AuditLog:
-    from proxy.session.redis import RedisLedger
-
-    if isinstance(ledger, RedisLedger):
+    # A Redis ledger exists only once its module is loaded: the embedded one never loads it
+    # (nor the Redis client, about 20 MB).
+    redis = sys.modules.get("proxy.session.redis")
+    if redis is not None and isinstance(ledger, redis.RedisLedger):
         return RedisAuditLog(ledger.client, f"{config.state.key_prefix}:audit", metrics)
     return MemoryAuditLog(config.state.audit_file)
 
@@ -149,7 +151,9 @@ def build_app(
         )
         await state.start()
         await audit.start()
-        forwarder = app[FORWARDER] = Forwarder(config, state, PriceBook(), session, hooks, bus)
+        forwarder = app[FORWARDER] = Forwarder(
+            config, state, PriceBook(), session, hooks, bus, telemetry.refused
+        )
         if has_budget(config.policy):
             forwarder.tables.load()  # ~0.3 s once, rather than on the first call
         from proxy.escalation import Escalator

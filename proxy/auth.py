@@ -4,6 +4,9 @@ Keys are loaded once at start-up: an HS256 secret, a PEM public key (RS256 or ES
 type) or a JWKS file (keys chosen by ``kid``, so keys can rotate). Each key accepts exactly one
 algorithm, chosen by the key and never by the token, so ``alg: none`` and HS/RS confusion are
 refused. ``exp`` is required; ``nbf``, ``iss`` and ``aud`` are checked when configured.
+
+PyJWT (and the cryptography library under it, about 14 MB together) loads only once a key
+is configured: a proxy without token keys never verifies a JWT.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from proxy.config import AuthSettings, Limits
@@ -82,6 +83,9 @@ class _Key:
 
 
 def _pem_key(path: str) -> _Key:
+    import jwt
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -97,6 +101,8 @@ def _pem_key(path: str) -> _Key:
 
 
 def _jwks(path: str) -> dict[str, _Key]:
+    import jwt
+
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
         keys = jwt.PyJWKSet.from_dict(document)
@@ -126,6 +132,8 @@ class TokenVerifier:
         self._pem = _pem_key(str(settings.public_key_file)) if settings.public_key_file else None
         self._jwks = _jwks(str(settings.jwks_file)) if settings.jwks_file else {}
         self.configured = bool(self._hmac or self._pem or self._jwks)
+        if self.configured:
+            import jwt  # noqa: F401  (loaded now, not by the first call that carries a token)
         required = ["exp"]
         if settings.issuer:
             required.append("iss")
@@ -134,6 +142,8 @@ class TokenVerifier:
         self._options: Any = {"require": required}
 
     def _key_for(self, token: str) -> _Key:
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -154,6 +164,8 @@ class TokenVerifier:
     def verify(self, token: str) -> Claims:
         if not self.configured:
             raise AuthError("Tripwire has no token keys configured")
+        import jwt
+
         key = self._key_for(token)
         try:
             payload = jwt.decode(
@@ -185,6 +197,8 @@ class TokenVerifier:
 def mint(secret: str, claims: dict[str, Any], ttl_s: float, **registered: Any) -> str:
     """An HS256 token, for ``tripwire token`` and the tests."""
     import time
+
+    import jwt
 
     now = int(time.time())
     payload = {"iat": now, "exp": now + int(ttl_s), **registered, **claims}

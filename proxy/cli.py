@@ -51,6 +51,12 @@ def _demo(args: argparse.Namespace) -> int:
     return int(run_demo())
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from proxy.replay.cli import run_replay
+
+    return run_replay(args)
+
+
 def _dashboards_push(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
@@ -269,9 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="three runaway agents against a built-in mock provider")
     demo.set_defaults(run=_demo)
 
-    from proxy.replay.cli import add_replay_parser
+    from proxy.replay.args import add_arguments as add_replay_arguments
 
-    add_replay_parser(commands)
+    replay = commands.add_parser(
+        "replay", help="run the loop detectors over a recorded conversation"
+    )
+    add_replay_arguments(replay)
+    replay.set_defaults(run=_replay)
     _add_admin_commands(commands)
 
     dashboards = commands.add_parser("dashboards", help="Grafana dashboards of Tripwire's metrics")

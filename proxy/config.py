@@ -269,8 +269,9 @@ class ServerSettings(Strict):
     # Streams open at once through one replica; more are refused with 429 until one ends.
     max_streams_per_task: int | None = Field(default=64, ge=1)
     max_streams_per_client: int | None = Field(default=1024, ge=1)  # per API key (or address)
-    # One server-sent event from a provider; a bigger one ends the stream with an error event
-    # and is billed by its bytes (a token is at least one byte).
+    # One event of a provider's stream (an SSE event, a JSON-array element, an AWS event-stream
+    # message); a bigger one ends the stream with an error event and is billed by its bytes (a
+    # token is at least one byte).
     max_event_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 

@@ -65,6 +65,7 @@ class Forbidden(TripwireError):
     code = "tripwire_forbidden"
     kind = "forbidden"
     log_level = "info"
+    outcome = "forbidden"
 
 
 class BadRequest(TripwireError):
@@ -177,10 +178,20 @@ def session_refusal(task: str, trip: Trip, ends: float, now: float) -> str:
     )
 
 
-def refused_by(trip: Trip, task: str, agent: str, status: int) -> Refused:
-    """The refusal of a call of a task this trip killed."""
+def first_call_message(task: str, trip: Trip) -> str:
+    """The refusal of a task's first call: the task was not started, so nothing is killed."""
+    text = refusal_message(task, trip).removesuffix(" Further calls of this task are refused.")
+    text = text.replace("Tripwire stopped task", "Tripwire refused the first call of task", 1)
+    return text + " The task was not started and nothing was charged."
+
+
+def refused_by(
+    trip: Trip, task: str, agent: str, status: int, *, first_call: bool = False
+) -> Refused:
+    """The refusal of a call of a task this trip killed (or, ``first_call``, of a task's first
+    call, which left no task behind)."""
     return Refused(
-        refusal_message(task, trip),
+        first_call_message(task, trip) if first_call else refusal_message(task, trip),
         status=status,
         reason=str(trip.reason),
         task=task,

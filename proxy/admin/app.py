@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
 
 from proxy.admin import insight, models
 from proxy.admin.local import LocalAdmin
@@ -69,18 +69,31 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(error.status, error.code, error.message)
     except AuthError as error:
         return error_response(401, "unauthorized", error.message, **{"WWW-Authenticate": "Bearer"})
-    except (StateUnavailable, RedisError, OSError, TimeoutError) as error:
-        event("admin_state_unavailable", logging.WARNING, path=request.path, error=repr(error))
-        return error_response(
-            503, "state_unavailable", "Tripwire cannot reach its state store; retry shortly"
-        )
+    except (StateUnavailable, OSError, TimeoutError) as error:
+        return _state_unavailable(request, error)
     except web.HTTPException as error:
         code = "not_found" if error.status == 404 else error.reason.lower().replace(" ", "_")
         extra = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else {}
         return error_response(error.status, code, error.text or error.reason, **extra)
     except Exception as exc:
+        if _is_redis_error(exc):
+            return _state_unavailable(request, exc)
         event("admin_internal_error", logging.ERROR, path=request.path, error=repr(exc))
         return error_response(500, "internal_error", "Tripwire failed to handle this request")
+
+
+def _state_unavailable(request: web.Request, error: BaseException) -> web.Response:
+    event("admin_state_unavailable", logging.WARNING, path=request.path, error=repr(error))
+    return error_response(
+        503, "state_unavailable", "Tripwire cannot reach its state store; retry shortly"
+    )
+
+
+def _is_redis_error(error: BaseException) -> bool:
+    """A Redis client error, looked up only once the client is loaded: the embedded ledger
+    never loads it (its import alone costs the process about 20 MB)."""
+    errors = sys.modules.get("redis.exceptions")
+    return errors is not None and isinstance(error, errors.RedisError)
 
 
 def _validation_message(error: ValidationError) -> str:

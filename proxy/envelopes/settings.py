@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from jsonschema import SchemaError
-from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 InvalidAction = Literal["observe", "kill"]
 LowConfidenceAction = Literal["observe", "escalate", "block"]
@@ -56,6 +56,11 @@ def merge_envelope(
 
 @lru_cache(maxsize=64)
 def load_validator(path: Path) -> Validator:
+    """The schema's validator. jsonschema loads here, at start-up when a rule names a schema
+    and never otherwise (it costs a few megabytes)."""
+    from jsonschema import SchemaError
+    from jsonschema.validators import validator_for
+
     try:
         schema: Any = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

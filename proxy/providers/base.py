@@ -182,7 +182,13 @@ class StreamDecoder(Protocol):
     """Splits a response stream's bytes into events (sans-IO), and frames Tripwire's own
     events to fit the stream at the point where the client's copy stands."""
 
-    def feed(self, chunk: bytes) -> list[SSEEvent]: ...
+    # The largest event, in bytes: a bigger one raises ``EventTooLarge`` as soon as that many
+    # of its bytes are in (or its size is declared), so no event is buffered past it.
+    max_event: int | None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The events these bytes complete; raises ``EventTooLarge`` past ``max_event``."""
+        ...
 
     def flush(self) -> list[SSEEvent]: ...
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from proxy.errors import ConfigError
+from proxy.replay.args import FORMATS, add_arguments
 from proxy.replay.mast import load_mast
 from proxy.replay.runner import (
     DETECTORS,
@@ -35,6 +36,7 @@ LOADERS: dict[str, Callable[[Path], list[Trace]]] = {
     "mast": load_mast,
     "who_and_when": load_who_and_when,
 }
+assert tuple(LOADERS) == FORMATS
 
 
 def guess_format(path: Path) -> str:
@@ -47,25 +49,6 @@ def guess_format(path: Path) -> str:
     if head.startswith("{") and '"history"' in head:
         return "who_and_when"
     return "jsonl"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, help="the recorded conversation")
-    parser.add_argument(
-        "--format",
-        choices=["auto", *LOADERS],
-        default="auto",
-        help="jsonl: one message a line {task, agent, role, text}; mast: the MAST "
-        "human-labelled JSON; who_and_when: Who&When JSON lines (default: guessed)",
-    )
-    parser.add_argument(
-        "--policy",
-        type=Path,
-        help="policy file whose repeat, cycle, near_duplicate, no_progress, tool_loop and on_trip "
-        "sections apply (default: rules/policy.yaml if present, else the built-in defaults)",
-    )
-    parser.add_argument("--task", default="*", help="replay only tasks matching this glob")
-    parser.add_argument("--json", action="store_true", help="one JSON object per task")
 
 
 def add_replay_parser(commands: Any) -> argparse.ArgumentParser:

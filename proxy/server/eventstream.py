@@ -15,7 +15,7 @@ import json
 import struct
 import zlib
 
-from proxy.server.sse import SSEEvent
+from proxy.server.sse import EventTooLarge, SSEEvent
 
 _PRELUDE = 12
 _MAX_MESSAGE = 16 * 1024 * 1024  # AWS's limit; a larger length means the framing is lost
@@ -88,11 +88,17 @@ def error_message(code: str, message: str) -> bytes:
 
 
 class EventStreamDecoder:
-    """Feed bytes as they arrive; get back every message completed by them."""
+    """Feed bytes as they arrive; get back every message completed by them.
 
-    __slots__ = ("_buffer", "_lost")
+    A message whose prelude (its CRC checked) declares more than ``max_event`` bytes (at most
+    AWS's own 16 MiB) raises ``EventTooLarge`` before any more of it is buffered; its size is
+    the declared length (at most 16 MiB).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_buffer", "_lost", "max_event")
+
+    def __init__(self, max_event: int | None = None) -> None:
+        self.max_event = max_event
         self._buffer = bytearray()
         self._lost = False  # the framing is broken: pass the rest on unread
 
@@ -103,9 +109,16 @@ class EventStreamDecoder:
             return self.flush()
         events: list[SSEEvent] = []
         start = 0
+        limit = min(self.max_event or _MAX_MESSAGE, _MAX_MESSAGE)
         while len(buffer) - start >= _PRELUDE:
             total, size = struct.unpack_from(">II", buffer, start)
-            if total < _PRELUDE + size + 4 or total > _MAX_MESSAGE:
+            if total < _PRELUDE + size + 4:
+                self._lost = True
+                break
+            if total > limit:
+                if _prelude_ok(buffer, start):
+                    # Billed by the length it declares: the provider made that much of it.
+                    raise EventTooLarge(min(total, _MAX_MESSAGE), events)
                 self._lost = True
                 break
             if len(buffer) - start < total:
@@ -130,9 +143,14 @@ class EventStreamDecoder:
         return event
 
 
+def _prelude_ok(data: bytes | bytearray, start: int = 0) -> bool:
+    (expected,) = struct.unpack_from(">I", data, start + 8)
+    return zlib.crc32(bytes(data[start : start + 8])) == int(expected)
+
+
 def _read(raw: bytes, size: int) -> SSEEvent:
-    prelude_ok = zlib.crc32(raw[:8]) == struct.unpack_from(">I", raw, 8)[0]
-    if not prelude_ok or zlib.crc32(raw[:-4]) != struct.unpack_from(">I", raw, len(raw) - 4)[0]:
+    (message_crc,) = struct.unpack_from(">I", raw, len(raw) - 4)
+    if not _prelude_ok(raw) or zlib.crc32(raw[:-4]) != message_crc:
         return SSEEvent(raw, None, "")
     try:
         headers = headers_of(raw[_PRELUDE : _PRELUDE + size])

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +25,15 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.detectors.base import Trip
 from proxy.detectors.budget import BUDGET_TOKENS
-from proxy.errors import BudgetBusy, TripwireError, refused_by, session_refusal
+from proxy.errors import (
+    BudgetBusy,
+    Forbidden,
+    TripwireError,
+    UnboundedCall,
+    refusal_reason,
+    refused_by,
+    session_refusal,
+)
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Intervention, Settlement
 from proxy.pipeline.hooks import Hooks
@@ -52,6 +61,7 @@ class Forwarder:
         session: aiohttp.ClientSession,
         hooks: Hooks,
         bus: TripBus,
+        count_refusal: Callable[[str], None] | None = None,
     ) -> None:
         tagger = Tagger(config.tagging)
         self.intake = Intake(config, PolicyBook(config.policy), tagger)
@@ -64,6 +74,7 @@ class Forwarder:
         self.refuse_status = config.policy.refuse_status
         self.max_event = config.server.max_event_bytes
         self.sessions = config.tagging.sessions
+        self.count_refusal = count_refusal
 
     def apply(self, config: Config) -> None:
         """A reloaded policy and tagging settings: the next call reads them; calls in flight
@@ -79,7 +90,13 @@ class Forwarder:
         started = time.perf_counter()
         if not self.tables.loaded:  # the first call loads the tokenizer and the prices
             self.tables.load()
-        call = await self.intake.read(request, started)
+        try:
+            call = await self.intake.read(request, started)
+        except (UnboundedCall, Forbidden) as refused:
+            # Refused by policy before there is a call to hook (or a task): counted here.
+            if self.count_refusal is not None:
+                self.count_refusal(refusal_reason(refused))
+            raise
         try:
             try:
                 if call.task_source == "fallback" and self.sessions.enabled:
@@ -107,11 +124,11 @@ class Forwarder:
         call.session_ends = span.ends
         call.task = session_id(base, span.start)
 
-    async def _refused(self, call: Call, trip: Trip) -> TripwireError:
+    async def _refused(self, call: Call, trip: Trip, first_call: bool = False) -> TripwireError:
         """The refusal of a killed task's call; a session's says when its client's calls are
-        accepted again."""
-        error = refused_by(trip, call.task, call.agent, self.refuse_status)
-        if call.session_base is None:
+        accepted again. A task's first call refused killed nothing: its session goes on."""
+        error = refused_by(trip, call.task, call.agent, self.refuse_status, first_call=first_call)
+        if call.session_base is None or first_call:
             return error
         ends = call.session_ends
         if ends is None:
@@ -157,9 +174,11 @@ class Forwarder:
                 "are reserved by its calls in flight. Retry when they finish."
             ) from None
         except Denied as denied:
-            if denied.fresh:
+            if denied.fresh or denied.first_call:
+                # A first call refused is a trip of the kill policy all the same (counted,
+                # logged, in its tenant's audit trail), though no task was there to kill.
                 self.bus.trip(call.task, call.agent, denied.trip, "kill", call.tenant)
-            raise await self._refused(call, denied.trip) from None
+            raise await self._refused(call, denied.trip, denied.first_call) from None
         for trip in grant.observed:
             self.bus.trip(call.task, call.agent, trip, "observe", call.tenant)
         call.price = price

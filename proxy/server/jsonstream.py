@@ -5,14 +5,15 @@ Each element comes out as an ``SSEEvent`` as soon as its closing brace arrives, 
 holding the separator before it, so the relay passes the bytes on unchanged and in order; the
 opening ``[`` and the closing ``]`` come out as events of their own with no data. The scan is
 resumed where the last read stopped (strings and escapes included), so an element that arrives
-in many reads costs time linear in its size.
+in many reads costs time linear in its size. An element (or anything between elements) longer
+than ``max_event`` raises ``EventTooLarge`` as soon as its bytes are in, whole or not.
 """
 
 from __future__ import annotations
 
 import re
 
-from proxy.server.sse import SSEEvent
+from proxy.server.sse import EventTooLarge, SSEEvent
 
 # What changes the scanner's state outside a string, and inside one.
 _STRUCTURE = re.compile(rb'[\[\]{}"]')
@@ -20,9 +21,19 @@ _IN_STRING = re.compile(rb'["\\]')
 
 
 class JSONArrayDecoder:
-    __slots__ = ("_buffer", "_depth", "_escape", "_in_string", "_opened", "_pos", "_value")
+    __slots__ = (
+        "_buffer",
+        "_depth",
+        "_escape",
+        "_in_string",
+        "_opened",
+        "_pos",
+        "_value",
+        "max_event",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int | None = None) -> None:
+        self.max_event = max_event
         self._buffer = bytearray()  # from the end of the last event on
         self._pos = 0  # bytes of the buffer already scanned
         self._value = -1  # where the element being read starts in the buffer
@@ -45,6 +56,9 @@ class JSONArrayDecoder:
                 pos = end
                 break
             pos = found.start()
+            limit = self.max_event
+            if limit is not None and pos + 1 - start > limit:
+                raise EventTooLarge(pos + 1 - start, events)
             event = self._structure(buffer, start, pos)
             if event is not None:
                 events.append(event)
@@ -56,6 +70,8 @@ class JSONArrayDecoder:
                 self._value -= start
             pos -= start
         self._pos = pos
+        if self.max_event is not None and len(buffer) > self.max_event:
+            raise EventTooLarge(len(buffer), events)
         return events
 
     def _after_string(self, buffer: bytearray, pos: int) -> int:

@@ -36,11 +36,15 @@ def _parse(raw: bytes) -> SSEEvent:
 
 
 class EventTooLarge(Exception):
-    """An event past the decoder's bound: the stream cannot be read on."""
+    """An event past the decoder's bound (``max_event``): the stream cannot be read on. Every
+    decoder raises it (SSE, the JSON array, the AWS event stream); ``size`` is the bytes of the
+    event that arrived (more than the bound; for an AWS message, the length its prelude
+    declares), ``before`` the whole events the same read completed ahead of it."""
 
-    def __init__(self, size: int) -> None:
-        super().__init__(f"a server-sent event of more than {size} bytes")
+    def __init__(self, size: int, before: list[SSEEvent] | None = None) -> None:
+        super().__init__(f"a stream event of more than {size} bytes")
         self.size = size
+        self.before = before or []
 
 
 class SSEDecoder:
@@ -76,14 +80,14 @@ class SSEDecoder:
             if end == -1:
                 break
             if self.max_event is not None and end + width - start > self.max_event:
-                raise EventTooLarge(end + width - start)
+                raise EventTooLarge(end + width - start, events)
             events.append(_parse(bytes(buffer[start : end + width])))
             start = search_from = end + width
         if start:
             del buffer[:start]
         self._searched = len(buffer)
         if self.max_event is not None and len(buffer) > self.max_event:
-            raise EventTooLarge(len(buffer))
+            raise EventTooLarge(len(buffer), events)
         return events
 
     def frame(self, event: bytes, tail: bytes) -> bytes:

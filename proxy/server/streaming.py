@@ -53,10 +53,8 @@ class StreamRelay:
         # Sees each event after the tally read it; None (the usual case) costs one check.
         self.watch: Callable[[SSEEvent], None] | None = None
         self._decoder: StreamDecoder = decoder if decoder is not None else SSEDecoder()
-        if isinstance(self._decoder, SSEDecoder):
-            # The event size bound is the SSE decoder's; the JSON-array and AWS event-stream
-            # decoders bound their own frames.
-            self._decoder.max_event = max_event
+        # One bound for every format's events: SSE, the JSON array, the AWS event stream.
+        self._decoder.max_event = max_event
         self._tail = b""  # the last bytes the client was sent, for framing Tripwire's own
         # Output tokens the call reserved, tolerance included: a provider that streams past
         # them (it ignored the cap) is cut, and ``over_limit`` makes the trip. None: unbounded.
@@ -119,6 +117,7 @@ class StreamRelay:
         except (aiohttp.ClientError, RuntimeError):
             pass  # RuntimeError: the pump is waiting for data, so the buffer is empty
         except EventTooLarge as exc:
+            self._accept(exc.before)
             self.tally.oversize += exc.size
         self.upstream.close()
 
@@ -158,7 +157,15 @@ class StreamRelay:
         decoder = self._decoder
         async for chunk in self.upstream.content.iter_any():
             # The events of one upstream read leave in one write: fewer syscalls, same timing.
-            out = self._accept(decoder.feed(chunk))
+            try:
+                events = decoder.feed(chunk)
+            except EventTooLarge as exc:
+                # The whole events ahead of the oversized one are the client's all the same.
+                out = self._accept(exc.before)
+                if out and self.trip is None:
+                    await self._write(b"".join(out))
+                raise
+            out = self._accept(events)
             if self.trip is not None:
                 return
             if out:

@@ -8,7 +8,9 @@ The protocol, written down once:
 2. ``settle(grant, outcome)`` releases that reservation and books the provider-reported usage,
    then runs the completion detectors (repeated output, repeated request).
 3. A trip with action ``kill`` marks the task killed; every stream of the task still in flight
-   is cut through the ``KillBoard`` and every later call is refused.
+   is cut through the ``KillBoard`` and every later call is refused. A task is kept from its
+   first call that ``reserve`` lets through: a first call refused leaves no task behind (no
+   kill, no timeline, no tenant index), so refused calls of fresh ids cost no state.
 
 Nothing outside ``proxy.session`` knows which backend runs.
 """
@@ -277,13 +279,16 @@ def allowed_seconds(
 
 
 class Denied(Exception):
-    """``reserve`` refuses the call: the task is killed (``fresh`` when this call killed it)."""
+    """``reserve`` refuses the call: the task is killed (``fresh`` when this call killed it),
+    or (``first_call``) the call would have been the task's first, and the task was not
+    started: nothing of it is kept, so a later call within its limits may start it."""
 
-    def __init__(self, task: str, trip: Trip, fresh: bool) -> None:
+    def __init__(self, task: str, trip: Trip, fresh: bool, *, first_call: bool = False) -> None:
         super().__init__(trip.detail)
         self.task = task
         self.trip = trip
         self.fresh = fresh
+        self.first_call = first_call
 
 
 class Busy(Exception):

@@ -4,17 +4,25 @@ Atomicity comes from the event loop: ``reserve`` and ``settle`` never await betw
 writing a task, so concurrent calls of one task are checked one after another.
 Memory is bounded three ways: tasks idle for ``task_ttl`` expire, at most ``max_tasks`` are kept
 (least recently seen first out), and each task keeps windows of fingerprints, not histories.
+
+A task record is kept small, since ``max_tasks`` of them may be held (bench/micro.py measures
+it): slots objects, no dict or list a task does not use, fingerprint windows as packed 8-byte
+digests, agent names interned, and the content detectors' state marshalled into one bytes
+object, except for the tasks that completed a call most recently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import marshal
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,15 +54,21 @@ from proxy.session.sessions import SessionBook, Span
 from proxy.telemetry.logs import event
 
 OTHER_AGENTS = "other"
+# Tasks whose content-detector state stays as tuples (``ContentState.plain``) rather than
+# marshalled: the ones that completed a call most recently, so a busy task pays for neither
+# step on each completion (about 6 us for a long task's state).
+WARM_CONTENT = 1024
 _T = TypeVar("_T")
+_DIGEST = 8  # bytes of one fingerprint in a window
 
 
 @dataclass(slots=True)
 class _Agent:
+    name: str
     tokens_used: int = 0
     tokens_reserved: int = 0
     # The agent's windows of the registry's agent-scoped settle detectors, by their position.
-    windows: tuple[tuple[str, ...], ...] = ()
+    windows: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)
@@ -70,20 +84,24 @@ class _Task:
     hops: int = 0
     last_agent: str | None = None
     clocked: bool = False  # the deadline's clock runs: set by the first call checked
-    agents: dict[str, _Agent] = field(default_factory=dict)
-    # Windows are tuples of strings and numbers, not lists or objects: the garbage collector
-    # stops tracking such tuples, so 100k tasks' windows add nothing to a full collection's
-    # pause (and an empty deque would cost ~760 bytes a task).
-    windows: tuple[tuple[str, ...], ...] = ()  # of the task-scoped settle detectors
+    # A tuple, not a dict: a task has a few agents, and an empty dict alone costs 64 bytes.
+    agents: tuple[_Agent, ...] = ()
+    # Windows are bytes (8-byte digests, oldest first) and the other sequences tuples of
+    # strings and numbers, not lists or objects: the garbage collector stops tracking such
+    # tuples, so 100k tasks' windows add nothing to a full collection's pause.
+    windows: tuple[bytes, ...] = ()  # of the task-scoped settle detectors
     killed: Trip | None = None
     observed: frozenset[TripReason] = frozenset()
     max_tokens: int | None = None
     tenant: str | None = None
     owner: str | None = None
-    overrides: dict[str, float] = field(default_factory=dict)
+    overrides: dict[str, float] | None = None  # only tasks given their own limits
     extra_duration: float = 0.0
-    previews: tuple[tuple[str, str, str], ...] = ()  # agent, fingerprint, text
-    content: Plain | None = None  # see ContentState.plain
+    # agent, fingerprint (its digest, see settle), text; agent, fingerprint, text; ...
+    previews: tuple[str | bytes, ...] = ()
+    # ContentState.plain while warm (WARM_CONTENT), else marshalled: under half the tuples'
+    # size, the sketch that the cycle and near-duplicate states share written once.
+    content: Plain | bytes = b""
     timeline: tuple[tuple[float, str, str], ...] = ()  # at, kind, detail
     envelopes: dict[str, int] | None = None  # only workers' tasks pay for the table
 
@@ -104,13 +122,16 @@ class MemoryLedger:
         self._killed: OrderedDict[str, float] = OrderedDict()
         self.detector_runs = 0  # content-detector runs, exposed on /metrics
         self._sessions = SessionBook(settings.max_tasks)
+        self._warm: OrderedDict[str, None] = OrderedDict()  # see WARM_CONTENT
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         path = self._persist_file
         if path is not None:
-            self._restore(await asyncio.to_thread(persist.read, path))
+            records, sessions = await asyncio.to_thread(persist.read, path)
+            self._restore(records)
+            self._sessions.restore(sessions)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def ready(self) -> bool:
@@ -160,6 +181,7 @@ class MemoryLedger:
     def _forget(self, name: str) -> None:
         task = self._tasks.pop(name)
         self._killed.pop(name, None)
+        self._warm.pop(name, None)
         if task.tenant is not None:
             tasks = self._by_tenant.get(task.tenant)
             if tasks is not None:
@@ -182,8 +204,9 @@ class MemoryLedger:
         others = [t for t in reversed(self._tasks.values()) if t.killed is None]
         kept = killed + others[: max(persist.MAX_RECORDS - len(killed), 0)]
         records = [_record(task, self._killed.get(task.task)) for task in kept]
+        sessions = self._sessions.saved(persist.MAX_RECORDS)
         try:
-            await asyncio.to_thread(persist.write, path, records)
+            await asyncio.to_thread(persist.write, path, records, sessions)
         except OSError as exc:
             event("state_file_unwritten", logging.ERROR, error=type(exc).__name__)
 
@@ -203,12 +226,24 @@ class MemoryLedger:
 
     # -- open mode's starting point -----------------------------------------------------------
 
-    def seed(self, task: str, used: int, cost: float, killed: Trip | None) -> None:
+    def seed(
+        self,
+        task: str,
+        used: int,
+        cost: float,
+        killed: Trip | None,
+        calls: int = 0,
+        started: float | None = None,
+    ) -> None:
         """Start (or bring up to date) a task from figures the shared state last gave: a
-        Redis ledger in open mode spends from what was left, and refuses a killed task."""
+        Redis ledger in open mode spends from what was left, counts its calls on, keeps its
+        deadline's clock, and refuses a killed task."""
         state = self._touch(task, self.clock())
         state.tokens_used = max(state.tokens_used, used)
         state.cost_used = max(state.cost_used, cost)
+        state.calls = max(state.calls, calls)
+        if started is not None and not state.clocked:
+            state.started, state.clocked = started, True
         if killed is not None and state.killed is None:
             state.killed = killed
             self._note_kill(state)
@@ -252,36 +287,74 @@ class MemoryLedger:
         task = self._tasks.get(name)
         if task is None:
             task = _Task(name, started=now, last_seen=now)
-            self._tasks[name] = task
-            if len(self._tasks) > self.settings.max_tasks:
-                self._forget_oldest()
+            self._keep(task)
         else:
             self._tasks.move_to_end(name)
             task.last_seen = now
         return task
 
+    def _keep(self, task: _Task) -> None:
+        self._tasks[task.task] = task
+        if len(self._tasks) > self.settings.max_tasks:
+            self._forget_oldest()
+
     def _bucket(self, task: _Task, name: str) -> str:
         """The agent's own name, or ``other`` once the task has its maximum of agents."""
-        if name in task.agents or len(task.agents) < self.settings.max_agents_per_task:
+        if _find(task, name) is not None or len(task.agents) < self.settings.max_agents_per_task:
             return name
         return OTHER_AGENTS
 
     def _agent(self, task: _Task, name: str) -> _Agent:
-        return task.agents.setdefault(self._bucket(task, name), _Agent())
+        bucket = self._bucket(task, name)
+        agent = _find(task, bucket)
+        if agent is None:
+            agent = _Agent(sys.intern(bucket))
+            task.agents = (*task.agents, agent)
+        return agent
+
+    def _task_of(self, plan: CallPlan) -> tuple[_Task, bool]:
+        """The call's task, and whether it is new. A new task is kept only once its first
+        call is let through: a first call refused leaves nothing behind, so refused calls of
+        made-up ids neither fill the tables nor push other tasks out of them."""
+        if plan.task in self._tasks:
+            return self._touch(plan.task, plan.now), False
+        return _Task(plan.task, started=plan.now, last_seen=plan.now), True
+
+    def _trips_at_reserve(
+        self, task: _Task, plan: CallPlan, checks: list[Trip], new: bool
+    ) -> list[Trip]:
+        """Under a killing policy the first trip kills the task (or, for a task's first call,
+        refuses it and keeps nothing); in shadow mode, the trips not reported before."""
+        observed: list[Trip] = []
+        for trip in checks:
+            if plan.policy.on_trip == "kill":
+                if new:
+                    raise Denied(plan.task, trip, fresh=False, first_call=True)
+                task.killed = trip
+                task.mark("kill", trip.detail, self.clock())
+                self._note_kill(task)
+                self.board.cut(plan.task, trip)
+                raise Denied(plan.task, trip, fresh=True)
+            if trip.reason not in task.observed:
+                task.observed |= {trip.reason}
+                observed.append(trip)
+        return observed
 
     async def reserve(self, plan: CallPlan) -> Grant:
-        task = self._touch(plan.task, plan.now)
+        task, new = self._task_of(plan)
         if task.killed is not None:
             raise Denied(plan.task, task.killed, fresh=False)
         _first_call(task, plan)
-        self._index(task)
+        if not new:
+            self._index(task)
         lim = plan.policy.limits
         if task.overrides:
             lim = lim.model_copy(update=task.overrides)
         task.max_tokens = lim.max_tokens
         # The agent joins the task only once one of its calls is reserved.
         bucket = self._bucket(task, plan.agent)
-        agent = task.agents.get(bucket) or _Agent()
+        joined = _find(task, bucket)
+        agent = joined or _Agent(sys.intern(bucket))
         state = Reservation(
             task=plan.task,
             agent=plan.agent,
@@ -308,17 +381,7 @@ class MemoryLedger:
         cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
         if cap == 0 and not checks:
             checks.append(budget.too_many_choices(plan.choices))
-        observed: list[Trip] = []
-        for trip in checks:
-            if plan.policy.on_trip == "kill":
-                task.killed = trip
-                task.mark("kill", trip.detail, self.clock())
-                self._note_kill(task)
-                self.board.cut(plan.task, trip)
-                raise Denied(plan.task, trip, fresh=True)
-            if trip.reason not in task.observed:
-                task.observed |= {trip.reason}
-                observed.append(trip)
+        observed = self._trips_at_reserve(task, plan, checks, new)
         # Shadow mode changes nothing the agent receives, so an over-budget cap is left alone.
         enforce = (
             plan.policy.on_trip == "kill"
@@ -326,6 +389,9 @@ class MemoryLedger:
             and cap != plan.requested_output
             and not checks
         )
+        if new:
+            self._keep(task)
+            self._index(task)
         output = cap * plan.choices if cap is not None else 0
         reserved = plan.prompt_tokens + output
         reserved_cost = 0.0
@@ -333,11 +399,13 @@ class MemoryLedger:
             reserved_cost = cost_usd(plan.price, plan.prompt_tokens, output)
         task.calls += 1
         task.hops = limits.hops_after(task.last_agent, plan.agent, task.hops)
-        task.last_agent = plan.agent
-        task.agents.setdefault(bucket, agent)
+        task.last_agent = agent.name if bucket == plan.agent else sys.intern(plan.agent)
+        if joined is None:
+            task.agents = (*task.agents, agent)
         task.tokens_reserved += reserved
         agent.tokens_reserved += reserved
-        task.cost_reserved += reserved_cost
+        if reserved_cost:  # adding 0.0 would still make a new float for the task to hold
+            task.cost_reserved += reserved_cost
         return Grant(
             plan.task,
             plan.agent,
@@ -345,7 +413,7 @@ class MemoryLedger:
             reserved,
             reserved_cost,
             cap if enforce else None,
-            self._view(task),
+            self._view(task, details=False),
             observed,
         )
 
@@ -356,14 +424,21 @@ class MemoryLedger:
         agent = self._agent(task, grant.agent)
         task.tokens_reserved = max(task.tokens_reserved - grant.reserved_tokens, 0)
         agent.tokens_reserved = max(agent.tokens_reserved - grant.reserved_tokens, 0)
-        task.cost_reserved = max(task.cost_reserved - grant.reserved_cost, 0.0)
+        if grant.reserved_cost:
+            task.cost_reserved = max(task.cost_reserved - grant.reserved_cost, 0.0)
         task.tokens_used += outcome.tokens
         agent.tokens_used += outcome.tokens
-        task.cost_used += outcome.cost_usd
+        if outcome.cost_usd:
+            task.cost_used += outcome.cost_usd
         trips: list[Trip] = []
-        if outcome.completed and outcome.output_fingerprint is not None:
-            preview = (grant.agent, outcome.output_fingerprint, outcome.preview)
-            task.previews = _push(task.previews, preview, PREVIEWS_PER_TASK)
+        output = outcome.output_fingerprint
+        output_digest = _digest(output) if output is not None else b""
+        if outcome.completed and output is not None:
+            # The digest stands for the fingerprint when it gives it back exactly (always, for
+            # the proxy's own): it is shared with the output window and smaller than the text.
+            shown = output_digest if output_digest.hex() == output else output
+            preview = (sys.intern(grant.agent), shown, outcome.preview)
+            task.previews = _push_many(task.previews, preview, PREVIEWS_PER_TASK)
         if outcome.completed:
             for index, detector in enumerate(SETTLE):
                 fingerprint: str | None = getattr(outcome, detector.fingerprint)
@@ -371,15 +446,16 @@ class MemoryLedger:
                     continue
                 threshold, size = detector.bounds(grant.policy)
                 holder = task if detector.window == "task" else agent
-                windows = holder.windows + ((),) * (len(SETTLE) - len(holder.windows))
-                window = _push(windows[index], fingerprint, size)
+                windows = holder.windows + (b"",) * (len(SETTLE) - len(holder.windows))
+                digest = output_digest if fingerprint is output else _digest(fingerprint)
+                window = _push_digest(windows[index], digest, size)
                 holder.windows = (*windows[:index], window, *windows[index + 1 :])
                 trip = repeat.window_trip(
                     detector,
-                    window.count(fingerprint),
+                    _count(window, digest),
                     threshold,
                     size,
-                    len(window),
+                    len(window) // _DIGEST,
                     grant.agent,
                     fingerprint,
                 )
@@ -395,7 +471,7 @@ class MemoryLedger:
         elif grant.policy.on_trip == "observe":
             trips = [t for t in trips if t.reason not in task.observed]
             task.observed |= {t.reason for t in trips}
-        return Settled(self._view(task), trips, killed)
+        return Settled(self._view(task, details=False), trips, killed)
 
     async def kill(self, task_name: str, trip: Trip) -> bool:
         task = self._touch(task_name, self.clock())
@@ -422,7 +498,7 @@ class MemoryLedger:
         if state is None or state.killed is not None:
             return []
         content, trips = observe_content(
-            ContentState.from_plain(state.content) if state.content else ContentState(),
+            _unpack(state.content),
             agent,
             text,
             cycle=policy.cycle,
@@ -434,6 +510,7 @@ class MemoryLedger:
         )
         self.detector_runs += 1
         state.content = content.plain()
+        self._warm_up(task)
         reported: list[tuple[Trip, str]] = []
         for trip in trips:
             action = policy.action_for(trip.reason)
@@ -449,6 +526,17 @@ class MemoryLedger:
                 reported.append((trip, action))
         return reported
 
+    def _warm_up(self, name: str) -> None:
+        """Keep the task's content state as tuples, and marshal the state of the task that
+        has gone longest without a completion once more than ``WARM_CONTENT`` are kept so."""
+        self._warm[name] = None
+        self._warm.move_to_end(name)
+        if len(self._warm) > WARM_CONTENT:
+            coldest, _ = self._warm.popitem(last=False)
+            task = self._tasks.get(coldest)
+            if task is not None and isinstance(task.content, tuple):
+                task.content = marshal.dumps(task.content)
+
     async def count_envelope(self, task: str, status: str) -> None:
         state = self._tasks.get(task)
         if state is not None:
@@ -463,7 +551,7 @@ class MemoryLedger:
         state.tenant = tenant if tenant is not None else state.tenant
         self._index(state)
         state.owner = owner if owner is not None else state.owner
-        state.overrides.update(overrides)
+        _override(state, overrides)
         state.mark("created", _describe_limits(overrides), self.clock())
         return self._view(state)
 
@@ -474,7 +562,7 @@ class MemoryLedger:
         state.killed = None
         self._killed.pop(task, None)
         state.observed = frozenset()
-        state.overrides.update(overrides)
+        _override(state, overrides)
         state.mark("resume", f"{note} {_describe_limits(overrides)}".strip(), self.clock())
         return self._view(state)
 
@@ -492,7 +580,7 @@ class MemoryLedger:
         state = self._tasks.get(task)
         if state is None or not state.clocked:  # the clock starts at the first call
             return None
-        allowed = allowed_seconds(state.overrides, state.extra_duration, policy_limit)
+        allowed = allowed_seconds(state.overrides or {}, state.extra_duration, policy_limit)
         return None if allowed is None else (state.started, allowed)
 
     async def get(self, task: str) -> TaskView | None:
@@ -517,8 +605,12 @@ class MemoryLedger:
         return self._sessions.end(base, start, self.clock(), cooldown)
 
     @staticmethod
-    def _view(task: _Task) -> TaskView:
-        return TaskView(
+    def _view(task: _Task, details: bool = True) -> TaskView:
+        """The task's figures; with ``details``, its previews, timeline and envelope counts
+        too, which only the admin API reads (a call's grant and settlement do without, as
+        the Redis ledger's do)."""
+        overrides = task.overrides or {}
+        view = TaskView(
             task=task.task,
             started=task.started,
             last_seen=task.last_seen,
@@ -527,17 +619,20 @@ class MemoryLedger:
             cost_usd=task.cost_used,
             calls=task.calls,
             hops=task.hops,
-            agents=list(task.agents),
+            agents=[agent.name for agent in task.agents],
             killed=task.killed,
-            max_tokens=_limit(task.overrides.get("max_tokens"), task.max_tokens),
+            max_tokens=_limit(overrides.get("max_tokens"), task.max_tokens),
             tenant=task.tenant,
             owner=task.owner,
-            overrides=dict(task.overrides),
+            overrides=dict(overrides),
             extra_duration=task.extra_duration,
-            previews=[Preview(*preview) for preview in task.previews],
-            timeline=[TimelineEvent(*entry) for entry in task.timeline],
-            envelopes=dict(task.envelopes or {}),
         )
+        if details:
+            previews = task.previews
+            view.previews = [_preview(*previews[i : i + 3]) for i in range(0, len(previews), 3)]
+            view.timeline = [TimelineEvent(*entry) for entry in task.timeline]
+            view.envelopes = dict(task.envelopes or {})
+        return view
 
     @staticmethod
     def _empty_view(name: str) -> TaskView:
@@ -555,10 +650,13 @@ def _record(task: _Task, killed_at: float | None) -> dict[str, Any]:
         "cost_used": task.cost_used,
         "calls": task.calls,
         "hops": task.hops,
+        "last_agent": task.last_agent,
+        # Each agent's spend, for per-agent budgets (its bucket's, "other" included).
+        "agents": {agent.name: agent.tokens_used for agent in task.agents},
         "max_tokens": task.max_tokens,
         "tenant": task.tenant,
         "owner": task.owner,
-        "overrides": task.overrides,
+        "overrides": task.overrides or {},
         "extra_duration": task.extra_duration,
         "killed": task.killed.to_json() if task.killed is not None else None,
         "timeline": [list(entry) for entry in task.timeline],
@@ -576,10 +674,16 @@ def _from_record(record: dict[str, Any]) -> _Task:
         cost_used=float(record.get("cost_used", 0.0)),
         calls=int(record.get("calls", 0)),
         hops=int(record.get("hops", 0)),
+        last_agent=None if record.get("last_agent") is None else str(record["last_agent"]),
+        agents=tuple(
+            _Agent(sys.intern(str(name)), tokens_used=int(used))
+            for name, used in dict(record.get("agents") or {}).items()
+        ),
         max_tokens=None if record.get("max_tokens") is None else int(record["max_tokens"]),
         tenant=record.get("tenant"),
         owner=record.get("owner"),
-        overrides={str(k): float(v) for k, v in dict(record.get("overrides") or {}).items()},
+        overrides={str(k): float(v) for k, v in dict(record.get("overrides") or {}).items()}
+        or None,
         extra_duration=float(record.get("extra_duration", 0.0)),
         killed=Trip.from_json(killed) if isinstance(killed, str) else None,
         timeline=tuple(
@@ -600,6 +704,66 @@ def _first_call(task: _Task, plan: CallPlan) -> None:
         task.tenant = plan.tenant
     if task.owner is None:
         task.owner = plan.owner
+
+
+def _preview(agent: str | bytes, fingerprint: str | bytes, text: str | bytes) -> Preview:
+    shown = fingerprint.hex() if isinstance(fingerprint, bytes) else fingerprint
+    return Preview(str(agent), shown, str(text))
+
+
+def _find(task: _Task, name: str) -> _Agent | None:
+    for agent in task.agents:
+        if agent.name == name:
+            return agent
+    return None
+
+
+def _override(task: _Task, overrides: dict[str, float]) -> None:
+    if overrides:
+        task.overrides = {**(task.overrides or {}), **overrides}
+
+
+def _unpack(content: Plain | bytes) -> ContentState:
+    if isinstance(content, bytes):
+        return ContentState.from_plain(marshal.loads(content)) if content else ContentState()
+    return ContentState.from_plain(content)
+
+
+def _digest(fingerprint: str) -> bytes:
+    """The fingerprint's 8 bytes: the proxy's fingerprints are 16 lowercase hex digits (of an
+    8-byte blake2b), read back as such; any other string is hashed to 8."""
+    if len(fingerprint) == 2 * _DIGEST:
+        with contextlib.suppress(ValueError):
+            digest = bytes.fromhex(fingerprint)
+            if digest.hex() == fingerprint:  # not "AB..." nor "00 11 ..." (other strings)
+                return digest
+    return hashlib.blake2b(fingerprint.encode(), digest_size=_DIGEST).digest()
+
+
+def _push_digest(window: bytes, digest: bytes, size: int) -> bytes:
+    """``window`` with ``digest`` appended, keeping the last ``size`` (as ``_push``)."""
+    keep = max(size - 1, 0) * _DIGEST
+    return (window[len(window) - keep :] if len(window) > keep else window) + digest
+
+
+def _count(window: bytes, digest: bytes) -> int:
+    """How often ``digest`` is one of the window's entries (a match across two entries is
+    not one)."""
+    seen = 0
+    at = window.find(digest)
+    while at >= 0:
+        if at % _DIGEST == 0:
+            seen += 1
+        at = window.find(digest, at + 1)
+    return seen
+
+
+def _push_many(window: tuple[_T, ...], entries: tuple[_T, ...], size: int) -> tuple[_T, ...]:
+    """A window of ``size`` groups of ``len(entries)``, flattened into one tuple: one tuple
+    object however many groups it holds."""
+    width = len(entries)
+    keep = max(size - 1, 0) * width
+    return (*window[len(window) - keep :], *entries) if len(window) > keep else (*window, *entries)
 
 
 def _limit(override: float | None, current: int | None) -> int | None:

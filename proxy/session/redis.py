@@ -71,7 +71,6 @@ from proxy.telemetry.metrics import Metrics
 _UNREACHABLE = (RedisError, OSError, TimeoutError)
 RECHECK_INTERVAL_S = 1.0
 MAX_PENDING = 100_000
-MAX_RETAINING = 1_000  # kill-retention writes in flight at once
 MAX_KNOWN = 100_000  # tasks whose last figures open mode remembers
 # A reserve, settle or kill may take this many redis_timeouts at most, its retry included.
 STEP_TIMEOUTS = 4
@@ -100,6 +99,8 @@ class _Known:
     used: int = 0  # tokens used and reserved, as last read
     cost: float = 0.0
     killed: Trip | None = None
+    calls: int = 0
+    started: float | None = None  # the deadline's clock
 
 
 @dataclass(slots=True, frozen=True)
@@ -174,6 +175,8 @@ class RedisLedger:
         self.clock = clock
         self.metrics = metrics
         self._step_timeout = STEP_TIMEOUTS * settings.redis_timeout
+        # How long a killed task's keys live, set by every script that touches them.
+        self._retention = int(max(settings.kill_retention, settings.task_ttl))
         self.board = KillBoard()
         self.client = build_client(settings)
         self.channel = f"{settings.key_prefix}:kills:v{redis_scripts.VERSION}"
@@ -198,7 +201,6 @@ class RedisLedger:
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._kills_pending: OrderedDict[str, Trip] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
-        self._retaining: set[asyncio.Task[None]] = set()
         self.reachable = True
 
     def _resilient(self, source: str) -> Any:
@@ -260,10 +262,8 @@ class RedisLedger:
         # Every wait here is bounded: closing connections to a Redis that just restarted must
         # not hold up a shutdown.
         bound = self._step_timeout
-        for task in (*self._tasks, *self._retaining):
+        for task in self._tasks:
             task.cancel()
-        if self._retaining:
-            await asyncio.wait(self._retaining, timeout=bound)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=bound)
         with contextlib.suppress(*_UNREACHABLE):
@@ -342,6 +342,7 @@ class RedisLedger:
             plan.tenant or "",
             plan.owner or "",
             self._now(),
+            self._retention,
         ]
         try:
             reply = await self._reserve(
@@ -369,12 +370,13 @@ class RedisLedger:
 
     async def _index(self, tenant: str, task: str) -> None:
         """List the task under its tenant, once per replica (a bounded memory of what was
-        listed), so a tenant's listing reads only its own tasks. The set lives as long as the
-        tenant's tasks are active; names of expired tasks are dropped when it is read."""
+        listed), so a tenant's listing reads only its own tasks. The set lives a kill's
+        retention past the tenant's last new task, so the tenant's killed tasks stay listed;
+        names of expired tasks are dropped when it is read."""
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.sadd(self._tenant_key(tenant), task)
-                pipe.expire(self._tenant_key(tenant), int(self.settings.task_ttl))
+                pipe.expire(self._tenant_key(tenant), self._retention)
                 await pipe.execute()
         except _UNREACHABLE as error:
             self._unreachable("index", error)
@@ -386,9 +388,6 @@ class RedisLedger:
     def _grant(self, plan: CallPlan, reply: list[Any]) -> Grant:
         verdict = reply[0]
         if verdict == "killed":
-            # The refused call refreshed the task's keys for task_ttl: the kill's retention
-            # is longer.
-            self._retain_kill(plan.task)
             self._remember(plan.task, killed=Trip.from_json(reply[1]))
             raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False)
         if verdict == "trip":
@@ -396,6 +395,8 @@ class RedisLedger:
             self._remember(plan.task, killed=trip)
             self.board.cut(plan.task, trip)
             raise Denied(plan.task, trip, fresh=True)
+        if verdict == "refused":  # the task's first call: nothing was written
+            raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False, first_call=True)
         if verdict == "busy":
             raise Busy(plan.task, int(_num(reply[1])))
         (
@@ -414,7 +415,13 @@ class RedisLedger:
             *limits,
         ) = reply
         records = json.loads(observed)
-        self._remember(plan.task, int(used) + int(reserved), _num(cost))
+        self._remember(
+            plan.task,
+            int(used) + int(reserved),
+            _num(cost),
+            calls=int(calls),
+            started=_num(started),
+        )
         overrides = {
             name: _num(value) for name, value in zip(OVERRIDABLE, limits[:-1], strict=True) if value
         }
@@ -537,6 +544,7 @@ class RedisLedger:
                 int(self.settings.task_ttl),
                 calls,
                 preview,
+                self._retention,
                 held,
                 *(value for pair in watched for value in pair),
             ],
@@ -560,7 +568,13 @@ class RedisLedger:
             killed=Trip.from_json(killed) if killed else None,
             max_tokens=grant.policy.limits.max_tokens,
         )
-        self._remember(grant.task, view.tokens_used + view.tokens_reserved, view.cost_usd)
+        self._remember(
+            grant.task,
+            view.tokens_used + view.tokens_reserved,
+            view.cost_usd,
+            calls=view.calls,
+            started=view.started or None,
+        )
         trips: builtins.list[Trip] = []
         for index, detector in enumerate(SETTLE):
             fingerprint = getattr(outcome, detector.fingerprint) or ""
@@ -599,10 +613,10 @@ class RedisLedger:
         self.board.cut(task, trip)
         try:
             done = await self._kill(
-                keys=[keys.state, keys.timeline],
+                keys=[keys.state, keys.timeline, keys.agents],
                 args=[
                     record,
-                    int(self.settings.task_ttl),
+                    self._retention,
                     self.channel,
                     message,
                     _timeline_entry("kill", trip.detail),
@@ -613,9 +627,7 @@ class RedisLedger:
             self._unreachable("kill", error)
             self._pend_kill(task, trip)
             return await self._fallback.kill(task, trip)
-        if done:
-            # Known here at once, not only when the channel's message comes back: an outage
-            # right after must not leave open mode without it.
+        if done:  # known here at once, not only when the channel's message comes back
             self._remember(task, killed=trip)
         return bool(done)
 
@@ -796,7 +808,7 @@ class RedisLedger:
         keys = self._keys(task)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hincrby(keys.state, f"env|{status}", 1)
-            pipe.expire(keys.state, int(self.settings.task_ttl))
+            self._keep_alive(pipe, keys.state)
             await pipe.execute()
 
     async def create(
@@ -813,7 +825,7 @@ class RedisLedger:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(keys.state, mapping={"last_seen": repr(now), **fields})
             self._push_timeline(pipe, keys, "created", _describe(overrides))
-            pipe.expire(keys.state, int(self.settings.task_ttl))
+            self._keep_alive(pipe, keys.state)
             await pipe.execute()
         view = await self.get(task)
         assert view is not None
@@ -863,7 +875,14 @@ class RedisLedger:
     def _push_timeline(self, pipe: Any, keys: Keys, kind: str, detail: str) -> None:
         pipe.lpush(keys.timeline, _timeline_entry(kind, detail))
         pipe.ltrim(keys.timeline, 0, TIMELINE_PER_TASK - 1)
-        pipe.expire(keys.timeline, int(self.settings.task_ttl))
+        self._keep_alive(pipe, keys.timeline)
+
+    def _keep_alive(self, pipe: Any, key: str) -> None:
+        """The task TTL on a key that has none, or longer than it has: never shorter, so a
+        killed task's keys keep the kill's retention."""
+        ttl = int(self.settings.task_ttl)
+        pipe.expire(key, ttl, nx=True)
+        pipe.expire(key, ttl, gt=True)
 
     @staticmethod
     def _view(task: str, state: dict[str, str], agents: builtins.list[str]) -> TaskView:
@@ -930,7 +949,6 @@ class RedisLedger:
         except (TypeError, ValueError, KeyError):
             return
         self.board.cut(task, trip)
-        self._retain_kill(task)
         self._remember(task, killed=trip)
 
     # -- open mode: what this replica last knew ----------------------------------------------
@@ -941,10 +959,13 @@ class RedisLedger:
         used: int | None = None,
         cost: float | None = None,
         killed: Trip | None = None,
+        *,
+        calls: int | None = None,
+        started: float | None = None,
     ) -> None:
         """Each task's last figures and kill as Redis told them, bounded (least recently
         told out first): while Redis is away, open mode starts a task from them, so a killed
-        task stays killed and a spent budget stays spent."""
+        task stays killed, a spent budget stays spent, and its calls and deadline count on."""
         known = self._known.get(task)
         if known is None:
             known = self._known[task] = _Known()
@@ -958,6 +979,10 @@ class RedisLedger:
             known.cost = cost
         if killed is not None:
             known.killed = killed
+        if calls is not None:
+            known.calls = calls
+        if started is not None:
+            known.started = started
 
     def _forget_known_kill(self, task: str) -> None:
         known = self._known.get(task)
@@ -968,7 +993,9 @@ class RedisLedger:
     async def _reserve_locally(self, plan: CallPlan) -> Grant:
         known = self._known.get(plan.task)
         if known is not None:
-            self._fallback.seed(plan.task, known.used, known.cost, known.killed)
+            self._fallback.seed(
+                plan.task, known.used, known.cost, known.killed, known.calls, known.started
+            )
         try:
             return await self._fallback.reserve(plan)
         except Denied as denied:
@@ -987,39 +1014,16 @@ class RedisLedger:
         keys = self._keys(task)
         record = trip.to_json()
         await self._kill(
-            keys=[keys.state, keys.timeline],
+            keys=[keys.state, keys.timeline, keys.agents],
             args=[
                 record,
-                int(self.settings.task_ttl),
+                self._retention,
                 self.channel,
                 json.dumps({"task": task, "trip": json.loads(record)}),
                 _timeline_entry("kill", trip.detail),
                 self._now(),
             ],
         )
-
-    # -- kill retention ----------------------------------------------------------------------
-
-    def _retain_kill(self, task: str) -> None:
-        """Keep a killed task's keys for ``kill_retention`` (never less than ``task_ttl``).
-        Every replica hears each kill on the channel and sets it; setting it twice is
-        harmless."""
-        if len(self._retaining) >= MAX_RETAINING:
-            return
-        retaining = asyncio.ensure_future(self._expire_killed(task))
-        self._retaining.add(retaining)
-        retaining.add_done_callback(self._retaining.discard)
-
-    async def _expire_killed(self, task: str) -> None:
-        keys = self._keys(task)
-        ttl = int(max(self.settings.kill_retention, self.settings.task_ttl))
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in (keys.state, keys.agents, keys.timeline):
-                    pipe.expire(key, ttl)
-                await pipe.execute()
-        except _UNREACHABLE as error:
-            self._unreachable("retain_kill", error)
 
     async def _recheck_in_flight(self) -> None:
         """Kills published while this replica was not listening still cut its streams; a

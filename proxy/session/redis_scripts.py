@@ -18,7 +18,9 @@ Ids are percent-escaped where they stand in a key (``redis.key_part``: braces, c
 characters, ``%``, spaces and non-ASCII), so no id can close the hash tag or reach another key:
 
     <prefix>:{task}:s        hash: started, last_seen, used, reserved, cost, cost_reserved,
-                             calls, hops, last_agent, max_tokens, killed, obs|<reason>
+                             calls, hops, last_agent, max_tokens, killed, obs|<reason>,
+                             content (the content detectors' state, base64) and content_v
+                             (its version, raised by every write of it)
     <prefix>:{task}:a        hash: <agent>|u (tokens used), <agent>|r (tokens reserved)
     <prefix>:{task}:z        sorted set of reservations "id|tokens|cost|agent", scored by expiry
     <prefix>:{task}:w:<reason>      list: the window of a task-scoped settle-phase detector
@@ -31,8 +33,11 @@ characters, ``%``, spaces and non-ASCII), so no id can close the hash tag or rea
 Limits set on one task (at creation, or raised on resume) live in the state hash as
 ``lim|<name>`` and win over the policy's; ``extra_duration`` moves the deadline.
 
-Every key gets the task TTL on every write. Replies carry floats as strings, since Redis turns
-Lua numbers into integers.
+Every key gets the task TTL on every write, except that a killed task's state, agents and
+timeline get the kill's retention (``kill_retention``, never less than the TTL) from the kill on,
+from every script that touches them: neither a refused call nor a call settling after the kill
+brings them back to the idle TTL. Replies carry floats as strings, since Redis turns Lua numbers
+into integers.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments, reply or rules change, so replicas of two
 # versions never share a key layout or a kill channel by accident.
-VERSION = 4
+VERSION = 5
 # Settled calls remembered per task, so a settle replayed after its reply was lost (the script
 # ran, the answer never came back) is not counted twice.
 SETTLED_PER_TASK = 512
@@ -120,12 +125,19 @@ local tenant, owner = ARGV[21], ARGV[22]
 local now = tonumber(ARGV[23])
 local t = redis.call('TIME')
 if not now then now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+-- A killed task's keys live this long (kill_retention, never less than the TTL), whatever
+-- call touches them: a refused call never shortens a kill's life back to the idle TTL.
+local retention = tonumber(ARGV[24])
 
-local function touch()
-  redis.call('EXPIRE', s, ttl)
-  redis.call('EXPIRE', a, ttl)
-  redis.call('EXPIRE', z, ttl)
+local function touch(life)
+  life = life or ttl
+  redis.call('EXPIRE', s, life)
+  redis.call('EXPIRE', a, life)
+  redis.call('EXPIRE', z, life)
 end
+
+-- A task is kept from the first call let through: a first call refused writes nothing.
+local new = redis.call('EXISTS', s) == 0
 
 local function timeline_push(entry)
   redis.call('LPUSH', timeline, entry)
@@ -161,7 +173,8 @@ local st = redis.call('HMGET', s, 'started', 'killed', 'used', 'reserved', 'cost
   'lim|max_cost_usd', 'lim|max_calls', 'lim|max_hops', 'lim|max_duration', 'extra_duration')
 if st[2] then
   redis.call('HSET', s, 'last_seen', num(now))
-  touch()
+  touch(retention)
+  redis.call('EXPIRE', timeline, retention)
   return {'killed', st[2]}
 end
 local started = tonumber(st[1]) or now
@@ -178,11 +191,18 @@ max_hops = tonumber(st[14]) or max_hops
 max_duration = tonumber(st[15]) or max_duration
 if max_duration == 0 then max_duration = nil end  -- as in Python: 0 sets no deadline
 if max_duration then max_duration = max_duration + (tonumber(st[16]) or 0) end
--- The limit the task was last checked against, for its view: written with the step's other
--- fields, one HSET whichever way the call goes.
-local checked = max_tokens or -1
-if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
-if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
+-- The limit the task was last checked against, for its view; who the task belongs to. Written
+-- by every call that keeps the task, in one HSET with the fields the call itself moves.
+local function keep(...)
+  local fields = {'max_tokens', max_tokens or -1, ...}
+  if not st[1] then
+    table.insert(fields, 'started')
+    table.insert(fields, num(now))
+  end
+  redis.call('HSET', s, unpack(fields))
+  if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
+  if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
+end
 
 -- Budgets are kept per agent up to max_agents; later agents share the bucket 'other'. Hops
 -- and the figures a person reads name the calling agent itself.
@@ -229,7 +249,7 @@ end
         + _CHECKS
         + """
 if kill and #trips == 0 and busy then
-  redis.call('HSET', s, 'last_seen', num(now), 'max_tokens', checked)
+  keep('last_seen', num(now))
   touch()
   return {'busy', tostring(reserved)}
 end
@@ -243,17 +263,17 @@ if bound >= 0 then
   end
 end
 
--- The task's clock starts at its first checked call.
-local starting = {}
-if not st[1] then starting = {'started', num(now)} end
 local observed = {}
+if kill and #trips > 0 and new then
+  return {'refused', trips[1].json}
+end
 if #trips > 0 then
   if kill then
     local record = trips[1].json
-    redis.call('HSET', s, 'killed', record, 'last_seen', num(now), 'max_tokens', checked,
-      unpack(starting))
+    keep('killed', record, 'last_seen', num(now))
     timeline_push('{"at":' .. num(now) .. ',"kind":"kill","trip":' .. record .. '}')
-    touch()
+    redis.call('EXPIRE', timeline, retention)
+    touch(retention)
     redis.call('PUBLISH', channel, '{"task":' .. cjson.encode(task) .. ',"trip":' .. record .. '}')
     return {'trip', record}
   end
@@ -271,9 +291,8 @@ local res_tokens = prompt + output
 local res_cost = 0
 if prompt_cost >= 0 then res_cost = prompt_cost + out_price * output end
 -- The figures read above, moved by this call: one write per hash.
-redis.call('HSET', s, 'last_seen', num(now), 'last_agent', caller, 'hops', new_hops,
-  'calls', calls + 1, 'reserved', reserved + res_tokens,
-  'cost_reserved', num(cost_reserved + res_cost), 'max_tokens', checked, unpack(starting))
+keep('last_seen', num(now), 'last_agent', caller, 'hops', new_hops, 'calls', calls + 1,
+  'reserved', reserved + res_tokens, 'cost_reserved', num(cost_reserved + res_cost))
 redis.call('HSET', a, agent .. '|r', a_reserved + res_tokens, agent .. '|u', a_used)
 local member = rid .. '|' .. res_tokens .. '|' .. num(res_cost) .. '|' .. agent
 redis.call('ZADD', z, now + rttl, member)
@@ -299,12 +318,12 @@ SETTLE = (
 local s, a, z, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local agent, ttl, extra_calls = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local preview = ARGV[7]
+local preview, retention = ARGV[7], tonumber(ARGV[8])
 -- The version of the content detectors' state the caller holds ('' when it wants none): when
 -- the task's is another, the reply carries it, so the detectors run next on the current state
 -- without a read of their own.
-local held = ARGV[8]
--- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[9..]: for
+local held = ARGV[9]
+-- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[10..]: for
 -- each, the fingerprint to observe ('' for none) and the window's size.
 local windows = #KEYS - 5
 
@@ -347,7 +366,7 @@ if released then
   r_tokens, r_cost, agent = tonumber(r_tokens), tonumber(r_cost), who
 end
 local fig = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'cost_reserved', 'calls',
-  'started')
+  'started', 'killed')
 local fields = {'used', (tonumber(fig[1]) or 0) + tokens, 'cost',
   num((tonumber(fig[3]) or 0) + cost)}
 if released then
@@ -392,18 +411,23 @@ if preview ~= '' then
 end
 local counts = {}
 for i = 1, windows do
-  local seen, length = observe(KEYS[5 + i], ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i]))
+  local seen, length = observe(KEYS[5 + i], ARGV[8 + 2 * i], tonumber(ARGV[9 + 2 * i]))
   table.insert(counts, seen)
   table.insert(counts, length)
 end
 
-for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, ttl) end
+-- A call settling after its task's kill (the stream the kill cut) keeps the kill's life.
+local life = ttl
+if fig[7] then life = retention end
+for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, life) end
 return state(counts, 0)
 """.replace("PREVIEWS", str(PREVIEWS_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
 
+# ARGV[2]: the kill's retention (kill_retention, never less than the task TTL), set on the
+# task's state, agents and timeline at once.
 KILL = f"""-- tripwire kill v{VERSION}
-local s, timeline = KEYS[1], KEYS[2]
+local s, timeline, a = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HEXISTS', s, 'killed') == 1 then return 0 end
 local now = ARGV[6]
 if now == '' then now = redis.call('TIME')[1] end
@@ -411,6 +435,7 @@ redis.call('HSET', s, 'killed', ARGV[1], 'last_seen', now)
 -- A kill before any call starts the deadline's clock, as a first call would.
 redis.call('HSETNX', s, 'started', now)
 redis.call('EXPIRE', s, tonumber(ARGV[2]))
+redis.call('EXPIRE', a, tonumber(ARGV[2]))
 redis.call('LPUSH', timeline, ARGV[5])
 redis.call('LTRIM', timeline, 0, {TIMELINE_PER_TASK - 1})
 redis.call('EXPIRE', timeline, tonumber(ARGV[2]))
@@ -421,6 +446,7 @@ return 1
 # Content-detector state is computed in Python (sketches, shingles) and written back only if no
 # other replica wrote it since the version the caller computed from; otherwise the reply carries
 # the current version and state, and the caller computes again from those (no read of its own).
+# A killed task's state is left as it is (and its keys keep the kill's retention).
 CONTENT_SWAP = f"""-- tripwire content swap v{VERSION}
 local s = KEYS[1]
 local st = redis.call('HMGET', s, 'content_v', 'killed')

@@ -20,6 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 SESSION_MARK = "@"
 _STAMP = "%Y%m%dT%H%M%SZ"
@@ -89,6 +90,29 @@ class SessionBook:
         if record.ends is None:
             record.ends = now + cooldown
         return record.ends
+
+    def saved(self, limit: int) -> list[dict[str, Any]]:
+        """The most recently active clients' records, for the embedded ledger's file."""
+        recent = list(self._records.items())[-limit:] if limit > 0 else []
+        return [
+            {"client": base, "start": r.start, "last": r.last, "ends": r.ends} for base, r in recent
+        ]
+
+    def restore(self, saved: list[dict[str, Any]]) -> None:
+        """Records read back from the file, oldest first as they were written."""
+        for entry in saved:
+            try:
+                ends = entry.get("ends")
+                record = _Record(
+                    int(entry["start"]), float(entry["last"]), None if ends is None else float(ends)
+                )
+                base = str(entry["client"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._records[base] = record
+            self._records.move_to_end(base)
+            if len(self._records) > self.max_clients:
+                self._records.popitem(last=False)
 
     def _forget(self, now: float, idle_gap: float) -> None:
         """Clients idle past the gap (plus the margin) are forgotten, oldest first; the dict is

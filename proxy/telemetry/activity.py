@@ -3,8 +3,10 @@ and the calls refused because the task was killed.
 
 Fed by a call listener (every call, forwarded or refused, once it is over), held in memory by
 each replica and bounded: the last ``calls_per_task`` calls and 60 minutes of ``max_tasks``
-tasks, the least recently active task forgotten first. With several replicas each one
-answers for the calls it served; the ledger's totals stay the shared truth.
+tasks, the least recently active task forgotten first. A task gets an entry with its first call
+forwarded through this replica: calls refused before then count in the hour's totals only. With
+several replicas each one answers for the calls it served; the ledger's totals stay the shared
+truth.
 """
 
 from __future__ import annotations
@@ -59,11 +61,16 @@ class Activity:
         self.calls_per_task = calls_per_task
         self.clock = clock
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
+        # Calls refused before this replica forwarded any of their task's: in the hour's
+        # totals, but no task's entry, so refused calls of made-up ids push no task out.
+        self._untracked = _Task(deque(maxlen=0))
 
     def record(self, record: CallRecord) -> None:
         now = self.clock()
         task = self._tasks.get(record.task)
-        if task is None:
+        if task is None and not record.forwarded:
+            task = self._untracked
+        elif task is None:
             task = self._tasks[record.task] = _Task(deque(maxlen=self.calls_per_task))
             if len(self._tasks) > self.max_tasks:
                 self._tasks.popitem(last=False)
@@ -110,7 +117,7 @@ class Activity:
         first = now - now % 60 - (WINDOW_MINUTES - 1) * 60
         totals = [Minute(first + i * 60) for i in range(WINDOW_MINUTES)]
         chosen = (
-            self._tasks.values()
+            (*self._tasks.values(), self._untracked)
             if tasks is None
             else (self._tasks[t] for t in tasks if t in self._tasks)
         )

@@ -62,6 +62,13 @@ def test_activity_counts_minutes_and_refusals_per_task() -> None:
     assert sum(m.calls for m in activity.hour(["b"])) == 1
     activity.record(CallRecord("c", "z", "openai", "m", "ok", 200))
     assert activity.calls("a") == []  # the least recently active task gave way
+    # Refused calls of tasks never forwarded (made-up ids) push no task out, and still count.
+    for number in range(10):
+        activity.record(
+            CallRecord(f"x{number}", "z", "openai", "m", "refused", 403, forwarded=False)
+        )
+    assert [c.outcome for c in activity.calls("b")] == ["ok"]
+    assert activity.refused("x0") == 0 and sum(m.refused for m in activity.hour()) == 10
 
 
 def test_the_local_token_is_a_global_admin_and_nothing_else_is(mock: Any, tmp_path: Path) -> None:

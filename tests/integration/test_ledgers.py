@@ -127,6 +127,42 @@ async def test_spent_budget_kills_the_task(ledger: Ledger, task: str) -> None:
     assert not again.value.fresh
 
 
+async def test_a_refused_first_call_leaves_no_task(ledger: Ledger, task: str) -> None:
+    """#18: a first call refused by a limit kills nothing and keeps nothing, so refused calls
+    of made-up ids cannot fill the task tables; a later call within the limits starts it."""
+    policy = effective(max_tokens=100)
+    for refused_plan in (
+        plan(task, policy, prompt=500),  # the prompt alone is over the budget
+        plan(task, effective(max_tokens_per_agent=50), prompt=80),
+        plan(task, policy, prompt=60, choices=50),  # no output left for each choice
+        plan(
+            task, effective(max_cost_usd=1e-6), prompt=500, price=Price(1e-5, 1e-5, 1e-6, 1e-5, "m")
+        ),
+    ):
+        with pytest.raises(Denied) as refused:
+            await ledger.reserve(refused_plan)
+        assert refused.value.first_call and not refused.value.fresh
+        assert await ledger.get(task) is None
+    assert task not in {view.task for view in await ledger.list()}
+    grant = await ledger.reserve(plan(task, policy, prompt=20))
+    assert grant.view.calls == 1
+    view = await ledger.get(task)
+    assert view is not None and view.killed is None and view.calls == 1
+
+
+async def test_a_created_task_is_killed_by_its_first_call_refused(
+    ledger: Ledger, task: str
+) -> None:
+    """A task that exists before its first call (created with its own limits) is killed as any
+    other: only a call that would have started a task leaves nothing behind."""
+    await ledger.create(task, tenant=None, owner="ops", overrides={"max_tokens": 100})
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan(task, effective(), prompt=500))
+    assert refused.value.fresh and not refused.value.first_call
+    view = await ledger.get(task)
+    assert view is not None and view.killed is not None
+
+
 async def test_per_agent_budget(ledger: Ledger, task: str) -> None:
     policy = effective(max_tokens_per_agent=500)
     grant = await ledger.reserve(plan(task, policy, agent="writer", prompt=100))

@@ -13,7 +13,7 @@ import redis
 from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.detectors.base import Trip, TripReason
 from proxy.policy.rules import Effective
-from proxy.session.base import CallPlan, Denied
+from proxy.session.base import CallPlan, Denied, Outcome
 from proxy.session.memory import MemoryLedger
 from proxy.session.redis import RedisLedger
 
@@ -119,6 +119,27 @@ async def test_redis_keeps_a_task_with_a_stream_in_flight(redis_server: Any) -> 
         ledger.board.watch("streaming", lambda trip: None)
         await asyncio.sleep(3.5)
         assert client.exists(ledger._keys("streaming").state)
+    finally:
+        client.close()
+        await ledger.close()
+
+
+async def test_redis_a_kill_outlives_the_calls_it_cut(redis_server: Any) -> None:
+    """A call in flight when its task is killed (the stream the kill cuts) settles after the
+    kill: that must not bring the killed task's keys back to the idle TTL."""
+    ledger = RedisLedger(_settings(redis_server, task_ttl=60, kill_retention=7200))
+    await ledger.start()
+    client = redis.Redis(port=redis_server.port)
+    try:
+        grant = await ledger.reserve(plan("cut", 1000.0))
+        assert await ledger.kill("cut", TRIP)
+        keys = ledger._keys("cut")
+        assert client.ttl(keys.state) > 3600 and client.ttl(keys.agents) > 3600  # at once
+        await ledger.settle(grant, Outcome(20, 0.0, "f", "r", True))
+        await ledger.count_envelope("cut", "success")
+        await ledger.extend("cut", 30, "later")
+        for key in (keys.state, keys.agents, keys.timeline):
+            assert client.ttl(key) > 3600, key
     finally:
         client.close()
         await ledger.close()

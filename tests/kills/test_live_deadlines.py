@@ -68,3 +68,25 @@ def test_the_operator_moves_the_deadline_of_a_stream_in_flight(
     view = proxy.task(task)
     assert view is not None and view.killed is None
     assert ask("chat", proxy.base_url, headers={"X-Task-Id": task}).status == 200
+
+
+def test_after_extend_and_resume_the_next_stream_runs_past_the_old_deadline(
+    make_proxy: Any, mock: MockProviderThread, task: str, state: dict[str, Any]
+) -> None:
+    """The human escalation path for a streaming agent (#18 item 1): a stream killed at the
+    deadline, the task extended and resumed, and the agent's next stream is not cut at the
+    old deadline, nor the task killed again."""
+    proxy = make_proxy(state=state, policy=policy(task, max_duration=1))
+    ledger = ledger_of(proxy)
+    with pytest.raises(errors_of("chat").APIError) as cut:
+        ask("chat", proxy.base_url, stream=True, headers={"X-Task-Id": task, **slow_stream(2.5)})
+    assert "deadline" in str(cut.value)
+    assert proxy.call(ledger.extend(task, 600, "more time")) is not None
+    assert proxy.call(ledger.resume(task, {}, "approved")) is not None
+    reply = ask(
+        "chat", proxy.base_url, stream=True, headers={"X-Task-Id": task, **slow_stream(1.5)}
+    )
+    assert reply.text
+    view = proxy.task(task)
+    assert view is not None and view.killed is None
+    assert time.time() - view.started > 1.5 + 1  # ran well past the old deadline

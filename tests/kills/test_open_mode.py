@@ -88,3 +88,54 @@ async def test_kills_decided_during_an_outage_are_written_back(
         assert killed and "operator" in killed
     finally:
         client.close()
+
+
+async def test_a_first_call_refused_during_an_outage_leaves_no_task(
+    outage: tuple[RedisServer, RedisLedger],
+) -> None:
+    server, ledger = outage
+    server.stop()
+    with pytest.raises(Denied) as refused:  # a made-up id whose first call is over budget
+        await ledger.reserve(plan("made-up", prompt=600))
+    assert refused.value.first_call
+    grant = await ledger.reserve(plan("working"))
+    await ledger.settle(grant, Outcome(20, 0.0, None, None, True))
+    server.start()
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        written = None
+        for _ in range(100):  # the write-back: kills first, then the settles
+            try:
+                written = client.hget(ledger._keys("working").state, "used")
+            except redis.ConnectionError:
+                written = None
+            if written:
+                break
+            await asyncio.sleep(0.1)
+        assert written == "20"
+        assert not client.exists(ledger._keys("made-up").state)
+    finally:
+        client.close()
+
+
+async def test_open_mode_counts_calls_and_the_deadline_on(
+    outage: tuple[RedisServer, RedisLedger],
+) -> None:
+    """What Redis last said of a task's calls and clock holds during an outage too: its
+    max_calls is not handed out afresh, and its deadline does not start again."""
+    server, ledger = outage
+    calls = Effective(Limits(max_calls=2), RepeatSettings(), "kill", ())
+    timed = Effective(Limits(max_duration=1.0), RepeatSettings(), "kill", ())
+    for _ in range(2):
+        grant = await ledger.reserve(CallPlan("counted", "a", calls, 10, None, 1, None, 0))
+        await ledger.settle(grant, Outcome(20, 0.0, None, None, True))
+    grant = await ledger.reserve(CallPlan("timed", "a", timed, 10, None, 1, None, 0))
+    await ledger.settle(grant, Outcome(20, 0.0, None, None, True))
+    await asyncio.sleep(1.2)
+    server.stop()
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(CallPlan("counted", "a", calls, 10, None, 1, None, time.time()))
+    assert refused.value.trip.reason == TripReason.MAX_CALLS
+    with pytest.raises(Denied) as late:
+        await ledger.reserve(CallPlan("timed", "a", timed, 10, None, 1, None, time.time()))
+    assert late.value.trip.reason == TripReason.DEADLINE

@@ -11,6 +11,7 @@ import pytest
 from proxy.config import Limits, Policy, RepeatSettings, StateSettings
 from proxy.detectors.base import TripReason
 from proxy.policy.rules import Effective, PolicyBook
+from proxy.session import memory
 from proxy.session.base import Busy, CallPlan, Denied, Outcome
 from proxy.session.memory import MemoryLedger
 
@@ -105,3 +106,51 @@ def test_rules_apply_in_order_and_override_only_what_they_set() -> None:
     assert planner.on_trip == "observe"
     other = book.resolve("chat-1", "writer")
     assert other.limits.max_tokens is None and other.on_trip == "kill"
+
+
+async def test_a_fingerprint_spanning_two_window_entries_is_not_a_repeat() -> None:
+    """Windows hold 8-byte digests back to back: the bytes of two neighbours may contain a
+    third digest, which must not count as seen."""
+    ledger = MemoryLedger(StateSettings())
+    policy = Effective(Limits(), RepeatSettings(threshold=2, window=10), "kill", ())
+    outputs = ["0011223344556677", "8899aabbccddeeff", "445566778899aabb"]
+    trips = []
+    for output in outputs:
+        grant = await ledger.reserve(plan("t", policy))
+        trips += (await ledger.settle(grant, outcome(5, output=output))).trips
+    assert trips == []
+    grant = await ledger.reserve(plan("t", policy))
+    repeated = await ledger.settle(grant, outcome(5, output=outputs[2]))
+    assert [trip.reason for trip in repeated.trips] == [TripReason.REPEAT_OUTPUT]
+
+
+async def test_content_detection_is_the_same_for_a_task_whose_state_was_packed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task that went a while without a completion has its detector state marshalled; its
+    next completions are judged exactly as if it never had been."""
+    monkeypatch.setattr(memory, "WARM_CONTENT", 1)
+    policy = PolicyBook(Policy()).resolve("t", "a")
+    answer = "We should retry the upload with a longer backoff and then report the error to ops"
+    seen: dict[str, list[list[tuple[TripReason, str]]]] = {}
+    for name, others in (("warm", False), ("packed", True)):
+        ledger = MemoryLedger(StateSettings())
+        rounds = seen.setdefault(name, [])
+        for number in range(4):
+            grant = await ledger.reserve(plan("t", policy, now=1000.0 + number))
+            await ledger.settle(grant, outcome(5, output=f"{number:016x}"))
+            found = await ledger.observe_content(
+                "t",
+                "a",
+                f"{answer} (attempt {number})",
+                policy,
+                tool_calls=[("upload", '{"path": "/tmp/report.csv"}')],
+                tool_results=["timeout"],
+            )
+            rounds.append([(trip.reason, action) for trip, action in found])
+            if others:  # another task's completion: this one's state is packed now
+                other = f"other-{number}"
+                await ledger.settle(await ledger.reserve(plan(other, policy)), outcome(5))
+                await ledger.observe_content(other, "a", answer, policy)
+    assert seen["packed"] == seen["warm"]
+    assert any(seen["warm"])  # the rounds did trip a detector

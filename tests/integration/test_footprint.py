@@ -1,0 +1,145 @@
+"""What `tripwire serve` holds once it answers, before its first call: no module that only
+another command or another backend needs, and an idle RSS well under the 80 MB the README
+states (#19). Each case starts a real server process with the shipped policy."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Loaded by another command (replay, demo, dashboards), another backend (the Redis client,
+# and the OpenTelemetry SDK its client loads when installed), a setting the shipped policy
+# leaves off (token keys: PyJWT and cryptography; an envelope schema: jsonschema) or
+# tracing: none of them may load before the first call.
+NOT_AT_START_UP = (
+    "redis",
+    "proxy.session.redis",
+    "opentelemetry",
+    "jwt",
+    "cryptography",
+    "jsonschema",
+    "grafana_client",
+    "proxy.demo",
+    "proxy.dashboards",
+    "proxy.replay.cli",
+    "proxy.replay.runner",
+    "proxy.replay.traces",
+    "proxy.replay.mast",
+    "proxy.replay.who_and_when",
+)
+
+# Runs `tripwire serve` as the CLI does, and once /healthz answers prints the modules loaded.
+SERVE_AND_LIST = """
+import json, os, signal, sys, threading, time, urllib.request
+port = sys.argv[1]
+
+def listed() -> None:
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    time.sleep(0.5)  # anything loaded in the background at start-up has loaded by now
+    print("MODULES " + json.dumps(sorted(sys.modules)), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=listed, daemon=True).start()
+from proxy.cli import main
+sys.exit(main(["serve", "--port", port]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _loaded(name: str, modules: list[str]) -> bool:
+    return any(m == name or m.startswith(name + ".") for m in modules)
+
+
+def _detectors_need_numpy() -> bool:
+    """Whether the content detectors themselves import numpy: then it loads with them, and
+    only then."""
+    probe = "import sys, proxy.detectors.registry, proxy.detectors.content\n"
+    probe += "print('numpy' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip() == "True"
+
+
+@pytest.mark.timeout(90)
+def test_the_server_loads_nothing_it_does_not_need_before_its_first_call() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_AND_LIST, str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,  # the shipped policy, rules/policy.yaml
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("MODULES ")]
+    assert lines, done.stderr[-3000:]
+    modules: list[str] = json.loads(lines[0][len("MODULES ") :])
+    assert "proxy.app" in modules  # the probe saw a running server
+    assert [name for name in NOT_AT_START_UP if _loaded(name, modules)] == []
+    if not _detectors_need_numpy():
+        assert not _loaded("numpy", modules)
+
+
+def _vm_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.timeout(90)
+def test_an_idle_server_stays_under_90_mb(tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--port", str(port)],
+            cwd=ROOT,  # the shipped policy, rules/policy.yaml
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+    try:
+        deadline = time.monotonic() + 45
+        while not _answers(f"http://127.0.0.1:{port}/healthz"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("tripwire serve did not start: " + log.read_text()[-3000:])
+            time.sleep(0.05)
+        time.sleep(0.5)
+        rss = _vm_rss_bytes(process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    # The shipped policy sets no budget, so neither the tokenizer nor the price tables load.
+    assert rss < 90_000_000, f"idle RSS {rss / 1e6:.1f} MB"
