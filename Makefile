@@ -24,13 +24,13 @@ export UV_PYTHON_DOWNLOADS := never
 # tools a previous `make test` installed.
 runtime: $(UV)
 	@echo "tripwire: installing the runtime packages from uv.lock into $(VENV)/ ..."
-	@start=$$(date +%s); $(UV) sync --locked --no-dev --extra uvloop --inexact --quiet \
+	@start=$$(date +%s); $(UV) sync --locked --no-dev --extra uvloop --inexact --compile-bytecode --quiet \
 	  && echo "tripwire: runtime ready in $$(( $$(date +%s) - start )) s"
 
 # The runtime plus the test and dev toolchain (the lock's `dev` group).
 dev: $(UV)
 	@echo "tripwire: installing the runtime and the dev/test tools from uv.lock into $(VENV)/ ..."
-	@start=$$(date +%s); $(UV) sync --locked --extra uvloop --quiet \
+	@start=$$(date +%s); $(UV) sync --locked --extra uvloop --compile-bytecode --quiet \
 	  && echo "tripwire: dev environment ready in $$(( $$(date +%s) - start )) s"
 
 serve: runtime  ## start the proxy on 127.0.0.1:8787 (embedded state)

@@ -23,6 +23,12 @@ How the dataset is read:
   units are unknown here (`lookup` returns None); models with no prices at all (free tiers,
   subscriptions) cost nothing.
 
+The dataset is held in a compact form (about 3 MB): ``proxy.price_build`` converts it in a
+child process at load (cached per installed dataset), and the lookup here follows
+genai-prices' own model matching on it (provider match, model match, fallback providers,
+compact dated names), so the server never imports the dataset.
+``tests/unit/test_price_index.py`` checks the two agree on every model.
+
 Token convention for `cost_usd`: `prompt_tokens` is the uncached part of the input only.
 OpenAI reports cached tokens inside `prompt_tokens`, so its adapter subtracts
 `cached_tokens` first; Anthropic reports them apart already.
@@ -30,117 +36,70 @@ OpenAI reports cached tokens inside `prompt_tokens`, so its adapter subtracts
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, date, datetime, time
 from functools import lru_cache
+from typing import Any
 
-from genai_prices.types import (
-    ModelInfo,
-    ModelPrice,
-    Provider,
-    TieredPrices,
-    TimeOfDateConstraint,
-)
+from proxy.price import Price, cost_usd, max_output_for, write_1h
 
 __all__ = ["Price", "PriceBook", "cost_usd", "max_output_for"]
+# Bumped whenever the index's form or the reading of the dataset changes: names the cache.
+INDEX_FORMAT = 1
 
-_PER_MTOK = 1_000_000
+
+Clause = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class Price:
-    """USD per single token for one model.
+class _Condition:
+    """When a model's price applies: always, from a date on (UTC), or daily between two times."""
 
-    `tiers` holds (start, prices) pairs in ascending order: the prices that apply to every
-    token of a request whose total input exceeds `start`. The prices of a tier have no
-    tiers themselves. `cache_write_1h_per_token` None means the same as
-    `cache_write_per_token`.
-    """
-
-    input_per_token: float
-    output_per_token: float
-    cached_input_per_token: float
-    cache_write_per_token: float
-    model_id: str
-    cache_write_1h_per_token: float | None = None
-    tiers: tuple[tuple[int, Price], ...] = ()
-
-    def for_input(self, input_tokens: int) -> Price:
-        """The flat prices for a request whose input, cached and written included, totals this."""
-        for start, price in reversed(self.tiers):
-            if input_tokens > start:
-                return price
-        return self
+    kind: str  # "always", "date" or "daily"
+    starts: date | None
+    daily: tuple[time, time] | None
+    price: Price | None
 
 
-def cost_usd(
-    price: Price,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int = 0,
-    cache_write_tokens: int = 0,
-    cache_write_1h_tokens: int = 0,
-) -> float:
-    """Dollar cost of one call.
-
-    `prompt_tokens` excludes `cached_tokens` (cache reads) and both kinds of cache writes:
-    each token is passed in exactly one argument. `cache_write_tokens` are 5-minute cache
-    writes, or all cache writes when the provider does not tell them apart;
-    `cache_write_1h_tokens` are Anthropic's 1-hour cache writes.
-    """
-    p = price
-    if price.tiers:
-        p = price.for_input(
-            prompt_tokens + cached_tokens + cache_write_tokens + cache_write_1h_tokens
-        )
-    return (
-        prompt_tokens * p.input_per_token
-        + completion_tokens * p.output_per_token
-        + cached_tokens * p.cached_input_per_token
-        + cache_write_tokens * p.cache_write_per_token
-        + cache_write_1h_tokens * _write_1h(p)
-    )
+@dataclass(frozen=True, slots=True)
+class _Model:
+    id: str
+    match: Clause
+    # A Price, None (not priced per token), or conditions tried last to first.
+    prices: Price | tuple[_Condition, ...] | None
 
 
-def max_output_for(price: Price, budget_left_usd: float, prompt_tokens: int) -> int:
-    """How many output tokens fit in `budget_left_usd` once `prompt_tokens` are paid for.
-
-    All of `prompt_tokens` are priced as uncached input. Returns 0 when the prompt alone
-    does not fit, and `sys.maxsize` when output is free and the prompt fits.
-    """
-    p = price.for_input(prompt_tokens)
-    left = budget_left_usd - prompt_tokens * p.input_per_token
-    if left < 0:
-        return 0
-    if p.output_per_token <= 0:
-        return sys.maxsize
-    n = int(left / p.output_per_token)
-    # Float rounding can put the quotient a token above what cost_usd then charges. Bounded:
-    # at tiny prices one token may not move the float total at all.
-    for _ in range(3):
-        if n == 0 or cost_usd(price, prompt_tokens, n) <= budget_left_usd:
-            break
-        n -= 1
-    return n
+@dataclass(frozen=True, slots=True)
+class _Provider:
+    id: str
+    provider_match: Clause | None
+    model_match: Clause | None
+    fallback: tuple[str, ...]
+    models: tuple[_Model, ...]
 
 
 class PriceBook:
     """Model name to `Price`, from the bundled dataset; build one at start-up.
 
-    Building it imports the dataset (~0.2 s). Each distinct (model, provider) pair is
-    searched once, misses included; the results are kept in an LRU of `cache_size`
-    entries, so a client inventing model names cannot grow memory without bound.
+    The index is read on the first lookup or ``load``: from the cache (~0.03 s), else built in
+    a child process (~0.8 s of CPU there). Each distinct (model, provider) pair is searched
+    once, misses included; the results are kept in an LRU of `cache_size` entries, so a
+    client inventing model names cannot grow memory without bound.
     """
 
     def __init__(self, cache_size: int = 1024) -> None:
-        # The dataset (~30 MB in memory) is read on the first lookup or ``load``, not here:
-        # the server builds its book at start-up and loads it only when a call needs it.
-        self._loaded: list[Provider] | None = None
+        self._loaded: tuple[_Provider, ...] | None = None
         self._load_lock = threading.Lock()
         self._lookup: Callable[[str, str | None], Price | None] = lru_cache(maxsize=cache_size)(
             self._search
@@ -150,21 +109,37 @@ class PriceBook:
         self._warned_lock = threading.Lock()
 
     def load(self) -> None:
-        """Read the dataset now (once; safe from a worker thread while calls wait on it)."""
+        """Build the index now (once; safe from a worker thread while calls wait on it)."""
         _ = self._providers
+
+    def start_load(self) -> Callable[[], None]:
+        """Start building the index in its child process; call the result to wait for it.
+
+        Lets a caller load something else meanwhile."""
+        if self._loaded is not None:
+            return lambda: None
+        child = _spawn()
+
+        def finish() -> None:
+            with self._load_lock:
+                if self._loaded is None:
+                    self._loaded = _index(child)
+                elif isinstance(child, subprocess.Popen):
+                    child.kill()
+                    child.wait()
+
+        return finish
 
     @property
     def loaded(self) -> bool:
         return self._loaded is not None
 
     @property
-    def _providers(self) -> list[Provider]:
+    def _providers(self) -> tuple[_Provider, ...]:
         if self._loaded is None:
             with self._load_lock:
                 if self._loaded is None:
-                    from genai_prices.data import providers
-
-                    self._loaded = providers
+                    self._loaded = _index(_spawn())
         return self._loaded
 
     def lookup(self, model: str, provider: str | None = None) -> Price | None:
@@ -197,105 +172,289 @@ class PriceBook:
             return None
         found: Price | None = None
         for info in self._find(ref, provider):
-            price = _price_of(info)
+            price = _price_now(info)
             if price is not None:
                 found = price if found is None else _max_price(found, price)
         return found
 
-    def _find(self, ref: str, provider: str | None) -> list[ModelInfo]:
+    def _find(self, ref: str, provider: str | None) -> list[_Model]:
+        providers = self._providers
         if provider:
             named = self._provider(provider.strip().lower())
             if named is not None:
-                info = named.find_model(ref, all_providers=self._providers)
+                info = _find_model(named, ref, providers)
                 if info is not None:
                     return [info]
-        for candidate in self._providers:
+        for candidate in providers:
             # The provider whose naming scheme the model follows, as genai-prices guesses it.
-            if candidate.model_match is not None and candidate.model_match.is_match(ref):
-                info = candidate.find_model(ref, all_providers=self._providers)
+            if candidate.model_match is not None and _matches(candidate.model_match, ref):
+                info = _find_model(candidate, ref, providers)
                 if info is not None:
                     return [info]
                 break
-        return [info for p in self._providers if (info := p.find_model(ref)) is not None]
+        return [info for p in providers if (info := _find_model(p, ref, ())) is not None]
 
-    def _provider(self, provider_id: str) -> Provider | None:
+    def _provider(self, provider_id: str) -> _Provider | None:
         for p in self._providers:
             if p.id == provider_id:
                 return p
         for p in self._providers:
-            if p.provider_match is not None and p.provider_match.is_match(provider_id):
+            if p.provider_match is not None and _matches(p.provider_match, provider_id):
                 return p
         return None
 
 
-def _price_of(info: ModelInfo) -> Price | None:
+# -- genai-prices' matching rules, on the compact index ---------------------------------------
+
+
+def _matches(clause: Clause, text: str) -> bool:
+    """Whether `text`, lower-cased, matches; the clause's literals are lower-cased already."""
+    kind, arg = clause
+    if kind == "=":
+        return bool(text == arg)
+    if kind == "^":
+        return text.startswith(arg)
+    if kind == "$":
+        return text.endswith(arg)
+    if kind == "in":
+        return bool(arg in text)
+    if kind == "re":
+        return arg.search(text) is not None
+    if kind == "or":
+        return any(_matches(each, text) for each in arg)
+    return all(_matches(each, text) for each in arg)
+
+
+def _find_model(provider: _Provider, ref: str, providers: tuple[_Provider, ...]) -> _Model | None:
+    ref = ref.lower()
+    model = _match_model(provider, ref, providers)
+    if model is not None:
+        return model
+    # Compact dated names (`gpt-5.2-20251211`) are retried in the dashed form.
+    normalized = _normalize_compact_dated_ref(ref)
+    if normalized != ref:
+        return _match_model(provider, normalized, providers)
+    return None
+
+
+def _match_model(provider: _Provider, ref: str, providers: tuple[_Provider, ...]) -> _Model | None:
+    for model in provider.models:
+        if _matches(model.match, ref):
+            return model
+    if provider.fallback and providers:
+        for provider_id in provider.fallback:
+            other = next((p for p in providers if p.id == provider_id), None)
+            if other is not None:
+                # One step of fallback only.
+                found = _match_model(other, ref, ())
+                if found is not None:
+                    return found
+    return None
+
+
+_COMPACT_DATE = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
+
+
+def _normalize_compact_dated_ref(ref: str) -> str:
+    def dashed(match: re.Match[str]) -> str:
+        year, month, day = (int(match.group(index)) for index in range(2, 5))
+        try:
+            date(year, month, day)
+        except ValueError:
+            return match.group(0)
+        return f"{match.group(1)}{year:04d}-{month:02d}-{day:02d}"
+
+    return _COMPACT_DATE.sub(dashed, ref)
+
+
+def _price_now(model: _Model) -> Price | None:
+    """The model's price now; for prices that vary in the day, the highest of the day."""
+    if not isinstance(model.prices, tuple):
+        return model.prices
+    conditions = model.prices
     now = datetime.now(UTC)
     instants = [now]
-    if isinstance(info.prices, list):
-        for conditional in info.prices:
-            constraint = conditional.constraint
-            if isinstance(constraint, TimeOfDateConstraint):
-                # Both ends: the end is the first instant outside the interval.
-                for t in (constraint.start_time, constraint.end_time):
-                    instants.append(datetime.combine(now.date(), t).replace(tzinfo=t.tzinfo or UTC))
+    for condition in conditions:
+        if condition.daily is not None:
+            # Both ends: the end is the first instant outside the interval.
+            for t in condition.daily:
+                instants.append(datetime.combine(now.date(), t).replace(tzinfo=t.tzinfo or UTC))
     found: Price | None = None
     for instant in instants:
-        price = _convert(info.id, info.get_prices(instant))
+        price = _price_at(conditions, instant)
         if price is None:
             return None
         found = price if found is None else _max_price(found, price)
     return found
 
 
-def _convert(model_id: str, model_price: ModelPrice) -> Price | None:
-    values: dict[str, Decimal | TieredPrices] = {
-        key: value
-        for key, value in vars(model_price).items()
-        if not key.startswith("_") and value is not None
-    }
-    if "input_mtok" not in values and "output_mtok" not in values:
-        if values:
-            return None
-        return Price(0.0, 0.0, 0.0, 0.0, model_id)
+def _price_at(conditions: tuple[_Condition, ...], instant: datetime) -> Price | None:
+    # The last condition that holds wins; when none does, the first.
+    for condition in reversed(conditions):
+        if _holds(condition, instant):
+            return condition.price
+    return conditions[0].price
 
-    starts = sorted(
-        {tier.start for v in values.values() if isinstance(v, TieredPrices) for tier in v.tiers}
+
+def _holds(condition: _Condition, instant: datetime) -> bool:
+    at = instant.astimezone(UTC) if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+    if condition.starts is not None:
+        return at.date() >= condition.starts
+    if condition.daily is not None:
+        now = at.timetz()
+        start, end = (_utc_time(t) for t in condition.daily)
+        if end < start:
+            return now >= start or now < end
+        return start <= now < end
+    return True
+
+
+def _utc_time(value: time) -> time:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return datetime.combine(date(1970, 1, 1), value).astimezone(UTC).timetz()
+
+
+# -- the index's wire form (``proxy.price_build``) -------------------------------------------
+
+
+def _decode_price(data: tuple[Any, ...] | None) -> Price | None:
+    if data is None:
+        return None
+    tiers = tuple((start, _decode_price(tier)) for start, tier in data[6])
+    # Interned: a model's id repeats in each of its prices, tiers and conditions.
+    model_id = sys.intern(data[4])
+    return Price(data[0], data[1], data[2], data[3], model_id, data[5], tiers)  # type: ignore[arg-type]
+
+
+def _decode_clause(data: tuple[Any, ...]) -> Clause:
+    kind, arg = data
+    if kind == "re":
+        return (kind, re.compile(arg))
+    if kind in ("or", "and"):
+        return (kind, tuple(_decode_clause(each) for each in arg))
+    return (kind, sys.intern(arg))
+
+
+def _decode_prices(data: tuple[Any, ...]) -> Price | tuple[_Condition, ...] | None:
+    kind, arg = data
+    if kind == "flat":
+        return _decode_price(arg)
+    conditions: list[_Condition] = []
+    for what, a, b, price in arg:
+        starts = date.fromisoformat(a) if what == "date" else None
+        daily = (time.fromisoformat(a), time.fromisoformat(b)) if what == "daily" else None
+        conditions.append(_Condition(what, starts, daily, _decode_price(price)))
+    return tuple(conditions)
+
+
+def _decode(data: bytes) -> tuple[_Provider, ...]:
+    raw: list[Any] = json.loads(data)
+    return tuple(
+        _Provider(
+            id=pid,
+            provider_match=None if provider_match is None else _decode_clause(provider_match),
+            model_match=None if model_match is None else _decode_clause(model_match),
+            fallback=tuple(fallback),
+            models=tuple(
+                _Model(sys.intern(mid), _decode_clause(match), _decode_prices(prices))
+                for mid, match, prices in models
+            ),
+        )
+        for pid, provider_match, model_match, fallback, models in raw
     )
 
-    def flat(input_tokens: int) -> Price:
-        def rate(key: str) -> float | None:
-            value = values.get(key)
-            if value is None:
-                return None
-            return _per_token(value, input_tokens)
 
-        input_rate = rate("input_mtok") or 0.0
-        cache_write = rate("cache_write_mtok")
-        if cache_write is None:
-            cache_write = input_rate
-        cache_read = rate("cache_read_mtok")
-        cache_write_1h = rate("cache_write_1h_mtok")
-        return Price(
-            input_per_token=input_rate,
-            output_per_token=rate("output_mtok") or 0.0,
-            cached_input_per_token=input_rate if cache_read is None else cache_read,
-            cache_write_per_token=cache_write,
-            model_id=model_id,
-            cache_write_1h_per_token=cache_write if cache_write_1h is None else cache_write_1h,
+def _cache_path() -> str:
+    """Where the index built from the installed dataset is kept between runs.
+
+    Named for the dataset file's path, size and modification time rather than the package's
+    version: reading the version costs ``importlib.metadata``'s imports (~1.4 MB), and a
+    reinstall or an edited dataset gets an index of its own.
+    """
+    key = f"{INDEX_FORMAT}"
+    spec = importlib.util.find_spec("genai_prices")  # locates the package, imports nothing
+    if spec is not None and spec.origin is not None:
+        data = os.path.join(os.path.dirname(spec.origin), "data.py")
+        with contextlib.suppress(OSError):
+            stat = os.stat(data)
+            key = f"{data}|{stat.st_size}|{stat.st_mtime_ns}|{INDEX_FORMAT}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tripwire", f"prices-{digest}.json")
+
+
+def _cached() -> bytes | None:
+    try:
+        with open(_cache_path(), "rb") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def _save(data: bytes) -> None:
+    # Best effort: a read-only home only means building the index again next start.
+    path = _cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}"
+        with open(temporary, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        pass
+
+
+class _Cached:
+    """Stands for the child when the index was found in the cache."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _spawn(cache: bool = True) -> subprocess.Popen[bytes] | _Cached | None:
+    """The index from the cache, else the child that builds it, or None where no child
+    process can be started."""
+    cached = _cached() if cache else None
+    if cached is not None:
+        return _Cached(cached)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    try:
+        return subprocess.Popen(
+            # -P: the child finds its modules where this process found them (PYTHONPATH),
+            # not first in the working directory.
+            [sys.executable, "-P", "-m", "proxy.price_build"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=env,
         )
+    except OSError:
+        return None
 
-    return replace(flat(0), tiers=tuple((start, flat(start + 1)) for start in starts))
+
+def _index(child: subprocess.Popen[bytes] | _Cached | None) -> tuple[_Provider, ...]:
+    if isinstance(child, _Cached):
+        try:
+            return _decode(child.data)
+        except (ValueError, TypeError, KeyError, IndexError):
+            child = _spawn(cache=False)  # a damaged cache file: build the index anew
+    return _decode(_collect(child))
 
 
-def _per_token(value: Decimal | TieredPrices, input_tokens: int) -> float:
-    if isinstance(value, TieredPrices):
-        applicable = value.base
-        for tier in reversed(value.tiers):
-            if input_tokens > tier.start:
-                applicable = tier.price
-                break
-        return float(applicable) / _PER_MTOK
-    return float(value) / _PER_MTOK
+def _collect(child: subprocess.Popen[bytes] | _Cached | None) -> bytes:
+    if isinstance(child, _Cached):
+        return child.data
+    if child is not None:
+        out, _ = child.communicate()
+        if child.returncode == 0:
+            _save(out)
+            return out
+    # No child could build it: build it here, at the cost of the dataset's memory churn.
+    from genai_prices.data import providers
+
+    from proxy.price_build import build
+
+    return build(providers)
 
 
 def _max_price(a: Price, b: Price) -> Price:
@@ -310,14 +469,8 @@ def _max_price(a: Price, b: Price) -> Price:
             cached_input_per_token=max(x.cached_input_per_token, y.cached_input_per_token),
             cache_write_per_token=max(x.cache_write_per_token, y.cache_write_per_token),
             model_id=a.model_id,
-            cache_write_1h_per_token=max(_write_1h(x), _write_1h(y)),
+            cache_write_1h_per_token=max(write_1h(x), write_1h(y)),
         )
 
     starts = sorted({start for start, _ in a.tiers} | {start for start, _ in b.tiers})
     return replace(flat(0), tiers=tuple((start, flat(start + 1)) for start in starts))
-
-
-def _write_1h(price: Price) -> float:
-    if price.cache_write_1h_per_token is None:
-        return price.cache_write_per_token
-    return price.cache_write_1h_per_token

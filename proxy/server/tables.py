@@ -1,6 +1,7 @@
 """The tokenizer and the price tables: the two big read-only tables a call may need (about
-40 and 30 MB). Neither is loaded at start-up unless the policy sets a token or dollar budget;
-otherwise the first call that needs them loads them, once.
+18 and 3 MB once loaded; see ``proxy.tokens`` and ``proxy.pricing``). Neither is loaded at
+start-up unless the policy sets a token or dollar budget; otherwise the first call that needs
+them loads them, once.
 
 The load runs on the event loop's thread, holding the loop for its few tenths of a second
 once: loaded from a worker thread the same tables leave the process about 27 MB larger (the
@@ -10,6 +11,7 @@ allocator keeps that thread's freed scratch memory).
 from __future__ import annotations
 
 from proxy.config import Limits, Policy
+from proxy.heap import release_free_heap
 from proxy.pricing import PriceBook
 from proxy.tokens import loaded as tokenizer_loaded
 from proxy.tokens import preload as load_tokenizer
@@ -32,5 +34,8 @@ class Tables:
         return self.prices.loaded and tokenizer_loaded()
 
     def load(self) -> None:
+        # The price index builds in a child process while the tokenizer loads here.
+        prices_loaded = self.prices.start_load()
         load_tokenizer()
-        self.prices.load()
+        prices_loaded()
+        release_free_heap()  # the index's decoding scratch

@@ -1,6 +1,7 @@
 """The tokenizer and the price tables load only when a call needs them, or at start-up when
-the policy sets a token or dollar budget. Each case runs in a fresh interpreter, where nothing
-else has loaded them yet."""
+the policy sets a token or dollar budget, and the server never imports the price dataset
+itself (its compact index is built in a child process). Each case runs in a fresh
+interpreter, where nothing else has loaded them yet."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ SCRIPT = """
 import asyncio, json, sys
 import aiohttp
 from aiohttp import web
-from proxy.app import build_app
+from proxy.app import FORWARDER, build_app
 from proxy.mock_provider.app import start_mock_provider
 from proxy import tokens
 from tests.harness import proxy_config
@@ -22,18 +23,22 @@ from tests.harness import proxy_config
 async def main():
     mock, _, mock_url = await start_mock_provider("127.0.0.1", 0)
     config = proxy_config(mock_url, policy=json.loads(sys.argv[1]))
-    runner = web.AppRunner(build_app(config))
+    app = build_app(config)
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
     await asyncio.sleep(0.5)  # a start-up load has the time to finish
-    seen = {"idle": [tokens.loaded(), "genai_prices.data" in sys.modules]}
+    def state():
+        return [tokens.loaded(), app[FORWARDER].prices.loaded, "genai_prices.data" in sys.modules]
+
+    seen = {"idle": state()}
     async with aiohttp.ClientSession() as client:
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
         async with client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
             seen["status"] = r.status
-    seen["after"] = [tokens.loaded(), "genai_prices.data" in sys.modules]
+    seen["after"] = state()
     await runner.cleanup()
     await mock.cleanup()
     print(json.dumps(seen))
@@ -57,13 +62,13 @@ def _run(policy: dict[str, object]) -> dict[str, object]:
 @pytest.mark.timeout(90)
 def test_without_a_budget_the_tables_load_on_the_first_call() -> None:
     seen = _run({})
-    assert seen["idle"] == [False, False]
+    assert seen["idle"] == [False, False, False]
     assert seen["status"] == 200
-    assert seen["after"] == [True, True]
+    assert seen["after"] == [True, True, False]
 
 
 @pytest.mark.timeout(90)
 def test_a_budget_loads_the_tables_at_start_up() -> None:
     seen = _run({"defaults": {"max_cost_usd": 5}})
-    assert seen["idle"] == [True, True]
+    assert seen["idle"] == [True, True, False]
     assert seen["status"] == 200

