@@ -110,6 +110,12 @@ class ScriptCalls:
         deferred = self._take_deferred()
         try:
             replies = await self._exchange([packed, *(command for command, _ in deferred)])
+        except asyncio.CancelledError:
+            # This call's caller gave up; the deferred ones are not its to drop: they go
+            # again with the next batch (a detector-state write sent twice is refused the
+            # second time by its version check, and its caller computes again).
+            self._enqueue([pending for pending in deferred if not pending[1].done()])
+            raise
         except BaseException as error:
             _fail(deferred, error)
             raise

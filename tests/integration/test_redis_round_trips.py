@@ -20,6 +20,7 @@ from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.policy.rules import Effective
 from proxy.session.base import CallPlan, Outcome
 from proxy.session.redis import RedisLedger
+from proxy.session.redis_calls import Script, ScriptCalls
 from tests.redis_server import RedisServer
 
 POLICY = Effective(Limits(max_calls=1_000_000), RepeatSettings(), "kill", ())
@@ -119,3 +120,26 @@ async def test_a_redis_that_forgot_the_scripts_still_serves_the_next_call(
     await (await _call(ledger, task, 1))
     view = await ledger.get(task)
     assert view is not None and view.calls == 2 and view.tokens_used == 120
+
+
+async def test_a_call_given_up_does_not_take_the_writes_it_carried_with_it(
+    server: RedisServer,
+) -> None:
+    """A detector-state write deferred onto another call's write still lands when that call's
+    caller gives up (a client that disconnected) before the reply."""
+    async with aioredis.Redis(port=server.port, decode_responses=True) as client:
+        calls = ScriptCalls(client)
+        slow = Script("local n = 0 for i = 1, 30000000 do n = n + i end return n")
+        write = Script("return redis.call('SET', KEYS[1], ARGV[1])")
+        for script in (slow, write):  # known to the server: the calls below go as they are
+            await client.script_load(script.source)
+        deferred = asyncio.ensure_future(
+            calls.call(write, ["carried"], ["landed"], deferrable=True)
+        )
+        await asyncio.sleep(0)  # waiting for company
+        given_up = asyncio.ensure_future(calls.call(slow, [], []))
+        await asyncio.sleep(0.02)  # both written, the slow script running
+        given_up.cancel()
+        assert await asyncio.wait_for(deferred, 10) == "OK"
+        assert await client.get("carried") == "landed"
+        await calls.close(1.0)
