@@ -28,6 +28,7 @@ from proxy.pipeline.bus import TripBus
 from proxy.pipeline.hooks import Hooks
 from proxy.policy.rules import PolicyBook
 from proxy.pricing import PriceBook
+from proxy.server.budgets import TaskBudgets
 from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
 from proxy.server.limits import handler_args
@@ -63,7 +64,9 @@ def build_addons(config: Config, ledger: Ledger, telemetry: Telemetry, bus: Trip
         TagHeaders(),  # response headers: X-Tripwire-*
         Deadline(ledger, bus),  # stream started: arm; stream ended: disarm
         CallTelemetry(telemetry),  # settled, refused, stream ended: metrics and call log
-        ContentDetection(ledger, bus),  # settled: loop detectors on the text, off the path
+        # settled: loop detectors on the text, off the path; request: a call of a task whose
+        # kill-mode detection still runs waits for its verdict
+        ContentDetection(ledger, bus),
     ]
     return Hooks([a for a in addons if a is not None], telemetry.addon_failed)
 
@@ -140,19 +143,26 @@ def build_app(
     app[TRIPS] = bus
     hooks = build_addons(config, state, telemetry, bus)
     app[HOOKS] = hooks
+    # Which tasks have token or dollar budgets of their own: the admin API tells it, and the
+    # calls of the others are not estimated unless their policy sets a budget.
+    budgets = TaskBudgets(complete=isinstance(state, MemoryLedger))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         session = aiohttp.ClientSession(
             connector=connector,
+            # A provider's cookies belong to the client that got them, in its own answer: a
+            # shared jar would hand them to every other client's calls.
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
             trust_env=False,
         )
         await state.start()
+        await budgets.read(state)
         await audit.start()
         forwarder = app[FORWARDER] = Forwarder(
-            config, state, PriceBook(), session, hooks, bus, telemetry.refused
+            config, state, PriceBook(), session, hooks, bus, telemetry.refused, budgets
         )
         if has_budget(config.policy):
             forwarder.tables.load()  # ~0.3 s once, rather than on the first call
@@ -175,6 +185,7 @@ def build_app(
             await audit.close()
             await session.close()
             await state.close()
+            telemetry.flush()  # the last calls' metrics and log lines
 
     app.cleanup_ctx.append(lifecycle)
 
@@ -225,7 +236,13 @@ def build_app(
         reloader = Reloader(config, load, apply)
         app[RELOADER] = reloader
     admin_app = build_admin_app(
-        config, state, audit, telemetry, local_token, reloader.reload if reloader else None
+        config,
+        state,
+        audit,
+        telemetry,
+        local_token,
+        reloader.reload if reloader else None,
+        budgets,
     )
     app.add_subapp("/tripwire/v1", admin_app)
     app.add_subapp("/tripwire/ui", build_console_app())

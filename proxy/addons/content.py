@@ -3,21 +3,39 @@ duplicates, no progress, tool-call loops), run on each completed answer, off the
 path. The tool results the request carries are evidence of change for them.
 
 They are heuristics over a window, so a kill they decide refuses the task's next call like
-any other, and a faulty detector is logged, never breaks traffic.
+any other, and a faulty detector is logged, never breaks traffic. A detection that may kill
+is waited for: a call of its task that arrives while it still runs (the client answered at
+once, or the detectors run behind a round trip to Redis) is reserved only after its verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
+
+from aiohttp import web
 
 from proxy.detectors.toolresults import tool_results
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Settlement
+from proxy.policy.rules import Effective
 from proxy.providers.base import Output
 from proxy.session.base import Ledger
 from proxy.telemetry.logs import event
+
+# How long a call waits for its task's detections at most: a stuck state store must not hold
+# the task's calls for longer than its own timeouts would.
+WAIT_S = 10.0
+
+
+def may_kill(policy: Effective) -> bool:
+    """Whether a content detector of this policy kills when it trips."""
+    if policy.on_trip == "observe":
+        return False
+    detectors = (policy.cycle, policy.near_duplicate, policy.no_progress, policy.tool_loop)
+    return any(d.enabled and d.action == "kill" for d in detectors)
 
 
 class ContentDetection:
@@ -27,6 +45,14 @@ class ContentDetection:
         self.ledger = ledger
         self.bus = bus
         self._running: set[asyncio.Future[Any]] = set()
+        # Per task, its detections in flight that may kill it: bounded by the calls in flight.
+        self._deciding: dict[str, set[asyncio.Future[Any]]] = {}
+
+    async def request(self, call: Call) -> web.StreamResponse | None:
+        deciding = self._deciding.get(call.task)
+        if deciding:
+            await asyncio.wait(list(deciding), timeout=WAIT_S)
+        return None
 
     def settled(self, call: Call, settlement: Settlement) -> None:
         output = settlement.output
@@ -37,6 +63,16 @@ class ContentDetection:
         detection = asyncio.ensure_future(self._observe(call, output))
         self._running.add(detection)
         detection.add_done_callback(self._running.discard)
+        if may_kill(call.policy):
+            self._deciding.setdefault(call.task, set()).add(detection)
+            detection.add_done_callback(functools.partial(self._decided, call.task))
+
+    def _decided(self, task: str, detection: asyncio.Future[Any]) -> None:
+        deciding = self._deciding.get(task)
+        if deciding is not None:
+            deciding.discard(detection)
+            if not deciding:
+                del self._deciding[task]
 
     async def _observe(self, call: Call, output: Output) -> None:
         try:

@@ -31,6 +31,7 @@ from proxy.config import Config
 from proxy.detectors.base import Trip, TripReason
 from proxy.errors import AuthError, ConfigError, StateUnavailable
 from proxy.policy.rules import PolicyBook
+from proxy.server.budgets import TaskBudgets
 from proxy.server.reload import ReloadReport, one_line
 from proxy.session.base import Ledger, TaskView
 from proxy.telemetry.activity import Activity
@@ -112,8 +113,10 @@ class AdminState:
         audit: AuditLog,
         activity: Activity,
         local: LocalAdmin | None = None,
+        budgets: TaskBudgets | None = None,
     ) -> None:
         self.config = config
+        self.budgets = budgets
         self.ledger = ledger
         self.audit = audit
         self.activity = activity
@@ -221,6 +224,8 @@ class AdminState:
         if await self.ledger.get(key) is not None:
             raise ApiError(409, "task_exists", f"task {body.task!r} exists already")
         overrides = body.limits.overrides() if body.limits is not None else {}
+        if self.budgets is not None:  # before the ledger: no call of it goes unestimated
+            self.budgets.note(key, overrides)
         view = await self.ledger.create(key, tenant=tenant, owner=owner, overrides=overrides)
         await self.record(
             caller, "create", view, "created ahead of its first call", limits=overrides, owner=owner
@@ -301,6 +306,8 @@ class AdminState:
         view = await self.task(caller, task)
         body = await self.body(request, models.ResumeTask, optional=True)
         overrides = body.limits.overrides() if body.limits is not None else {}
+        if self.budgets is not None:  # before the ledger: no call of it goes unestimated
+            self.budgets.note(view.task, overrides)
         resumed = await self.ledger.resume(view.task, overrides, body.note)
         if resumed is None:  # expired between the two reads
             raise _not_found(task)
@@ -385,15 +392,17 @@ def build_admin_app(
     telemetry: Telemetry | None = None,
     local_token: str | None = None,
     reload: Reload | None = None,
+    budgets: TaskBudgets | None = None,
 ) -> web.Application:
     """The admin API as an aiohttp sub-application, to mount at ``/tripwire/v1``; given the
     proxy's telemetry, it keeps the recent activity the console shows; given ``reload``, it
-    serves ``POST /reload``."""
+    serves ``POST /reload``; given ``budgets``, it tells the proxy which tasks it gives token
+    or dollar budgets of their own."""
     activity = Activity()
     if telemetry is not None:
         telemetry.call_listeners.append(activity.record)
     local = LocalAdmin(local_token) if local_token and config.auth.mode == "none" else None
-    state = AdminState(config, ledger, audit, activity, local)
+    state = AdminState(config, ledger, audit, activity, local, budgets)
     state.reloader = reload
     app = web.Application(middlewares=[_errors])
     app[STATE] = state

@@ -39,6 +39,8 @@ class Call:
     agent: str
     task_source: TaskSource
     policy: Effective  # the rule that applies, with a token's signed limits over it
+    # The prompt's estimate, reserved with the call; 0 for a call no budget needed it for
+    # (``estimated`` False) until an answer without usage needs it after all.
     prompt_tokens: int
     started: float  # perf_counter at arrival
     raw: bytes
@@ -59,6 +61,7 @@ class Call:
     # Headers an addon sets on the request to the provider (a trace's ``traceparent``); they
     # replace the caller's headers of the same name. Set by ``request`` or ``reserved``.
     upstream_headers: dict[str, str] | None = None
+    estimated: bool = True  # ``prompt_tokens`` holds the prompt's estimate
 
     @property
     def tenant(self) -> str | None:

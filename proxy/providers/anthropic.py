@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, MutableMapping
+from functools import partial
 from typing import Any
 
+from proxy import jsonio
 from proxy.providers.base import (
     CallInfo,
     Output,
@@ -50,17 +52,23 @@ def _cap(body: dict[str, Any]) -> int | None:
     return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
 
 
-def _messages_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
+def _system_text(body: dict[str, Any]) -> str | None:
     system_texts: list[str] = []
     _blocks(body.get("system"), system_texts)
+    return "\n".join(system_texts) or None
+
+
+def _messages_prompt(body: dict[str, Any]) -> PromptParts:
     messages = body.get("messages")
     count = sum(1 for m in messages if isinstance(m, dict)) if isinstance(messages, list) else 0
     # Every text of the request counts (``proxy.tokens.walk``); tools as their JSON text.
-    found = collect(body, frozenset({"tools"}))
+    found = collect(body, _AS_JSON)
     if body.get("tools"):
         found.texts.append(json.dumps(body["tools"]))
-    prompt = PromptParts(found.texts, count, found.images, found.media_tokens)
-    return prompt, "\n".join(system_texts) or None
+    return PromptParts(found.texts, count, found.images, found.media_tokens)
+
+
+_AS_JSON = frozenset({"tools"})
 
 
 def _batch_params(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,21 +86,24 @@ def _batch_info(body: dict[str, Any]) -> CallInfo:
     for each)."""
     items = _batch_params(body)
     info = CallInfo(kind="batch", model=str(items[0].get("model", "")) if items else "")
-    texts: list[str] = []
-    messages = images = media = 0
-    caps: list[int | None] = []
-    for params in items:
-        prompt, _ = _messages_prompt(params)
-        texts.extend(prompt.texts)
-        messages += prompt.messages
-        images += prompt.images
-        media += prompt.media_tokens
-        caps.append(_cap(params))
-    info.prompt = PromptParts(texts, messages, images, media, requests=max(len(items), 1))
+    caps = [_cap(params) for params in items]
+    info.read_prompt = partial(_batch_prompt, items)
     info.cap_field = "max_tokens"
     info.cap = None if not caps or None in caps else max(c for c in caps if c is not None)
     info.choices = max(len(items), 1)
     return info
+
+
+def _batch_prompt(items: list[dict[str, Any]]) -> PromptParts:
+    texts: list[str] = []
+    messages = images = media = 0
+    for params in items:
+        prompt = _messages_prompt(params)
+        texts.extend(prompt.texts)
+        messages += prompt.messages
+        images += prompt.images
+        media += prompt.media_tokens
+    return PromptParts(texts, messages, images, media, requests=max(len(items), 1))
 
 
 ERROR_TYPES = {
@@ -140,7 +151,8 @@ class AnthropicAdapter:
         )
         if not is_messages:
             return info
-        info.prompt, info.system_text = _messages_prompt(body)
+        info.system_text = _system_text(body)
+        info.read_prompt = partial(_messages_prompt, body)
         info.cap_field = "max_tokens"
         info.cap = _cap(body)
         return info
@@ -191,9 +203,7 @@ class AnthropicAdapter:
         return _MessagesTally()
 
     def error_body(self, message: str, error_type: str, code: str) -> bytes:
-        return json.dumps(
-            {"type": "error", "error": {"type": error_type, "message": message}}
-        ).encode()
+        return jsonio.dumps({"type": "error", "error": {"type": error_type, "message": message}})
 
     def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes:
         return b"event: error\ndata: " + self.error_body(message, error_type, code) + b"\n\n"

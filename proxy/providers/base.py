@@ -12,11 +12,11 @@ when enforcement needs to (the output cap, or asking for stream usage).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy import jsonio
 from proxy.detectors.normalise import canonical_arguments, exact_text
 from proxy.server.sse import SSEDecoder, SSEEvent
 from proxy.tokens import PromptParts, count_bounded
@@ -74,12 +74,26 @@ class CallInfo:
     cap: int | None = None  # the output cap the client asked for
     choices: int = 1  # OpenAI's ``n``: every choice may use the whole cap
     cap_field: str | None = None  # where an enforced cap goes; None: the kind has no cap
-    prompt: PromptParts = field(default_factory=lambda: PromptParts([], 0))
+    # What the prompt estimate counts, read from the body only when a call needs its estimate
+    # (``prompt``): walking a long conversation costs more than most calls need to spend.
+    read_prompt: Callable[[], PromptParts] | None = field(default=None, repr=False)
     system_text: str | None = None
     wants_stream_usage: bool = True  # False: the client did not ask; usage is injected
     # How the answer's stream is framed, once known: "sse", or "json-array" (Gemini's
     # streamGenerateContent without alt=sse). Tripwire's own events follow it.
     framing: str = "sse"
+    _prompt: PromptParts | None = field(default=None, repr=False)
+
+    @property
+    def prompt(self) -> PromptParts:
+        """What the prompt estimate counts (``proxy.tokens.estimate_prompt``)."""
+        if self._prompt is None:
+            self._prompt = self.read_prompt() if self.read_prompt else PromptParts([], 0)
+        return self._prompt
+
+    @prompt.setter
+    def prompt(self, parts: PromptParts) -> None:
+        self._prompt = parts
 
     @property
     def modelled(self) -> bool:
@@ -129,12 +143,15 @@ class StreamTally:
         # covers at least one byte, so a stream that ends without usage is never booked short.
         self._unkept_bytes = 0
         # Output tokens counted so far, delta by delta (bounded in time per delta), for the
-        # relay to compare with the call's reservation while the stream runs.
+        # relay to compare with the call's reservation while the stream runs; counted only
+        # when it does (``counting``), as a stream's usage is read from its end otherwise.
+        self.counting = False
         self.counted = 0
         self.oversize = 0  # bytes of an event too large to read: billed as tokens
 
     def add_text(self, text: str) -> None:
-        self.counted += count_bounded(text)
+        if self.counting:
+            self.counted += count_bounded(text)
         if self._size < MAX_OUTPUT_CHARS:
             self._text.append(text)
             self._size += len(text)
@@ -150,7 +167,7 @@ class StreamTally:
         names, args = self._tools[index]
         if name:
             names.append(name)
-        if arguments:
+        if arguments and self.counting:
             self.counted += count_bounded(arguments)
         if arguments and self._size < MAX_OUTPUT_CHARS:
             args.append(arguments)
@@ -316,7 +333,7 @@ def sse_decoder(content_type: str) -> StreamDecoder | None:
 
 def sse(payload: dict[str, Any], name: str | None = None) -> bytes:
     head = f"event: {name}\n".encode() if name else b""
-    return head + b"data: " + json.dumps(payload).encode() + b"\n\n"
+    return head + b"data: " + jsonio.dumps(payload) + b"\n\n"
 
 
 def usage_from_generic(body: dict[str, Any]) -> Usage | None:
@@ -358,6 +375,6 @@ def _int(value: Any) -> int:
 
 def load_json(data: str | bytes) -> Any:
     try:
-        return json.loads(data)
-    except ValueError:
+        return jsonio.loads(data)
+    except (ValueError, RecursionError):
         return None

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from proxy import jsonio
 from proxy.providers.base import (
     CallInfo,
     Output,
@@ -225,7 +226,7 @@ class BedrockAdapter:
     # -- Tripwire's own answers -----------------------------------------------------------
 
     def error_body(self, message: str, error_type: str, code: str) -> bytes:
-        return json.dumps({"__type": error_type, "message": message, "reason": code}).encode()
+        return jsonio.dumps({"__type": error_type, "message": message, "reason": code})
 
     def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes:
         """An exception ConverseStream models, else an error message with the code in its
@@ -233,7 +234,7 @@ class BedrockAdapter:
         either as EventStreamError."""
         member = _lower_first(error_type)
         if member in STREAM_EXCEPTIONS:
-            payload = json.dumps({"message": message, "reason": code}).encode()
+            payload = jsonio.dumps({"message": message, "reason": code})
             return exception_message(member, payload)
         return error_message(error_type, message)
 

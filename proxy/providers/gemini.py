@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from proxy import jsonio
 from proxy.providers.base import (
     CallInfo,
     Output,
@@ -244,7 +245,7 @@ class GeminiAdapter:
     # -- Tripwire's own answers -----------------------------------------------------------
 
     def error_body(self, message: str, error_type: str, code: str) -> bytes:
-        return json.dumps(self._error(message, error_type, code)).encode()
+        return jsonio.dumps(self._error(message, error_type, code))
 
     def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes:
         # In a JSON-array stream the relay frames the object (a comma before, "]" after).

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, MutableMapping
+from functools import partial
 from typing import Any
 
+from proxy import jsonio
 from proxy.providers.base import (
     CallInfo,
     Output,
@@ -60,18 +62,23 @@ def _content_parts(content: Any, texts: list[str]) -> int:
     return images
 
 
-def _chat_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
-    count, system = _messages_and_system(body.get("messages"))
-    return _walked(body, ("tools", "functions", "response_format"), count), system
+_CHAT_AS_JSON = ("tools", "functions", "response_format")
+_RESPONSES_AS_JSON = ("tools", "text")
 
 
-def _responses_prompt(body: dict[str, Any]) -> tuple[PromptParts, str | None]:
+def _chat_prompt(body: dict[str, Any], info: CallInfo) -> None:
+    count, info.system_text = _messages_and_system(body.get("messages"))
+    info.read_prompt = partial(_walked, body, _CHAT_AS_JSON, count)
+
+
+def _responses_prompt(body: dict[str, Any], info: CallInfo) -> None:
     system = body.get("instructions") if isinstance(body.get("instructions"), str) else None
     items = body.get("input")
     count, first_system = _messages_and_system(items)
     if isinstance(items, str):
         count = 1
-    return _walked(body, ("tools", "text"), count), system or first_system
+    info.system_text = system or first_system
+    info.read_prompt = partial(_walked, body, _RESPONSES_AS_JSON, count)
 
 
 def _messages_and_system(messages: Any) -> tuple[int, str | None]:
@@ -185,7 +192,7 @@ class OpenAIAdapter:
             kind=kind, model=str(body.get("model", "")), stream=body.get("stream") is True
         )
         if kind == "chat":
-            info.prompt, info.system_text = _chat_prompt(body)
+            _chat_prompt(body, info)
             sent = [name for name in CHAT_CAP_FIELDS if name in body]
             # One cap field: the client's own. Several: the upstream's (``Upstream.cap_field``)
             # takes them all, since which of them a host obeys is not known.
@@ -197,7 +204,7 @@ class OpenAIAdapter:
                 isinstance(options, dict) and options.get("include_usage") is True
             )
         elif kind == "responses":
-            info.prompt, info.system_text = _responses_prompt(body)
+            _responses_prompt(body, info)
             info.cap_field = "max_output_tokens"
             info.cap = _positive_int(body.get("max_output_tokens"))
         elif kind == "completions":
@@ -205,7 +212,7 @@ class OpenAIAdapter:
             prompts = (
                 len(prompt) if isinstance(prompt, list) and prompt and not _is_ids(prompt) else 1
             )
-            info.prompt = _walked(body, (), prompts)
+            info.read_prompt = partial(_walked, body, (), prompts)
             info.cap_field = "max_tokens"
             # The legacy endpoint's default cap is 16 tokens.
             info.cap = _positive_int(body.get("max_tokens")) if "max_tokens" in body else 16
@@ -294,9 +301,9 @@ class OpenAIAdapter:
         return _GenericTally()
 
     def error_body(self, message: str, error_type: str, code: str) -> bytes:
-        return json.dumps(
+        return jsonio.dumps(
             {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-        ).encode()
+        )
 
     def error_event(self, message: str, error_type: str, code: str, info: CallInfo) -> bytes:
         error = {"message": message, "type": error_type, "param": None, "code": code}
@@ -308,8 +315,8 @@ class OpenAIAdapter:
                 "param": None,
                 "error": error,
             }
-            return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
-        return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+            return b"event: error\ndata: " + jsonio.dumps(payload) + b"\n\n"
+        return b"data: " + jsonio.dumps({"error": error}) + b"\n\n"
 
     def output_format_open(self, body: dict[str, Any], info: CallInfo) -> bool:
         if info.kind == "chat":

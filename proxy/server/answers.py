@@ -4,10 +4,10 @@ in the call's wire format through its adapter."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+from proxy import jsonio
 from proxy.detectors.base import Trip
 from proxy.errors import UpstreamError, refused_by
 from proxy.pipeline.call import Call, Intervention
@@ -15,6 +15,7 @@ from proxy.pricing import Price, cost_usd
 from proxy.providers.base import Output, Usage
 from proxy.server.intake import SHAPE_ERRORS
 from proxy.telemetry.logs import event
+from proxy.tokens import estimate_prompt
 
 
 def read_answer(
@@ -45,11 +46,29 @@ def read_answer(
         # A usage block of nulls or strings reads as none at all; an error answer costs
         # nothing.
         if answered:
-            prompt = call.prompt_tokens
-            usage = Usage(input_tokens=prompt, output_tokens=max(reserved_tokens - prompt, 0))
+            # The output the call reserved is what its reservation holds past the prompt.
+            reserved_output = max(reserved_tokens - call.prompt_tokens, 0)
+            usage = Usage(input_tokens=prompt_estimate(call), output_tokens=reserved_output)
         else:
             usage = Usage()
     return usage, output
+
+
+def prompt_estimate(call: Call) -> int:
+    """The prompt's estimate, to book an answer that came without usage: the one the call was
+    reserved with, or, for a call no budget needed it for, made now (from the body as it was
+    sent, so with whatever an addon added to it)."""
+    if not call.estimated:
+        try:
+            estimate = estimate_prompt(
+                call.info.prompt, call.adapter.tokenizer_family(call.info.model)
+            )
+        except SHAPE_ERRORS:
+            estimate = len(call.raw)  # every token is at least one byte of the body
+        # What an addon added to the estimate (an envelope's schema) is in the body now.
+        call.prompt_tokens = max(call.prompt_tokens, estimate)
+        call.estimated = True
+    return call.prompt_tokens
 
 
 def cost_of(price: Price | None, usage: Usage) -> float:
@@ -98,6 +117,6 @@ def _json_copy(data: bytes, content_type: str) -> Any:
     if "json" not in content_type or not data:
         return None
     try:
-        return json.loads(data)
+        return jsonio.loads(data)
     except (ValueError, RecursionError):
         return None

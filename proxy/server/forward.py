@@ -14,7 +14,6 @@ with an error event on a kill or in place of an answer an addon replaced.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from proxy import jsonio
 from proxy.config import Config
 from proxy.detectors.base import Trip
 from proxy.detectors.budget import BUDGET_TOKENS
@@ -41,6 +41,7 @@ from proxy.policy.rules import PolicyBook
 from proxy.pricing import PriceBook
 from proxy.providers.base import Output, StreamDecoder, Usage
 from proxy.server import answers
+from proxy.server.budgets import TaskBudgets
 from proxy.server.headers import response_headers
 from proxy.server.intake import Intake
 from proxy.server.streaming import StreamRelay
@@ -48,6 +49,7 @@ from proxy.server.tables import Tables
 from proxy.server.tagging import Tagger
 from proxy.server.upstream import UpstreamClient, outcome_of, upstream_error
 from proxy.session.base import PREVIEW_CHARS, Busy, CallPlan, Denied, Grant, Ledger, Outcome
+from proxy.session.memory import MemoryLedger
 from proxy.session.sessions import session_id
 from proxy.telemetry.logs import event
 
@@ -62,9 +64,12 @@ class Forwarder:
         hooks: Hooks,
         bus: TripBus,
         count_refusal: Callable[[str], None] | None = None,
+        budgets: TaskBudgets | None = None,
     ) -> None:
         tagger = Tagger(config.tagging)
-        self.intake = Intake(config, PolicyBook(config.policy), tagger)
+        # Tasks with budgets of their own: every one is known here with the embedded ledger.
+        self.budgets = budgets or TaskBudgets(complete=isinstance(ledger, MemoryLedger))
+        self.intake = Intake(config, PolicyBook(config.policy), tagger, self.budgets)
         self.upstream = UpstreamClient(config, session, tagger.consumed)
         self.ledger = ledger
         self.prices = prices
@@ -88,8 +93,8 @@ class Forwarder:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        if not self.tables.loaded:  # the first call loads the tokenizer and the prices
-            self.tables.load()
+        if not self.prices.loaded:  # the first call loads the prices, for its cost
+            self.tables.load_prices()
         try:
             call = await self.intake.read(request, started)
         except (UnboundedCall, Forbidden) as refused:
@@ -101,6 +106,7 @@ class Forwarder:
             try:
                 if call.task_source == "fallback" and self.sessions.enabled:
                     await self._open_session(call)
+                    self.intake.estimate(call)  # the session may have a budget of its own
                 for hook in self.hooks.request:
                     answer = await hook(call)
                     if answer is not None:
@@ -181,6 +187,8 @@ class Forwarder:
             raise await self._refused(call, denied.trip, denied.first_call) from None
         for trip in grant.observed:
             self.bus.trip(call.task, call.agent, trip, "observe", call.tenant)
+        if grant.view.overrides:  # limits of its own this process had not heard of
+            self.budgets.note(call.task, grant.view.overrides)
         call.price = price
         return grant
 
@@ -192,7 +200,7 @@ class Forwarder:
         changed = call.adapter.enforce(call.body, call.info, grant.output_cap, cap_field)
         for hook in self.hooks.reserved:
             changed = hook(call, grant) or changed
-        return json.dumps(call.body).encode() if changed else call.raw
+        return jsonio.dumps(call.body) if changed else call.raw
 
     # -- send and relay ---------------------------------------------------------------------
 
@@ -343,11 +351,11 @@ class Forwarder:
         self, call: Call, grant: Grant, relay: StreamRelay, status: int, outcome: str, judge: bool
     ) -> None:
         tally = relay.tally
-        usage = tally.billed_usage(call.prompt_tokens)
+        usage = tally.billed_usage(answers.prompt_estimate(call) if tally.usage is None else 0)
         if not usage.total and tally.final and call.info.modelled:
             # Closing usage of nulls or strings: count the stream as if it sent none.
             tally.usage, tally.final = None, False
-            usage = tally.billed_usage(call.prompt_tokens)
+            usage = tally.billed_usage(answers.prompt_estimate(call))
             tally.final = True
         output = tally.output() if outcome == "ok" else None
         await asyncio.shield(self._settle(call, grant, usage, outcome, status, output))
@@ -418,13 +426,16 @@ OUTPUT_TOLERANCE_TOKENS = 32
 
 def _bound_output(call: Call, grant: Grant, relay: StreamRelay) -> None:
     """Compare the stream's counted output with what the call reserved: a provider that
-    ignores the forwarded cap is cut past it and the call billed what was counted."""
+    ignores the forwarded cap is cut past it and the call billed what was counted. Only
+    under a budget (the calls whose prompt is estimated): without one, no reservation can be
+    overrun, and the stream's usage is read from its end rather than counted delta by delta."""
     reserved = grant.reserved_tokens - call.prompt_tokens
-    if grant.policy.on_trip != "kill" or reserved <= 0:
+    if grant.policy.on_trip != "kill" or reserved <= 0 or not call.estimated:
         return  # shadow mode changes nothing; no output was reserved, so none is bounded
     relay.output_limit = (
         reserved + reserved * OUTPUT_TOLERANCE_PERCENT // 100 + OUTPUT_TOLERANCE_TOKENS
     )
+    relay.tally.counting = True
 
     def over(counted: int) -> Trip:
         return BUDGET_TOKENS.trip(

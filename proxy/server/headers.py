@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -28,15 +28,20 @@ HOP_BY_HOP = frozenset(
 )
 
 
+@lru_cache(maxsize=64)
+def _dropped(drop: frozenset[str]) -> frozenset[str]:
+    return HOP_BY_HOP | {name.lower() for name in drop}
+
+
 def request_headers(
-    incoming: CIMultiDictProxy[str], drop: Iterable[str], adapter: Adapter, api_key: str | None
+    incoming: CIMultiDictProxy[str], drop: frozenset[str], adapter: Adapter, api_key: str | None
 ) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP | {name.lower() for name in drop}
-    out: CIMultiDict[str] = CIMultiDict(
-        (k, v)
-        for k, v in incoming.items()
-        if k.lower() not in dropped and not k.lower().startswith("x-tripwire-")
-    )
+    dropped = _dropped(drop)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower not in dropped and not lower.startswith("x-tripwire-"):
+            out.add(name, value)
     # Bodies are read to account usage: ask for them uncompressed rather than inflate copies.
     out["Accept-Encoding"] = "identity"
     if api_key:
@@ -45,4 +50,4 @@ def request_headers(
 
 
 def response_headers(incoming: Any) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in HOP_BY_HOP)
+    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in HOP_BY_HOP])

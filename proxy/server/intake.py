@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from proxy import jsonio
 from proxy.auth import Claims, TokenVerifier
 from proxy.config import Config
 from proxy.errors import AuthError, BadRequest, Forbidden, RouteError, UnboundedCall
@@ -26,6 +27,7 @@ from proxy.policy.rules import Effective, PolicyBook
 from proxy.providers import ADAPTERS
 from proxy.providers.base import CallInfo
 from proxy.server import routing
+from proxy.server.budgets import TaskBudgets
 from proxy.server.limits import read_body
 from proxy.server.tagging import Tagger
 from proxy.telemetry.logs import event
@@ -37,6 +39,7 @@ SHAPE_ERRORS = (TypeError, ValueError, AttributeError, LookupError, RecursionErr
 TOKEN_HEADER = "X-Tripwire-Token"
 # Methods that never run a model: reading a result, listing, deleting.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+ROUTES_CACHED = 4096
 
 
 def normal_glob(glob: str) -> str:
@@ -45,8 +48,11 @@ def normal_glob(glob: str) -> str:
 
 
 class Intake:
-    def __init__(self, config: Config, policy: PolicyBook, tagger: Tagger) -> None:
+    def __init__(
+        self, config: Config, policy: PolicyBook, tagger: Tagger, budgets: TaskBudgets
+    ) -> None:
         self.upstreams = config.upstreams
+        self.budgets = budgets
         self.upstream_names = frozenset(config.upstreams)
         # Deployment names as paths are read: without case.
         self.deployments = {
@@ -55,6 +61,8 @@ class Intake:
         }
         self.policy = policy
         self.tagger = tagger
+        # Agents call the same few paths: each is routed once (a refused path is not kept).
+        self._route = lru_cache(maxsize=ROUTES_CACHED)(self._route_of)
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
         self.max_body_bytes = config.server.max_body_bytes
         self.body_timeout = config.server.body_timeout
@@ -73,20 +81,16 @@ class Intake:
         _announce_unbounded(config)
 
     async def read(self, request: web.Request, started: float) -> Call:
-        route = routing.resolve(request.rel_url.raw_path, self.upstream_names)
+        route, path = self._route(request.rel_url.raw_path)
         upstream = self.upstreams[route.upstream]
         adapter = ADAPTERS[upstream.format]
-        path = route.path
-        if "." in path or "%" in path:
-            path = _provider_path(path)
-        path = routing.normal_path(path)
         claims, token = self._claims(request) if self.verifier is not None else (None, "")
         raw = await read_body(request, self.max_body_bytes, self.body_timeout)
         info = CallInfo(kind="other")
         parsed: Any = None
         if raw and request.method == "POST":
             try:
-                parsed = json.loads(raw)
+                parsed = jsonio.loads(raw)
             except (ValueError, RecursionError) as exc:
                 if adapter.parse_request(path, {}).modelled:
                     raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
@@ -115,12 +119,7 @@ class Intake:
         policy = self._policy(task, agent, source, claims)
         if not info.modelled and policy.has_budget and request.method not in SAFE_METHODS:
             self._check_unbounded(path, route.upstream, upstream.unbounded_paths, policy, task)
-        prompt = (
-            estimate_prompt(info.prompt, adapter.tokenizer_family(info.model))
-            if info.modelled
-            else 0
-        )
-        return Call(
+        call = Call(
             request,
             route.upstream,
             upstream,
@@ -131,13 +130,42 @@ class Intake:
             agent,
             source,
             policy,
-            prompt,
+            0,
             started,
             raw,
             parsed if isinstance(parsed, dict) else None,
             hashlib.blake2b(raw, digest_size=8).hexdigest() if raw else None,
             claims=claims,
+            estimated=not info.modelled,
         )
+        self.estimate(call)
+        return call
+
+    def estimate(self, call: Call) -> None:
+        """The prompt's estimate, made only where a token or dollar budget needs it before the
+        call is reserved; the provider's usage books the rest (``proxy/server/budgets.py``)."""
+        if call.estimated or not (call.policy.has_budget or self.budgets.may_apply(call.task)):
+            return
+        info = call.info
+        try:
+            call.prompt_tokens += estimate_prompt(
+                info.prompt, call.adapter.tokenizer_family(info.model)
+            )
+        except SHAPE_ERRORS as exc:
+            # Without reading the prompt its budget cannot be checked: refuse, not guess.
+            raise BadRequest(
+                f"the request body does not have the shape of a {call.path} request "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        call.estimated = True
+
+    def _route_of(self, raw_path: str) -> tuple[routing.Route, str]:
+        """The route of a raw path, and the path the call is classified by."""
+        route = routing.resolve(raw_path, self.upstream_names)
+        path = route.path
+        if "." in path or "%" in path:
+            path = _provider_path(path)
+        return route, routing.normal_path(path)
 
     def _check_tenant_key(self, tenant: str, upstream: str) -> None:
         """A tenant's call goes out with the tenant's own provider key; the operator's shared

@@ -6,10 +6,14 @@ exposes its ``event`` name and joined ``data`` lines for the parsers that read c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 _LONGEST_SEPARATOR = max(map(len, _SEPARATORS))
+# The first of any separator: alternatives at one position never overlap, so the earliest
+# match is the earliest separator.
+_SEPARATOR = re.compile(b"|".join(re.escape(s) for s in _SEPARATORS))
 
 
 @dataclass(slots=True)
@@ -20,6 +24,14 @@ class SSEEvent:
 
 
 def _parse(raw: bytes) -> SSEEvent:
+    if (
+        raw.startswith(b"data: ")
+        and raw.endswith(b"\n\n")
+        and raw.count(b"\n") == 2
+        and b"\r" not in raw
+    ):
+        # The usual event, one data line and its blank line: no line splitting.
+        return SSEEvent(raw, None, raw[6:-2].decode("utf-8", "replace"))
     event: str | None = None
     data: list[str] = []
     for line in raw.decode("utf-8", "replace").splitlines():
@@ -55,7 +67,7 @@ class SSEDecoder:
     size, not quadratic.
     """
 
-    __slots__ = ("_buffer", "_searched", "max_event")
+    __slots__ = ("_buffer", "_carriage", "_searched", "max_event")
 
     def __init__(self, max_event: int | None = None) -> None:
         # An event longer than this raises EventTooLarge as soon as its bytes are in, whole
@@ -63,22 +75,27 @@ class SSEDecoder:
         self.max_event = max_event
         self._buffer = bytearray()
         self._searched = 0  # bytes of the buffer known to hold no separator
+        # A stream without a carriage return so far can only hold "\n\n" separators.
+        self._carriage = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer
         buffer += chunk
+        if not self._carriage and b"\r" in chunk:
+            self._carriage = True
         events: list[SSEEvent] = []
         start = 0
         search_from = max(0, self._searched - _LONGEST_SEPARATOR + 1)
         while True:
-            end = -1
-            width = 0
-            for separator in _SEPARATORS:
-                found = buffer.find(separator, search_from)
-                if found != -1 and (end == -1 or found < end):
-                    end, width = found, len(separator)
-            if end == -1:
-                break
+            if self._carriage:
+                found = _SEPARATOR.search(buffer, search_from)
+                if found is None:
+                    break
+                end, width = found.start(), found.end() - found.start()
+            else:
+                end, width = buffer.find(b"\n\n", search_from), 2
+                if end == -1:
+                    break
             if self.max_event is not None and end + width - start > self.max_event:
                 raise EventTooLarge(end + width - start, events)
             events.append(_parse(bytes(buffer[start : end + width])))

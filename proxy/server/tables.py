@@ -1,7 +1,7 @@
 """The tokenizer and the price tables: the two big read-only tables a call may need (about
 18 and 3 MB once loaded; see ``proxy.tokens`` and ``proxy.pricing``). Neither is loaded at
-start-up unless the policy sets a token or dollar budget; otherwise the first call that needs
-them loads them, once.
+start-up unless the policy sets a token or dollar budget; otherwise the first call loads the
+prices, and the first call a budget applies to the tokenizer, once.
 
 The load runs on the event loop's thread, holding the loop for its few tenths of a second
 once: loaded from a worker thread the same tables leave the process about 27 MB larger (the
@@ -32,6 +32,12 @@ class Tables:
     @property
     def loaded(self) -> bool:
         return self.prices.loaded and tokenizer_loaded()
+
+    def load_prices(self) -> None:
+        """The prices alone: every call with a model needs them for its cost, the tokenizer
+        only a call a budget applies to (it loads with that call's estimate)."""
+        self.prices.load()
+        release_free_heap()  # the index's decoding scratch
 
     def load(self) -> None:
         # The price index builds in a child process while the tokenizer loads here.

@@ -34,6 +34,8 @@ class UpstreamClient:
             for tenant, settings in config.tenants.items()
             for upstream, key in settings.upstream_keys.items()
         }
+        # One per (connect, read) pair: built once, not per call.
+        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
 
     async def send(self, call: Call, body: bytes) -> aiohttp.ClientResponse:
         request = call.request
@@ -55,11 +57,12 @@ class UpstreamClient:
         signer = self.signers.get(call.upstream_name)
         if signer is not None:
             headers = await signer.sign(request.method, url, headers, body)
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=call.upstream.connect_timeout,
-            sock_read=call.upstream.read_timeout,
-        )
+        limits = (call.upstream.connect_timeout, call.upstream.read_timeout)
+        timeout = self._timeouts.get(limits)
+        if timeout is None:
+            timeout = self._timeouts[limits] = aiohttp.ClientTimeout(
+                total=None, connect=limits[0], sock_read=limits[1]
+            )
         return await self.session.request(
             request.method,
             url,

@@ -6,21 +6,33 @@ Only fields passed explicitly are written: request headers never reach a log lin
 
 from __future__ import annotations
 
+import asyncio
 import atexit
-import json
+import contextlib
 import logging
-import queue
 import sys
+import threading
 import time
-from logging.handlers import QueueHandler, QueueListener
-from typing import Any
+from collections import deque
+from typing import IO, Any
+
+from proxy import jsonio
 
 LOGGER_NAME = "tripwire"
 log = logging.getLogger(LOGGER_NAME)
+# Lines formatted and not yet written past which new ones are dropped (and counted): a log
+# output that stalls must not grow the process without bound.
+MAX_PENDING_LINES = 10_000
+# How long a line logged on the event loop waits, at most, to be written with the next ones.
+WRITE_INTERVAL_S = 0.01
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return self.line(record)[:-1].decode()
+
+    def line(self, record: logging.LogRecord) -> bytes:
+        """The record as one line of JSON, newline included."""
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -32,7 +44,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return jsonio.dumps_line(entry) + b"\n"
 
 
 class TextFormatter(logging.Formatter):
@@ -45,7 +57,106 @@ class TextFormatter(logging.Formatter):
         return f"{stamp} {record.levelname.lower():7} {record.getMessage()} {pairs}".rstrip()
 
 
-_listener: QueueListener | None = None
+class LineWriter(logging.Handler):
+    """Formats each record where it is logged and writes the lines from a thread of its own,
+    every line waiting in one write: a slow stderr (a pipe to a log shipper that lags) never
+    blocks the event loop, and a busy one costs a write per batch, not per line."""
+
+    def __init__(self, stream: IO[str], max_pending: int = MAX_PENDING_LINES) -> None:
+        super().__init__()
+        self.stream = stream
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._pending: deque[bytes] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._kick_scheduled = False
+        self._thread = threading.Thread(target=self._write, name="tripwire-log", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            formatter = self.formatter
+            if isinstance(formatter, JsonFormatter):
+                line = formatter.line(record)
+            else:
+                line = (self.format(record) + "\n").encode("utf-8", "replace")
+        except Exception:
+            self.handleError(record)
+            return
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        self._pending.append(line)
+        if self._kick_scheduled or self._wake.is_set():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._wake.set()
+            return
+        # Woken at most every WRITE_INTERVAL_S, for every line logged meanwhile: a thread
+        # woken per line would cost more than the lines.
+        self._kick_scheduled = True
+        loop.call_later(WRITE_INTERVAL_S, self._kick)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        self._wake.set()
+
+    def _write(self) -> None:
+        pending = self._pending
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            batch = []
+            while pending:
+                batch.append(pending.popleft())
+            if batch:
+                # A closed or broken stderr: there is nothing left to tell it to.
+                with contextlib.suppress(Exception):
+                    self._out(b"".join(batch))
+            if self._stopping and not pending:
+                return
+
+    def _out(self, data: bytes) -> None:
+        buffer = getattr(self.stream, "buffer", None)
+        if buffer is not None:
+            self.stream.flush()  # what was printed as text goes first
+            buffer.write(data)
+            buffer.flush()
+        else:
+            self.stream.write(data.decode("utf-8", "replace"))
+            self.stream.flush()
+
+    def close(self) -> None:
+        """Write what waits, then stop the thread."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5)
+        super().close()
+
+
+class _Library(logging.Handler):
+    """A library's records, made safe (``LibraryRecords``) and written by the line writer."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self.writer = writer
+        self.addFilter(LibraryRecords())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.writer.handle(record)
+
+
+_writer: LineWriter | None = None
+
+
+def dropped_lines() -> int:
+    """Log lines dropped since start-up (``tripwire_log_lines_dropped_total``)."""
+    return _writer.dropped if _writer is not None else 0
+
 
 # Loggers of the libraries under the server: their records carry raw request bytes (a header
 # line aiohttp could not parse is quoted whole, ``Authorization`` included), so they are
@@ -86,29 +197,27 @@ def _first_description_line(error: BaseException) -> str:
 
 
 def setup_logging(level: str, format_: str = "json") -> None:
-    """Log lines are formatted and written by a thread, so a slow stderr (a pipe to a log
-    shipper that lags) never blocks the event loop."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if format_ == "json" else TextFormatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = QueueListener(records, handler)
-    _listener.start()
-    atexit.register(_listener.stop)
-    log.handlers[:] = [QueueHandler(records)]
+    """Log lines are written by a thread (``LineWriter``), so a slow stderr never blocks the
+    event loop."""
+    global _writer
+    if _writer is not None:
+        _writer.close()
+    _writer = LineWriter(sys.stderr)
+    _writer.setFormatter(JsonFormatter() if format_ == "json" else TextFormatter())
+    atexit.register(_writer.close)
+    log.handlers[:] = [_writer]
     log.setLevel(level)
     log.propagate = False
     for name in LIBRARY_LOGGERS:
         library = logging.getLogger(name)
-        library_handler = QueueHandler(records)
-        library_handler.addFilter(LibraryRecords())
-        library.handlers[:] = [library_handler]
+        library.handlers[:] = [_Library(_writer)]
         library.setLevel(logging.WARNING)
         library.propagate = False
 
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     if log.isEnabledFor(level):
-        log.log(level, name, extra={"fields": fields})
+        # No caller lookup: a line names its event, not the code that logged it.
+        record = log.makeRecord(LOGGER_NAME, level, "", 0, name, (), None)
+        record.fields = fields
+        log.handle(record)

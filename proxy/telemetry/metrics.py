@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.config import FAULTS
 from proxy.detectors.base import TripReason
+from proxy.telemetry.logs import dropped_lines
 
 CALLS = "tripwire_calls"
 TOKENS = "tripwire_tokens"
@@ -49,6 +50,8 @@ ENVELOPES = "tripwire_envelopes"
 ENVELOPE_CONFIDENCE = "tripwire_envelope_confidence"
 ENVELOPES_BLOCKED = "tripwire_envelopes_blocked"
 OTEL_SPANS_DROPPED = "tripwire_otel_spans_dropped"
+TELEMETRY_DROPPED = "tripwire_telemetry_dropped"
+LOG_LINES_DROPPED = "tripwire_log_lines_dropped"
 ENVELOPE_STATUSES = ("success", "failed", "partial", "invalid")
 TRIP_ACTIONS = ("kill", "observe")
 INFO = "tripwire_build_info"
@@ -159,6 +162,13 @@ class _TaskCollector(Collector):
         )
         runs.add_metric([], self.metrics.detector_runs())
         yield runs
+        dropped = CounterMetricFamily(
+            LOG_LINES_DROPPED,
+            "Log lines dropped because the log's output (stderr) did not take them as fast as "
+            "they came.",
+        )
+        dropped.add_metric([], dropped_lines())
+        yield dropped
 
 
 class Metrics:
@@ -237,6 +247,12 @@ class Metrics:
             "Trace spans that never reached the OTLP collector: export_failed (it did not take "
             "them) or queue_full (the export queue was full).",
             ["reason"],
+            registry=r,
+        )
+        self.telemetry_dropped = Counter(
+            TELEMETRY_DROPPED,
+            "Calls whose metrics and log line were dropped: more calls ended in one turn of the "
+            "event loop than its telemetry queue holds.",
             registry=r,
         )
         self.task_tokens = Histogram(

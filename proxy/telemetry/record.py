@@ -1,7 +1,8 @@
 """What the proxy tells the world about each call and each trip: metrics and one log line.
 
 The telemetry addon calls these where a call ends, and ``on_trip`` subscribes to the trip bus,
-so metrics and logs can never disagree about what happened.
+so metrics and logs can never disagree about what happened. A call's metrics and log line are
+recorded once its answer is out (``backlog.py``): they never hold up the answer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.pipeline.bus import TripEvent, TripListener
+from proxy.telemetry.backlog import Backlog
 from proxy.telemetry.logs import event
 from proxy.telemetry.metrics import Metrics
 
@@ -43,8 +45,17 @@ class Telemetry:
         # Called on every call, forwarded or refused, after metrics and the log line: the
         # console's recent activity. Cheap and synchronous, like the metrics.
         self.call_listeners: list[CallListener] = []
+        self.backlog = Backlog(metrics.telemetry_dropped.inc)
 
     def call(self, record: CallRecord) -> None:
+        """The call's metrics and log line, once the running handler has answered."""
+        self.backlog.later(self._call, record)
+
+    def flush(self) -> None:
+        """Record what waits now (the server is stopping)."""
+        self.backlog.drain()
+
+    def _call(self, record: CallRecord) -> None:
         m = self.metrics
         m.call(record.upstream, record.model, record.agent, record.outcome)
         if record.forwarded:
@@ -85,7 +96,8 @@ class Telemetry:
                 event("call_listener_failed", logging.ERROR, error=repr(exc))
 
     def task(self, task: str, tokens: int, calls: int, hops: int, cost: float) -> None:
-        self.metrics.task_seen(task, tokens, calls, hops, cost)
+        """The task's figures after a call, once the running handler has answered."""
+        self.backlog.later(self.metrics.task_seen, task, tokens, calls, hops, cost)
 
     def envelope(self, agent: str, status: str, confidence: float | None) -> None:
         self.metrics.envelope(agent, status, confidence)
@@ -94,7 +106,11 @@ class Telemetry:
         self.metrics.envelope_blocked(agent)
 
     def on_trip(self, happened: TripEvent) -> None:
-        """The trip bus's first subscriber: the metric and the log line of every trip."""
+        """The trip bus's first subscriber: the metric and the log line of every trip, after
+        those of the call that tripped it (queued behind them)."""
+        self.backlog.later(self._trip, happened)
+
+    def _trip(self, happened: TripEvent) -> None:
         trip = happened.trip
         if happened.action == "escalate":
             # A worker's answer the task's owner should look at; it was delivered all the same.

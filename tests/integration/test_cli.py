@@ -94,7 +94,7 @@ def test_serve_uses_config_file_and_environment(
     assert mock.provider.total_hits == 2
     process.terminate()
     _, logs = process.communicate(timeout=10)
-    assert '"event": "trip"' in logs and '"reason": "max_calls"' in logs
+    assert '"event":"trip"' in logs and '"reason":"max_calls"' in logs
     assert "sk-secret-key" not in logs
     # The human start-up summary: where to point agents and what the policy does.
     assert f"OPENAI_BASE_URL={url}/v1" in logs and f"ANTHROPIC_BASE_URL={url}\n" in logs

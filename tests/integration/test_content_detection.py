@@ -222,3 +222,53 @@ def test_metrics_count_content_detector_runs(
             break
         time.sleep(0.05)
     assert runs == 3
+
+
+class _SlowDetection:
+    """The ledger with its content detectors a while behind the answers, as when they run on
+    a busy replica or across a round trip to Redis."""
+
+    def __init__(self, ledger: Any, delay: float) -> None:
+        self.ledger = ledger
+        self.delay = delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ledger, name)
+
+    async def observe_content(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(self.delay)
+        return await self.ledger.observe_content(*args, **kwargs)
+
+
+def test_a_kill_from_a_detection_still_running_refuses_the_next_call(
+    make_proxy: Any, mock: MockProviderThread
+) -> None:
+    """The detectors run after the answer is out; a call of the task that arrives before they
+    are done waits for their verdict, so a kill they decide stops it."""
+    from proxy.addons.content import ContentDetection
+    from proxy.app import HOOKS
+
+    proxy = make_proxy(
+        policy={"near_duplicate": {"action": "kill", "repeats": 2}, "cycle": {"enabled": False}}
+    )
+    assert proxy._app is not None
+    detection = proxy._app[HOOKS].find(ContentDetection)
+    detection.ledger = _SlowDetection(detection.ledger, 0.5)
+    task = "waits-" + uuid.uuid4().hex[:6]
+    client = openai.OpenAI(base_url=proxy.openai_url, api_key="sk", max_retries=0)
+    for number, answer in enumerate(ANSWERS):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"plan {number}"}],
+            extra_headers={"X-Task-Id": task, "x-mock-reply": answer},
+        )
+    started = time.monotonic()
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "plan 3"}],
+            extra_headers={"X-Task-Id": task},
+        )
+    assert "near_duplicate" in refused.value.message
+    assert mock.provider.total_hits == 2
+    assert time.monotonic() - started < 5

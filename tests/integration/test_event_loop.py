@@ -36,10 +36,10 @@ def test_serve_runs_on_uvloop_and_forwards(mock: MockProviderThread, tmp_path: P
         deadline = time.monotonic() + 5
         # Read as text: the start-up summary on the same stream may share the log line's line.
         listening = ""
-        while '"event": "listening"' not in listening and time.monotonic() < deadline:
+        while '"event":"listening"' not in listening and time.monotonic() < deadline:
             listening = replica.log_file.read_text(encoding="utf-8")
             time.sleep(0.05)
     finally:
         replica.stop()
-    assert '"event": "listening"' in listening
-    assert '"event_loop": "uvloop"' in listening
+    assert '"event":"listening"' in listening
+    assert '"event_loop":"uvloop"' in listening

@@ -312,8 +312,8 @@ def test_no_secret_in_a_replicas_log_and_metrics(
     finally:
         replica.stop()
     log = replica.log_file.read_text(encoding="utf-8")
-    assert '"event": "state_unreachable"' in log and '"event": "trip"' in log
-    assert '"event": "listening"' in log and f"http://{host}" in log
+    assert '"event":"state_unreachable"' in log and '"event":"trip"' in log
+    assert '"event":"listening"' in log and f"http://{host}" in log
     evidence.add("replica log", log)
     evidence.assert_clean()
 
