@@ -783,15 +783,12 @@ class RedisLedger:
                 if any(done.policy.action_for(trip.reason) == "kill" for trip in trips):
                     break  # the task is killed: later completions are not looked at
             encoded = encode(updated)
-            # A kill is written at once; otherwise no one waits on this write (the state only
-            # feeds the detectors' next run), so it may go out with the next call's.
-            killing = any(
-                done.policy.action_for(trip.reason) == "kill"
-                for done, trips in zip(batch, found, strict=True)
-                for trip in trips
-            )
+            # Where a detector may kill, the task's next call waits for this verdict, so the
+            # write goes at once; otherwise no one waits on it (the state only feeds the
+            # detectors' next run) and it may go out with the next call's.
+            deciding = any(done.policy.content_may_kill for done in batch)
             reply = await self._content_swap(
-                keys=[keys.state], args=[version, encoded, ttl], deferrable=not killing
+                keys=[keys.state], args=[version, encoded, ttl], deferrable=not deciding
             )
             if reply[0] == "ok":
                 self._states.wrote(task, reply[1], updated)
