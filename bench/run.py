@@ -464,8 +464,16 @@ class Bench:
         """What outside the proxy tells how often the content detectors ran: a counter on
         /metrics when the proxy exposes one, and Redis' count of HMGET commands (the Redis
         ledger reads the detector state with one HMGET before each run of the detectors; its
-        scripts' own HMGETs are the same for every call, see headline.detector_runs)."""
-        counts: dict[str, float | None] = {"metric": None, "redis_hmget": None}
+        scripts' own HMGETs are the same for every call, see headline.detector_runs). With
+        them, Redis' count of reads: one per write a client makes, its round trips; and the
+        calls the proxy served by its own count (wrk leaves the calls in flight when it stops
+        out of what it sent, though the proxy completes them)."""
+        counts: dict[str, float | None] = {
+            "metric": None,
+            "redis_hmget": None,
+            "redis_reads": None,
+            "calls": None,
+        }
         found = scrape_counter(proc.url, DETECTOR_RUN_COUNTERS)
         # The detectors run after each response: let the last completions' runs finish.
         for _ in range(20):
@@ -478,13 +486,16 @@ class Bench:
             found = again
         if found is not None:
             counts["metric"] = found
+        counts["calls"] = scrape_counter(proc.url, ("tripwire_calls_total",))
         if self.ctx.redis_url is not None:
             client = redis.Redis.from_url(self.ctx.redis_url)
             try:
                 stats = client.info("commandstats")
+                reads = client.info("stats").get("total_reads_processed")
             finally:
                 client.close()
             counts["redis_hmget"] = float(stats.get("cmdstat_hmget", {}).get("calls", 0))
+            counts["redis_reads"] = None if reads is None else float(reads)
         return counts
 
     def http_memory(self, proc: procs.Proc) -> dict[str, Any]:

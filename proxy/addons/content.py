@@ -32,10 +32,7 @@ WAIT_S = 10.0
 
 def may_kill(policy: Effective) -> bool:
     """Whether a content detector of this policy kills when it trips."""
-    if policy.on_trip == "observe":
-        return False
-    detectors = (policy.cycle, policy.near_duplicate, policy.no_progress, policy.tool_loop)
-    return any(d.enabled and d.action == "kill" for d in detectors)
+    return policy.content_may_kill
 
 
 class ContentDetection:

@@ -2,9 +2,10 @@
 cut and the task killed, rather than waiting for the stream's end to find out.
 
 The deadline is the task's, read from the ledger: its own ``max_duration`` (set when it was
-created or resumed) over the policy's, plus every ``extend``. The timer reads it when the
-stream starts and again whenever it would fire (and at least every ``RECHECK_S``), so an
-operator who extends or resumes a task moves the deadline of the stream already running.
+created or resumed) over the policy's, plus every ``extend``. The timer starts from the one the
+call's reservation read (the grant's view), and reads it again whenever it would fire (and at
+least every ``RECHECK_S``), so an operator who extends or resumes a task moves the deadline of
+the stream already running.
 
 A JSON call needs no timer: the ledger checks the deadline when the call is reserved and
 settled. Only a policy that kills arms the timer; in shadow mode the stream runs on.
@@ -22,7 +23,7 @@ from proxy.detectors import limits
 from proxy.detectors.base import Trip
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call
-from proxy.session.base import Grant, Ledger
+from proxy.session.base import Grant, Ledger, allowed_seconds
 from proxy.telemetry.logs import event
 
 _KEY = "deadline"
@@ -57,15 +58,22 @@ class Deadline:
             return (grant.view.started, policy_limit) if policy_limit else None
 
     async def _watch(self, call: Call, grant: Grant, cut: Callable[[Trip], None]) -> None:
+        view = grant.view
+        allowed_s = allowed_seconds(
+            view.overrides, view.extra_duration, grant.policy.limits.max_duration
+        )
+        deadline = None if allowed_s is None else (view.started, allowed_s)
+        fresh = False  # read from the ledger since the call was reserved
         while True:
-            deadline = await self._read(call, grant)
             if deadline is None:
                 await asyncio.sleep(RECHECK_S)  # a resume may give the task a limit
+                deadline, fresh = await self._read(call, grant), True
                 continue
             started, allowed = deadline
             left = started + allowed - time.time()
-            if left > 0:
-                await asyncio.sleep(min(left + 1e-3, RECHECK_S))
+            if left > 0 or not fresh:
+                await asyncio.sleep(max(min(left + 1e-3, RECHECK_S), 0))
+                deadline, fresh = await self._read(call, grant), True
                 continue
             trip = limits.check_deadline(
                 started, max(time.time(), started + allowed + 1e-3), allowed

@@ -59,6 +59,15 @@ class Effective:
             or self.tool_loop.enabled
         )
 
+    @property
+    def content_may_kill(self) -> bool:
+        """A content detector of this policy kills when it trips: the task's next call waits
+        for its verdict, so its state write is never held back."""
+        if self.on_trip == "observe":
+            return False
+        detectors = (self.cycle, self.near_duplicate, self.no_progress, self.tool_loop)
+        return any(d.enabled and d.action == "kill" for d in detectors)
+
     def action_for(self, reason: TripReason) -> TripAction:
         """A content detector acts by its own setting, unless the policy is in shadow mode."""
         if self.on_trip == "observe":

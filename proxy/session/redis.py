@@ -1,9 +1,12 @@
 """The shared ledger: task state in Redis, so every replica enforces the same limits.
 
-One round trip per step on the hot path: ``reserve`` and ``settle`` are single Lua scripts
-(``redis_scripts.py``). Kills are published on a channel every replica subscribes to, and each
-replica re-checks the killed flags of its streams in flight after a reconnect and every second,
-so a lost message cannot let a stream run on.
+One round trip before forwarding and one after: ``reserve`` and ``settle`` are single Lua
+scripts (``redis_scripts.py``), and the settle's reply carries what the content detectors need
+to run next, so their update after the response is one more script call, with no read. Script
+calls issued at the same moment share a write and a read (``redis_calls.py``). Kills are
+published on a channel every replica subscribes to, and each replica re-checks the killed flags
+of its streams in flight after a reconnect and every second, so a lost message cannot let a
+stream run on.
 
 When Redis cannot be reached, ``on_state_error`` decides: ``closed`` refuses calls with
 ``StateUnavailable`` until it answers again; ``open`` forwards them, accounting in memory, and
@@ -14,11 +17,11 @@ kept and written back in both modes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -34,7 +37,7 @@ from redis.exceptions import ReadOnlyError, RedisError
 from proxy.config import StateSettings
 from proxy.detectors import repeat
 from proxy.detectors.base import Trip, one_kill
-from proxy.detectors.content import ContentState, observe_content
+from proxy.detectors.content import observe_content
 from proxy.detectors.registry import SETTLE
 from proxy.detectors.spec import Detector
 from proxy.errors import StateUnavailable
@@ -42,6 +45,7 @@ from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session import redis_scripts, sessions
 from proxy.session.base import (
+    OVERRIDABLE,
     TIMELINE_PER_TASK,
     Busy,
     CallPlan,
@@ -56,7 +60,9 @@ from proxy.session.base import (
     allowed_seconds,
 )
 from proxy.session.batches import KeyedBatches
+from proxy.session.detector_states import KnownStates, decode, encode
 from proxy.session.memory import MemoryLedger
+from proxy.session.redis_calls import Script, ScriptCalls
 from proxy.session.redis_client import build_client
 from proxy.session.sessions import Span
 from proxy.telemetry.logs import event
@@ -174,19 +180,20 @@ class RedisLedger:
         self.board = KillBoard()
         self.client = build_client(settings)
         self.channel = f"{settings.key_prefix}:kills:v{redis_scripts.VERSION}"
-        self._reserve = self._resilient(self.client.register_script(redis_scripts.RESERVE))
-        self._settle = self._resilient(self.client.register_script(redis_scripts.SETTLE))
-        self._kill = self._resilient(self.client.register_script(redis_scripts.KILL))
-        self._content_swap = self._resilient(
-            self.client.register_script(redis_scripts.CONTENT_SWAP)
-        )
-        self._open_session = self._resilient(self.client.register_script(sessions.OPEN))
-        self._end_session = self._resilient(self.client.register_script(sessions.END))
+        # A cluster client routes each script call to its slot's node itself.
+        self._calls = None if isinstance(self.client, RedisCluster) else ScriptCalls(self.client)
+        self._reserve = self._resilient(redis_scripts.RESERVE)
+        self._settle = self._resilient(redis_scripts.SETTLE)
+        self._kill = self._resilient(redis_scripts.KILL)
+        self._content_swap = self._resilient(redis_scripts.CONTENT_SWAP)
+        self._open_session = self._resilient(sessions.OPEN)
+        self._end_session = self._resilient(sessions.END)
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._content: KeyedBatches[_Completion, builtins.list[Trip]] = KeyedBatches(
             self._swap_content
         )
         self.detector_runs = 0  # content-detector runs, exposed on /metrics
+        self._states = KnownStates()
         self._fallback = MemoryLedger(settings, clock=clock or time.time)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
         # Open mode: what this replica last knew of tasks, and kills decided while Redis was
@@ -196,28 +203,44 @@ class RedisLedger:
         self._tasks: list[asyncio.Task[None]] = []
         self.reachable = True
 
-    def _resilient(self, script: Any) -> Any:
-        """After a Redis restart every pooled connection is dead: drop them and try once more
-        on a fresh one, rather than fail the call that happened to pick a stale one. The same
-        after a failover behind a DNS name: connections to the demoted primary answer READONLY
-        (a Sentinel-managed pool turns that into a connection error itself)."""
+    def _resilient(self, source: str) -> Any:
+        """A script's call. After a Redis restart every pooled connection is dead: drop them
+        and try once more on a fresh one, rather than fail the call that happened to pick a
+        stale one. The same after a failover behind a DNS name: connections to the demoted
+        primary answer READONLY (a Sentinel-managed pool turns that into a connection error
+        itself)."""
+        calls = self._calls
+        if calls is not None:
+            known = Script(source)
 
-        async def attempt(keys: list[str], args: list[Any]) -> Any:
+            async def script(keys: list[str], args: list[Any], deferrable: bool) -> Any:
+                return await calls.call(known, keys, args, deferrable=deferrable)
+
+        else:
+            registered = self.client.register_script(source)
+
+            async def script(keys: list[str], args: list[Any], deferrable: bool) -> Any:
+                return await registered(keys=keys, args=args)
+
+        async def attempt(keys: list[str], args: list[Any], deferrable: bool) -> Any:
             try:
-                return await script(keys=keys, args=args)
+                return await script(keys, args, deferrable)
             except (RedisConnectionError, ReadOnlyError):
                 pool = getattr(self.client, "connection_pool", None)
                 if pool is None:  # a cluster client reconnects by itself
                     raise
+                if calls is not None:
+                    await calls.release_idle()
                 await pool.disconnect(inuse_connections=False)
-                return await script(keys=keys, args=args)
+                return await script(keys, args, deferrable)
 
-        async def run(keys: list[str], args: list[Any]) -> Any:
+        async def run(keys: list[str], args: list[Any], deferrable: bool = False) -> Any:
+            """``deferrable``: no client waits on it (``ScriptCalls.call``)."""
             # Each wait inside redis-py has its own bound (a free connection, connecting, the
             # reply); this one bounds the whole step, retry included, so no call can hang on
             # Redis whatever state the client's pool is left in by a restart.
             async with asyncio.timeout(self._step_timeout):
-                return await attempt(keys, args)
+                return await attempt(keys, args, deferrable)
 
         return run
 
@@ -246,6 +269,8 @@ class RedisLedger:
         with contextlib.suppress(*_UNREACHABLE):
             async with asyncio.timeout(bound):
                 await self._flush_pending()
+        if self._calls is not None:
+            await self._calls.close(bound)
         await self._fallback.close()
         with contextlib.suppress(*_UNREACHABLE):
             async with asyncio.timeout(bound):
@@ -308,7 +333,7 @@ class RedisLedger:
             repr(out_price),
             plan.policy.on_trip,
             int(self.settings.task_ttl),
-            uuid.uuid4().hex[:16],
+            os.urandom(8).hex(),
             int(self.settings.reservation_ttl),
             self.settings.max_agents_per_task,
             plan.task,
@@ -387,6 +412,7 @@ class RedisLedger:
             calls,
             hops,
             observed,
+            *limits,
         ) = reply
         records = json.loads(observed)
         self._remember(
@@ -396,6 +422,10 @@ class RedisLedger:
             calls=int(calls),
             started=_num(started),
         )
+        overrides = {
+            name: _num(value) for name, value in zip(OVERRIDABLE, limits[:-1], strict=True) if value
+        }
+        max_tokens = overrides.get("max_tokens", plan.policy.limits.max_tokens)
         view = TaskView(
             task=plan.task,
             started=_num(started),
@@ -407,7 +437,9 @@ class RedisLedger:
             hops=int(hops),
             agents=[],
             killed=None,
-            max_tokens=plan.policy.limits.max_tokens,
+            max_tokens=None if max_tokens is None else int(max_tokens),
+            overrides=overrides,
+            extra_duration=_num(limits[-1]),
         )
         return Grant(
             plan.task,
@@ -441,6 +473,11 @@ class RedisLedger:
                     "text": outcome.preview,
                 }
             )
+        # The content detectors run on a completed answer next: the reply brings their state
+        # when this replica's is not the task's current one.
+        held = ""
+        if outcome.completed and grant.policy.content_detection:
+            held = self._states.version(grant.task)
         try:
             reply = await self._run_settle(
                 grant.task,
@@ -456,6 +493,7 @@ class RedisLedger:
                     for detector in SETTLE
                 ),
                 preview=preview,
+                held=held,
             )
         except _UNREACHABLE as error:
             self._unreachable("settle", error)
@@ -466,6 +504,8 @@ class RedisLedger:
             view.tokens_used += outcome.tokens
             return Settled(view, [], False)
         self.reachable = True
+        if held:
+            self._states.told(grant.task, held, reply[-2], reply[-1])
         return await self._after_settle(grant, outcome, reply)
 
     async def _run_settle(
@@ -479,9 +519,11 @@ class RedisLedger:
         fingerprints: tuple[tuple[str, int], ...] = (),
         preview: str = "",
         calls: int = 0,
+        held: str = "",
     ) -> Any:
         """``fingerprints``: for each settle-phase detector of the registry, in order, the
-        fingerprint to observe ('' for none) and its window's size."""
+        fingerprint to observe ('' for none) and its window's size. ``held``: the version of
+        the task's content-detector state this replica holds, '' when it needs none."""
         keys = self._keys(task)
         bucket = member.split("|", 3)[3] if member.count("|") >= 3 else agent
         watched = fingerprints or tuple(("", 1) for _ in SETTLE)
@@ -503,11 +545,14 @@ class RedisLedger:
                 calls,
                 preview,
                 self._retention,
+                held,
                 *(value for pair in watched for value in pair),
             ],
         )
 
     async def _after_settle(self, grant: Grant, outcome: Outcome, reply: list[Any]) -> Settled:
+        # The figures, the windows' counts, the replay flag, the content state's version and
+        # state (redis_scripts.SETTLE).
         used, reserved, cost, calls, hops, started, last_seen, killed = reply[:8]
         counts = [int(x) for x in reply[8 : 8 + 2 * len(SETTLE)]]
         view = TaskView(
@@ -712,21 +757,18 @@ class RedisLedger:
     async def _swap_content(
         self, task: str, batch: Sequence[_Completion]
     ) -> builtins.list[builtins.list[Trip]]:
+        """The batch's detectors run on the state this replica holds (``KnownStates``), and the
+        result is written back in one step unless the task's state moved on meanwhile; then
+        the reply carries the current state and the batch runs again on it."""
         keys = self._keys(task)
+        version, state = self._states.take(task)
+        ttl = int(self.settings.task_ttl)
         for _ in range(CONTENT_SWAP_ATTEMPTS):
-            stored, version, killed = await self.client.hmget(
-                keys.state, "content", "content_v", "killed"
-            )
             found: builtins.list[builtins.list[Trip]] = [[] for _ in batch]
-            if killed:
-                return found
-            try:
-                state = ContentState.from_bytes(base64.b64decode(stored or ""))
-            except ValueError:
-                state = ContentState()
+            updated = state
             for index, done in enumerate(batch):
-                state, trips = observe_content(
-                    state,
+                updated, trips = observe_content(
+                    updated,
                     done.agent,
                     done.text,
                     cycle=done.policy.cycle,
@@ -740,10 +782,22 @@ class RedisLedger:
                 found[index] = trips
                 if any(done.policy.action_for(trip.reason) == "kill" for trip in trips):
                     break  # the task is killed: later completions are not looked at
-            encoded = base64.b64encode(state.to_bytes()).decode()
-            ttl = int(self.settings.task_ttl)
-            if await self._content_swap(keys=[keys.state], args=[version or "0", encoded, ttl]):
+            encoded = encode(updated)
+            # Where a detector may kill, the task's next call waits for this verdict, so the
+            # write goes at once; otherwise no one waits on it (the state only feeds the
+            # detectors' next run) and it may go out with the next call's.
+            deciding = any(done.policy.content_may_kill for done in batch)
+            reply = await self._content_swap(
+                keys=[keys.state], args=[version, encoded, ttl], deferrable=not deciding
+            )
+            if reply[0] == "ok":
+                self._states.wrote(task, reply[1], updated)
                 return found
+            if reply[0] == "killed":
+                self._states.forget(task)
+                return [[] for _ in batch]
+            version, state = reply[1], decode(reply[2])
+        self._states.forget(task)
         event("content_state_contended", logging.WARNING, task=keys.task)
         return [[] for _ in batch]
 

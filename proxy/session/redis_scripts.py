@@ -18,7 +18,9 @@ Ids are percent-escaped where they stand in a key (``redis.key_part``: braces, c
 characters, ``%``, spaces and non-ASCII), so no id can close the hash tag or reach another key:
 
     <prefix>:{task}:s        hash: started, last_seen, used, reserved, cost, cost_reserved,
-                             calls, hops, last_agent, max_tokens, killed, obs|<reason>
+                             calls, hops, last_agent, max_tokens, killed, obs|<reason>,
+                             content (the content detectors' state, base64) and content_v
+                             (its version, raised by every write of it)
     <prefix>:{task}:a        hash: <agent>|u (tokens used), <agent>|r (tokens reserved)
     <prefix>:{task}:z        sorted set of reservations "id|tokens|cost|agent", scored by expiry
     <prefix>:{task}:w:<reason>      list: the window of a task-scoped settle-phase detector
@@ -45,7 +47,7 @@ from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments, reply or rules change, so replicas of two
 # versions never share a key layout or a kill channel by accident.
-VERSION = 4
+VERSION = 5
 # Settled calls remembered per task, so a settle replayed after its reply was lost (the script
 # ran, the answer never came back) is not counted twice.
 SETTLED_PER_TASK = 512
@@ -190,21 +192,26 @@ max_duration = tonumber(st[15]) or max_duration
 if max_duration == 0 then max_duration = nil end  -- as in Python: 0 sets no deadline
 if max_duration then max_duration = max_duration + (tonumber(st[16]) or 0) end
 -- The limit the task was last checked against, for its view; who the task belongs to. Written
--- by every call that keeps the task.
-local function keep()
-  redis.call('HSET', s, 'max_tokens', max_tokens or -1)
+-- by every call that keeps the task, in one HSET with the fields the call itself moves.
+local function keep(...)
+  local fields = {'max_tokens', max_tokens or -1, ...}
+  if not st[1] then
+    table.insert(fields, 'started')
+    table.insert(fields, num(now))
+  end
+  redis.call('HSET', s, unpack(fields))
   if tenant ~= '' then redis.call('HSETNX', s, 'tenant', tenant) end
   if owner ~= '' then redis.call('HSETNX', s, 'owner', owner) end
-  if not st[1] then redis.call('HSET', s, 'started', num(now)) end
 end
 
 -- Budgets are kept per agent up to max_agents; later agents share the bucket 'other'. Hops
 -- and the figures a person reads name the calling agent itself.
 local agent = caller
-if redis.call('HEXISTS', a, agent .. '|u') == 0 and redis.call('HLEN', a) >= 2 * max_agents then
-  agent = 'other'
-end
 local ag = redis.call('HMGET', a, agent .. '|u', agent .. '|r')
+if not ag[1] and redis.call('HLEN', a) >= 2 * max_agents then
+  agent = 'other'
+  ag = redis.call('HMGET', a, 'other|u', 'other|r')
+end
 local a_used, a_reserved = tonumber(ag[1]) or 0, tonumber(ag[2]) or 0
 
 local trips = {}
@@ -242,8 +249,7 @@ end
         + _CHECKS
         + """
 if kill and #trips == 0 and busy then
-  keep()
-  redis.call('HSET', s, 'last_seen', num(now))
+  keep('last_seen', num(now))
   touch()
   return {'busy', tostring(reserved)}
 end
@@ -261,11 +267,10 @@ local observed = {}
 if kill and #trips > 0 and new then
   return {'refused', trips[1].json}
 end
-keep()
 if #trips > 0 then
   if kill then
     local record = trips[1].json
-    redis.call('HSET', s, 'killed', record, 'last_seen', num(now))
+    keep('killed', record, 'last_seen', num(now))
     timeline_push('{"at":' .. num(now) .. ',"kind":"kill","trip":' .. record .. '}')
     redis.call('EXPIRE', timeline, retention)
     touch(retention)
@@ -285,19 +290,21 @@ if cap >= 0 then output = cap * choices end
 local res_tokens = prompt + output
 local res_cost = 0
 if prompt_cost >= 0 then res_cost = prompt_cost + out_price * output end
-redis.call('HSET', s, 'last_seen', num(now), 'last_agent', caller, 'hops', new_hops)
-redis.call('HINCRBY', s, 'calls', 1)
-redis.call('HINCRBY', s, 'reserved', res_tokens)
-addf(s, 'cost_reserved', res_cost, false)
-redis.call('HINCRBY', a, agent .. '|r', res_tokens)
-redis.call('HSETNX', a, agent .. '|u', 0)
+-- The figures read above, moved by this call: one write per hash.
+keep('last_seen', num(now), 'last_agent', caller, 'hops', new_hops, 'calls', calls + 1,
+  'reserved', reserved + res_tokens, 'cost_reserved', num(cost_reserved + res_cost))
+redis.call('HSET', a, agent .. '|r', a_reserved + res_tokens, agent .. '|u', a_used)
 local member = rid .. '|' .. res_tokens .. '|' .. num(res_cost) .. '|' .. agent
 redis.call('ZADD', z, now + rttl, member)
 touch()
 local enforced = -1
 if enforce then enforced = cap end
+-- Then the task's own limits and extension, as read (the grant's view carries them, and the
+-- deadline of a stream is timed from it without another read).
 return {'ok', enforced, member, res_tokens, num(res_cost), num(started), used,
-  reserved + res_tokens, num(cost), calls + 1, new_hops, '[' .. table.concat(observed, ',') .. ']'}
+  reserved + res_tokens, num(cost), calls + 1, new_hops, '[' .. table.concat(observed, ',') .. ']',
+  st[10] or '', st[11] or '', st[12] or '', st[13] or '', st[14] or '', st[15] or '',
+  st[16] or ''}
 """
     )
     .replace("TIMELINE", str(TIMELINE_PER_TASK))
@@ -312,45 +319,90 @@ local s, a, z, p, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local member, tokens, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local agent, ttl, extra_calls = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local preview, retention = ARGV[7], tonumber(ARGV[8])
--- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[9..]: for
+-- The version of the content detectors' state the caller holds ('' when it wants none): when
+-- the task's is another, the reply carries it, so the detectors run next on the current state
+-- without a read of their own.
+local held = ARGV[9]
+-- KEYS[6..]: the windows of the registry's settle-phase detectors, in order; ARGV[10..]: for
 -- each, the fingerprint to observe ('' for none) and the window's size.
 local windows = #KEYS - 5
 
-local function state()
+-- The reply: the task's figures, the windows' counts, whether this was a replay, then the
+-- content state's version and the state itself ('' when the caller holds it already).
+local function state(counts, replay)
   local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
-    'last_seen', 'killed')
-  return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '0',
-    st[7] or '0', st[8] or ''}
+    'last_seen', 'killed', 'content_v')
+  local reply = {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0',
+    st[6] or '0', st[7] or '0', st[8] or ''}
+  for _, n in ipairs(counts) do table.insert(reply, n) end
+  table.insert(reply, replay)
+  local version = st[9] or '0'
+  table.insert(reply, version)
+  if held ~= '' and version ~= held then
+    table.insert(reply, redis.call('HGET', s, 'content') or '')
+  else
+    table.insert(reply, '')
+  end
+  return reply
 end
 
 if member ~= '' then
   local id = string.match(member, '^[^|]*')
   if redis.call('ZADD', d, 'NX', redis.call('TIME')[1], id) == 0 then
-    local st = state()
-    for _ = 1, 2 * windows do table.insert(st, 0) end
-    table.insert(st, 1)  -- a replay: counted when it first ran
-    return st
+    local counts = {}
+    for _ = 1, 2 * windows do table.insert(counts, 0) end
+    return state(counts, 1)  -- a replay: counted when it first ran
   end
   redis.call('ZREMRANGEBYRANK', d, 0, -(SETTLED + 1))
   redis.call('EXPIRE', d, ttl)
-  if redis.call('ZREM', z, member) == 1 then
-    agent = release(s, a, member)
+end
+-- The reservation released (when it is still held) and the usage booked: the figures read,
+-- moved, and written back in one HSET per hash (the same sums as HINCRBY and ``release``).
+local released = member ~= '' and redis.call('ZREM', z, member) == 1
+local r_tokens, r_cost = 0, 0
+if released then
+  local who
+  r_tokens, r_cost, who = string.match(member, '^[^|]*|([^|]*)|([^|]*)|(.*)$')
+  r_tokens, r_cost, agent = tonumber(r_tokens), tonumber(r_cost), who
+end
+local fig = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'cost_reserved', 'calls',
+  'started', 'killed')
+local fields = {'used', (tonumber(fig[1]) or 0) + tokens, 'cost',
+  num((tonumber(fig[3]) or 0) + cost)}
+if released then
+  local left = (tonumber(fig[4]) or 0) - r_cost
+  if left < 0 then left = 0 end
+  table.insert(fields, 'reserved')
+  table.insert(fields, (tonumber(fig[2]) or 0) - r_tokens)
+  table.insert(fields, 'cost_reserved')
+  table.insert(fields, num(left))
+end
+if extra_calls > 0 then
+  table.insert(fields, 'calls')
+  table.insert(fields, (tonumber(fig[5]) or 0) + extra_calls)
+  if not fig[6] then
+    table.insert(fields, 'started')
+    table.insert(fields, redis.call('TIME')[1])
   end
 end
-redis.call('HINCRBY', s, 'used', tokens)
-addf(s, 'cost', cost, false)
-redis.call('HINCRBY', a, agent .. '|u', tokens)
-if extra_calls > 0 then
-  redis.call('HINCRBY', s, 'calls', extra_calls)
-  redis.call('HSETNX', s, 'started', redis.call('TIME')[1])
+redis.call('HSET', s, unpack(fields))
+local ag = redis.call('HMGET', a, agent .. '|u', agent .. '|r')
+if released then
+  redis.call('HSET', a, agent .. '|u', (tonumber(ag[1]) or 0) + tokens, agent .. '|r',
+    (tonumber(ag[2]) or 0) - r_tokens)
+else
+  redis.call('HSET', a, agent .. '|u', (tonumber(ag[1]) or 0) + tokens)
 end
 
 local function observe(key, fp, size)
   if fp == '' then return 0, 0 end
-  redis.call('LPUSH', key, fp)
-  redis.call('LTRIM', key, 0, size - 1)
+  local length = redis.call('LPUSH', key, fp)
+  if length > size then
+    redis.call('LTRIM', key, 0, size - 1)
+    length = size
+  end
   redis.call('EXPIRE', key, ttl)
-  return #redis.call('LPOS', key, fp, 'COUNT', 0), redis.call('LLEN', key)
+  return #redis.call('LPOS', key, fp, 'COUNT', 0), length
 end
 if preview ~= '' then
   redis.call('LPUSH', p, preview)
@@ -359,19 +411,16 @@ if preview ~= '' then
 end
 local counts = {}
 for i = 1, windows do
-  local seen, length = observe(KEYS[5 + i], ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i]))
+  local seen, length = observe(KEYS[5 + i], ARGV[8 + 2 * i], tonumber(ARGV[9 + 2 * i]))
   table.insert(counts, seen)
   table.insert(counts, length)
 end
 
 -- A call settling after its task's kill (the stream the kill cut) keeps the kill's life.
 local life = ttl
-if redis.call('HEXISTS', s, 'killed') == 1 then life = retention end
+if fig[7] then life = retention end
 for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, life) end
-local st = state()
-for _, n in ipairs(counts) do table.insert(st, n) end
-table.insert(st, 0)
-return st
+return state(counts, 0)
 """.replace("PREVIEWS", str(PREVIEWS_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
 
@@ -395,12 +444,19 @@ return 1
 """
 
 # Content-detector state is computed in Python (sketches, shingles) and written back only if no
-# other replica wrote it in between; the caller re-reads and recomputes when it did.
+# other replica wrote it since the version the caller computed from; otherwise the reply carries
+# the current version and state, and the caller computes again from those (no read of its own).
+# A killed task's state is left as it is (and its keys keep the kill's retention).
 CONTENT_SWAP = f"""-- tripwire content swap v{VERSION}
 local s = KEYS[1]
-if (redis.call('HGET', s, 'content_v') or '0') ~= ARGV[1] then return 0 end
-redis.call('HSET', s, 'content', ARGV[2], 'content_v', tonumber(ARGV[1]) + 1)
--- A task killed meanwhile keeps its kill's retention.
-if redis.call('HEXISTS', s, 'killed') == 0 then redis.call('EXPIRE', s, tonumber(ARGV[3])) end
-return 1
+local st = redis.call('HMGET', s, 'content_v', 'killed')
+if st[2] then return {{'killed'}} end
+local version = st[1] or '0'
+if version ~= ARGV[1] then
+  return {{'stale', version, redis.call('HGET', s, 'content') or ''}}
+end
+version = tostring(tonumber(version) + 1)
+redis.call('HSET', s, 'content', ARGV[2], 'content_v', version)
+redis.call('EXPIRE', s, tonumber(ARGV[3]))
+return {{'ok', version}}
 """

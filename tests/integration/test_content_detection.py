@@ -14,6 +14,7 @@ import pytest
 from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
 from proxy.policy.rules import Effective
+from proxy.session.base import CallPlan, Outcome
 from proxy.session.redis import RedisLedger
 from tests.harness import MockProviderThread
 
@@ -156,6 +157,44 @@ async def test_one_task_settling_at_once_runs_the_detectors_once_per_completion(
     assert ledger.detector_runs == 64
     trips = [(index, trip.reason) for index, found in enumerate(reported) for trip, _ in found]
     assert trips == [(63, "near_duplicate")]
+
+
+async def test_replicas_taking_turns_on_one_task_run_the_detectors_once_per_completion(
+    redis_server: Any,
+) -> None:
+    """A task's calls alternate between two replicas: each settle brings the detectors' state
+    the other replica wrote, so every completion is looked at once, on the task's whole
+    history, and a repeat that spans the replicas is caught."""
+    settings = StateSettings(backend="redis", redis_url=redis_server.url)
+    replicas = [RedisLedger(settings), RedisLedger(settings)]
+    policy = Effective(
+        Limits(),
+        RepeatSettings(),
+        "kill",
+        (),
+        cycle=CycleSettings(enabled=False),
+        near_duplicate=NearDuplicateSettings(repeats=2),
+        no_progress=NoProgressSettings(enabled=False),
+    )
+    words = [uuid.uuid4().hex[:7] for _ in range(10 * 30)]
+    texts = [" ".join(words[i * 30 : (i + 1) * 30]) for i in range(10)] + ANSWERS
+    task = "turns-" + uuid.uuid4().hex[:6]
+    reported = []
+    for replica in replicas:
+        await replica.start()
+    try:
+        for index, text in enumerate(texts):
+            replica = replicas[index % 2]
+            plan = CallPlan(task, "writer", policy, 10, 100, 1, None, time.time())
+            grant = await replica.reserve(plan)
+            await replica.settle(grant, Outcome(20, 0.0, f"out-{index}", f"req-{index}", True))
+            reported.append(await replica.observe_content(task, "writer", text, policy))
+    finally:
+        for replica in replicas:
+            await replica.close()
+    assert sum(replica.detector_runs for replica in replicas) == len(texts)
+    trips = [(index, trip.reason) for index, found in enumerate(reported) for trip, _ in found]
+    assert trips == [(len(texts) - 1, "near_duplicate")]
 
 
 def test_metrics_count_content_detector_runs(

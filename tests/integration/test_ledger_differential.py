@@ -59,6 +59,12 @@ def _grant(grant: Grant) -> tuple[Any, ...]:
         grant.reserved_cost,
         [(t.reason, t.figures) for t in grant.observed],
         _figures(grant.view),
+        # The task's own limits and extension as the reservation read them (a stream's
+        # deadline is timed from them).
+        grant.view.started,
+        grant.view.max_tokens,
+        grant.view.overrides,
+        grant.view.extra_duration,
     )
 
 

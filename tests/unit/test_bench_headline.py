@@ -77,6 +77,9 @@ def test_detector_runs_per_completion() -> None:
     assert headline.runs_per_completion(low, high) == (3.0, "estimated from Redis HMGET counts")
     high["detector_counts"]["metric"] = 240.0
     assert headline.runs_per_completion(low, high) == (1.2, "/metrics counter")
+    # The proxy's own count of calls served, where it has one (wrk's leaves out those in flight).
+    high["detector_counts"]["calls"] = 240.0
+    assert headline.runs_per_completion(low, high) == (1.0, "/metrics counter")
     assert headline.runs_per_completion({}, {"sent": 10})[1] == "not exposed"
 
 
@@ -90,3 +93,16 @@ def test_mock_replies_are_distinct_and_exactly_as_long_as_billed() -> None:
     words_1 = set(text.split()[2:])
     words_2 = set("".join(part for part, _ in second).split()[2:])
     assert len(words_1 & words_2) < 16
+
+
+def test_redis_round_trips_per_call() -> None:
+    results = _results()
+    runs = results["targets"]["tripwire-redis"]["runs"]
+    for run in runs:
+        if run["task"] == "long" and run["shape"] == "openai-json":
+            reads = 200.0 if run["concurrency"] == 1 else 40.0
+            run.update(sent=100, detector_counts={"redis_reads": reads})
+    assert headline.round_trips(results) == [(1, 2.0), (64, 0.4)]
+    text = "\n".join(headline.redis_vs_embedded(results))
+    assert "**2.00** at 1 concurrent and **0.40** at 64 concurrent" in text
+    assert headline.round_trips_line({"targets": {}}) == ""
