@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.detection.timing
 
-For completions of 200, 2,000 and 8,000 tokens (cl100k) of varied English: the shingling (words,
-word 3-shingles and the bag sketch), each detector on its own, and all of them together through
-``observe_content`` with one tool call and one tool result, each time on a task whose windows
-and sample are already full (the steady state). The fastest of a few hundred single calls.
-Target: under 0.2 ms for 2,000 tokens, all detectors together.
+For completions of 64, 500, 2,000 and 8,000 tokens (cl100k) of varied English: the shingling
+(words, word 3-shingles and the bag sketch), each detector on its own, and all of them together
+through ``observe_content`` with one tool call and one tool result, each time on a task whose
+windows and sample are already full (the steady state). The fastest of a few hundred single
+calls. Target: under 0.2 ms for 2,000 tokens, all detectors together.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from proxy.detectors.shingles import shingle
 from proxy.providers.base import Output
 from proxy.tokens import count_text
 
-SIZES = (200, 2000, 8000)
+SIZES = (64, 500, 2000, 8000)
 _SEED_TEXT = (
     "the agent reads the request then plans which tools to call and in what order it checks "
     "each result against the goal and writes a short note for the next agent when a step fails "
@@ -65,7 +65,9 @@ def measure(tokens: int, rng: random.Random) -> str:
     tools = ToolLoopSettings()
     call = [("search", '{"query": "refund policy", "limit": 10}')]
     state = ContentState()
-    for index in range(12):
+    index = 0
+    # At least 12 completions (the windows), and until the no-progress sample is full.
+    while index < 12 or len(state.no_progress.sample) < 4 * stalled.sample_size:
         state, _ = observe_content(
             state,
             f"agent-{index % 3}",
@@ -77,6 +79,7 @@ def measure(tokens: int, rng: random.Random) -> str:
             tool_calls=call,
             tool_results=[f"result {index}"],
         )
+        index += 1
     text = text_of(tokens, rng)
     shingles = shingle(text)
     calls: list[Callable[[], object]] = [

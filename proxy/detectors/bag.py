@@ -19,6 +19,7 @@ feature's 30-bit hash above two bits of weight class: 192 bytes a completion.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,10 +29,25 @@ BAG_FEATURES = 48
 BAG_BYTES = BAG_FEATURES * 4
 LIGHT, HEAVY, NUMBER = 1, 4, 8
 _WEIGHTS = np.array([LIGHT, HEAVY, NUMBER, HEAVY], dtype=np.int64)
-_CLASS = np.uint32(3)
-_EMPTY = np.uint32(0xFFFFFFFF)
-_NO_FEATURE = np.uint32(0x3FFFFFFF)  # _EMPTY's feature; real features stay below it
-_EMPTY_SKETCH = b"\xff" * BAG_BYTES
+# Constants are 0-d arrays: as operands they cost numpy half what its scalars do.
+_CLASS = np.array(3, dtype=np.uint32)
+_FEATURE = ~_CLASS
+_S2 = np.array(2, dtype=np.uint32)
+_LAST_VALUE = np.array(0xFFFFFFFB, dtype=np.uint32)  # below an empty slot's
+_NO_FEATURE = 0x3FFFFFFF  # an empty slot's feature; real features stay below it
+_TOP = _NO_FEATURE - 1
+_NO_WEIGHT = np.zeros(1, dtype=np.int64)
+_LAST_SLOT = np.array(BAG_FEATURES - 1)
+_ROW_STARTS = np.arange(0, BAG_FEATURES * 256, BAG_FEATURES)  # more than a state ever keeps
+_EMPTY_SLOT = b"\xff\xff\xff\xff"
+_EMPTY_SKETCH = _EMPTY_SLOT * BAG_FEATURES
+_SKETCH = struct.Struct(f"<{BAG_FEATURES}I")
+_EMPTY_VALUES = (0xFFFFFFFF,) * BAG_FEATURES
+# A word's weight class by its first byte: a number (2) wherever it stands, another word 1, or
+# 0 in the opening or closing sentence.
+_CLASS_INSIDE = bytes(2 if 48 <= byte < 58 else 1 for byte in range(256))
+_CLASS_AT_EDGE = bytes(2 if 48 <= byte < 58 else 0 for byte in range(256))
+_HEAD = 4 * BAG_FEATURES  # values sorted first: enough features unless words repeat a lot
 
 # Words that say nothing about what a message is about: English function words, and the
 # vocabulary agents wrap the same content in (greetings, thanks, hand-offs, sign-offs).
@@ -52,72 +68,94 @@ STOPWORDS = tuple(_STOPWORDS_TEXT.split())
 
 
 def bag_sketch(
-    hashed: npt.NDArray[np.uint64],
-    stop: npt.NDArray[np.bool_],
-    numeric: npt.NDArray[np.bool_],
+    features: npt.NDArray[np.uint32],
+    content: npt.NDArray[np.bool_],
+    first: bytes,
     opening: int,
     closing: int,
 ) -> bytes:
-    """The sketch of a completion's words (64-bit hashes in order; ``stop`` marks the ones left
-    out, ``numeric`` the numbers); the first ``opening`` and last ``closing`` words weigh
-    ``LIGHT``, unless they are numbers."""
-    count = len(hashed)
-    # The feature is the hash's top 30 bits, the weight class in the two bits below.
-    word_class = np.ones(count, dtype=np.uint32)
-    word_class[:opening] = 0
-    word_class[count - closing :] = 0
-    word_class[numeric] = 2  # wherever it stands
-    values = ((hashed >> np.uint64(32)).astype(np.uint32) & ~_CLASS) | word_class
-    keep = ~stop
-    kept = int(np.count_nonzero(keep))
+    """The sketch of a completion's words (the high 32 bits of their hashes, in order;
+    ``content`` marks the ones kept, ``first`` holds each one's first byte: a digit makes it a
+    number); the first ``opening`` and last ``closing`` words weigh ``LIGHT``, unless they are
+    numbers."""
+    count = len(features)
+    # The feature is the hash's top 30 bits, the weight class in the two bits below: worked
+    # out on bytes, which costs less than array operations.
+    classes = bytearray(first.translate(_CLASS_INSIDE))
+    classes[:opening] = first[:opening].translate(_CLASS_AT_EDGE)
+    classes[count - closing :] = first[count - closing :].translate(_CLASS_AT_EDGE)
+    values = features & _FEATURE
+    values |= np.frombuffer(classes, dtype=np.uint8)
+    kept = int(np.count_nonzero(content))
     if kept == 0:
         return _EMPTY_SKETCH
-    chosen = None
+    chosen: list[int] = []
     if kept > 4 * BAG_FEATURES:
         # Only the smallest features matter: sort about 16 * BAG_FEATURES of them, not all
         # (features are uniform); all of them when that was too few.
-        cutoff = np.uint32(min((2**32 * 16 * BAG_FEATURES) // kept, 2**32 - 1))
-        chosen = _distinct_heaviest(values[keep & (values < cutoff)])
-    if chosen is None or len(chosen) < BAG_FEATURES:
-        chosen = _distinct_heaviest(np.minimum(values[keep], np.uint32(0xFFFFFFFB)))
-    padded = np.full(BAG_FEATURES, _EMPTY, dtype=np.uint32)
-    padded[: min(len(chosen), BAG_FEATURES)] = chosen[:BAG_FEATURES]
-    return padded.astype("<u4").tobytes()
+        cutoff = np.array(min((2**32 * 16 * BAG_FEATURES) // kept, 2**32 - 1), dtype=np.uint32)
+        chosen = _lightest(values[content & (values < cutoff)])
+    if len(chosen) < BAG_FEATURES:
+        chosen = _lightest(np.minimum(values[content], _LAST_VALUE))
+    return _SKETCH.pack(*chosen, *_EMPTY_VALUES[len(chosen) :])
+
+
+def _lightest(values: npt.NDArray[np.uint32]) -> list[int]:
+    """The values of the ``BAG_FEATURES`` smallest features (all, if fewer), sorted, one a
+    feature: the heaviest (the largest class) of its occurrences. Reorders ``values``."""
+    if len(values) > 2 * _HEAD:
+        # Sort only the smallest values: enough when they hold more features than are kept,
+        # so that the kept ones' every occurrence is among them.
+        values.partition(_HEAD)
+        head = _distinct_heaviest(values[: _HEAD + 1])
+        if len(head) > BAG_FEATURES:
+            return head[:BAG_FEATURES].tolist()  # type: ignore[no-any-return]
+    return _distinct_heaviest(values)[:BAG_FEATURES].tolist()  # type: ignore[no-any-return]
 
 
 def _distinct_heaviest(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
-    """Sorted, one value a feature: the heaviest (the largest class) of its occurrences."""
-    if len(values) == 0:
+    """Sorted (in place), one value a feature: the heaviest (the largest class) of its
+    occurrences."""
+    values.sort()
+    if len(values) < 2:
         return values
-    ordered = np.sort(values)
-    last = np.empty(len(ordered), dtype=bool)
+    features = values >> _S2
+    last = np.empty(len(values), dtype=bool)
     last[-1] = True
-    np.not_equal(ordered[1:] >> np.uint32(2), ordered[:-1] >> np.uint32(2), out=last[:-1])
-    return ordered[last]
+    np.not_equal(features[1:], features[:-1], out=last[:-1])
+    return values[last]
 
 
-def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> npt.NDArray[np.float64]:
+def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
     """Estimated weighted Jaccard similarity of one sketch to each of ``others``; two texts
-    without content words are not alike.
+    without content words are not alike. All of them in a few array operations.
 
     Each pair is compared on the features up to the smaller of the two sketches' largest: every
     feature of either text in that range is in its sketch, so they are a uniform sample of the
     union (all of it when a sketch is not full: an empty slot's feature is the largest).
     """
     if not others:
-        return np.empty(0, dtype=np.float64)
-    mine = np.frombuffer(sketch, dtype="<u4").astype(np.int64)
-    rows = np.frombuffer(b"".join(others), dtype="<u4").astype(np.int64)
-    rows = rows.reshape(len(others), BAG_FEATURES)
-    mine_f, rows_f = mine >> 2, rows >> 2
+        return []
+    # All sketches in one flat array, this one first: one operation serves both sides, and
+    # flat arrays take numpy's fastest paths.
+    values = np.frombuffer(b"".join([sketch, *others]), dtype="<u4")
+    features, weights = values >> _S2, _WEIGHTS.take(values & _CLASS)
+    mine_f, mine_w = features[:BAG_FEATURES], weights[:BAG_FEATURES]
+    rows_f, rows_in = features[BAG_FEATURES:], weights[BAG_FEATURES:]
     # The bound stays below an empty slot's feature, so empty slots never count.
-    bound = np.minimum(np.minimum(rows_f[:, -1:], mine_f[-1]), _NO_FEATURE - 1)
-    mine_in = _WEIGHTS[mine & 3] * (mine_f <= bound)
-    rows_in = _WEIGHTS[rows & 3] * (rows_f <= bound)
-    at = np.minimum(np.searchsorted(mine_f, rows_f), BAG_FEATURES - 1)
-    both = (
-        np.minimum(rows_in, np.take_along_axis(mine_in, at, axis=1)) * (mine_f[at] == rows_f)
-    ).sum(axis=1)
-    either = mine_in.sum(axis=1) + rows_in.sum(axis=1) - both
-    result: npt.NDArray[np.float64] = both / np.maximum(either, 1)
-    return result
+    bound = np.minimum(rows_f[BAG_FEATURES - 1 :: BAG_FEATURES], min(int(mine_f[-1]), _TOP))
+    rows_in *= rows_f <= bound.repeat(BAG_FEATURES)
+    mine_in = np.concatenate((_NO_WEIGHT, mine_w.cumsum())).take(
+        mine_f.searchsorted(bound, side="right")
+    )
+    at = mine_f.searchsorted(rows_f)
+    np.minimum(at, _LAST_SLOT, out=at)
+    matched = np.minimum(rows_in, mine_w.take(at))
+    matched *= mine_f.take(at) == rows_f
+    starts = _ROW_STARTS[: len(others)]
+    if len(starts) < len(others):
+        starts = np.arange(0, BAG_FEATURES * len(others), BAG_FEATURES)
+    # A few pairs: the last steps cost less in Python than as array operations.
+    both = np.add.reduceat(matched, starts).tolist()
+    either = (mine_in + np.add.reduceat(rows_in, starts)).tolist()
+    return [shared / max(total - shared, 1) for shared, total in zip(both, either, strict=True)]

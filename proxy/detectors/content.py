@@ -20,9 +20,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
-import numpy.typing as npt
-
+from proxy.detectors import recent
 from proxy.detectors.base import Trip
 from proxy.detectors.cycle import CycleState
 from proxy.detectors.cycle import observe_shingles as observe_cycle
@@ -34,7 +32,7 @@ from proxy.detectors.settings import (
     NoProgressSettings,
     ToolLoopSettings,
 )
-from proxy.detectors.shingles import Compare, Entry, agent_key, shingle, similarities
+from proxy.detectors.shingles import agent_key, shingle
 from proxy.detectors.similarity import NearDuplicateState
 from proxy.detectors.similarity import observe_shingles as observe_near_duplicate
 from proxy.detectors.toolcalls import ToolCall, ToolLoopState, fed
@@ -55,17 +53,24 @@ class ContentState(NamedTuple):
     def plain(self) -> Plain:
         """The state as exact tuples of numbers, bytes and strings, which the garbage collector
         stops tracking (it never untracks a tuple subclass such as this one): the embedded
-        ledger keeps this form, so 100k tasks' states add nothing to a full collection."""
-        return (
-            tuple(self.cycle),
-            tuple(self.near_duplicate),
-            tuple(self.no_progress),
-            tuple(self.tool_loop),
-        )
+        ledger keeps this form, so 100k tasks' states add nothing to a full collection. The
+        cycle detector's outputs are usually the near-duplicate window's last ones: then they
+        are kept once, the cycle's part holding only how many they are."""
+        cycle, near = self.cycle, self.near_duplicate
+        if cycle.recent and near.recent.endswith(cycle.recent):
+            return (
+                (cycle.outputs, cycle.names, cycle.runs),
+                tuple(near),
+                tuple(self.no_progress),
+                tuple(self.tool_loop),
+            )
+        return (tuple(cycle), tuple(near), tuple(self.no_progress), tuple(self.tool_loop))
 
     @classmethod
     def from_plain(cls, plain: Plain) -> ContentState:
         cycle, near_duplicate, no_progress, tool_loop = plain
+        if isinstance(cycle[0], int):  # the window's last outputs (see ``plain``)
+            cycle = (recent.last(near_duplicate[0], cycle[0]), *cycle[1:])
         return cls(
             CycleState._make(cycle),
             NearDuplicateState._make(near_duplicate),
@@ -106,18 +111,22 @@ class ContentState(NamedTuple):
         )
 
 
-def _compare_once(sketch: bytes, key: int, entries: Sequence[Entry]) -> Compare:
-    """The similarity of ``sketch`` to the sketches of the agent's own earlier outputs that the
-    cycle and near-duplicate states hold, worked out in one call (most are in both). Both
-    detectors only compare an output with the same agent's: other sketches score 0."""
-    distinct = list(dict.fromkeys(other for owner, other in entries if owner == key))
-    scores = similarities(sketch, distinct).tolist() if distinct else []
-    known = dict(zip(distinct, scores, strict=True))
-
-    def compare(_: bytes, others: Sequence[bytes]) -> npt.NDArray[np.float64]:
-        return np.array([known.get(other, 0.0) for other in others], dtype=np.float64)
-
-    return compare
+def _scores(
+    sketch: bytes, key: int, cycle: CycleState, near_duplicate: NearDuplicateState
+) -> tuple[list[float], list[float]]:
+    """The similarity of ``sketch`` to each output the cycle and the near-duplicate states
+    keep, worked out at once. Both detectors only compare an output with the same agent's
+    earlier ones, and the cycle's outputs are usually the window's last ones too."""
+    if near_duplicate.recent.endswith(cycle.recent):
+        if not recent.holds(near_duplicate.recent, key):
+            return [], []
+        scores = recent.scores(sketch, near_duplicate.recent, key)
+        return scores[len(scores) - cycle.outputs :], scores
+    kept = cycle.recent + near_duplicate.recent
+    if not recent.holds(kept, key):
+        return [], []
+    scores = recent.scores(sketch, kept, key)
+    return scores[: cycle.outputs], scores[cycle.outputs :]
 
 
 def observe_content(
@@ -135,26 +144,32 @@ def observe_content(
     """Feed one completion to every enabled content detector: its text, its tool calls and the
     tool results its request carried. The trips, in the order cycle, near-duplicate,
     no-progress, tool loop. An empty text with no tool calls and no results changes nothing."""
+    key = agent_key(agent)
     tool_state, tool_trip = state.tool_loop, None
     if tool_calls or tool_results:
         # Kept whether or not the tool-loop detector is on: its results are the text
         # detectors' evidence of change too.
         tool_state, tool_trip = observe_tool_loop(
-            tool_state, agent, tool_calls, tool_results, tool_loop
+            tool_state, agent, tool_calls, tool_results, tool_loop, key
         )
         tool_trip = tool_trip if tool_loop.enabled else None
     trips: list[Trip] = []
     cycle_state, near_state, progress_state = state.cycle, state.near_duplicate, state.no_progress
     shingles = shingle(text) if text else None
-    if shingles is not None and shingles.count > 0:
-        entries = (*cycle_state.recent, *near_state.recent)
-        compare = _compare_once(shingles.sketch, agent_key(agent), entries)
+    if shingles is not None and not shingles.empty:
+        cycle_scores, near_scores = (
+            _scores(shingles.sketch, key, cycle_state, near_state)
+            if cycle.enabled or near_duplicate.enabled
+            else ([], [])
+        )
         if cycle.enabled:
-            cycle_state, trip = observe_cycle(cycle_state, agent, shingles, cycle, compare)
+            cycle_state, trip = observe_cycle(
+                cycle_state, agent, shingles, cycle, cycle_scores, key
+            )
             trips.extend([trip] if trip else [])
         if near_duplicate.enabled:
             near_state, trip = observe_near_duplicate(
-                near_state, agent, shingles, near_duplicate, compare
+                near_state, agent, shingles, near_duplicate, near_scores, key
             )
             trips.extend([trip] if trip else [])
         if no_progress.enabled:
@@ -162,7 +177,9 @@ def observe_content(
             trips.extend([trip] if trip else [])
     elif tool_state is state.tool_loop:
         return state, []
-    if trips and fed(tool_state, agent):
+    if near_state.recent == cycle_state.recent and near_state.recent is not cycle_state.recent:
+        near_state = NearDuplicateState(cycle_state.recent)  # a task's first outputs: one copy
+    if trips and fed(tool_state, agent, key):
         trips = []  # the agent is acting on something new its tools said: not a loop
     trips.extend([tool_trip] if tool_trip else [])
     return ContentState(cycle_state, near_state, progress_state, tool_state), trips

@@ -15,20 +15,13 @@ over) is left to the repeat and near-duplicate detectors.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
+from proxy.detectors import recent as entries
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import CycleSettings
-from proxy.detectors.shingles import (
-    Compare,
-    Entry,
-    Shingles,
-    agent_key,
-    pack_entries,
-    shingle,
-    similarities,
-    unpack_entries,
-)
+from proxy.detectors.shingles import Shingles, agent_key, shingle
 from proxy.detectors.spec import Detector, Figure
 
 MAX_PERIOD = 6
@@ -37,16 +30,23 @@ _VERSION = 2
 _HEADER = struct.Struct(f"<BB{MAX_PERIOD}H")
 
 
+_NO_RUNS = (0,) * MAX_PERIOD  # shared by every state that continues no period
+
+
 class CycleState(NamedTuple):
     # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
-    recent: tuple[Entry, ...] = ()  # the last MAX_PERIOD outputs, oldest first
+    recent: bytes = b""  # the last MAX_PERIOD outputs, oldest first (``proxy.detectors.recent``)
     names: tuple[str, ...] = ()  # their agents' names
-    runs: tuple[int, ...] = (0,) * MAX_PERIOD  # runs[p - 1]: outputs in a row continuing p
+    runs: tuple[int, ...] = _NO_RUNS  # runs[p - 1]: outputs in a row continuing p
+
+    @property
+    def outputs(self) -> int:
+        return entries.count(self.recent)
 
     def to_bytes(self) -> bytes:
         names = "\n".join(self.names).encode()
-        head = _HEADER.pack(_VERSION, len(self.recent), *(min(r, 0xFFFF) for r in self.runs))
-        return head + pack_entries(self.recent) + names
+        runs = (min(r, 0xFFFF) for r in self.runs)
+        return _HEADER.pack(_VERSION, self.outputs, *runs) + self.recent + names
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CycleState:
@@ -55,7 +55,7 @@ class CycleState(NamedTuple):
         if len(data) < _HEADER.size or data[0] != _VERSION:
             raise ValueError("not a cycle detector state")
         _, count, *runs = _HEADER.unpack_from(data)
-        recent, end = unpack_entries(data, _HEADER.size, count)
+        recent, end = entries.read(data, _HEADER.size, count)
         names = tuple(data[end:].decode().split("\n")) if count else ()
         if len(names) != count:
             raise ValueError("corrupt cycle detector state")
@@ -67,22 +67,25 @@ def observe_shingles(
     agent: str,
     shingles: Shingles,
     settings: CycleSettings,
-    compare: Compare = similarities,
+    scores: Sequence[float] | None = None,
+    key: int | None = None,
 ) -> tuple[CycleState, Trip | None]:
-    if shingles.count == 0:
+    """One output; ``scores``: its similarity to each of ``state.recent`` when the caller has
+    them already, ``key``: the agent's ``agent_key``."""
+    if shingles.empty:
         return state, None
-    key = agent_key(agent)
-    scores = compare(shingles.sketch, [sketch for _, sketch in state.recent])
+    key = agent_key(agent) if key is None else key
+    owners = entries.keys(state.recent)
+    if scores is None:
+        scores = entries.scores(shingles.sketch, state.recent, key) if key in owners else []
     runs = list(state.runs)
     for period in range(1, MAX_PERIOD + 1):
-        back = len(state.recent) - period
-        continues = (
-            back >= 0 and state.recent[back][0] == key and bool(scores[back] >= settings.similarity)
-        )
+        back = len(owners) - period
+        continues = back >= 0 and owners[back] == key and scores[back] >= settings.similarity
         runs[period - 1] = runs[period - 1] + 1 if continues else 0
-    recent = (*state.recent, (key, shingles.sketch))[-MAX_PERIOD:]
+    recent = entries.last(state.recent + entries.entry(key, shingles.sketch), MAX_PERIOD)
     names = (*state.names, agent[:_NAME_CHARS].replace("\n", " "))[-MAX_PERIOD:]
-    new_state = CycleState(recent, names, tuple(runs))
+    new_state = CycleState(recent, names, tuple(runs) if any(runs) else _NO_RUNS)
     for period in range(2, settings.max_period + 1):
         if runs[period - 1] >= period * (settings.rounds - 1) and runs[0] < period - 1:
             return new_state, _trip(names[-period:], period, agent, settings)

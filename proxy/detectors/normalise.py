@@ -2,10 +2,11 @@
 
 Two foldings of a completion's bytes:
 
-* ``exact_text``: for the exact-repeat fingerprint. Case, punctuation, whitespace and markdown
-  decoration (``**bold**``, ``# headings``, ``- bullets``, backticks, ``> quotes``) do not change
-  what a message says, so they do not make a repeat look new. Digits are kept: "attempt 3" and
-  "attempt 4" are two outputs for this fingerprint (the similarity detectors judge them alike).
+* ``exact_bytes`` (``exact_text``): for the exact-repeat fingerprint. Case, punctuation,
+  whitespace and markdown decoration (``**bold**``, ``# headings``, ``- bullets``, backticks,
+  ``> quotes``) do not change what a message says, so they do not make a repeat look new.
+  Digits are kept: "attempt 3" and "attempt 4" are two outputs for this fingerprint (the
+  similarity detectors judge them alike).
 * ``WORD_FOLD``: the byte table the content detectors split words with. ASCII letters are
   lower-cased, digits are kept (a changing count is the one sign of progress in a status
   report), and anything else but non-ASCII bytes separates words; ``_`` too, so markdown's
@@ -14,7 +15,9 @@ Two foldings of a completion's bytes:
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 
 
 def _word_fold() -> bytes:
@@ -29,20 +32,60 @@ def _word_fold() -> bytes:
 
 
 WORD_FOLD = _word_fold()
+_SPACES = re.compile(rb"  +")
+_SHORT = 2048  # bytes: folded text up to this long is collapsed by re, longer by numpy
+# json.dumps with these options builds an encoder on every call: one, built once.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_REMEMBERED = 1024  # characters: arguments up to this long are remembered, 256 at most
+
+
+def exact_bytes(text: str) -> bytes:
+    """The words of ``text``, lower-cased, separated by one space, as UTF-8: two texts that
+    differ only in case, punctuation, spacing or markdown decoration give the same bytes."""
+    if text.isascii():
+        # Folding leaves only spaces between words: runs of them become one, no word is cut.
+        folded = text.encode().translate(WORD_FOLD)
+        if len(folded) <= _SHORT:
+            return _SPACES.sub(b" ", folded).strip(b" ")
+        return _collapse_long(folded).strip(b" ")
+    folded = text.lower().encode("utf-8", "replace").translate(WORD_FOLD)
+    # Other scripts have their own spaces (U+00A0, U+3000, ...): str.split knows them.
+    return " ".join(folded.decode("utf-8", "replace").split()).encode()
+
+
+def _collapse_long(folded: bytes) -> bytes:
+    """``folded`` with every space that follows a space dropped: numpy does it faster than re
+    scans a long text. Imported here, so that what only reads this module's tables does not
+    load numpy (the proxy has it loaded already, for the content detectors)."""
+    import numpy as np
+
+    codes = np.frombuffer(folded, dtype=np.uint8)
+    space = codes == 32
+    kept = np.empty(len(codes), dtype=bool)
+    kept[0] = True
+    np.logical_not(space[1:] & space[:-1], out=kept[1:])
+    collapsed: bytes = codes[kept].tobytes()
+    return collapsed
 
 
 def exact_text(text: str) -> str:
-    """The words of ``text``, lower-cased, separated by one space: two texts that differ only in
-    case, punctuation, spacing or markdown decoration give the same string."""
-    if not text.isascii():
-        text = text.lower()
-    folded = text.encode("utf-8", "replace").translate(WORD_FOLD)
-    return " ".join(folded.decode("utf-8", "replace").split())
+    """``exact_bytes`` as text."""
+    return exact_bytes(text).decode()
 
 
 def canonical_arguments(arguments: str) -> bytes:
     """JSON arguments with sorted keys and no spacing; other text with its spacing folded."""
+    if len(arguments) <= _REMEMBERED:
+        return _canonical_remembered(arguments)
+    return _canonical(arguments)
+
+
+def _canonical(arguments: str) -> bytes:
     try:
-        return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":")).encode()
+        return _CANONICAL.encode(json.loads(arguments)).encode()
     except (ValueError, RecursionError):
         return " ".join(arguments.split()).encode()
+
+
+# An agent stuck in a loop, or polling, sends the very same arguments again and again.
+_canonical_remembered = functools.lru_cache(maxsize=256)(_canonical)

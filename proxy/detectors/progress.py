@@ -16,6 +16,9 @@ verdict against too small a sample.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
+from bisect import bisect_left
 from typing import NamedTuple
 
 import numpy as np
@@ -29,19 +32,27 @@ _ALL = 1 << 32  # the threshold before the sample first fills: every hash is kep
 _VERSION = 2
 _HEADER = struct.Struct("<BQHB")
 _PAIR = struct.Struct("<HH")
+_HASH = struct.Struct("<I")
+_FEW = 16  # shingles merged into the sample one by one below this many, with numpy above
+_SET = 256  # shingles counted by a set below this many, by sorting above
+_NATIVE = sys.byteorder == "little" and array("I").itemsize == 4  # array("I") is "<u4"
 
 
 class NoProgressState(NamedTuple):
     # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
     threshold: int = _ALL
     sample: bytes = b""  # sorted little-endian uint32 hashes below ``threshold``
-    # (new, sampled) shingles of the task's last outputs, oldest first.
-    recent: tuple[tuple[int, int], ...] = ()
+    # (new, sampled) shingles of the task's last outputs, oldest first, as little-endian
+    # uint16 pairs (a completion, 64 KiB at most, has fewer than 2**16 shingles).
+    recent: bytes = b""
+
+    @property
+    def outputs(self) -> int:
+        return len(self.recent) // _PAIR.size
 
     def to_bytes(self) -> bytes:
-        head = _HEADER.pack(_VERSION, self.threshold, len(self.sample) // 4, len(self.recent))
-        pairs = b"".join(_PAIR.pack(min(n, 0xFFFF), min(s, 0xFFFF)) for n, s in self.recent)
-        return head + pairs + self.sample
+        head = _HEADER.pack(_VERSION, self.threshold, len(self.sample) // 4, self.outputs)
+        return head + self.recent + self.sample
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NoProgressState:
@@ -53,41 +64,58 @@ class NoProgressState(NamedTuple):
         start = _HEADER.size + count * _PAIR.size
         if len(data) != start + size * 4 or threshold > _ALL:
             raise ValueError("corrupt no-progress detector state")
-        recent = tuple(_PAIR.unpack_from(data, at) for at in range(_HEADER.size, start, _PAIR.size))
-        return cls(threshold, data[start:], recent)
+        return cls(threshold, data[start:], data[_HEADER.size : start])
 
 
 def observe_shingles(
     state: NoProgressState, agent: str, shingles: Shingles, settings: NoProgressSettings
 ) -> tuple[NoProgressState, Trip | None]:
-    if shingles.count == 0:
+    if shingles.empty:
         return state, None
-    seen: Hashes = np.frombuffer(state.sample, dtype="<u4")
-    threshold = state.threshold
-    if len(seen) > settings.sample_size:  # a rule lowered the sample size for this agent
-        threshold = int(seen[settings.sample_size])
-        seen = seen[: settings.sample_size]
-    sampled = shingles.hashes
-    if threshold < _ALL:
-        sampled = sampled[: np.searchsorted(sampled, np.uint32(threshold))]
-    at = np.minimum(np.searchsorted(seen, sampled), max(len(seen) - 1, 0))
-    known = int((seen[at] == sampled).sum()) if len(seen) else 0
-    recent = (*state.recent, (len(sampled) - known, len(sampled)))[-settings.completions :]
-    merged = sorted_unique(np.concatenate((seen, sampled)))
-    if len(merged) > settings.sample_size:
-        threshold = int(merged[settings.sample_size])
-        merged = merged[: settings.sample_size]
-    new_state = NoProgressState(threshold, merged.astype("<u4").tobytes(), recent)
+    sample, threshold, size = state.sample, state.threshold, settings.sample_size
+    if len(sample) > 4 * size:  # a rule lowered the sample size for this agent
+        threshold = _HASH.unpack_from(sample, 4 * size)[0]
+        sample = sample[: 4 * size]
+    below = shingles.below(threshold)
+    merge = _merge_few if len(below) <= _FEW and _NATIVE else _merge_many
+    merged, distinct = merge(sample, below)
+    new = len(merged) // 4 - len(sample) // 4  # both are distinct: what the union gained
+    if new:
+        if len(merged) > 4 * size:
+            threshold = _HASH.unpack_from(merged, 4 * size)[0]
+            merged = merged[: 4 * size]
+        sample = merged
+    pair = _PAIR.pack(min(new, 0xFFFF), min(distinct, 0xFFFF))
+    recent = (state.recent + pair)[-_PAIR.size * settings.completions :]
+    new_state = NoProgressState(threshold, sample, recent)
     return new_state, _verdict(recent, agent, settings)
 
 
-def _verdict(
-    recent: tuple[tuple[int, int], ...], agent: str, settings: NoProgressSettings
-) -> Trip | None:
-    if len(recent) < settings.completions:
+def _merge_few(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
+    """The sorted, distinct union of the sample and ``hashes``, and how many distinct hashes
+    those were: a long task's steady state, a few hashes looked up in the sample one by one."""
+    distinct = sorted(set(hashes.tolist()))
+    merged = array("I", sample)
+    for value in distinct:
+        at = bisect_left(merged, value)
+        if at == len(merged) or merged[at] != value:
+            merged.insert(at, value)
+    return merged.tobytes(), len(distinct)
+
+
+def _merge_many(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
+    """``_merge_few`` for many hashes, a few array operations instead of a loop."""
+    merged = sorted_unique(np.concatenate((np.frombuffer(sample, dtype="<u4"), hashes)))
+    distinct = len(set(hashes.tolist())) if len(hashes) <= _SET else len(sorted_unique(hashes))
+    return merged.astype("<u4", copy=False).tobytes(), distinct
+
+
+def _verdict(recent: bytes, agent: str, settings: NoProgressSettings) -> Trip | None:
+    count = len(recent) // _PAIR.size
+    if count < settings.completions:
         return None
-    new = sum(n for n, _ in recent)
-    sampled = sum(s for _, s in recent)
+    figures = struct.unpack(f"<{2 * count}H", recent)
+    new, sampled = sum(figures[0::2]), sum(figures[1::2])
     if sampled < settings.min_sampled or new >= settings.min_new_share * sampled:
         return None
     return NO_PROGRESS.trip(

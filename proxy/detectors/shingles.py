@@ -6,14 +6,21 @@ A completion's words are hashed once (vectorised, 64 bits each). Two things are 
   function words and greetings left out and the opening and closing sentences counting little,
   so two rewordings of the same content in another order, with another opener and sign-off,
   read as alike. The cycle and near-duplicate detectors compare these;
-* the sorted set of 32-bit hashes of its word 3-shingles (three consecutive words), from which
-  ``progress`` keeps a consistent sample per task to tell new content from old.
+* the 32-bit hashes of its word 3-shingles (three consecutive words), from which ``progress``
+  keeps a consistent sample per task to tell new content from old. Only the shingles below the
+  sample's threshold are ever sorted (``Shingles.below``): on a long task, a few of them.
 
 Normalisation (``proxy.detectors.normalise.WORD_FOLD``): ASCII letters are lower-cased (other
 scripts through ``str.lower``), digits are kept (a changing count is progress), anything but
 letters, digits and non-ASCII characters separates words. A word is hashed on its first 16
 bytes, and a completion on its first 64 KiB, which bounds the cost (the measurements are in
 ``bench/detection``).
+
+Numpy's cost is per call rather than per word (about half a microsecond each), so the work is
+laid out as few whole-array operations as possible: a short text's words are split by Python
+and copied by numpy as zero-padded 16-byte records, a long text's found by one scan and gathered
+as raw records; one table look-up for stopwords; views instead of copies for the high halves of
+hashes. Pure Python would pay about a microsecond a word for the same 64-bit arithmetic.
 
 Hashes are fixed functions of the text, never Python's per-process ``hash``: state written by
 one replica is read by another.
@@ -22,163 +29,234 @@ one replica is read by another.
 from __future__ import annotations
 
 import re
-import struct
-from collections.abc import Callable, Sequence
+import sys
 from dataclasses import dataclass
 from hashlib import blake2b
 
 import numpy as np
 import numpy.typing as npt
 
-from proxy.detectors.bag import BAG_BYTES, STOPWORDS, bag_similarities, bag_sketch
+from proxy.detectors.bag import STOPWORDS, bag_similarities, bag_sketch
 from proxy.detectors.normalise import WORD_FOLD
 
 SHINGLE_WORDS = 3
+_FEW_WORDS = 256  # below this, shingles are summed by a matrix product
 MAX_BYTES = 64 * 1024
 
 Hashes = npt.NDArray[np.uint32]
 Words = npt.NDArray[np.uint64]
 
-# Little-endian byte order of the words' first 16 bytes, so hashes match on every platform.
-_LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1], dtype=np.uint64)
-_WORD_MIX = np.array([0xD6E8FEB86659FD93], dtype=np.uint64)
+_ALL = 1 << 32
+_SHORT = 1024  # bytes: texts up to this long are split by Python, longer ones by numpy
+_PAD = b" " * 17  # every word has 16 readable bytes after its start
+
+
+def _low_bytes(count: int) -> int:
+    return (1 << (8 * max(min(count, 8), 0))) - 1
+
+
+# The masks of a word's first and second 8 bytes, by its length (16 and more: every byte).
+_MASKS = np.array([[_low_bytes(n), _low_bytes(n - 8)] for n in range(17)], dtype=np.uint64)
+# Constants are 0-d arrays: as operands they cost numpy half what its scalars do.
+_WORD_MIX = np.array(0xD6E8FEB86659FD93, dtype=np.uint64)
 _POSITION = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+_P0, _P1, _P2 = (np.array(p, dtype=np.uint64) for p in _POSITION)
+_M1 = np.array(0xBF58476D1CE4E5B9, dtype=np.uint64)
+_M2 = np.array(0x94D049BB133111EB, dtype=np.uint64)
+_S30, _S27, _S31 = (np.array(n, dtype=np.uint64) for n in (30, 27, 31))
 _SENTENCE_END = re.compile(rb"[.!?\n]")
+# The high 32 bits of a little-endian uint64 are its second uint32.
+_HIGH = 1 if sys.byteorder == "little" else 0
 
 
-def _mix(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+def _mix(values: Words) -> Words:
     """splitmix64's finalizer, in place: every input bit reaches every output bit."""
-    values ^= values >> np.uint64(30)
+    values ^= values >> _S30
     values *= _M1
-    values ^= values >> np.uint64(27)
+    values ^= values >> _S27
     values *= _M2
-    values ^= values >> np.uint64(31)
+    values ^= values >> _S31
     return values
+
+
+def _high(values: Words) -> Hashes:
+    """The high 32 bits of each value: a view, no copy."""
+    return values.view(np.uint32)[_HIGH::2]
 
 
 def sorted_unique(values: Hashes) -> Hashes:
     # np.unique is several times slower on arrays of this size: it hashes instead of sorting.
-    if len(values) < 2:
-        return values
-    ordered = np.sort(values)
+    ordered = values.copy()
+    ordered.sort()
+    if len(ordered) < 2:
+        return ordered
     keep = np.empty(len(ordered), dtype=bool)
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
 
 
-def words(text: str) -> tuple[Words, npt.NDArray[np.intp], bytes]:
-    """The 64-bit hashes of the text's words in order, the byte offset where each starts, and
-    the raw bytes they were read from (cut at 64 KiB)."""
+def _encoded(text: str) -> bytes:
     if not text.isascii():
         text = text.lower()
-    raw = text.encode("utf-8", "replace")[:MAX_BYTES]
+    return text.encode("utf-8", "replace")[:MAX_BYTES]
+
+
+@dataclass(frozen=True, slots=True)
+class _Words:
+    hashes: Words  # 64 bits each, in order
+    first: bytes  # each one's first byte
+    folded: bytes  # the text they were read from, folded: words are its runs of non-spaces
+    raw: bytes  # the same, before folding (cut at 64 KiB)
+
+
+def _words(raw: bytes) -> _Words:
+    folded = raw.translate(WORD_FOLD)
+    if len(folded) <= _SHORT:
+        # Each word's first 16 bytes, zero-padded: a short text has few words, and numpy
+        # converts a list of them faster than it finds them.
+        gathered = np.array(folded.split(), dtype="S16").view(np.uint8)
+        pairs = gathered.view("<u8").reshape(-1, 2)
+        return _Words(_hash_words(pairs), gathered[::16].tobytes(), folded, raw)
     # A space before and 16 after, so every word has a start edge and 16 readable bytes.
-    buffer = b" " + raw.translate(WORD_FOLD) + b" " * 17
+    buffer = b" " + folded + _PAD
     spaces = np.frombuffer(buffer, dtype=np.uint8) == 32
-    edges = np.flatnonzero(spaces[1:] != spaces[:-1]) + 1
-    if len(edges) == 0:
-        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.intp), raw
-    starts, lengths = edges[0::2], edges[1::2] - edges[0::2]
-    # Eight bytes at every offset: a view with a one-byte stride, no copy.
-    at = np.ndarray(shape=(len(buffer) - 7,), dtype="<u8", buffer=buffer, strides=(1,))
-    head = at[starts] & _LOW_BYTES[np.minimum(lengths, 8)]
-    tail = at[starts + 8] & _LOW_BYTES[np.clip(lengths - 8, 0, 8)]
-    return _mix(head * _WORD_MIX + tail), starts - 1, raw
+    # Edge i: byte i + 1 of the buffer starts or ends a word.
+    edges = np.flatnonzero(spaces[1:] != spaces[:-1])
+    starts = edges[0::2]
+    # Each word's first 16 bytes, gathered from a view with a one-byte stride (no copy); as
+    # raw bytes, which numpy copies faster than unaligned numbers.
+    at = np.ndarray((len(buffer) - 16,), dtype="V16", buffer=buffer, offset=1, strides=(1,))
+    gathered = at[starts].view(np.uint8)
+    first = gathered[::16].tobytes()
+    pairs = gathered.view("<u8").reshape(-1, 2)
+    pairs &= _MASKS.take(edges[1::2] - starts, axis=0, mode="clip")
+    return _Words(_hash_words(pairs), first, folded, raw)
+
+
+def _hash_words(pairs: Words) -> Words:
+    """A word's hash, from its first and second eight bytes (zero past its end)."""
+    hashed = pairs[:, 0] * _WORD_MIX
+    hashed += pairs[:, 1]
+    return _mix(hashed)
+
+
+def words(text: str) -> Words:
+    """The 64-bit hashes of the text's words, in order."""
+    return _words(_encoded(text)).hashes
+
+
+def _shingles_of(hashed: Words) -> Hashes:
+    """The 32-bit hashes of the word 3-shingles, in order (fewer words: one), not deduplicated."""
+    count = len(hashed)
+    if count >= _FEW_WORDS:
+        shingles = hashed[:-2] * _P0
+        shingles += hashed[1:-1] * _P1
+        shingles += hashed[2:] * _P2
+    elif count >= SHINGLE_WORDS:
+        # The same sums, as one product of a sliding view: fewer calls, slower per word.
+        shingles = np.ndarray((count - 2, 3), np.uint64, hashed, 0, (8, 8)) @ _POSITION
+    elif count:
+        shingles = np.bitwise_xor.reduce(hashed * _POSITION[:count], keepdims=True)
+    else:
+        return np.empty(0, dtype=np.uint32)
+    return _high(_mix(shingles))
 
 
 def shingles_of(hashed: Words) -> Hashes:
     """The sorted, distinct 32-bit hashes of word 3-shingles (fewer words: one)."""
-    if len(hashed) == 0:
-        return np.empty(0, dtype=np.uint32)
-    if len(hashed) >= SHINGLE_WORDS:
-        shingles = (
-            hashed[:-2] * _POSITION[0] + hashed[1:-1] * _POSITION[1] + hashed[2:] * _POSITION[2]
-        )
-    else:
-        shingles = np.bitwise_xor.reduce(hashed * _POSITION[: len(hashed)], keepdims=True)
-    return sorted_unique((_mix(shingles) >> np.uint64(32)).astype(np.uint32))
+    return sorted_unique(_shingles_of(hashed))
 
 
 def shingle_hashes(text: str) -> Hashes:
     """The sorted, distinct 32-bit hashes of the text's word 3-shingles (fewer words: one)."""
-    return shingles_of(words(text)[0])
+    return shingles_of(words(text))
 
 
-def edge_words(starts: npt.NDArray[np.intp], raw: bytes) -> tuple[int, int]:
+def edge_words(found: _Words) -> tuple[int, int]:
     """How many words open and close the text: its first and last sentence, each at most a
     quarter of the words (a one-sentence text has neither)."""
-    count = len(starts)
+    count = len(found.hashes)
     if count < 8:
         return 0, 0
     quarter = count // 4
+    raw, folded = found.raw, found.folded
     first = _SENTENCE_END.search(raw)
     if first is None:
         return 0, 0
-    opening = min(int(np.searchsorted(starts, first.start())), quarter)
+    # Sentence ends separate words: the words before one are the words of the text before it.
+    opening = min(len(folded[: first.start()].split()), quarter)
     # The last sentence starts after the last end that has a word after it.
-    last_start = int(starts[-1])
-    before_last = max(raw.rfind(end, 0, last_start) for end in (b".", b"!", b"?", b"\n"))
-    closing = count - int(np.searchsorted(starts, before_last)) if before_last >= 0 else 0
+    last_start = folded.rstrip(b" ").rfind(b" ") + 1
+    before_last = max(
+        raw.rfind(b".", 0, last_start),
+        raw.rfind(b"!", 0, last_start),
+        raw.rfind(b"?", 0, last_start),
+        raw.rfind(b"\n", 0, last_start),
+    )
+    closing = len(folded[before_last:].split()) if before_last >= 0 else 0
     return opening, min(closing, quarter)
 
 
-@dataclass(frozen=True, slots=True)
 class Shingles:
     """What the content detectors need from one completion, computed once."""
 
-    hashes: Hashes  # word 3-shingles, sorted and distinct
-    sketch: bytes  # the bag sketch of its content words
+    __slots__ = ("_hashes", "empty", "shingles", "sketch")
+
+    def __init__(self, shingles: Hashes, sketch: bytes) -> None:
+        self.shingles = shingles  # word 3-shingles, in order, with repeats
+        self.sketch = sketch  # the bag sketch of its content words
+        self.empty = len(shingles) == 0  # no word at all
+        self._hashes: Hashes | None = None
+
+    @property
+    def hashes(self) -> Hashes:
+        """The word 3-shingles, sorted and distinct."""
+        if self._hashes is None:
+            self._hashes = sorted_unique(self.shingles)
+        return self._hashes
 
     @property
     def count(self) -> int:
+        """How many distinct shingles."""
         return len(self.hashes)
+
+    def at_least(self, count: int) -> bool:
+        """Whether there are at least ``count`` distinct shingles, without sorting them all
+        when the first few already show it."""
+        if len(self.shingles) < count:
+            return False
+        if len(set(self.shingles[: 2 * count].tolist())) >= count:
+            return True
+        return self.count >= count
+
+    def below(self, threshold: int) -> Hashes:
+        """The shingles below ``threshold``, in order, with repeats."""
+        if threshold >= _ALL:
+            return self.shingles
+        return self.shingles[self.shingles < np.array(threshold, dtype=np.uint32)]
+
+
+# Stopwords by the top 20 bits of their hash: one lookup a word; a content word shares a
+# stopword's 20 bits, and is left out, once in about 5,000.
+_STOP_SHIFT = np.array(32 - 20, dtype=np.uint32)
+_CONTENT = np.ones(1 << 20, dtype=bool)
+_CONTENT[_high(words(" ".join(STOPWORDS))) >> _STOP_SHIFT] = False
 
 
 def shingle(text: str) -> Shingles:
-    hashed, starts, raw = words(text)
-    opening, closing = edge_words(starts, raw)
-    stop = _STOP_TABLE[hashed >> _STOP_SHIFT]
-    numeric = (np.frombuffer(raw, dtype=np.uint8)[starts] - np.uint8(48)) < 10
-    return Shingles(shingles_of(hashed), bag_sketch(hashed, stop, numeric, opening, closing))
+    found = _words(_encoded(text))
+    hashed = found.hashes
+    opening, closing = edge_words(found)
+    features = _high(hashed)
+    content = _CONTENT.take(features >> _STOP_SHIFT)
+    sketch = bag_sketch(features, content, found.first, opening, closing)
+    return Shingles(_shingles_of(hashed), sketch)
 
 
 similarities = bag_similarities
-Compare = Callable[[bytes, Sequence[bytes]], npt.NDArray[np.float64]]
-SKETCH_BYTES = BAG_BYTES
-# Stopwords by the top 20 bits of their hash: one lookup a word; a content word shares a
-# stopword's 20 bits, and is left out, once in about 5,000.
-_STOP_SHIFT = np.uint64(64 - 20)
-_STOP_TABLE = np.zeros(1 << 20, dtype=bool)
-_STOP_TABLE[words(" ".join(STOPWORDS))[0] >> _STOP_SHIFT] = True
 
 
 def agent_key(agent: str) -> int:
     """A stable 32-bit name for an agent: state keeps this, not the (unbounded) name."""
     return int.from_bytes(blake2b(agent.encode("utf-8", "replace"), digest_size=4).digest())
-
-
-# -- compact storage of (agent, sketch) entries, shared by the cycle and near-duplicate state --
-
-_ENTRY = struct.Struct("<I")
-ENTRY_BYTES = _ENTRY.size + SKETCH_BYTES
-
-Entry = tuple[int, bytes]  # (agent_key, sketch)
-
-
-def pack_entries(entries: Sequence[Entry]) -> bytes:
-    return b"".join(_ENTRY.pack(agent) + sketch_ for agent, sketch_ in entries)
-
-
-def unpack_entries(data: bytes, offset: int, count: int) -> tuple[tuple[Entry, ...], int]:
-    """``count`` entries from ``data`` at ``offset``; the offset after them."""
-    end = offset + count * ENTRY_BYTES
-    if count < 0 or end > len(data):
-        raise ValueError("truncated detector state")
-    entries = tuple(
-        (_ENTRY.unpack_from(data, at)[0], data[at + _ENTRY.size : at + ENTRY_BYTES])
-        for at in range(offset, end, ENTRY_BYTES)
-    )
-    return entries, end

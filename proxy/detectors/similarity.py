@@ -1,28 +1,21 @@
 """Near-duplicate outputs: one agent saying nearly the same thing again, not word for word.
 
 The exact-repeat detector misses an agent that rephrases, renumbers or adds a line to the same
-answer each time. This one compares the MinHash sketch of every output with the sketches of the
-same agent's outputs among the task's last ``window``; the state is those sketches (128 bytes
+answer each time. This one compares the bag sketch of every output with the sketches of the
+same agent's outputs among the task's last ``window``; the state is those sketches (192 bytes
 each) and the agents' 32-bit keys, never the texts.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
+from proxy.detectors import recent as entries
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import NearDuplicateSettings
-from proxy.detectors.shingles import (
-    Compare,
-    Entry,
-    Shingles,
-    agent_key,
-    pack_entries,
-    shingle,
-    similarities,
-    unpack_entries,
-)
+from proxy.detectors.shingles import Shingles, agent_key, shingle
 from proxy.detectors.spec import Detector, Figure
 
 _VERSION = 2
@@ -31,11 +24,16 @@ _HEADER = struct.Struct("<BB")
 
 class NearDuplicateState(NamedTuple):
     # A NamedTuple: it turns into a plain tuple and back for free (see ContentState.plain).
-    # The task's last outputs long enough to compare, oldest first, at most ``window``.
-    recent: tuple[Entry, ...] = ()
+    # The task's last outputs long enough to compare, oldest first, at most ``window``
+    # (``proxy.detectors.recent``).
+    recent: bytes = b""
+
+    @property
+    def outputs(self) -> int:
+        return entries.count(self.recent)
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(_VERSION, len(self.recent)) + pack_entries(self.recent)
+        return _HEADER.pack(_VERSION, self.outputs) + self.recent
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NearDuplicateState:
@@ -44,7 +42,7 @@ class NearDuplicateState(NamedTuple):
         if len(data) < _HEADER.size or data[0] != _VERSION:
             raise ValueError("not a near-duplicate detector state")
         _, count = _HEADER.unpack_from(data)
-        recent, _ = unpack_entries(data, _HEADER.size, count)
+        recent, _ = entries.read(data, _HEADER.size, count)
         return cls(recent)
 
 
@@ -53,28 +51,33 @@ def observe_shingles(
     agent: str,
     shingles: Shingles,
     settings: NearDuplicateSettings,
-    compare: Compare = similarities,
+    scores: Sequence[float] | None = None,
+    key: int | None = None,
 ) -> tuple[NearDuplicateState, Trip | None]:
-    if shingles.count < settings.min_shingles:
+    """One output; ``scores``: its similarity to each of ``state.recent`` when the caller has
+    them already, ``key``: the agent's ``agent_key``."""
+    if not shingles.at_least(settings.min_shingles):
         return state, None
-    key = agent_key(agent)
+    key = agent_key(agent) if key is None else key
     # The window counts this output, as the exact-repeat detector's does.
-    earlier = state.recent[max(len(state.recent) - settings.window + 1, 0) :]
-    mine = [sketch for owner, sketch in earlier if owner == key]
+    dropped = max(state.outputs - settings.window + 1, 0)
+    earlier = entries.last(state.recent, state.outputs - dropped)
+    mine = [index for index, owner in enumerate(entries.keys(earlier)) if owner == key]
     trip = None
     if len(mine) + 1 >= settings.repeats:
-        scores = compare(shingles.sketch, mine)
-        alike = scores >= settings.similarity
-        repeats = int(alike.sum()) + 1
+        if scores is None:
+            scores = entries.scores(shingles.sketch, state.recent, key)
+        alike = [scores[dropped + index] for index in mine]
+        repeats = len([score for score in alike if score >= settings.similarity]) + 1
         if repeats >= settings.repeats:
             trip = NEAR_DUPLICATE.trip(
                 agent=agent,
                 repeats=repeats,
-                max_similarity=float(scores.max()),
+                max_similarity=max(alike),
                 similarity=settings.similarity,
                 window=settings.window,
             )
-    return NearDuplicateState((*earlier, (key, shingles.sketch))), trip
+    return NearDuplicateState(earlier + entries.entry(key, shingles.sketch)), trip
 
 
 def observe(

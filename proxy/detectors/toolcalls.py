@@ -29,7 +29,7 @@ from hashlib import blake2b
 from typing import NamedTuple
 
 from proxy.detectors.base import Trip, TripReason
-from proxy.detectors.normalise import canonical_arguments, exact_text
+from proxy.detectors.normalise import canonical_arguments, exact_bytes
 from proxy.detectors.settings import ToolLoopSettings
 from proxy.detectors.shingles import agent_key
 from proxy.detectors.spec import Detector, Figure
@@ -58,7 +58,7 @@ def calls_fingerprint(calls: Sequence[ToolCall]) -> int:
 
 
 def result_fingerprint(result: str) -> int:
-    return int.from_bytes(blake2b(exact_text(result).encode(), digest_size=4).digest())
+    return int.from_bytes(blake2b(exact_bytes(result), digest_size=4).digest())
 
 
 class ToolLoopState(NamedTuple):
@@ -107,12 +107,13 @@ def observe(
     calls: Sequence[ToolCall],
     results: Sequence[str],
     settings: ToolLoopSettings,
+    key: int | None = None,
 ) -> tuple[ToolLoopState, Trip | None]:
-    """One completion of ``agent``: the tool calls it made and the tool results its request
-    carried (the answers to its previous calls)."""
+    """One completion of ``agent`` (``key``: its ``agent_key``): the tool calls it made and
+    the tool results its request carried (the answers to its previous calls)."""
     if not calls and not results:
         return state, None
-    key = agent_key(agent)
+    key = agent_key(agent) if key is None else key
     runs = {owner: (since, run) for owner, since, run in state.runs}
     since, run = runs.pop(key, (NEVER, ()))
     since = since if since == NEVER else min(since + 1, NEVER - 1)
@@ -126,17 +127,17 @@ def observe(
     trip = None
     if calls:
         run = (*run, calls_fingerprint(calls))[-MAX_RUN:]
-        names = tuple(name[:_NAME_CHARS].replace("\n", " ") for name, _ in calls[:4])
+        names = tuple([name[:_NAME_CHARS].replace("\n", " ") for name, _ in calls[:4]])
         trip = _verdict(run, agent, names, settings)
     runs[key] = (since, run)
-    kept = tuple((owner, *entry) for owner, entry in runs.items())[-MAX_AGENTS:]
+    kept = tuple([(owner, *entry) for owner, entry in runs.items()][-MAX_AGENTS:])
     return ToolLoopState(kept, tuple(seen[-MAX_RESULTS:]), names), trip
 
 
-def fed(state: ToolLoopState, agent: str) -> bool:
+def fed(state: ToolLoopState, agent: str, key: int | None = None) -> bool:
     """Whether ``agent`` got a new tool result with its last completion or the one before."""
-    key = agent_key(agent)
-    return any(owner == key and since <= FED_WITHIN for owner, since, _ in state.runs)
+    key = agent_key(agent) if key is None else key
+    return any([owner == key and since <= FED_WITHIN for owner, since, _ in state.runs])
 
 
 def _verdict(

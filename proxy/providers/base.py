@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy import jsonio
-from proxy.detectors.normalise import canonical_arguments, exact_text
+from proxy.detectors.normalise import canonical_arguments, exact_bytes
 from proxy.server.sse import SSEDecoder, SSEEvent
 from proxy.tokens import PromptParts, count_bounded
 
@@ -113,11 +113,11 @@ class Output:
 
     def fingerprint(self) -> str | None:
         """Same normalized text and tool calls -> same fingerprint; None for an empty output.
-        Case, punctuation, spacing and markdown decoration do not count (``exact_text``)."""
-        text = exact_text(self.text)
+        Case, punctuation, spacing and markdown decoration do not count (``exact_bytes``)."""
+        text = exact_bytes(self.text)
         if not text and not self.tool_calls:
             return None
-        digest = hashlib.blake2b(text.encode(), digest_size=8)
+        digest = hashlib.blake2b(text, digest_size=8)
         for name, arguments in self.tool_calls:
             digest.update(b"\x00" + name.encode() + b"\x00" + canonical_arguments(arguments))
         return digest.hexdigest()

@@ -64,3 +64,12 @@ def test_long_texts_are_estimated_close_to_the_exact_index(seed: int) -> None:
     stop = set(STOPWORDS)
     x, y = set(a.split()) - stop, set(b.split()) - stop
     assert abs(alike(a, b) - len(x & y) / len(x | y)) < 0.15
+
+
+def test_many_sketches_compare_at_once() -> None:
+    # More outputs than any state keeps still compare one by one.
+    texts = [prose(n, 40) for n in range(3)]
+    sketches = [shingle(text).sketch for text in texts] * 100
+    found = similarities(shingle(texts[1]).sketch, sketches)
+    assert len(found) == 300 and found[1::3] == [1.0] * 100
+    assert max(found[0::3] + found[2::3]) < 1.0

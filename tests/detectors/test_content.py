@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
@@ -74,6 +75,19 @@ def test_serialized_form_round_trips_and_rejects_garbage() -> None:
             ContentState.from_bytes(bad)
 
 
+def test_the_embedded_ledgers_form_keeps_shared_outputs_once_and_round_trips() -> None:
+    state = ContentState()
+    for n in range(30):
+        # Short outputs reach the cycle detector, not the near-duplicate window: the two
+        # detectors' kept outputs part ways, then meet again.
+        text = "Done." if n % 7 == 3 else prose(n % 4, 40)
+        state, _ = observe_content(state, f"a{n % 2}", text, **DEFAULTS)
+        plain = state.plain()
+        assert ContentState.from_plain(plain) == state
+        if state.near_duplicate.recent.endswith(state.cycle.recent):
+            assert plain[0][0] == state.cycle.outputs  # a count, not a second copy
+
+
 def test_tool_calls_without_text_reach_the_tool_loop_detector() -> None:
     tools = {**DEFAULTS, "tool_loop": ToolLoopSettings()}
     state, reasons = ContentState(), []
@@ -115,3 +129,23 @@ def test_an_agent_acting_on_new_tool_results_is_not_a_loop() -> None:
         )  # fmt: skip
         reasons += [t.reason for t in trips]
     assert TripReason.NEAR_DUPLICATE in reasons
+
+
+def test_state_and_trips_of_a_fixed_conversation_do_not_change() -> None:
+    """Another replica, or the proxy after an upgrade, continues a task from the state this
+    one wrote: the hashes, the sketches, the sample and the serialized layout are part of
+    the contract, and so are the trips they lead to. A change to any of them is a new state
+    version, not a refactoring."""
+    tools = {**DEFAULTS, "tool_loop": ToolLoopSettings()}
+    state, digest = ContentState(), hashlib.sha256()
+    for n in range(40):
+        text = reword(prose(n % 5, 20 + 37 * (n % 7)), n)
+        text += " Hello TEAM, 12 tests failing (was 13)." if n % 3 else ""
+        calls = [("search", f'{{"q": "refunds", "page": {n % 2}}}')] if n % 4 == 0 else []
+        results = [f"{n % 5} hits"] if n % 5 else []
+        state, trips = observe_content(
+            state, f"agent-{n % 3}", text, tool_calls=calls, tool_results=results, **tools
+        )
+        found = sorted((str(t.reason), sorted(t.figures.items())) for t in trips)
+        digest.update(state.to_bytes() + repr(found).encode())
+    assert digest.hexdigest() == "a36d078e6f309fc8b9335db5262a9c4185293c16dc024fadfb3483975d7b41f2"

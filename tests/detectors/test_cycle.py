@@ -69,7 +69,7 @@ def test_state_round_trips_and_stays_bounded() -> None:
         state, _ = cycle.observe(state, f"agent\n{n % 7}", prose(n % 9, 30), SETTINGS)
     data = state.to_bytes()
     assert cycle.CycleState.from_bytes(data) == state
-    assert len(state.recent) == cycle.MAX_PERIOD and len(data) < 1400
+    assert state.outputs == cycle.MAX_PERIOD and len(data) < 1400
     assert cycle.CycleState.from_bytes(b"") == cycle.CycleState()
     with pytest.raises(ValueError):
         cycle.CycleState.from_bytes(b"\x09garbage")

@@ -27,3 +27,13 @@ def test_numbers_and_words_count() -> None:
 def test_other_scripts_are_lower_cased_and_kept() -> None:
     assert exact_text("Ärger über die STRASSE!") == "ärger über die strasse"
     assert exact_text("") == "" and Output("...").fingerprint() == Output("!!").fingerprint()
+
+
+def test_a_long_answer_folds_as_its_parts_do() -> None:
+    # Long texts take another path through the folding: the same words, one space apart.
+    parts = [f"Step {n}:  **Check** the  cache -- then   retry (#{n})!\n\n" for n in range(400)]
+    whole = "".join(parts)
+    assert len(whole) > 10_000
+    assert exact_text(whole) == " ".join(exact_text(part) for part in parts)
+    assert exact_text("  ...  " + whole + "  ...  ") == exact_text(whole)
+    assert Output(whole).fingerprint() == Output(whole.upper().replace(" ", "   ")).fingerprint()

@@ -48,7 +48,7 @@ def test_state_stays_bounded_and_round_trips() -> None:
     for n in range(2000):
         state, _ = progress.observe(state, "a", prose(n, 60), SETTINGS)
     data = state.to_bytes()
-    assert len(state.sample) == 4 * SETTINGS.sample_size and len(state.recent) == 4
+    assert len(state.sample) == 4 * SETTINGS.sample_size and state.outputs == 4
     assert len(data) < 4 * SETTINGS.sample_size + 64
     assert progress.NoProgressState.from_bytes(data) == state
     with pytest.raises(ValueError):

@@ -68,6 +68,6 @@ def test_state_round_trips_and_stays_bounded() -> None:
         state, _ = similarity.observe(state, f"agent-{n % 5}", prose(n, 40), SETTINGS)
     data = state.to_bytes()
     assert similarity.NearDuplicateState.from_bytes(data) == state
-    assert len(state.recent) == SETTINGS.window - 0 and len(data) < 2100
+    assert state.outputs == SETTINGS.window and len(data) < 2100
     with pytest.raises(ValueError):
         similarity.NearDuplicateState.from_bytes(data[:-5])

@@ -1,0 +1,66 @@
+"""The task's recent outputs as the cycle and near-duplicate detectors keep them.
+
+Each output is an entry of its agent's 32-bit key and its bag sketch, 196 bytes, and a
+detector's entries are packed one after another in one ``bytes`` value, oldest first: the very
+bytes its serialized state holds. So a task's recent outputs are one object each, not a tuple
+per output, reading and writing the state copies them once, and the similarity of a new output
+to all of them is worked out on a view of those bytes, without unpacking them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from proxy.detectors.bag import BAG_BYTES, bag_similarities
+
+_KEY = struct.Struct("<I")
+ENTRY_BYTES = _KEY.size + BAG_BYTES
+_KEYS = struct.Struct(f"<I{BAG_BYTES}x")  # one entry's key, its sketch skipped
+
+
+def entry(key: int, sketch: bytes) -> bytes:
+    return _KEY.pack(key) + sketch
+
+
+def count(entries: bytes) -> int:
+    return len(entries) // ENTRY_BYTES
+
+
+def keys(entries: bytes) -> list[int]:
+    """Each entry's agent key, oldest first."""
+    return [key for (key,) in _KEYS.iter_unpack(entries)]
+
+
+def holds(entries: bytes, key: int) -> bool:
+    """Whether an entry may be the agent's: a quick test, sometimes true when none is."""
+    return _KEY.pack(key) in entries
+
+
+def sketch(entries: bytes, index: int) -> bytes:
+    start = index * ENTRY_BYTES + _KEY.size
+    return entries[start : start + BAG_BYTES]
+
+
+def last(entries: bytes, number: int) -> bytes:
+    """The last ``number`` entries."""
+    return entries[max(len(entries) - number * ENTRY_BYTES, 0) :] if number > 0 else b""
+
+
+def read(data: bytes, offset: int, number: int) -> tuple[bytes, int]:
+    """``number`` entries from ``data`` at ``offset``; the offset after them."""
+    end = offset + number * ENTRY_BYTES
+    if number < 0 or end > len(data):
+        raise ValueError("truncated detector state")
+    return data[offset:end], end
+
+
+def scores(sketch_: bytes, entries: bytes, key: int) -> list[float]:
+    """The similarity of ``sketch_`` to each of the agent's entries' sketches; 0 for others'
+    (the detectors only compare an agent's outputs with its own)."""
+    mine = [index for index, owner in enumerate(keys(entries)) if owner == key]
+    found = [0.0] * count(entries)
+    if mine:
+        picked = [entries[i * ENTRY_BYTES + _KEY.size : (i + 1) * ENTRY_BYTES] for i in mine]
+        for index, score in zip(mine, bag_similarities(sketch_, picked), strict=True):
+            found[index] = score
+    return found
