@@ -57,6 +57,7 @@ from proxy.session.base import (
     Settled,
     TaskView,
     TimelineEvent,
+    Unestimated,
     allowed_seconds,
 )
 from proxy.session.batches import KeyedBatches
@@ -164,6 +165,10 @@ def _num(value: Any, default: float = 0.0) -> float:
 
 
 class RedisLedger:
+    # A call sent without its prompt's estimate, of a task with a budget of its own, is
+    # refused by the reserve (``Unestimated``): the caller need not estimate every call.
+    asks_for_estimates = True
+
     def __init__(
         self,
         settings: StateSettings,
@@ -343,6 +348,7 @@ class RedisLedger:
             plan.owner or "",
             self._now(),
             self._retention,
+            1 if plan.estimated else 0,
         ]
         try:
             reply = await self._reserve(
@@ -399,6 +405,8 @@ class RedisLedger:
             raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False, first_call=True)
         if verdict == "busy":
             raise Busy(plan.task, int(_num(reply[1])))
+        if verdict == "estimate":
+            raise Unestimated(plan.task)
         (
             _,
             cap,
