@@ -448,6 +448,14 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
+# A task listed under its tenant (KEYS[1]), the list kept ARGV[2] seconds: the calls' index
+# write, which goes out with another script call rather than in a round trip of its own.
+LIST_TASK = f"""-- tripwire list task v{VERSION}
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
 # Content-detector state is computed in Python (sketches, shingles) and written back only if no
 # other replica wrote it since the version the caller computed from; otherwise the reply carries
 # the current version and state, and the caller computes again from those (no read of its own).
