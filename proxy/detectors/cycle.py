@@ -69,13 +69,15 @@ def observe_shingles(
     settings: CycleSettings,
     scores: Sequence[float] | None = None,
     key: int | None = None,
+    owners: Sequence[int] | None = None,
 ) -> tuple[CycleState, Trip | None]:
     """One output; ``scores``: its similarity to each of ``state.recent`` when the caller has
-    them already, ``key``: the agent's ``agent_key``."""
+    them already, ``key``: the agent's ``agent_key``, ``owners``: ``recent.keys(state.recent)``
+    when the caller has them."""
     if shingles.empty:
         return state, None
     key = agent_key(agent) if key is None else key
-    owners = entries.keys(state.recent)
+    owners = entries.keys(state.recent) if owners is None else owners
     if scores is None:
         scores = entries.scores(shingles.sketch, state.recent, key) if key in owners else []
     runs = list(state.runs)
