@@ -37,7 +37,6 @@ _LAST_VALUE = np.array(0xFFFFFFFB, dtype=np.uint32)  # below an empty slot's
 _NO_FEATURE = 0x3FFFFFFF  # an empty slot's feature; real features stay below it
 _TOP = _NO_FEATURE - 1
 _NO_WEIGHT = np.zeros(1, dtype=np.int64)
-_LAST_SLOT = np.array(BAG_FEATURES - 1)
 _ROW_STARTS = np.arange(0, BAG_FEATURES * 256, BAG_FEATURES)  # more than a state ever keeps
 _EMPTY_SLOT = b"\xff\xff\xff\xff"
 _EMPTY_SKETCH = _EMPTY_SLOT * BAG_FEATURES
@@ -142,16 +141,17 @@ def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
     features, weights = values >> _S2, _WEIGHTS.take(values & _CLASS)
     mine_f, mine_w = features[:BAG_FEATURES], weights[:BAG_FEATURES]
     rows_f, rows_in = features[BAG_FEATURES:], weights[BAG_FEATURES:]
-    # The bound stays below an empty slot's feature, so empty slots never count.
-    bound = np.minimum(rows_f[BAG_FEATURES - 1 :: BAG_FEATURES], min(int(mine_f[-1]), _TOP))
-    rows_in *= rows_f <= bound.repeat(BAG_FEATURES)
+    # The bound stays below an empty slot's feature, so empty slots never count. A sketch's
+    # features are sorted: the other's up to the bound are those up to this one's part of it.
+    cap = min(int(mine_f[-1]), _TOP)
+    bound = np.minimum(rows_f[BAG_FEATURES - 1 :: BAG_FEATURES], cap)
+    rows_in *= rows_f <= cap
     mine_in = np.concatenate((_NO_WEIGHT, mine_w.cumsum())).take(
         mine_f.searchsorted(bound, side="right")
     )
     at = mine_f.searchsorted(rows_f)
-    np.minimum(at, _LAST_SLOT, out=at)
-    matched = np.minimum(rows_in, mine_w.take(at))
-    matched *= mine_f.take(at) == rows_f
+    matched = np.minimum(rows_in, mine_w.take(at, mode="clip"))
+    matched *= mine_f.take(at, mode="clip") == rows_f
     starts = _ROW_STARTS[: len(others)]
     if len(starts) < len(others):
         starts = np.arange(0, BAG_FEATURES * len(others), BAG_FEATURES)
