@@ -66,13 +66,18 @@ def observe_shingles(
     outputs = len(owners)
     dropped = max(outputs - settings.window + 1, 0)
     earlier = entries.last(state.recent, outputs - dropped)
-    mine = [index for index, owner in enumerate(owners[dropped:]) if owner == key]
+    compared = owners[dropped:]
+    mine = compared.count(key)
     trip = None
-    if len(mine) + 1 >= settings.repeats:
+    if mine + 1 >= settings.repeats:
         if scores is None:
             scores = entries.scores(shingles.sketch, state.recent, key)
-        alike = [scores[dropped + index] for index in mine]
-        repeats = len([score for score in alike if score >= settings.similarity]) + 1
+        if mine == len(compared):  # one agent's window
+            alike = list(scores[dropped:])
+        else:
+            alike = [scores[dropped + at] for at, owner in enumerate(compared) if owner == key]
+        similarity = settings.similarity
+        repeats = len([score for score in alike if score >= similarity]) + 1
         if repeats >= settings.repeats:
             trip = NEAR_DUPLICATE.trip(
                 agent=agent,
