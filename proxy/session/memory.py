@@ -31,7 +31,7 @@ from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason, one_kill
 from proxy.detectors.content import ContentState, observe_content
 from proxy.detectors.registry import RESERVE, SETTLE
-from proxy.detectors.spec import Reservation
+from proxy.detectors.spec import NO_BOUND, Reservation
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session import persist
@@ -60,6 +60,7 @@ OTHER_AGENTS = "other"
 # into tuples and back). A few thousand objects: nothing to a full collection.
 WARM_CONTENT = 1024
 _T = TypeVar("_T")
+_RESERVE_CHECKS = tuple(detector.check for detector in RESERVE if detector.check)
 _DIGEST = 8  # bytes of one fingerprint in a window
 
 
@@ -376,11 +377,14 @@ class MemoryLedger:
             hops=task.hops,
             last_agent=task.last_agent,
         )
-        allowances = [detector.check(state) for detector in RESERVE if detector.check]
-        checks = [a.trip for a in allowances if a.trip is not None]
-        if plan.policy.on_trip == "kill" and not checks and any(a.busy for a in allowances):
-            raise Busy(plan.task, task.tokens_reserved)
-        cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
+        allowances = [check(state) for check in _RESERVE_CHECKS]
+        checks: list[Trip] = []
+        cap = plan.requested_output
+        if any(a is not NO_BOUND for a in allowances):  # a bound or a trip: the usual call has none
+            checks = [a.trip for a in allowances if a.trip is not None]
+            if plan.policy.on_trip == "kill" and not checks and any(a.busy for a in allowances):
+                raise Busy(plan.task, task.tokens_reserved)
+            cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
         if cap == 0 and not checks:
             checks.append(budget.too_many_choices(plan.choices))
         observed = self._trips_at_reserve(task, plan, checks, new)
