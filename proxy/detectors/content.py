@@ -53,9 +53,10 @@ class ContentState(NamedTuple):
     def plain(self) -> Plain:
         """The state as exact tuples of numbers, bytes and strings, which the garbage collector
         stops tracking (it never untracks a tuple subclass such as this one): the embedded
-        ledger keeps this form, so 100k tasks' states add nothing to a full collection. The
-        cycle detector's outputs are usually the near-duplicate window's last ones: then they
-        are kept once, the cycle's part holding only how many they are."""
+        ledger keeps this form, marshalled, for all but its busiest tasks, so 100k tasks'
+        states add nothing to a full collection. The cycle detector's outputs are usually the
+        near-duplicate window's last ones: then they are kept once, the cycle's part holding
+        only how many they are."""
         cycle, near = self.cycle, self.near_duplicate
         if cycle.recent and near.recent.endswith(cycle.recent):
             return (

@@ -31,11 +31,6 @@ def keys(entries: bytes) -> list[int]:
     return [key for (key,) in _KEYS.iter_unpack(entries)]
 
 
-def holds(entries: bytes, key: int) -> bool:
-    """Whether an entry may be the agent's: a quick test, sometimes true when none is."""
-    return _KEY.pack(key) in entries
-
-
 def sketch(entries: bytes, index: int) -> bytes:
     start = index * ENTRY_BYTES + _KEY.size
     return entries[start : start + BAG_BYTES]
