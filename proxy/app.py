@@ -33,7 +33,6 @@ from proxy.server.errors import error_middleware
 from proxy.server.forward import Forwarder
 from proxy.server.limits import handler_args
 from proxy.server.reload import Reloader
-from proxy.server.tables import has_budget
 from proxy.session.base import Ledger
 from proxy.session.memory import MemoryLedger
 from proxy.telemetry.metrics import Metrics
@@ -161,11 +160,9 @@ def build_app(
         await state.start()
         await budgets.read(state)
         await audit.start()
-        forwarder = app[FORWARDER] = Forwarder(
+        app[FORWARDER] = Forwarder(
             config, state, PriceBook(), session, hooks, bus, telemetry.refused, budgets
         )
-        if has_budget(config.policy):
-            forwarder.tables.load()  # ~0.3 s once, rather than on the first call
         from proxy.escalation import Escalator
 
         escalator = Escalator(config.escalation, state, audit)

@@ -9,6 +9,7 @@
     ├── UnboundedCall      a path whose cost cannot be bounded, under a budget (403)
     ├── BudgetBusy         the budget left is reserved by calls in flight: retry shortly (429)
     ├── StateUnavailable   the shared state (Redis) does not answer, fail-closed mode (503)
+    ├── TokenizerUnavailable  the tokenizer a budget's prompt estimate needs did not load (503)
     └── UpstreamError      the provider could not be reached (502) or timed out (504)
 
 Each class says its status, error code, log level and ``kind``: a name of the problem that
@@ -132,6 +133,19 @@ class StateUnavailable(TripwireError):
     log_level = "warning"
     retry = True
     outcome = "state_unavailable"
+
+
+class TokenizerUnavailable(TripwireError):
+    """The tokenizer, which a call under a token or dollar budget needs for its prompt
+    estimate, could not be loaded: the call is refused rather than forwarded unbounded. The
+    next call that needs it tries the load again."""
+
+    status = 503
+    code = "tripwire_tokenizer_unavailable"
+    kind = "unavailable"
+    log_level = "error"
+    retry = True
+    outcome = "tokenizer_unavailable"
 
 
 class UpstreamError(TripwireError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from proxy.detectors.base import Trip, TripReason
-from proxy.detectors.spec import Allowance, Detector, Figure, Reservation
+from proxy.detectors.spec import NO_BOUND, Allowance, Detector, Figure, Reservation
 from proxy.pricing import Price, max_output_for
 
 __all__ = ["Allowance", "cost_allowance", "output_cap", "token_allowance", "too_many_choices"]
@@ -19,7 +19,7 @@ def token_allowance(
     reason: TripReason, limit: int | None, used: int, reserved: int, prompt: int, scope: str
 ) -> Allowance:
     if limit is None:
-        return Allowance(None)
+        return NO_BOUND
     left = limit - used - reserved
     if prompt + 1 <= left:
         return Allowance(left - prompt)
@@ -38,6 +38,8 @@ def token_allowance(
 
 
 def check_task_tokens(r: Reservation) -> Allowance:
+    if r.limits.max_tokens is None:
+        return NO_BOUND  # before the scope's text is built
     return token_allowance(
         TripReason.BUDGET_TOKENS,
         r.limits.max_tokens,
@@ -49,6 +51,8 @@ def check_task_tokens(r: Reservation) -> Allowance:
 
 
 def check_agent_tokens(r: Reservation) -> Allowance:
+    if r.limits.max_tokens_per_agent is None:
+        return NO_BOUND
     return token_allowance(
         TripReason.BUDGET_AGENT_TOKENS,
         r.limits.max_tokens_per_agent,
@@ -63,11 +67,11 @@ def cost_allowance(
     limit: float | None, used: float, reserved: float, prompt: int, price: Price | None
 ) -> Allowance:
     if limit is None or price is None:
-        return Allowance(None)
+        return NO_BOUND
     left = limit - used - reserved
     output = max_output_for(price, left, prompt)
     if output >= sys.maxsize:  # free output: this budget does not bound it
-        return Allowance(None)
+        return NO_BOUND
     if output >= 1:
         return Allowance(output)
     if reserved > 0 and max_output_for(price, limit - used, prompt) >= 1:

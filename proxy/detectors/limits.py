@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.detectors.base import Trip, TripReason
-from proxy.detectors.spec import Allowance, Detector, Figure, Reservation
+from proxy.detectors.spec import NO_BOUND, Allowance, Detector, Figure, Reservation
 
 
 def hops_after(last_agent: str | None, agent: str, hops: int) -> int:
@@ -34,15 +34,18 @@ def check_hops(last_agent: str | None, agent: str, hops: int, max_hops: int | No
 
 
 def _deadline(r: Reservation) -> Allowance:
-    return Allowance(None, check_deadline(r.started, r.now, r.max_duration))
+    trip = check_deadline(r.started, r.now, r.max_duration)
+    return NO_BOUND if trip is None else Allowance(None, trip)
 
 
 def _calls(r: Reservation) -> Allowance:
-    return Allowance(None, check_calls(r.calls, r.limits.max_calls))
+    trip = check_calls(r.calls, r.limits.max_calls)
+    return NO_BOUND if trip is None else Allowance(None, trip)
 
 
 def _hops(r: Reservation) -> Allowance:
-    return Allowance(None, check_hops(r.last_agent, r.agent, r.hops, r.limits.max_hops))
+    trip = check_hops(r.last_agent, r.agent, r.hops, r.limits.max_hops)
+    return NO_BOUND if trip is None else Allowance(None, trip)
 
 
 DEADLINE = Detector(

@@ -54,6 +54,11 @@ class Allowance:
     busy: bool = False
 
 
+# The answer of a check with nothing to say (no bound, no trip): one shared object, so a call
+# no budget or limit touches builds none.
+NO_BOUND = Allowance(None)
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """What a reserve-phase check sees: the call, the task's limits and its figures so far.

@@ -9,7 +9,7 @@ from typing import Any
 
 from proxy import jsonio
 from proxy.detectors.base import Trip
-from proxy.errors import UpstreamError, refused_by
+from proxy.errors import TokenizerUnavailable, UpstreamError, refused_by
 from proxy.pipeline.call import Call, Intervention
 from proxy.pricing import Price, cost_usd
 from proxy.providers.base import Output, Usage
@@ -63,7 +63,7 @@ def prompt_estimate(call: Call) -> int:
             estimate = estimate_prompt(
                 call.info.prompt, call.adapter.tokenizer_family(call.info.model)
             )
-        except SHAPE_ERRORS:
+        except (*SHAPE_ERRORS, TokenizerUnavailable):
             estimate = len(call.raw)  # every token is at least one byte of the body
         # What an addon added to the estimate (an envelope's schema) is in the body now.
         call.prompt_tokens = max(call.prompt_tokens, estimate)

@@ -62,6 +62,10 @@ class TaskBudgets:
             for view in await ledger.list():
                 self.note(view.task, view.overrides)
 
+    def any_own(self) -> bool:
+        """Whether any task may have a token or dollar budget of its own."""
+        return not (self.complete or self.learns) or bool(self._tasks)
+
     def may_apply(self, task: str) -> bool:
         """Whether the task may have a token or dollar budget of its own."""
         return not (self.complete or self.learns) or task in self._tasks

@@ -189,6 +189,7 @@ class Forwarder:
                 # A budget of the task's own that this process had not heard of (set through
                 # another replica): the prompt is estimated, and so are the task's next calls.
                 self.budgets.note(call.task, BUDGET_LIMITS)
+                await self.intake.tokenizer.ready()
                 self.intake.estimate(call)
                 plan.prompt_tokens, plan.estimated = call.prompt_tokens, True
                 grant = await self.ledger.reserve(plan)

@@ -29,6 +29,7 @@ from proxy.providers.base import CallInfo
 from proxy.server import routing
 from proxy.server.budgets import TaskBudgets
 from proxy.server.limits import read_body
+from proxy.server.tables import TokenizerLoader
 from proxy.server.tagging import Tagger
 from proxy.telemetry.logs import event
 from proxy.tokens import estimate_prompt
@@ -61,6 +62,7 @@ class Intake:
         }
         self.policy = policy
         self.tagger = tagger
+        self.tokenizer = TokenizerLoader()
         # Agents call the same few paths: each is routed once (a refused path is not kept).
         self._route = lru_cache(maxsize=ROUTES_CACHED)(self._route_of)
         self.verifier = TokenVerifier(config.auth) if config.auth.mode == "jwt" else None
@@ -138,13 +140,26 @@ class Intake:
             claims=claims,
             estimated=not info.modelled,
         )
+        if self._may_estimate(call):
+            # The tokenizer loads with the first call that needs it, off the event loop.
+            await self.tokenizer.ready()
         self.estimate(call)
         return call
+
+    def _needs_estimate(self, call: Call) -> bool:
+        return not call.estimated and (call.policy.has_budget or self.budgets.may_apply(call.task))
+
+    def _may_estimate(self, call: Call) -> bool:
+        """Whether the call needs its estimate now, or may once its session is known (an
+        untagged call's session can have a budget of its own, ``estimate`` is called again)."""
+        if self._needs_estimate(call):
+            return True
+        return not call.estimated and call.task_source == "fallback" and self.budgets.any_own()
 
     def estimate(self, call: Call) -> None:
         """The prompt's estimate, made only where a token or dollar budget needs it before the
         call is reserved; the provider's usage books the rest (``proxy/server/budgets.py``)."""
-        if call.estimated or not (call.policy.has_budget or self.budgets.may_apply(call.task)):
+        if not self._needs_estimate(call):
             return
         info = call.info
         try:

@@ -33,18 +33,42 @@ class JsonFormatter(logging.Formatter):
 
     def line(self, record: logging.LogRecord) -> bytes:
         """The record as one line of JSON, newline included."""
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "event": record.getMessage(),
-        }
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return jsonio.dumps_line(entry) + b"\n"
+        error = self.formatException(record.exc_info) if record.exc_info else None
+        return json_line(
+            record.created,
+            record.levelname.lower(),
+            record.getMessage(),
+            fields if isinstance(fields, dict) else None,
+            error,
+        )
+
+
+def json_line(
+    created: float,
+    level: str,
+    message: str,
+    fields: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bytes:
+    entry: dict[str, Any] = {"ts": _timestamp(created), "level": level, "event": message}
+    if fields:
+        entry.update(fields)
+    if error is not None:
+        entry["error"] = error
+    return jsonio.dumps_line(entry) + b"\n"
+
+
+_second: list[Any] = [-1, ""]  # the last second formatted, and its text
+
+
+def _timestamp(created: float) -> str:
+    """``2026-12-05T04:31:07.123Z``; the date and time formatted once a second, not per line."""
+    second = int(created)
+    last = _second
+    if second != last[0]:
+        last[0], last[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{last[1]}.{int((created - second) * 1000):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
@@ -84,6 +108,10 @@ class LineWriter(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self.push(line)
+
+    def push(self, line: bytes) -> None:
+        """One formatted line, written with the next batch."""
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
             return
@@ -217,7 +245,33 @@ def setup_logging(level: str, format_: str = "json") -> None:
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     if log.isEnabledFor(level):
+        handlers = log.handlers
+        writer = _writer
+        if (
+            writer is not None
+            and len(handlers) == 1
+            and handlers[0] is writer
+            and type(writer.formatter) is JsonFormatter
+            and not log.filters
+            and not writer.filters
+        ):
+            # Set up as ``setup_logging`` leaves it: the line is written straight away, with
+            # no log record built and passed through the logging machinery (a call's line is
+            # logged on every call).
+            writer.push(json_line(time.time(), _level_name(level), name, fields))
+            return
         # No caller lookup: a line names its event, not the code that logged it.
         record = log.makeRecord(LOGGER_NAME, level, "", 0, name, (), None)
         record.fields = fields
         log.handle(record)
+
+
+def _level_name(level: int) -> str:
+    name = _LEVELS.get(level)
+    return name if name is not None else str(logging.getLevelName(level)).lower()
+
+
+_LEVELS = {
+    level: logging.getLevelName(level).lower()
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}

