@@ -19,7 +19,6 @@ feature's 30-bit hash above two bits of weight class: 192 bytes a completion.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,12 +36,10 @@ _LAST_VALUE = np.array(0xFFFFFFFB, dtype=np.uint32)  # below an empty slot's
 _NO_FEATURE = 0x3FFFFFFF  # an empty slot's feature; real features stay below it
 _TOP = _NO_FEATURE - 1
 _NO_WEIGHT = np.zeros(1, dtype=np.int64)
-_LAST_SLOT = np.array(BAG_FEATURES - 1)
 _ROW_STARTS = np.arange(0, BAG_FEATURES * 256, BAG_FEATURES)  # more than a state ever keeps
 _EMPTY_SLOT = b"\xff\xff\xff\xff"
 _EMPTY_SKETCH = _EMPTY_SLOT * BAG_FEATURES
-_SKETCH = struct.Struct(f"<{BAG_FEATURES}I")
-_EMPTY_VALUES = (0xFFFFFFFF,) * BAG_FEATURES
+_NOTHING = np.empty(0, dtype=np.uint32)
 # A word's weight class by its first byte: a number (2) wherever it stands, another word 1, or
 # 0 in the opening or closing sentence.
 _CLASS_INSIDE = bytes(2 if 48 <= byte < 58 else 1 for byte in range(256))
@@ -89,7 +86,7 @@ def bag_sketch(
     kept = int(np.count_nonzero(content))
     if kept == 0:
         return _EMPTY_SKETCH
-    chosen: list[int] = []
+    chosen = _NOTHING
     if kept > 4 * BAG_FEATURES:
         # Only the smallest features matter: sort about 16 * BAG_FEATURES of them, not all
         # (features are uniform); all of them when that was too few.
@@ -97,10 +94,10 @@ def bag_sketch(
         chosen = _lightest(values[content & (values < cutoff)])
     if len(chosen) < BAG_FEATURES:
         chosen = _lightest(np.minimum(values[content], _LAST_VALUE))
-    return _SKETCH.pack(*chosen, *_EMPTY_VALUES[len(chosen) :])
+    return chosen.astype("<u4", copy=False).tobytes() + _EMPTY_SLOT * (BAG_FEATURES - len(chosen))
 
 
-def _lightest(values: npt.NDArray[np.uint32]) -> list[int]:
+def _lightest(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
     """The values of the ``BAG_FEATURES`` smallest features (all, if fewer), sorted, one a
     feature: the heaviest (the largest class) of its occurrences. Reorders ``values``."""
     if len(values) > 2 * _HEAD:
@@ -109,8 +106,8 @@ def _lightest(values: npt.NDArray[np.uint32]) -> list[int]:
         values.partition(_HEAD)
         head = _distinct_heaviest(values[: _HEAD + 1])
         if len(head) > BAG_FEATURES:
-            return head[:BAG_FEATURES].tolist()  # type: ignore[no-any-return]
-    return _distinct_heaviest(values)[:BAG_FEATURES].tolist()  # type: ignore[no-any-return]
+            return head[:BAG_FEATURES]
+    return _distinct_heaviest(values)[:BAG_FEATURES]
 
 
 def _distinct_heaviest(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
@@ -142,16 +139,17 @@ def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
     features, weights = values >> _S2, _WEIGHTS.take(values & _CLASS)
     mine_f, mine_w = features[:BAG_FEATURES], weights[:BAG_FEATURES]
     rows_f, rows_in = features[BAG_FEATURES:], weights[BAG_FEATURES:]
-    # The bound stays below an empty slot's feature, so empty slots never count.
-    bound = np.minimum(rows_f[BAG_FEATURES - 1 :: BAG_FEATURES], min(int(mine_f[-1]), _TOP))
-    rows_in *= rows_f <= bound.repeat(BAG_FEATURES)
+    # The bound stays below an empty slot's feature, so empty slots never count. A sketch's
+    # features are sorted: the other's up to the bound are those up to this one's part of it.
+    cap = min(int(mine_f[-1]), _TOP)
+    bound = np.minimum(rows_f[BAG_FEATURES - 1 :: BAG_FEATURES], cap)
+    rows_in *= rows_f <= cap
     mine_in = np.concatenate((_NO_WEIGHT, mine_w.cumsum())).take(
         mine_f.searchsorted(bound, side="right")
     )
     at = mine_f.searchsorted(rows_f)
-    np.minimum(at, _LAST_SLOT, out=at)
-    matched = np.minimum(rows_in, mine_w.take(at))
-    matched *= mine_f.take(at) == rows_f
+    matched = np.minimum(rows_in, mine_w.take(at, mode="clip"))
+    matched *= mine_f.take(at, mode="clip") == rows_f
     starts = _ROW_STARTS[: len(others)]
     if len(starts) < len(others):
         starts = np.arange(0, BAG_FEATURES * len(others), BAG_FEATURES)

@@ -53,9 +53,10 @@ class ContentState(NamedTuple):
     def plain(self) -> Plain:
         """The state as exact tuples of numbers, bytes and strings, which the garbage collector
         stops tracking (it never untracks a tuple subclass such as this one): the embedded
-        ledger keeps this form, so 100k tasks' states add nothing to a full collection. The
-        cycle detector's outputs are usually the near-duplicate window's last ones: then they
-        are kept once, the cycle's part holding only how many they are."""
+        ledger keeps this form, marshalled, for all but its busiest tasks, so 100k tasks'
+        states add nothing to a full collection. The cycle detector's outputs are usually the
+        near-duplicate window's last ones: then they are kept once, the cycle's part holding
+        only how many they are."""
         cycle, near = self.cycle, self.near_duplicate
         if cycle.recent and near.recent.endswith(cycle.recent):
             return (
@@ -112,21 +113,35 @@ class ContentState(NamedTuple):
 
 
 def _scores(
-    sketch: bytes, key: int, cycle: CycleState, near_duplicate: NearDuplicateState
+    sketch: bytes,
+    key: int,
+    cycle: CycleState,
+    near_duplicate: NearDuplicateState,
+    owners: tuple[list[int], list[int]],
 ) -> tuple[list[float], list[float]]:
     """The similarity of ``sketch`` to each output the cycle and the near-duplicate states
-    keep, worked out at once. Both detectors only compare an output with the same agent's
-    earlier ones, and the cycle's outputs are usually the window's last ones too."""
+    keep (whose agents' keys are ``owners``), worked out at once. Both detectors only compare
+    an output with the same agent's earlier ones, and the cycle's outputs are usually the
+    window's last ones too."""
+    cycle_owners, near_owners = owners
     if near_duplicate.recent.endswith(cycle.recent):
-        if not recent.holds(near_duplicate.recent, key):
+        if key not in near_owners:
             return [], []
-        scores = recent.scores(sketch, near_duplicate.recent, key)
-        return scores[len(scores) - cycle.outputs :], scores
-    kept = cycle.recent + near_duplicate.recent
-    if not recent.holds(kept, key):
+        scores = recent.scores(sketch, near_duplicate.recent, key, near_owners)
+        return scores[len(scores) - len(cycle_owners) :], scores
+    if key not in cycle_owners and key not in near_owners:
         return [], []
-    scores = recent.scores(sketch, kept, key)
-    return scores[: cycle.outputs], scores[cycle.outputs :]
+    kept = cycle.recent + near_duplicate.recent
+    scores = recent.scores(sketch, kept, key, cycle_owners + near_owners)
+    return scores[: len(cycle_owners)], scores[len(cycle_owners) :]
+
+
+def _owners(cycle: CycleState, near_duplicate: NearDuplicateState) -> tuple[list[int], list[int]]:
+    """The agents' keys of the cycle's and the near-duplicate window's outputs, read once."""
+    near = recent.keys(near_duplicate.recent)
+    if near_duplicate.recent.endswith(cycle.recent):
+        return near[len(near) - cycle.outputs :], near
+    return recent.keys(cycle.recent), near
 
 
 def observe_content(
@@ -157,19 +172,19 @@ def observe_content(
     cycle_state, near_state, progress_state = state.cycle, state.near_duplicate, state.no_progress
     shingles = shingle(text) if text else None
     if shingles is not None and not shingles.empty:
-        cycle_scores, near_scores = (
-            _scores(shingles.sketch, key, cycle_state, near_state)
-            if cycle.enabled or near_duplicate.enabled
-            else ([], [])
-        )
+        if cycle.enabled or near_duplicate.enabled:
+            owners = _owners(cycle_state, near_state)
+            cycle_scores, near_scores = _scores(
+                shingles.sketch, key, cycle_state, near_state, owners
+            )
         if cycle.enabled:
             cycle_state, trip = observe_cycle(
-                cycle_state, agent, shingles, cycle, cycle_scores, key
+                cycle_state, agent, shingles, cycle, cycle_scores, key, owners[0]
             )
             trips.extend([trip] if trip else [])
         if near_duplicate.enabled:
             near_state, trip = observe_near_duplicate(
-                near_state, agent, shingles, near_duplicate, near_scores, key
+                near_state, agent, shingles, near_duplicate, near_scores, key, owners[1]
             )
             trips.extend([trip] if trip else [])
         if no_progress.enabled:

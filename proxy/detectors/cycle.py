@@ -69,25 +69,31 @@ def observe_shingles(
     settings: CycleSettings,
     scores: Sequence[float] | None = None,
     key: int | None = None,
+    owners: Sequence[int] | None = None,
 ) -> tuple[CycleState, Trip | None]:
     """One output; ``scores``: its similarity to each of ``state.recent`` when the caller has
-    them already, ``key``: the agent's ``agent_key``."""
+    them already, ``key``: the agent's ``agent_key``, ``owners``: ``recent.keys(state.recent)``
+    when the caller has them."""
     if shingles.empty:
         return state, None
     key = agent_key(agent) if key is None else key
-    owners = entries.keys(state.recent)
+    owners = entries.keys(state.recent) if owners is None else owners
     if scores is None:
         scores = entries.scores(shingles.sketch, state.recent, key) if key in owners else []
     runs = list(state.runs)
+    similarity, count = settings.similarity, len(owners)
     for period in range(1, MAX_PERIOD + 1):
-        back = len(owners) - period
-        continues = back >= 0 and owners[back] == key and scores[back] >= settings.similarity
+        back = count - period
+        continues = back >= 0 and owners[back] == key and scores[back] >= similarity
         runs[period - 1] = runs[period - 1] + 1 if continues else 0
-    recent = entries.last(state.recent + entries.entry(key, shingles.sketch), MAX_PERIOD)
+    recent = entries.last(state.recent, MAX_PERIOD - 1) + entries.entry(key, shingles.sketch)
     names = (*state.names, agent[:_NAME_CHARS].replace("\n", " "))[-MAX_PERIOD:]
-    new_state = CycleState(recent, names, tuple(runs) if any(runs) else _NO_RUNS)
+    if not any(runs):  # no period continues: no cycle (``rounds`` is at least 2)
+        return CycleState(recent, names, _NO_RUNS), None
+    new_state = CycleState(recent, names, tuple(runs))
+    rounds = settings.rounds - 1
     for period in range(2, settings.max_period + 1):
-        if runs[period - 1] >= period * (settings.rounds - 1) and runs[0] < period - 1:
+        if runs[period - 1] >= period * rounds and runs[0] < period - 1:
             return new_state, _trip(names[-period:], period, agent, settings)
     return new_state, None
 

@@ -77,14 +77,16 @@ def observe_shingles(
         threshold = _HASH.unpack_from(sample, 4 * size)[0]
         sample = sample[: 4 * size]
     below = shingles.below(threshold)
-    merge = _merge_few if len(below) <= _FEW and _NATIVE else _merge_many
-    merged, distinct = merge(sample, below)
-    new = len(merged) // 4 - len(sample) // 4  # both are distinct: what the union gained
-    if new:
-        if len(merged) > 4 * size:
-            threshold = _HASH.unpack_from(merged, 4 * size)[0]
-            merged = merged[: 4 * size]
-        sample = merged
+    new = distinct = 0  # on a long task, often: none of the output's shingles is sampled
+    if len(below):
+        merge = _merge_few if len(below) <= _FEW and _NATIVE else _merge_many
+        merged, distinct = merge(sample, below)
+        new = len(merged) // 4 - len(sample) // 4  # both are distinct: what the union gained
+        if new:
+            if len(merged) > 4 * size:
+                threshold = _HASH.unpack_from(merged, 4 * size)[0]
+                merged = merged[: 4 * size]
+            sample = merged
     pair = _PAIR.pack(min(new, 0xFFFF), min(distinct, 0xFFFF))
     recent = (state.recent + pair)[-_PAIR.size * settings.completions :]
     new_state = NoProgressState(threshold, sample, recent)

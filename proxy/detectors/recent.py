@@ -31,11 +31,6 @@ def keys(entries: bytes) -> list[int]:
     return [key for (key,) in _KEYS.iter_unpack(entries)]
 
 
-def holds(entries: bytes, key: int) -> bool:
-    """Whether an entry may be the agent's: a quick test, sometimes true when none is."""
-    return _KEY.pack(key) in entries
-
-
 def sketch(entries: bytes, index: int) -> bytes:
     start = index * ENTRY_BYTES + _KEY.size
     return entries[start : start + BAG_BYTES]
@@ -54,11 +49,18 @@ def read(data: bytes, offset: int, number: int) -> tuple[bytes, int]:
     return data[offset:end], end
 
 
-def scores(sketch_: bytes, entries: bytes, key: int) -> list[float]:
+def scores(
+    sketch_: bytes, entries: bytes, key: int, owners: list[int] | None = None
+) -> list[float]:
     """The similarity of ``sketch_`` to each of the agent's entries' sketches; 0 for others'
-    (the detectors only compare an agent's outputs with its own)."""
-    mine = [index for index, owner in enumerate(keys(entries)) if owner == key]
-    found = [0.0] * count(entries)
+    (the detectors only compare an agent's outputs with its own). ``owners``: ``keys(entries)``
+    when the caller has them already."""
+    owners = keys(entries) if owners is None else owners
+    if owners.count(key) == len(owners):  # one agent's task: all of them
+        starts = range(_KEY.size, len(entries), ENTRY_BYTES)
+        return bag_similarities(sketch_, [entries[at : at + BAG_BYTES] for at in starts])
+    mine = [index for index, owner in enumerate(owners) if owner == key]
+    found = [0.0] * len(owners)
     if mine:
         picked = [entries[i * ENTRY_BYTES + _KEY.size : (i + 1) * ENTRY_BYTES] for i in mine]
         for index, score in zip(mine, bag_similarities(sketch_, picked), strict=True):

@@ -28,6 +28,7 @@ one replica is read by another.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from dataclasses import dataclass
@@ -257,6 +258,8 @@ def shingle(text: str) -> Shingles:
 similarities = bag_similarities
 
 
+@functools.lru_cache(maxsize=1024)
 def agent_key(agent: str) -> int:
-    """A stable 32-bit name for an agent: state keeps this, not the (unbounded) name."""
+    """A stable 32-bit name for an agent: state keeps this, not the (unbounded) name. A task's
+    agents are few and name every completion: the last ones' keys are remembered."""
     return int.from_bytes(blake2b(agent.encode("utf-8", "replace"), digest_size=4).digest())

@@ -53,22 +53,31 @@ def observe_shingles(
     settings: NearDuplicateSettings,
     scores: Sequence[float] | None = None,
     key: int | None = None,
+    owners: Sequence[int] | None = None,
 ) -> tuple[NearDuplicateState, Trip | None]:
     """One output; ``scores``: its similarity to each of ``state.recent`` when the caller has
-    them already, ``key``: the agent's ``agent_key``."""
+    them already, ``key``: the agent's ``agent_key``, ``owners``: ``recent.keys(state.recent)``
+    when the caller has them."""
     if not shingles.at_least(settings.min_shingles):
         return state, None
     key = agent_key(agent) if key is None else key
+    owners = entries.keys(state.recent) if owners is None else owners
     # The window counts this output, as the exact-repeat detector's does.
-    dropped = max(state.outputs - settings.window + 1, 0)
-    earlier = entries.last(state.recent, state.outputs - dropped)
-    mine = [index for index, owner in enumerate(entries.keys(earlier)) if owner == key]
+    outputs = len(owners)
+    dropped = max(outputs - settings.window + 1, 0)
+    earlier = entries.last(state.recent, outputs - dropped)
+    compared = owners[dropped:]
+    mine = compared.count(key)
     trip = None
-    if len(mine) + 1 >= settings.repeats:
+    if mine + 1 >= settings.repeats:
         if scores is None:
             scores = entries.scores(shingles.sketch, state.recent, key)
-        alike = [scores[dropped + index] for index in mine]
-        repeats = len([score for score in alike if score >= settings.similarity]) + 1
+        if mine == len(compared):  # one agent's window
+            alike = list(scores[dropped:])
+        else:
+            alike = [scores[dropped + at] for at, owner in enumerate(compared) if owner == key]
+        similarity = settings.similarity
+        repeats = len([score for score in alike if score >= similarity]) + 1
         if repeats >= settings.repeats:
             trip = NEAR_DUPLICATE.trip(
                 agent=agent,

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from proxy.config import StateSettings
 from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason, one_kill
-from proxy.detectors.content import ContentState, Plain, observe_content
+from proxy.detectors.content import ContentState, observe_content
 from proxy.detectors.registry import RESERVE, SETTLE
 from proxy.detectors.spec import NO_BOUND, Reservation
 from proxy.policy.rules import Effective
@@ -54,9 +54,10 @@ from proxy.session.sessions import SessionBook, Span
 from proxy.telemetry.logs import event
 
 OTHER_AGENTS = "other"
-# Tasks whose content-detector state stays as tuples (``ContentState.plain``) rather than
-# marshalled: the ones that completed a call most recently, so a busy task pays for neither
-# step on each completion (about 6 us for a long task's state).
+# Tasks whose content-detector state stays as it is (a ``ContentState``) rather than
+# marshalled: the ones that completed a call most recently, so a busy task pays for no
+# conversion on each completion (about 6 us for a long task's state to marshal, 2 us to turn
+# into tuples and back). A few thousand objects: nothing to a full collection.
 WARM_CONTENT = 1024
 _T = TypeVar("_T")
 _RESERVE_CHECKS = tuple(detector.check for detector in RESERVE if detector.check)
@@ -100,9 +101,10 @@ class _Task:
     extra_duration: float = 0.0
     # agent, fingerprint (its digest, see settle), text; agent, fingerprint, text; ...
     previews: tuple[str | bytes, ...] = ()
-    # ContentState.plain while warm (WARM_CONTENT), else marshalled: under half the tuples'
-    # size, the sketch that the cycle and near-duplicate states share written once.
-    content: Plain | bytes = b""
+    # A ContentState while warm (WARM_CONTENT), else its ContentState.plain marshalled: under
+    # half the tuples' size, the sketch that the cycle and near-duplicate states share written
+    # once.
+    content: ContentState | bytes = b""
     timeline: tuple[tuple[float, str, str], ...] = ()  # at, kind, detail
     envelopes: dict[str, int] | None = None  # only workers' tasks pay for the table
 
@@ -513,7 +515,7 @@ class MemoryLedger:
             tool_results=tool_results,
         )
         self.detector_runs += 1
-        state.content = content.plain()
+        state.content = content
         self._warm_up(task)
         reported: list[tuple[Trip, str]] = []
         for trip in trips:
@@ -531,15 +533,15 @@ class MemoryLedger:
         return reported
 
     def _warm_up(self, name: str) -> None:
-        """Keep the task's content state as tuples, and marshal the state of the task that
+        """Keep the task's content state as it is, and marshal the state of the task that
         has gone longest without a completion once more than ``WARM_CONTENT`` are kept so."""
         self._warm[name] = None
         self._warm.move_to_end(name)
         if len(self._warm) > WARM_CONTENT:
             coldest, _ = self._warm.popitem(last=False)
             task = self._tasks.get(coldest)
-            if task is not None and isinstance(task.content, tuple):
-                task.content = marshal.dumps(task.content)
+            if task is not None and isinstance(task.content, ContentState):
+                task.content = marshal.dumps(task.content.plain())
 
     async def count_envelope(self, task: str, status: str) -> None:
         state = self._tasks.get(task)
@@ -727,10 +729,10 @@ def _override(task: _Task, overrides: dict[str, float]) -> None:
         task.overrides = {**(task.overrides or {}), **overrides}
 
 
-def _unpack(content: Plain | bytes) -> ContentState:
+def _unpack(content: ContentState | bytes) -> ContentState:
     if isinstance(content, bytes):
         return ContentState.from_plain(marshal.loads(content)) if content else ContentState()
-    return ContentState.from_plain(content)
+    return content
 
 
 def _digest(fingerprint: str) -> bytes:
