@@ -321,30 +321,9 @@ class Forwarder:
         # judged): a client reading the end of the stream and calling again at once must find
         # a kill this answer caused already in place.
         relay.hold = call.adapter.closing_event(call.info) if held else lambda _: relay.tally.final
-        settled = ended = False
-
-        def end() -> None:
-            nonlocal ended
-            ended = True
-            self.ledger.board.unwatch(call.task, relay.cut)
-            self.hooks.stream_ended(call, relay.trip)
-
-        async def settle(outcome: str) -> None:
-            nonlocal settled
-            settled = True
-            await self._settle_stream(call, grant, relay, upstream.status, outcome, not held)
-
-        async def release() -> bytes | None:
-            # The answer is whole: a kill from here on, its own included, ends the task's next
-            # call, not this stream.
-            end()
-            try:
-                await settle(relay.outcome(upstream.status))
-            except Exception as exc:  # the answer is the provider's: it still reaches the client
-                event("settle_failed", logging.ERROR, task=call.task, error=repr(exc))
-            return await self._held_verdict(call, relay) if held else None
-
-        relay.release = release
+        close = _StreamClose(self, call, grant, relay, upstream.status, held)
+        relay.release = close.release
+        relay.closing = close.book
         relay.watch = self.hooks.watcher(call, relay.tally)
         self.ledger.board.watch(call.task, relay.cut, since=call.reserved_at)
         if early is not None and early.trip is not None:  # killed while the headers went out
@@ -360,10 +339,8 @@ class Forwarder:
                 call.request.transport.close()
             raise
         finally:
-            if not ended:
-                end()
-            if not settled:  # cut, broken, left by the client, or ended without its usage
-                await settle(relay.outcome(upstream.status))
+            close.end()
+            await close.settle()  # left by the client, or ended without its usage
         return response
 
     async def _settle_stream(
@@ -467,6 +444,58 @@ def _bound_output(call: Call, grant: Grant, relay: StreamRelay) -> None:
         )
 
     relay.over_limit = over
+
+
+class _StreamClose:
+    """How a relayed stream ends, once each: off the kill board, then booked. Booked before
+    the closing events reach the client, its own (a whole answer's, held until then) or
+    Tripwire's (a cut, a broken stream): a client that reads the end of the stream and calls
+    again at once finds the call settled and any kill it caused in place."""
+
+    __slots__ = ("call", "ended", "forwarder", "grant", "held", "relay", "settled", "status")
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        call: Call,
+        grant: Grant,
+        relay: StreamRelay,
+        status: int,
+        held: bool,
+    ) -> None:
+        self.forwarder, self.call, self.grant, self.relay = forwarder, call, grant, relay
+        self.status, self.held = status, held
+        self.ended = self.settled = False
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.forwarder.ledger.board.unwatch(self.call.task, self.relay.cut)
+            self.forwarder.hooks.stream_ended(self.call, self.relay.trip)
+
+    async def settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            outcome = self.relay.outcome(self.status)
+            await self.forwarder._settle_stream(
+                self.call, self.grant, self.relay, self.status, outcome, not self.held
+            )
+
+    async def book(self) -> None:
+        """The answer is whole, cut or broken: a kill from here on, its own included, ends
+        the task's next call, not this stream."""
+        self.end()
+        try:
+            await self.settle()
+        except Exception as exc:  # the answer is the provider's: it still reaches the client
+            event("settle_failed", logging.ERROR, task=self.call.task, error=repr(exc))
+
+    async def release(self) -> bytes | None:
+        """What replaces a held answer's closing events (None: they go out as they are)."""
+        await self.book()
+        if not self.held:
+            return None
+        return await self.forwarder._held_verdict(self.call, self.relay)
 
 
 class _EarlyCut:

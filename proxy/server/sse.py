@@ -80,6 +80,16 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer
+        if (
+            not buffer
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n\n") == len(chunk) - 2
+            and (self.max_event is None or len(chunk) <= self.max_event)
+            and b"\r" not in chunk
+        ):
+            # One whole event in one read with nothing before it, as providers mostly send
+            # them: no buffering, no search.
+            return [_parse(chunk)]
         buffer += chunk
         if not self._carriage and b"\r" in chunk:
             self._carriage = True

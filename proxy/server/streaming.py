@@ -61,6 +61,9 @@ class StreamRelay:
         self.output_limit: int | None = None
         self.over_limit: Callable[[int], Trip] | None = None
         self.oversize = False  # an event past max_event ended the stream
+        # Books the call before a stream cut or broken off gets Tripwire's closing event, so a
+        # client that reads that event and calls again finds the call settled.
+        self.closing: Callable[[], Awaitable[None]] | None = None
 
     async def _write(self, data: bytes) -> None:
         self._tail = (self._tail + data[-16:])[-16:]
@@ -180,6 +183,8 @@ class StreamRelay:
         try:
             if self.held and self.trip is None:
                 await self._release()
+            if (self.trip is not None or self.broken) and self.closing is not None:
+                await self.closing()
             if self.trip is not None:
                 await self._write_own(self.error_event(self.trip))
             elif self.broken:

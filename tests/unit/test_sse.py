@@ -1,4 +1,6 @@
-from proxy.server.sse import SSEDecoder
+import pytest
+
+from proxy.server.sse import EventTooLarge, SSEDecoder
 
 
 def test_events_split_across_chunks_keep_their_raw_bytes() -> None:
@@ -23,3 +25,25 @@ def test_flush_returns_an_unterminated_tail() -> None:
     decoder = SSEDecoder()
     assert list(decoder.feed(b"data: tail")) == []
     assert [e.data for e in decoder.flush()] == ["tail"]
+
+
+def test_one_event_per_read_reads_as_the_same_events() -> None:
+    stream = [
+        b'data: {"a":1}\n\n',
+        b"event: ping\ndata: x\n\n",
+        b"data: a\n\n\n",
+        b"data: [DONE]\n\n",
+    ]
+    whole = SSEDecoder().feed(b"".join(stream))
+    decoder = SSEDecoder()
+    one_by_one = [event for read in stream for event in decoder.feed(read)]
+    assert [(e.raw, e.event, e.data) for e in one_by_one] == [
+        (e.raw, e.event, e.data) for e in whole
+    ]
+
+
+def test_a_whole_event_past_the_bound_is_refused_in_one_read_too() -> None:
+    decoder = SSEDecoder(max_event=64)
+    assert [e.data for e in decoder.feed(b"data: " + b"x" * 50 + b"\n\n")] == ["x" * 50]
+    with pytest.raises(EventTooLarge):
+        decoder.feed(b"data: " + b"x" * 100 + b"\n\n")
