@@ -47,3 +47,15 @@ def test_a_whole_event_past_the_bound_is_refused_in_one_read_too() -> None:
     assert [e.data for e in decoder.feed(b"data: " + b"x" * 50 + b"\n\n")] == ["x" * 50]
     with pytest.raises(EventTooLarge):
         decoder.feed(b"data: " + b"x" * 100 + b"\n\n")
+
+
+def test_many_events_in_one_read_split_as_they_would_arrive_apart() -> None:
+    reads = [b"data: a\n\n\ndata: b\n\n", b"\n\n", b'data: {"c":1}\n\ndata: [DONE]\n\n']
+    decoder = SSEDecoder()
+    together = [event for read in reads for event in decoder.feed(read)]
+    byte_by_byte = SSEDecoder()
+    apart = [
+        e for read in reads for i in range(len(read)) for e in byte_by_byte.feed(read[i : i + 1])
+    ]
+    assert [(e.raw, e.data) for e in together] == [(e.raw, e.data) for e in apart]
+    assert b"".join(e.raw for e in together) == b"".join(reads)
