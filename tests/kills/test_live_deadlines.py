@@ -57,7 +57,11 @@ def test_the_operator_moves_the_deadline_of_a_stream_in_flight(
             stream=True,
             headers={"X-Task-Id": task, **slow_stream(2.5)},
         )
-        time.sleep(0.4)
+        # Moved once the stream's call is reserved (its task exists), not after a fixed
+        # sleep: on a busy machine the client may take longer than the old deadline to start.
+        waited = time.monotonic() + 5
+        while proxy.task(task) is None and time.monotonic() < waited:
+            time.sleep(0.02)
         if step == "extend":
             moved = proxy.call(ledger.extend(task, 600, "more time"))
         else:
