@@ -57,7 +57,6 @@ from proxy.session.base import (
     Settled,
     TaskView,
     TimelineEvent,
-    Unestimated,
     allowed_seconds,
 )
 from proxy.session.batches import KeyedBatches
@@ -165,10 +164,6 @@ def _num(value: Any, default: float = 0.0) -> float:
 
 
 class RedisLedger:
-    # A call sent without its prompt's estimate, of a task with a budget of its own, is
-    # refused by the reserve (``Unestimated``): the caller need not estimate every call.
-    asks_for_estimates = True
-
     def __init__(
         self,
         settings: StateSettings,
@@ -194,8 +189,6 @@ class RedisLedger:
         self._open_session = self._resilient(sessions.OPEN)
         self._end_session = self._resilient(sessions.END)
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._list_task = self._resilient(redis_scripts.LIST_TASK)
-        self._listing: set[asyncio.Future[None]] = set()  # index writes on their way
         self._content: KeyedBatches[_Completion, builtins.list[Trip]] = KeyedBatches(
             self._swap_content
         )
@@ -276,8 +269,6 @@ class RedisLedger:
         with contextlib.suppress(*_UNREACHABLE):
             async with asyncio.timeout(bound):
                 await self._flush_pending()
-        if self._listing:  # index writes waiting for company go out alone
-            await asyncio.wait(builtins.list(self._listing), timeout=bound)
         if self._calls is not None:
             await self._calls.close(bound)
         await self._fallback.close()
@@ -352,7 +343,6 @@ class RedisLedger:
             plan.owner or "",
             self._now(),
             self._retention,
-            1 if plan.estimated else 0,
         ]
         try:
             reply = await self._reserve(
@@ -372,34 +362,22 @@ class RedisLedger:
         self.reachable = True
         grant = self._grant(plan, reply)
         if plan.tenant is not None and (plan.tenant, plan.task) not in self._indexed:
-            if self._calls is None:  # a cluster: the tenant's index is on another node
-                await self._index(plan.tenant, plan.task)
-            else:
-                # No answer waits on it: it goes out with the call's settle (or a moment later).
-                listing = asyncio.ensure_future(self._index(plan.tenant, plan.task, later=True))
-                self._listing.add(listing)
-                listing.add_done_callback(self._listing.discard)
+            await self._index(plan.tenant, plan.task)
         return grant
 
     def _tenant_key(self, tenant: str) -> str:
         return f"{self.settings.key_prefix}:tenant:{key_part(tenant)}:tasks"
 
-    async def _index(self, tenant: str, task: str, *, later: bool = False) -> None:
+    async def _index(self, tenant: str, task: str) -> None:
         """List the task under its tenant, once per replica (a bounded memory of what was
         listed), so a tenant's listing reads only its own tasks. The set lives a kill's
         retention past the tenant's last new task, so the tenant's killed tasks stay listed;
-        names of expired tasks are dropped when it is read. ``later``: with the next script
-        call this replica makes (``ScriptCalls``), rather than in a round trip of its own."""
+        names of expired tasks are dropped when it is read."""
         try:
-            if later:
-                await self._list_task(
-                    keys=[self._tenant_key(tenant)], args=[task, self._retention], deferrable=True
-                )
-            else:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    pipe.sadd(self._tenant_key(tenant), task)
-                    pipe.expire(self._tenant_key(tenant), self._retention)
-                    await pipe.execute()
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._tenant_key(tenant), task)
+                pipe.expire(self._tenant_key(tenant), self._retention)
+                await pipe.execute()
         except _UNREACHABLE as error:
             self._unreachable("index", error)
             return
@@ -421,8 +399,6 @@ class RedisLedger:
             raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False, first_call=True)
         if verdict == "busy":
             raise Busy(plan.task, int(_num(reply[1])))
-        if verdict == "estimate":
-            raise Unestimated(plan.task)
         (
             _,
             cap,
@@ -723,8 +699,6 @@ class RedisLedger:
         return views
 
     async def _tenant_list(self, tenant: str) -> builtins.list[TaskView]:
-        if self._listing:  # this replica's calls' index writes are read too
-            await asyncio.wait(builtins.list(self._listing), timeout=self._step_timeout)
         key = self._tenant_key(tenant)
         names = sorted(await self.client.smembers(key))
         views: builtins.list[TaskView] = []

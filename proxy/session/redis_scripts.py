@@ -47,7 +47,7 @@ from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments, reply or rules change, so replicas of two
 # versions never share a key layout or a kill channel by accident.
-VERSION = 6
+VERSION = 5
 # Settled calls remembered per task, so a settle replayed after its reply was lost (the script
 # ran, the answer never came back) is not counted twice.
 SETTLED_PER_TASK = 512
@@ -128,8 +128,6 @@ if not now then now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
 -- A killed task's keys live this long (kill_retention, never less than the TTL), whatever
 -- call touches them: a refused call never shortens a kill's life back to the idle TTL.
 local retention = tonumber(ARGV[24])
--- '0': the prompt was not estimated, as no token or dollar budget was known to apply.
-local estimated = ARGV[25] ~= '0'
 
 local function touch(life)
   life = life or ttl
@@ -179,9 +177,6 @@ if st[2] then
   redis.call('EXPIRE', timeline, retention)
   return {'killed', st[2]}
 end
--- A budget of the task's own needs the prompt's estimate: nothing is written, the caller
--- estimates and asks again.
-if not estimated and (st[10] or st[11] or st[12]) then return {'estimate'} end
 local started = tonumber(st[1]) or now
 local used, reserved = tonumber(st[3]) or 0, tonumber(st[4]) or 0
 local cost, cost_reserved = tonumber(st[5]) or 0, tonumber(st[6]) or 0
@@ -445,14 +440,6 @@ redis.call('LPUSH', timeline, ARGV[5])
 redis.call('LTRIM', timeline, 0, {TIMELINE_PER_TASK - 1})
 redis.call('EXPIRE', timeline, tonumber(ARGV[2]))
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-# A task listed under its tenant (KEYS[1]), the list kept ARGV[2] seconds: the calls' index
-# write, which goes out with another script call rather than in a round trip of its own.
-LIST_TASK = f"""-- tripwire list task v{VERSION}
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 

@@ -143,21 +143,3 @@ async def test_a_call_given_up_does_not_take_the_writes_it_carried_with_it(
         assert await asyncio.wait_for(deferred, 10) == "OK"
         assert await client.get("carried") == "landed"
         await calls.close(1.0)
-
-
-async def test_a_tenants_new_task_is_listed_without_a_round_trip_of_its_own(
-    ledger: RedisLedger, reads: Reads
-) -> None:
-    tenant = f"acme-{uuid.uuid4().hex[:8]}"
-    await _call(ledger, f"warm-{tenant}", 0)  # connected, scripts known
-    await asyncio.sleep(0.01)
-    await reads.take()
-    tasks = [f"{tenant}/task-{number}" for number in range(10)]
-    for task in tasks:
-        plan = CallPlan(task, "agent", POLICY, 20, 100, 1, None, time.time(), tenant=tenant)
-        grant = await ledger.reserve(plan)
-        await ledger.settle(grant, Outcome(60, 0.0, None, None, False))
-    # Each index write went out with its call's settle.
-    assert await reads.take() <= 2 * len(tasks) + 1
-    listed = await ledger.list(tenant=tenant)
-    assert {view.task for view in listed} == set(tasks)
