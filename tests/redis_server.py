@@ -15,6 +15,12 @@ REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 
 
+# The state store's timeout for proxies whose tests are not about Redis failing: a test
+# server shared by the whole suite on a busy 2-core machine can stall past the 1 s default,
+# and a call then (rightly) fails closed with a 503 the test did not set out to cause.
+PATIENT_REDIS_TIMEOUT_S = 5.0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

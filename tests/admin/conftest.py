@@ -13,6 +13,7 @@ import pytest
 
 from proxy.auth import mint
 from tests.harness import ProxyThread
+from tests.redis_server import PATIENT_REDIS_TIMEOUT_S
 
 # 32 bytes or more: PyJWT warns about shorter HMAC keys, and the suite turns warnings into errors.
 SECRET = "tripwire-tests-hs256-secret-0123456789"
@@ -87,7 +88,12 @@ def state(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "memory":
         return {}
     server = request.getfixturevalue("redis_server")
-    return {"backend": "redis", "redis_url": server.url, "key_prefix": unique("tw")}
+    return {
+        "backend": "redis",
+        "redis_url": server.url,
+        "key_prefix": unique("tw"),
+        "redis_timeout": PATIENT_REDIS_TIMEOUT_S,
+    }
 
 
 def error_of(response: httpx.Response) -> dict[str, str]:

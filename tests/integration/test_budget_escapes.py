@@ -17,6 +17,7 @@ import pytest
 
 from proxy.auth import mint
 from tests.harness import MockProviderThread
+from tests.redis_server import PATIENT_REDIS_TIMEOUT_S
 
 BUDGET = 1_000
 # The mock writes this many tokens unless a cap stops it.
@@ -29,7 +30,11 @@ BIG = "lorem ipsum dolor sit amet " * 600
 def state(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "memory":
         return {}
-    return {"backend": "redis", "redis_url": request.getfixturevalue("redis_server").url}
+    return {
+        "backend": "redis",
+        "redis_url": request.getfixturevalue("redis_server").url,
+        "redis_timeout": PATIENT_REDIS_TIMEOUT_S,
+    }
 
 
 def budgeted(make_proxy: Any, state: dict[str, Any], **sections: Any) -> Any:

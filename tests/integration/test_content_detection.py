@@ -17,6 +17,7 @@ from proxy.policy.rules import Effective
 from proxy.session.base import CallPlan, Outcome
 from proxy.session.redis import RedisLedger
 from tests.harness import MockProviderThread
+from tests.redis_server import PATIENT_REDIS_TIMEOUT_S
 
 ANSWERS = [
     "The plan is to collect the quarterly figures, compare them with last year and write a "
@@ -30,7 +31,11 @@ ANSWERS = [
 def state(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "memory":
         return {}
-    return {"backend": "redis", "redis_url": request.getfixturevalue("redis_server").url}
+    return {
+        "backend": "redis",
+        "redis_url": request.getfixturevalue("redis_server").url,
+        "redis_timeout": PATIENT_REDIS_TIMEOUT_S,
+    }
 
 
 def test_a_paraphrasing_agent_is_killed_when_the_detector_says_kill(

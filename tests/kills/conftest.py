@@ -9,6 +9,7 @@ import pytest
 from proxy.app import LEDGER
 from proxy.session.base import Ledger
 from tests.harness import ProxyThread
+from tests.redis_server import PATIENT_REDIS_TIMEOUT_S
 
 
 @pytest.fixture
@@ -23,7 +24,12 @@ def state(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "memory":
         return {"backend": "memory"}
     server = request.getfixturevalue("redis_server")
-    return {"backend": "redis", "redis_url": server.url, "key_prefix": "tw" + uuid.uuid4().hex[:8]}
+    return {
+        "backend": "redis",
+        "redis_url": server.url,
+        "key_prefix": "tw" + uuid.uuid4().hex[:8],
+        "redis_timeout": PATIENT_REDIS_TIMEOUT_S,
+    }
 
 
 def ledger_of(proxy: ProxyThread) -> Ledger:
