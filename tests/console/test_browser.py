@@ -22,6 +22,7 @@ from playwright.sync_api import expect
 
 from proxy.auth import mint
 from tests.console.conftest import ROOT
+from tests.processes import stop
 
 SECRET = "tripwire-console-tests-hs256-secret-0123"
 QUESTION = "Is the plan done?"
@@ -66,12 +67,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     try:
         yield f"http://127.0.0.1:{port}", env
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def ask(client: openai.OpenAI, task: str, content: str = QUESTION) -> str:

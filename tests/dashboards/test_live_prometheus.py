@@ -23,6 +23,7 @@ import yaml
 from tests.dashboards import traffic
 from tests.dashboards.promql import DASHBOARD_DIR, all_queries, load, panels, substitute
 from tests.harness import MockProviderThread, ProxyThread, running
+from tests.processes import stop
 
 SCRAPE_S = 1
 # $__rate_interval is four scrape intervals; $__range covers the whole test.
@@ -128,12 +129,7 @@ def prometheus(proxy: ProxyThread, tmp_path: Path) -> Iterator[Prometheus]:
             wait_for(lambda: server.query('up{job="tripwire"} == 1'), 20, "first scrape")
             yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop(process)
         log.close()
 
 

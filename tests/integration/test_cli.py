@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from tests.harness import MockProviderThread
+from tests.processes import stop
 
 
 def free_port() -> int:
@@ -65,12 +66,7 @@ def served(tmp_path: Path, mock: MockProviderThread) -> Iterator[tuple[str, subp
     try:
         yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def test_serve_uses_config_file_and_environment(

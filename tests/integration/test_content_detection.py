@@ -38,6 +38,18 @@ def state(request: pytest.FixtureRequest) -> dict[str, Any]:
     }
 
 
+def assert_third_plan_refused(client: openai.OpenAI, task: str, mock: MockProviderThread) -> None:
+    """The task's third call is refused for a near duplicate, unforwarded."""
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "plan 3"}],
+            extra_headers={"X-Task-Id": task},
+        )
+    assert "near_duplicate" in refused.value.message
+    assert mock.provider.total_hits == 2
+
+
 def test_a_paraphrasing_agent_is_killed_when_the_detector_says_kill(
     make_proxy: Any, mock: MockProviderThread, state: dict[str, Any]
 ) -> None:
@@ -59,14 +71,7 @@ def test_a_paraphrasing_agent_is_killed_when_the_detector_says_kill(
         if view is not None and view.killed is not None:
             break
         time.sleep(0.05)
-    with pytest.raises(openai.PermissionDeniedError) as refused:
-        client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "plan 3"}],
-            extra_headers={"X-Task-Id": task},
-        )
-    assert "near_duplicate" in refused.value.message
-    assert mock.provider.total_hits == 2
+    assert_third_plan_refused(client, task, mock)
 
 
 def test_shadow_mode_only_reports(
@@ -268,12 +273,5 @@ def test_a_kill_from_a_detection_still_running_refuses_the_next_call(
             extra_headers={"X-Task-Id": task, "x-mock-reply": answer},
         )
     started = time.monotonic()
-    with pytest.raises(openai.PermissionDeniedError) as refused:
-        client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "plan 3"}],
-            extra_headers={"X-Task-Id": task},
-        )
-    assert "near_duplicate" in refused.value.message
-    assert mock.provider.total_hits == 2
+    assert_third_plan_refused(client, task, mock)
     assert time.monotonic() - started < 5

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Loaded by another command (replay, demo, dashboards), another backend (the Redis client,
@@ -148,12 +150,7 @@ def _idle_rss(tmp_path: Path, *extra: str) -> int:
         time.sleep(0.5)
         return _vm_rss_bytes(process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")

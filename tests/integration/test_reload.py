@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.harness import MockProviderThread
+from tests.processes import stop as stop_process
 
 
 def free_port() -> int:
@@ -79,12 +80,7 @@ class Served:
         pytest.fail(f"no {text!r} in the log: {self.log.read_text()}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture

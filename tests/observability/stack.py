@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.processes import stop as stop_process
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,13 +88,7 @@ class Daemon:
         raise TimeoutError(f"{self.name} was not ready within {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self._log.close()
 
 
