@@ -15,10 +15,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy
 RUN pip install 'uv==0.13.9'
+# A C compiler for the content detectors' extension (proxy/detectors/_native.c), in this stage
+# only: the runtime stage gets the built module, not the compiler.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 # Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml setup.py uv.lock README.md ./
 RUN uv sync --locked --no-dev --extra otel --extra uvloop --no-install-project
 COPY proxy ./proxy
 RUN uv sync --locked --no-dev --extra otel --extra uvloop --no-editable

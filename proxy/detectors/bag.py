@@ -24,6 +24,14 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+try:
+    # The C extension (_native.c), where the install could build it: the same values as the
+    # numpy code of this module and of shingles.py and recent.py, for a fraction of the cost.
+    from proxy.detectors import _native
+except ImportError:  # built without a C compiler: the numpy code, the reference
+    _native = None  # type: ignore[assignment]
+native = _native  # the one switch: shingles.py and recent.py read it here
+
 BAG_FEATURES = 48
 BAG_BYTES = BAG_FEATURES * 4
 LIGHT, HEAVY, NUMBER = 1, 4, 8
@@ -123,7 +131,7 @@ def _distinct_heaviest(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]
     return values[last]
 
 
-def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
+def numpy_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
     """Estimated weighted Jaccard similarity of one sketch to each of ``others``; two texts
     without content words are not alike. All of them in a few array operations.
 
@@ -157,3 +165,7 @@ def bag_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
     both = np.add.reduceat(matched, starts).tolist()
     either = (mine_in + np.add.reduceat(rows_in, starts)).tolist()
     return [shared / max(total - shared, 1) for shared, total in zip(both, either, strict=True)]
+
+
+# The extension's takes ``sketch`` as bag_sketch makes it (sorted), as every caller has it.
+bag_similarities = numpy_similarities if native is None else native.similarities

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from proxy.detectors.bag import BAG_BYTES, bag_similarities
+from proxy.detectors.bag import BAG_BYTES, native, numpy_similarities
 
 _KEY = struct.Struct("<I")
 ENTRY_BYTES = _KEY.size + BAG_BYTES
@@ -49,7 +49,7 @@ def read(data: bytes, offset: int, number: int) -> tuple[bytes, int]:
     return data[offset:end], end
 
 
-def scores(
+def numpy_scores(
     sketch_: bytes, entries: bytes, key: int, owners: list[int] | None = None
 ) -> list[float]:
     """The similarity of ``sketch_`` to each of the agent's entries' sketches; 0 for others'
@@ -58,11 +58,15 @@ def scores(
     owners = keys(entries) if owners is None else owners
     if owners.count(key) == len(owners):  # one agent's task: all of them
         starts = range(_KEY.size, len(entries), ENTRY_BYTES)
-        return bag_similarities(sketch_, [entries[at : at + BAG_BYTES] for at in starts])
+        return numpy_similarities(sketch_, [entries[at : at + BAG_BYTES] for at in starts])
     mine = [index for index, owner in enumerate(owners) if owner == key]
     found = [0.0] * len(owners)
     if mine:
         picked = [entries[i * ENTRY_BYTES + _KEY.size : (i + 1) * ENTRY_BYTES] for i in mine]
-        for index, score in zip(mine, bag_similarities(sketch_, picked), strict=True):
+        for index, score in zip(mine, numpy_similarities(sketch_, picked), strict=True):
             found[index] = score
     return found
+
+
+# The extension's reads each entry's key where it compares: ``owners`` saves it nothing.
+scores = numpy_scores if native is None else native.scores

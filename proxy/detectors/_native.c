@@ -1,0 +1,462 @@
+/* The content detectors' per-completion arithmetic, in C.
+ *
+ * proxy/detectors/shingles.py and bag.py hold the reference: numpy code whose cost on a short
+ * completion is numpy's fixed cost per operation, not the words. These functions compute the
+ * very same values (hashes and sketches are state that replicas share, and state written by a
+ * proxy without this module is read by one with it), in one pass over the text. The modules use
+ * them when this extension was built, and their numpy code otherwise.
+ *
+ * Every length comes from the Python objects; no input, of any size or content, reads or writes
+ * outside them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#define BAG_FEATURES 48
+#define BAG_BYTES (4 * BAG_FEATURES)
+#define KEY_BYTES 4
+#define ENTRY_BYTES (KEY_BYTES + BAG_BYTES)
+#define HEAD (4 * BAG_FEATURES)           /* bag.py: sorted first, past this many content words */
+#define CONTENT_BYTES ((1 << 20) / 8)     /* one bit per top 20 bits of a word's hash */
+#define LAST_VALUE 0xFFFFFFFBu            /* bag.py: values sit below an empty slot's */
+#define TOP 0x3FFFFFFEu                   /* bag.py: the largest real feature */
+#define STACK_WORDS 512                   /* a text of up to 1,023 bytes: no allocation */
+
+static const uint64_t WORD_MIX = 0xD6E8FEB86659FD93ULL;
+static const uint64_t P0 = 0x9E3779B97F4A7C15ULL;
+static const uint64_t P1 = 0xC2B2AE3D27D4EB4FULL;
+static const uint64_t P2 = 0x165667B19E3779F9ULL;
+static const uint32_t WEIGHTS[4] = {1, 4, 8, 4}; /* bag.py: LIGHT, HEAVY, NUMBER, HEAVY */
+
+/* splitmix64's finalizer (shingles.py: _mix); unsigned arithmetic wraps as numpy's uint64. */
+static inline uint64_t mix(uint64_t value)
+{
+    value ^= value >> 30;
+    value *= 0xBF58476D1CE4E5B9ULL;
+    value ^= value >> 27;
+    value *= 0x94D049BB133111EBULL;
+    value ^= value >> 31;
+    return value;
+}
+
+static inline uint32_t read_u32le(const unsigned char *at)
+{
+    return (uint32_t)at[0] | (uint32_t)at[1] << 8 | (uint32_t)at[2] << 16 | (uint32_t)at[3] << 24;
+}
+
+static inline void write_u32le(unsigned char *at, uint32_t value)
+{
+    at[0] = (unsigned char)value;
+    at[1] = (unsigned char)(value >> 8);
+    at[2] = (unsigned char)(value >> 16);
+    at[3] = (unsigned char)(value >> 24);
+}
+
+/* shingles.py: _SENTENCE_END, matched on the bytes before folding. */
+static inline int sentence_end(unsigned char byte)
+{
+    return byte == '.' || byte == '!' || byte == '?' || byte == '\n';
+}
+
+typedef struct {
+    Py_ssize_t count;   /* words */
+    Py_ssize_t opening; /* shingles.py: edge_words */
+    Py_ssize_t closing;
+} Scan;
+
+/* The words of ``raw`` (runs of bytes that do not fold to a space, as bytes.split() finds them
+ * in the folded text: the fold table sends every ASCII whitespace byte to a space and keeps no
+ * other), each hashed as shingles.py's _hash_words does on its first 16 folded bytes, zero
+ * padded, read as two little-endian uint64. ``hashes`` and ``first`` hold (len + 1) / 2 words,
+ * the most ``raw`` can have. The edge words are counted on the way: the words before the first
+ * sentence end, and those after the last sentence end that has a word after it. */
+static Scan scan_words(const unsigned char *raw, Py_ssize_t length, const unsigned char *fold,
+                       uint64_t *hashes, unsigned char *first)
+{
+    Scan scan = {0, 0, 0};
+    Py_ssize_t at = 0, since_end = 0;
+    int seen_end = 0, end_pending = 0, end_before_word = 0;
+    while (at < length) {
+        unsigned char byte = fold[raw[at]];
+        if (byte == ' ') {
+            if (sentence_end(raw[at])) {
+                seen_end = 1;
+                end_pending = 1;
+            }
+            at++;
+            continue;
+        }
+        uint64_t low = 0, high = 0;
+        unsigned shift = 0;
+        first[scan.count] = byte;
+        do {
+            if (shift < 64)
+                low |= (uint64_t)byte << shift;
+            else if (shift < 128)
+                high |= (uint64_t)byte << (shift - 64);
+            shift = shift < 128 ? shift + 8 : shift;
+            at++;
+        } while (at < length && (byte = fold[raw[at]]) != ' ');
+        hashes[scan.count] = mix(low * WORD_MIX + high);
+        scan.count++;
+        if (!seen_end)
+            scan.opening++;
+        if (end_pending) {
+            since_end = 0;
+            end_before_word = 1;
+            end_pending = 0;
+        }
+        since_end++;
+    }
+    /* Fewer than 8 words, or a single sentence: no edges (the sentence-end bytes fold to
+     * spaces, so no word holds one). */
+    if (scan.count < 8 || !seen_end) {
+        scan.opening = scan.closing = 0;
+        return scan;
+    }
+    Py_ssize_t quarter = scan.count / 4;
+    scan.closing = end_before_word ? since_end : 0;
+    scan.opening = scan.opening < quarter ? scan.opening : quarter;
+    scan.closing = scan.closing < quarter ? scan.closing : quarter;
+    return scan;
+}
+
+/* shingles.py: _shingles_of; ``out`` holds max(count - 2, 1) hashes when there are words. */
+static void shingles_of(const uint64_t *hashes, Py_ssize_t count, uint32_t *out)
+{
+    if (count >= 3) {
+        for (Py_ssize_t i = 0; i + 2 < count; i++)
+            out[i] = (uint32_t)(mix(hashes[i] * P0 + hashes[i + 1] * P1 + hashes[i + 2] * P2) >> 32);
+    } else if (count == 2) {
+        out[0] = (uint32_t)(mix((hashes[0] * P0) ^ (hashes[1] * P1)) >> 32);
+    } else if (count == 1) {
+        out[0] = (uint32_t)(mix(hashes[0] * P0) >> 32);
+    }
+}
+
+/* The BAG_FEATURES smallest distinct features seen, each with its largest value, sorted: what
+ * bag.py's _lightest keeps, found in one pass without sorting every value. A feature pushed out
+ * has BAG_FEATURES smaller ones before it, so it never comes back. */
+typedef struct {
+    uint32_t values[BAG_FEATURES];
+    int count;
+} Lightest;
+
+static inline void consider(Lightest *best, uint32_t value)
+{
+    uint32_t feature = value >> 2;
+    int count = best->count;
+    if (count == BAG_FEATURES && feature > best->values[count - 1] >> 2)
+        return;
+    int low = 0, high = count;
+    while (low < high) {
+        int middle = (low + high) / 2;
+        if (best->values[middle] >> 2 < feature)
+            low = middle + 1;
+        else
+            high = middle;
+    }
+    if (low < count && best->values[low] >> 2 == feature) {
+        if (value > best->values[low])
+            best->values[low] = value;
+        return;
+    }
+    int kept = count < BAG_FEATURES ? count : BAG_FEATURES - 1;
+    memmove(&best->values[low + 1], &best->values[low], (size_t)(kept - low) * sizeof(uint32_t));
+    best->values[low] = value;
+    if (count < BAG_FEATURES)
+        best->count = count + 1;
+}
+
+/* bag.py: bag_sketch. ``first`` is overwritten with each word's content flag. */
+static void bag_sketch(const uint64_t *hashes, unsigned char *first, uint32_t *values, Scan scan,
+                       const unsigned char *content, unsigned char *out)
+{
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < scan.count; i++) {
+        uint32_t feature = (uint32_t)(hashes[i] >> 32);
+        uint32_t weight_class;
+        if (first[i] >= '0' && first[i] <= '9')
+            weight_class = 2;
+        else if (i < scan.opening || i >= scan.count - scan.closing)
+            weight_class = 0;
+        else
+            weight_class = 1;
+        values[i] = (feature & ~3u) | weight_class;
+        /* The stopword table is indexed by the top 20 bits; bit k of the bitmap is entry k. */
+        first[i] = (content[feature >> 15] >> ((feature >> 12) & 7)) & 1;
+        kept += first[i];
+    }
+    Lightest best = {{0}, 0};
+    if (kept > HEAD) {
+        /* bag.py's pre-filter, kept for its one difference: these values are not clamped, and a
+         * feature straddling the cutoff keeps only the classes below it. */
+        uint64_t cutoff = (((uint64_t)16 * BAG_FEATURES) << 32) / (uint64_t)kept;
+        if (cutoff > 0xFFFFFFFFu)
+            cutoff = 0xFFFFFFFFu;
+        for (Py_ssize_t i = 0; i < scan.count; i++)
+            if (first[i] && values[i] < cutoff)
+                consider(&best, values[i]);
+    }
+    if (best.count < BAG_FEATURES) {
+        best.count = 0;
+        for (Py_ssize_t i = 0; i < scan.count; i++)
+            if (first[i])
+                consider(&best, values[i] < LAST_VALUE ? values[i] : LAST_VALUE);
+    }
+    memset(out, 0xFF, BAG_BYTES);
+    for (int i = 0; i < best.count; i++)
+        write_u32le(out + 4 * i, best.values[i]);
+}
+
+static PyObject *native_shingle(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "shingle(text, fold, content, limit) takes 4 arguments");
+        return NULL;
+    }
+    PyObject *text = args[0], *fold = args[1], *content = args[2];
+    if (!PyUnicode_Check(text) || !PyBytes_Check(fold) || !PyBytes_Check(content)) {
+        PyErr_SetString(PyExc_TypeError, "shingle() takes a str and two bytes tables");
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(fold) != 256 || PyBytes_GET_SIZE(content) != CONTENT_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "shingle(): a 256-byte fold table, a 2**20-bit bitmap");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[3]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    /* shingles.py: _encoded. ASCII text is its own UTF-8: read in place, no copy. */
+    PyObject *encoded = NULL;
+    const unsigned char *raw;
+    Py_ssize_t length;
+    if (PyUnicode_IS_ASCII(text)) {
+        raw = (const unsigned char *)PyUnicode_DATA(text);
+        length = PyUnicode_GET_LENGTH(text);
+    } else {
+        PyObject *lower = PyObject_CallMethod(text, "lower", NULL);
+        if (lower == NULL)
+            return NULL;
+        encoded = PyUnicode_Check(lower) ? PyUnicode_AsEncodedString(lower, "utf-8", "replace")
+                                         : NULL;
+        if (encoded == NULL && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "str.lower() did not return a str");
+        Py_DECREF(lower);
+        if (encoded == NULL)
+            return NULL;
+        raw = (const unsigned char *)PyBytes_AS_STRING(encoded);
+        length = PyBytes_GET_SIZE(encoded);
+    }
+    if (limit < 0)
+        limit = 0;
+    if (length > limit)
+        length = limit;
+
+    /* Per word: its hash, its first byte (then its content flag) and its sketch value. */
+    uint64_t stack_hashes[STACK_WORDS];
+    uint32_t stack_values[STACK_WORDS];
+    unsigned char stack_first[STACK_WORDS];
+    uint64_t *hashes = stack_hashes;
+    uint32_t *values = stack_values;
+    unsigned char *first = stack_first;
+    void *heap = NULL;
+    Py_ssize_t most = (length + 1) / 2;
+    if (most > STACK_WORDS) {
+        heap = PyMem_Malloc((size_t)most * (sizeof(uint64_t) + sizeof(uint32_t) + 1));
+        if (heap == NULL) {
+            Py_XDECREF(encoded);
+            return PyErr_NoMemory();
+        }
+        hashes = (uint64_t *)heap;
+        values = (uint32_t *)(hashes + most);
+        first = (unsigned char *)(values + most);
+    }
+
+    PyObject *result = NULL;
+    Scan scan = scan_words(raw, length, (const unsigned char *)PyBytes_AS_STRING(fold), hashes,
+                           first);
+    Py_ssize_t shingle_count = scan.count >= 3 ? scan.count - 2 : (scan.count ? 1 : 0);
+    /* A bytearray, so numpy wraps it as a writable array, as the reference's is. */
+    PyObject *shingles = PyByteArray_FromStringAndSize(NULL, shingle_count * 4);
+    PyObject *sketch = PyBytes_FromStringAndSize(NULL, BAG_BYTES);
+    if (shingles != NULL && sketch != NULL) {
+        shingles_of(hashes, scan.count, (uint32_t *)(void *)PyByteArray_AS_STRING(shingles));
+        bag_sketch(hashes, first, values, scan,
+                   (const unsigned char *)PyBytes_AS_STRING(content),
+                   (unsigned char *)PyBytes_AS_STRING(sketch));
+        result = PyTuple_Pack(2, shingles, sketch);
+    }
+    Py_XDECREF(shingles);
+    Py_XDECREF(sketch);
+    PyMem_Free(heap);
+    Py_XDECREF(encoded);
+    return result;
+}
+
+/* One sketch's features and weights, read once for comparing it with many (bag.py's "mine"). */
+typedef struct {
+    uint32_t features[BAG_FEATURES];
+    uint32_t weights[BAG_FEATURES];
+    long below[BAG_FEATURES + 1]; /* the sum of the weights before each slot */
+    uint32_t cap;
+} Mine;
+
+static void read_mine(const unsigned char *sketch, Mine *mine)
+{
+    mine->below[0] = 0;
+    for (int i = 0; i < BAG_FEATURES; i++) {
+        uint32_t value = read_u32le(sketch + 4 * i);
+        mine->features[i] = value >> 2;
+        mine->weights[i] = WEIGHTS[value & 3];
+        mine->below[i + 1] = mine->below[i] + (long)mine->weights[i];
+    }
+    uint32_t last = mine->features[BAG_FEATURES - 1];
+    mine->cap = last < TOP ? last : TOP;
+}
+
+/* bag.py: bag_similarities for one other sketch, given ``mine`` sorted (as every sketch
+ * bag_sketch makes): numpy's binary searches in a sorted array are these lower and upper
+ * bounds. The other sketch may hold anything. */
+static double compare(const Mine *mine, const unsigned char *other)
+{
+    uint32_t last = read_u32le(other + 4 * (BAG_FEATURES - 1)) >> 2;
+    uint32_t bound = last < mine->cap ? last : mine->cap;
+    int low = 0, high = BAG_FEATURES;
+    while (low < high) {
+        int middle = (low + high) / 2;
+        if (mine->features[middle] <= bound)
+            low = middle + 1;
+        else
+            high = middle;
+    }
+    long either = mine->below[low], both = 0;
+    int at = 0;
+    uint32_t previous = 0;
+    for (int i = 0; i < BAG_FEATURES; i++) {
+        uint32_t value = read_u32le(other + 4 * i);
+        uint32_t feature = value >> 2, weight = WEIGHTS[value & 3];
+        if (feature > mine->cap)
+            continue; /* weighs nothing on either side */
+        either += weight;
+        if (feature < previous)
+            at = 0; /* out of order: search from the start again */
+        previous = feature;
+        while (at < BAG_FEATURES && mine->features[at] < feature)
+            at++;
+        if (at < BAG_FEATURES && mine->features[at] == feature)
+            both += weight < mine->weights[at] ? weight : mine->weights[at];
+    }
+    long rest = either - both;
+    return (double)both / (double)(rest > 1 ? rest : 1);
+}
+
+static int read_sketch(PyObject *sketch, Mine *mine)
+{
+    if (!PyBytes_Check(sketch) || PyBytes_GET_SIZE(sketch) != BAG_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "a sketch is 192 bytes");
+        return -1;
+    }
+    read_mine((const unsigned char *)PyBytes_AS_STRING(sketch), mine);
+    return 0;
+}
+
+static PyObject *native_similarities(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "similarities(sketch, others) takes 2 arguments");
+        return NULL;
+    }
+    Mine mine;
+    if (read_sketch(args[0], &mine) < 0)
+        return NULL;
+    PyObject *others = PySequence_Fast(args[1], "similarities(): others must be a sequence");
+    if (others == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(others);
+    PyObject **items = PySequence_Fast_ITEMS(others);
+    PyObject *result = PyList_New(count);
+    for (Py_ssize_t i = 0; result != NULL && i < count; i++) {
+        PyObject *item = items[i];
+        PyObject *score = NULL;
+        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) != BAG_BYTES)
+            PyErr_SetString(PyExc_ValueError, "a sketch is 192 bytes");
+        else
+            score = PyFloat_FromDouble(compare(&mine, (const unsigned char *)PyBytes_AS_STRING(item)));
+        if (score == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, score);
+    }
+    Py_DECREF(others);
+    return result;
+}
+
+static PyObject *native_scores(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    /* A fourth argument, the entries' keys when the caller has them, is recent.scores'
+     * contract; reading each key where it compares costs less than a list look-up. */
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "scores(sketch, entries, key[, owners]) takes 3 or 4 arguments");
+        return NULL;
+    }
+    Mine mine;
+    if (read_sketch(args[0], &mine) < 0)
+        return NULL;
+    PyObject *entries = args[1];
+    if (!PyBytes_Check(entries) || PyBytes_GET_SIZE(entries) % ENTRY_BYTES != 0) {
+        PyErr_SetString(PyExc_ValueError, "entries are 196 bytes each");
+        return NULL;
+    }
+    /* A key that is no uint32 is no entry's. */
+    int overflow = 0;
+    long long wanted = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+    if (wanted == -1 && PyErr_Occurred())
+        return NULL;
+    int any = !overflow && wanted >= 0 && wanted <= 0xFFFFFFFFLL;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(entries);
+    Py_ssize_t count = PyBytes_GET_SIZE(entries) / ENTRY_BYTES;
+    PyObject *result = PyList_New(count);
+    for (Py_ssize_t i = 0; result != NULL && i < count; i++) {
+        const unsigned char *entry = data + i * ENTRY_BYTES;
+        int mine_too = any && read_u32le(entry) == (uint32_t)wanted;
+        PyObject *score = PyFloat_FromDouble(mine_too ? compare(&mine, entry + KEY_BYTES) : 0.0);
+        if (score == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, score);
+    }
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"shingle", (PyCFunction)(void (*)(void))native_shingle, METH_FASTCALL,
+     "shingle(text, fold, content, limit) -> (shingles, sketch)"},
+    {"similarities", (PyCFunction)(void (*)(void))native_similarities, METH_FASTCALL,
+     "similarities(sketch, others) -> list of floats"},
+    {"scores", (PyCFunction)(void (*)(void))native_scores, METH_FASTCALL,
+     "scores(sketch, entries, key[, owners]) -> list of floats"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "proxy.detectors._native",
+    "The content detectors' shingling and sketch similarity in C (shingles.py, bag.py).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    return PyModule_Create(&module_def);
+}

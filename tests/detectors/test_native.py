@@ -1,0 +1,213 @@
+"""The C extension (proxy/detectors/_native.c) computes exactly what the numpy code does.
+
+Shingles and sketches are state that replicas share, and one replica may run without the
+extension: every hash, sketch byte and similarity must be the same either way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proxy.detectors import bag, recent, shingles
+from proxy.detectors.bag import BAG_BYTES, STOPWORDS
+
+_SAMPLE = Path(__file__).parents[2] / "bench" / "detection" / "sample.jsonl"
+
+native = pytest.mark.skipif(bag.native is None, reason="the C extension is not built")
+
+_WORDS = [
+    *STOPWORDS[:40],
+    *("agent", "plan", "tool", "call", "result", "check", "goal", "retry", "deploy", "cache"),
+    *("12", "3", "2400", "5%", "0x1F", "007", "v2", "x86_64", "1.5", "3,000"),
+    *("Été", "naïve", "ÉCOLE", "straße", "İstanbul", "ΣΟΦΊΑ", "東京", "emoji😀"),
+    *("\ud800lone", "\x00nul"),  # a lone surrogate (UTF-8 'replace' makes it "?"), a NUL
+    "incomprehensibilities",  # longer than 16 bytes: hashed on its first 16
+    "aaaaaaaaaaaaaaaab",  # 17 bytes, the 17th ignored
+    "aaaaaaaaaaaaaaaac",
+    "tab\tseparated",
+    "x",
+]
+_SEPARATORS = [" ", " ", " ", "  ", ". ", "! ", "? ", "\n", "\n\n", ", ", " -- ", "**", "_", "\t"]
+
+
+def _text(rng: random.Random, words: int, vocabulary: list[str] | None = None) -> str:
+    chosen = vocabulary or _WORDS
+    parts = []
+    for _ in range(words):
+        parts.append(rng.choice(chosen))
+        parts.append(rng.choice(_SEPARATORS))
+    return rng.choice(["", " ", "\n", "...", "Hi,\n"]) + "".join(parts)
+
+
+def _texts() -> list[str]:
+    rng = random.Random(7)
+    texts = [
+        "",
+        " ",
+        "...!?\n",
+        "-- ** __ ,,, ;;",
+        "OK",
+        "two words",
+        "Continue.",
+        "3",
+        "12 34",
+        "12 34 56 78 90 11 22 33 44.",
+        "a" * 40,
+        "é" * 40,
+        "\ud800",
+        "İİİ ΣΣΣ",
+        "first. " + "one two three four five six seven eight nine ten" + " last!",
+        "No end at all " * 5,
+        "Ends only at the end one two three four five six seven.",
+        "one two three four five six seven eight nine\n",
+        "\n\none two three four five six seven eight nine",
+        "x" * 70_000,
+        ("word " * 20_000),
+        ("alpha beta. " * 3_000),  # many content words, two of them: the sketch's slow path
+        " ".join(f"w{n}" for n in range(400)),  # more than 192 content words, all distinct
+        " ".join(f"w{n % 60} {n % 7}" for n in range(1_000)),  # repeats, digits
+        " ".join(STOPWORDS),  # no content word at all
+        "Ω" * 40_000,  # 80 KiB of UTF-8: cut at 64 KiB, inside a word
+        "ab " * 21_845 + "cdefgh",  # a word cut by the 64 KiB limit
+    ]
+    for size in (1, 2, 3, 4, 7, 8, 9, 12, 30, 64, 150, 260, 400, 1_500, 12_000):
+        texts.extend(_text(rng, size) for _ in range(12))
+    ascii_words = [word for word in _WORDS if word.isascii()]
+    texts.extend(_text(rng, rng.randrange(1, 600), ascii_words) for _ in range(60))
+    texts.extend(rng.choice(ascii_words) * rng.randrange(1, 40) for _ in range(20))
+    # A large vocabulary: more than 48 distinct content words past the sketch's pre-filter.
+    for size in (100, 193, 300, 800, 3_000, 9_000):
+        vocabulary = [
+            "".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=rng.randrange(1, 20)))
+            for _ in range(rng.choice((60, 400, 5_000)))
+        ]
+        texts.extend(_text(rng, size, vocabulary) for _ in range(5))
+    return texts
+
+
+def _corpus() -> list[str]:
+    if not _SAMPLE.exists():
+        return []
+    lines = _SAMPLE.read_text().splitlines()
+    return [json.loads(line)["text"] for line in lines if line.startswith("{")]
+
+
+_ALL_TEXTS = _texts() + _corpus()
+
+
+@native
+def test_shingles_and_sketches_are_the_numpy_ones() -> None:
+    for text in _ALL_TEXTS:
+        expected, found = shingles.numpy_shingle(text), shingles.native_shingle(text)
+        assert found.sketch == expected.sketch, text[:80]
+        assert found.shingles.dtype == np.uint32
+        assert found.shingles.tolist() == expected.shingles.tolist(), text[:80]
+        assert found.empty == expected.empty
+        assert found.count == expected.count
+
+
+@native
+def test_the_corpus_is_there_to_compare() -> None:
+    assert len(_corpus()) > 50
+
+
+def test_long_and_short_texts_split_into_the_same_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The numpy code splits short texts with bytes.split and long ones by scanning for edges:
+    # both must find the same words (the extension has one way, checked against both).
+    texts = [text for text in _ALL_TEXTS if len(shingles._encoded(text)) <= 1024]
+    short = [shingles._words(shingles._encoded(text)) for text in texts]
+    monkeypatch.setattr(shingles, "_SHORT", -1)
+    for text, found in zip(texts, short, strict=True):
+        scanned = shingles._words(shingles._encoded(text))
+        assert scanned.hashes.tolist() == found.hashes.tolist(), text[:80]
+        assert scanned.first == found.first
+
+
+def _sketches() -> list[bytes]:
+    rng = random.Random(11)
+    made = [shingles.numpy_shingle(text).sketch for text in _ALL_TEXTS]
+    # What a corrupt state could hold: the comparison must still agree on the others' side.
+    made.extend(rng.randbytes(BAG_BYTES) for _ in range(20))
+    for sketch in made[:60]:  # every weight class, class 3 too, on features the texts share
+        values = np.frombuffer(sketch, dtype="<u4") ^ np.array(
+            [rng.randrange(4) for _ in range(BAG_BYTES // 4)], dtype="<u4"
+        )
+        made.append(values.astype("<u4").tobytes())
+        shuffled = [sketch[at : at + 4] for at in range(0, BAG_BYTES, 4)]
+        rng.shuffle(shuffled)
+        made.append(b"".join(shuffled))  # out of order
+    made.extend(sorted(made[:20]))
+    return made
+
+
+@native
+def test_similarities_are_the_numpy_ones() -> None:
+    rng = random.Random(3)
+    sketches = _sketches()
+    mine = [shingles.numpy_shingle(text).sketch for text in _ALL_TEXTS]
+    for sketch in mine:
+        others = rng.sample(sketches, rng.randrange(0, 14))
+        expected = bag.numpy_similarities(sketch, others)
+        assert bag.native.similarities(sketch, others) == expected
+    texts = [text for text in _corpus() if text] or ["one two three", "three two one"]
+    for text in texts:
+        others = [shingles.numpy_shingle(other).sketch for other in texts[:12]]
+        sketch = shingles.numpy_shingle(text).sketch
+        assert bag.native.similarities(sketch, others) == bag.numpy_similarities(sketch, others)
+
+
+@native
+def test_scores_are_the_numpy_ones() -> None:
+    rng = random.Random(5)
+    sketches = _sketches()
+    keys = [0, 1, 7, 0xFFFFFFFF]
+    for text in _ALL_TEXTS[::3]:
+        sketch = shingles.numpy_shingle(text).sketch
+        count = rng.randrange(0, 13)
+        owners = [rng.choice(keys[: rng.randrange(1, 5)]) for _ in range(count)]
+        entries = b"".join(recent.entry(key, rng.choice(sketches)) for key in owners)
+        for key in (*keys, -1, 1 << 40):
+            expected = recent.numpy_scores(sketch, entries, key)
+            assert bag.native.scores(sketch, entries, key) == expected
+            assert bag.native.scores(sketch, entries, key, owners) == expected
+
+
+@native
+def test_the_modules_use_the_extension() -> None:
+    assert shingles.shingle is shingles.native_shingle
+    assert bag.bag_similarities is bag.native.similarities
+    assert recent.scores is bag.native.scores
+
+
+@native
+def test_bad_arguments_raise_rather_than_read_past_them() -> None:
+    module = bag.native
+    sketch = shingles.shingle("one two three four").sketch
+    with pytest.raises(ValueError):
+        module.similarities(sketch[:-1], [])
+    with pytest.raises(ValueError):
+        module.similarities(sketch, [sketch, b"short"])
+    with pytest.raises(ValueError):
+        module.scores(sketch, b"x" * 195, 0)
+    with pytest.raises(TypeError):
+        module.similarities(sketch, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        module.shingle("text", b"short", shingles._CONTENT_BITS, 10)
+    assert module.shingle("one two", bytes(256), shingles._CONTENT_BITS, -5)[0] == bytearray()
+
+
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
+)
+def test_the_extension_is_built_where_a_compiler_is() -> None:
+    # setup.py marks it optional: an install without it still works, so nothing else would say
+    # it went missing.
+    importlib.import_module("proxy.detectors._native")
+    assert bag.native is not None
