@@ -440,6 +440,136 @@ static PyObject *native_scores(PyObject *module, PyObject *const *args, Py_ssize
     return result;
 }
 
+/* Sorts ``values`` in place; ``spare`` holds as many. Insertion for a few, else an LSD radix
+ * sort: linear, where a comparison sort of a long completion's shingles is not. */
+static void sort_u32(uint32_t *values, uint32_t *spare, Py_ssize_t count)
+{
+    if (count <= 64) {
+        for (Py_ssize_t i = 1; i < count; i++) {
+            uint32_t value = values[i];
+            Py_ssize_t at = i;
+            for (; at > 0 && values[at - 1] > value; at--)
+                values[at] = values[at - 1];
+            values[at] = value;
+        }
+        return;
+    }
+    for (unsigned shift = 0; shift < 32; shift += 8) {
+        Py_ssize_t starts[257] = {0};
+        for (Py_ssize_t i = 0; i < count; i++)
+            starts[((values[i] >> shift) & 0xFF) + 1]++;
+        for (int digit = 0; digit < 256; digit++)
+            starts[digit + 1] += starts[digit];
+        for (Py_ssize_t i = 0; i < count; i++)
+            spare[starts[(values[i] >> shift) & 0xFF]++] = values[i];
+        memcpy(values, spare, (size_t)count * sizeof(uint32_t));
+    }
+}
+
+/* The sorted union of ``kept`` (sorted, distinct, little-endian) and ``values`` (sorted,
+ * distinct), written to ``out`` when it is not NULL; its length. A completion adds a few values
+ * to a sample of hundreds: each is looked up, and the sample is copied in runs between them. */
+static Py_ssize_t merge_into(const unsigned char *kept, Py_ssize_t kept_count,
+                             const uint32_t *values, Py_ssize_t count, unsigned char *out)
+{
+    Py_ssize_t size = kept_count, from = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t low = from, high = kept_count;
+        while (low < high) {
+            Py_ssize_t middle = low + (high - low) / 2;
+            if (read_u32le(kept + 4 * middle) < values[i])
+                low = middle + 1;
+            else
+                high = middle;
+        }
+        int known = low < kept_count && read_u32le(kept + 4 * low) == values[i];
+        if (out != NULL) {
+            memcpy(out, kept + 4 * from, (size_t)(low - from) * 4);
+            out += 4 * (low - from);
+            if (!known) {
+                write_u32le(out, values[i]);
+                out += 4;
+            }
+        }
+        size += !known;
+        from = low;
+    }
+    if (out != NULL)
+        memcpy(out, kept + 4 * from, (size_t)(kept_count - from) * 4);
+    return size;
+}
+
+/* progress.py: _merge_many. The sorted, distinct union of ``sample`` (sorted distinct
+ * little-endian uint32) and ``hashes`` (a 1-d buffer of native uint32), as little-endian bytes,
+ * and how many distinct values ``hashes`` held. None when ``sample`` is not sorted and distinct
+ * (a corrupt state): the numpy code then decides. */
+static PyObject *native_merge(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "merge(sample, hashes) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *sample = args[0];
+    if (!PyBytes_Check(sample) || PyBytes_GET_SIZE(sample) % 4 != 0) {
+        PyErr_SetString(PyExc_ValueError, "a sample is little-endian uint32");
+        return NULL;
+    }
+    const unsigned char *kept = (const unsigned char *)PyBytes_AS_STRING(sample);
+    Py_ssize_t kept_count = PyBytes_GET_SIZE(sample) / 4;
+    for (Py_ssize_t i = 1; i < kept_count; i++)
+        if (read_u32le(kept + 4 * (i - 1)) >= read_u32le(kept + 4 * i))
+            Py_RETURN_NONE;
+
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_STRIDED_RO | PyBUF_FORMAT) < 0)
+        return NULL;
+    const char *format = view.format == NULL ? "B" : view.format;
+    if (view.ndim != 1 || view.itemsize != 4 ||
+        (strcmp(format, "I") != 0 && strcmp(format, "=I") != 0 && strcmp(format, "@I") != 0)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "hashes are a 1-d array of uint32");
+        return NULL;
+    }
+    Py_ssize_t count = view.shape[0];
+    if (count > PY_SSIZE_T_MAX / 8) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    uint32_t stack_values[2 * STACK_WORDS];
+    uint32_t *values = stack_values;
+    if (count > STACK_WORDS) {
+        values = PyMem_Malloc((size_t)count * 2 * sizeof(uint32_t));
+        if (values == NULL) {
+            PyBuffer_Release(&view);
+            return PyErr_NoMemory();
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        memcpy(&values[i], (const char *)view.buf + i * view.strides[0], sizeof(uint32_t));
+    PyBuffer_Release(&view);
+    sort_u32(values, values + count, count);
+    Py_ssize_t distinct = 0;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (distinct == 0 || values[i] != values[distinct - 1])
+            values[distinct++] = values[i];
+
+    /* Counted first, so the bytes are made at their size. */
+    Py_ssize_t size = merge_into(kept, kept_count, values, distinct, NULL);
+    PyObject *merged = PyBytes_FromStringAndSize(NULL, size * 4);
+    PyObject *number = merged == NULL ? NULL : PyLong_FromSsize_t(distinct);
+    PyObject *result = NULL;
+    if (number != NULL) {
+        merge_into(kept, kept_count, values, distinct, (unsigned char *)PyBytes_AS_STRING(merged));
+        result = PyTuple_Pack(2, merged, number);
+    }
+    Py_XDECREF(merged);
+    Py_XDECREF(number);
+    if (values != stack_values)
+        PyMem_Free(values);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"shingle", (PyCFunction)(void (*)(void))native_shingle, METH_FASTCALL,
      "shingle(text, fold, content, limit) -> (shingles, sketch)"},
@@ -447,6 +577,8 @@ static PyMethodDef methods[] = {
      "similarities(sketch, others) -> list of floats"},
     {"scores", (PyCFunction)(void (*)(void))native_scores, METH_FASTCALL,
      "scores(sketch, entries, key[, owners]) -> list of floats"},
+    {"merge", (PyCFunction)(void (*)(void))native_merge, METH_FASTCALL,
+     "merge(sample, hashes) -> (merged, distinct) or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from proxy.detectors.bag import native
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import NoProgressSettings
 from proxy.detectors.shingles import Hashes, Shingles, shingle, sorted_unique
@@ -79,8 +80,7 @@ def observe_shingles(
     below = shingles.below(threshold)
     new = distinct = 0  # on a long task, often: none of the output's shingles is sampled
     if len(below):
-        merge = _merge_few if len(below) <= _FEW and _NATIVE else _merge_many
-        merged, distinct = merge(sample, below)
+        merged, distinct = _merge(sample, below)
         new = len(merged) // 4 - len(sample) // 4  # both are distinct: what the union gained
         if new:
             if len(merged) > 4 * size:
@@ -110,6 +110,21 @@ def _merge_many(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
     merged = sorted_unique(np.concatenate((np.frombuffer(sample, dtype="<u4"), hashes)))
     distinct = len(set(hashes.tolist())) if len(hashes) <= _SET else len(sorted_unique(hashes))
     return merged.astype("<u4", copy=False).tobytes(), distinct
+
+
+def _merge_numpy(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
+    merge = _merge_few if len(hashes) <= _FEW and _NATIVE else _merge_many
+    return merge(sample, hashes)
+
+
+def _merge_native(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
+    """The extension's merge: ``_merge_many``'s values at any size. A sample that is not sorted
+    and distinct (a corrupt state) is left to ``_merge_many``."""
+    merged = native.merge(sample, hashes)
+    return _merge_many(sample, hashes) if merged is None else merged
+
+
+_merge = _merge_numpy if native is None else _merge_native
 
 
 def _verdict(recent: bytes, agent: str, settings: NoProgressSettings) -> Trip | None:

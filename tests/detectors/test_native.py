@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proxy.detectors import bag, recent, shingles
+from proxy.detectors import bag, content, progress, recent, shingles
 from proxy.detectors.bag import BAG_BYTES, STOPWORDS
+from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
 
 _SAMPLE = Path(__file__).parents[2] / "bench" / "detection" / "sample.jsonl"
 
@@ -180,10 +181,80 @@ def test_scores_are_the_numpy_ones() -> None:
 
 
 @native
+def test_the_no_progress_merge_is_the_numpy_one() -> None:
+    rng = random.Random(9)
+    for _ in range(400):
+        size = rng.choice((0, 1, 7, 100, 512, 3_000))
+        sample = shingles.sorted_unique(
+            np.array([rng.randrange(1 << 32) for _ in range(size)], dtype=np.uint32)
+        )
+        pool = [*sample.tolist()[:50], *(rng.randrange(1 << 32) for _ in range(50))]
+        count = rng.choice((0, 1, 2, 16, 17, 63, 64, 65, 200, 5_000))
+        hashes = np.array([rng.choice(pool) for _ in range(count)], dtype=np.uint32)
+        if rng.random() < 0.3:
+            hashes = np.repeat(hashes, 2)[::2]  # strided, as the numpy shingles are
+        packed = sample.astype("<u4").tobytes()
+        assert bag.native.merge(packed, hashes) == progress._merge_many(packed, hashes)
+        assert progress._merge_native(packed, hashes) == progress._merge_numpy(packed, hashes)
+    # A sample that is not sorted and distinct is left to the numpy code.
+    unsorted = np.array([5, 3], dtype="<u4").tobytes()
+    assert bag.native.merge(unsorted, np.array([4], dtype=np.uint32)) is None
+    assert progress._merge_native(unsorted, np.array([4], dtype=np.uint32)) == (
+        progress._merge_many(unsorted, np.array([4], dtype=np.uint32))
+    )
+    with pytest.raises(ValueError):
+        bag.native.merge(b"abc", np.array([4], dtype=np.uint32))
+    with pytest.raises(ValueError):
+        bag.native.merge(b"", np.array([4], dtype=np.uint64))
+
+
+def _replayed() -> list[tuple[bytes, list[str]]]:
+    """Every state and trip of the content detectors over the corpus and the test texts."""
+    conversations: dict[str, list[tuple[str, str]]] = {}
+    if _SAMPLE.exists():
+        for line in _SAMPLE.read_text().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                conversations.setdefault(record["task"], []).append(
+                    (record["agent"], record["text"])
+                )
+    rng = random.Random(13)
+    texts = [text for text in _ALL_TEXTS if len(text) < 5_000]
+    conversations["texts"] = [(f"agent-{rng.randrange(3)}", text) for text in texts]
+    # A small sample, so that it fills and its threshold drops.
+    stalled = NoProgressSettings(completions=3, min_sampled=4, sample_size=64)
+    seen = []
+    for outputs in conversations.values():
+        state = content.ContentState()
+        for agent, text in outputs:
+            state, trips = content.observe_content(
+                state,
+                agent,
+                text,
+                cycle=CycleSettings(),
+                near_duplicate=NearDuplicateSettings(),
+                no_progress=stalled,
+            )
+            seen.append((state.to_bytes(), [trip.to_json() for trip in trips]))
+    return seen
+
+
+@native
+def test_the_detectors_keep_the_same_state_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = _replayed()
+    monkeypatch.setattr(content, "shingle", shingles.numpy_shingle)
+    monkeypatch.setattr(recent, "scores", recent.numpy_scores)
+    monkeypatch.setattr(progress, "_merge", progress._merge_numpy)
+    assert _replayed() == found
+    assert any(trips for _, trips in found)
+
+
+@native
 def test_the_modules_use_the_extension() -> None:
     assert shingles.shingle is shingles.native_shingle
     assert bag.bag_similarities is bag.native.similarities
     assert recent.scores is bag.native.scores
+    assert progress._merge is progress._merge_native
 
 
 @native
