@@ -171,23 +171,26 @@ static inline void consider(Lightest *best, uint32_t value)
         best->count = count + 1;
 }
 
-/* bag.py: bag_sketch. ``first`` is overwritten with each word's content flag. */
+/* bag.py: bag_sketch. ``first`` is overwritten with each word's content flag. Content words
+ * are a coin flip to the branch predictor, and the stopword bitmap is out of the first-level
+ * cache: the flags are read in one loop (the look-ups overlap), and the content words' values
+ * gathered in another, without a branch. */
 static void bag_sketch(const uint64_t *hashes, unsigned char *first, uint32_t *values, Scan scan,
                        const unsigned char *content, unsigned char *out)
 {
-    Py_ssize_t kept = 0;
     for (Py_ssize_t i = 0; i < scan.count; i++) {
         uint32_t feature = (uint32_t)(hashes[i] >> 32);
-        uint32_t weight_class;
-        if (first[i] >= '0' && first[i] <= '9')
-            weight_class = 2;
-        else if (i < scan.opening || i >= scan.count - scan.closing)
-            weight_class = 0;
-        else
-            weight_class = 1;
-        values[i] = (feature & ~3u) | weight_class;
+        /* A number (2) wherever it stands, another word 1, or 0 in the opening or closing
+         * sentence. */
+        uint32_t number = (uint32_t)(first[i] - '0') < 10;
+        uint32_t edge = (i < scan.opening) | (i >= scan.count - scan.closing);
+        values[i] = (feature & ~3u) | (number << 1) | (~number & ~edge & 1);
         /* The stopword table is indexed by the top 20 bits; bit k of the bitmap is entry k. */
         first[i] = (content[feature >> 15] >> ((feature >> 12) & 7)) & 1;
+    }
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < scan.count; i++) {
+        values[kept] = values[i];
         kept += first[i];
     }
     Lightest best = {{0}, 0};
@@ -197,15 +200,14 @@ static void bag_sketch(const uint64_t *hashes, unsigned char *first, uint32_t *v
         uint64_t cutoff = (((uint64_t)16 * BAG_FEATURES) << 32) / (uint64_t)kept;
         if (cutoff > 0xFFFFFFFFu)
             cutoff = 0xFFFFFFFFu;
-        for (Py_ssize_t i = 0; i < scan.count; i++)
-            if (first[i] && values[i] < cutoff)
+        for (Py_ssize_t i = 0; i < kept; i++)
+            if (values[i] < cutoff)
                 consider(&best, values[i]);
     }
     if (best.count < BAG_FEATURES) {
         best.count = 0;
-        for (Py_ssize_t i = 0; i < scan.count; i++)
-            if (first[i])
-                consider(&best, values[i] < LAST_VALUE ? values[i] : LAST_VALUE);
+        for (Py_ssize_t i = 0; i < kept; i++)
+            consider(&best, values[i] < LAST_VALUE ? values[i] : LAST_VALUE);
     }
     memset(out, 0xFF, BAG_BYTES);
     for (int i = 0; i < best.count; i++)
@@ -262,7 +264,7 @@ static PyObject *native_shingle(PyObject *module, PyObject *const *args, Py_ssiz
     if (length > limit)
         length = limit;
 
-    /* Per word: its hash, its first byte (then its content flag) and its sketch value. */
+    /* Per word: its hash, its first byte and (content words only) its sketch value. */
     uint64_t stack_hashes[STACK_WORDS];
     uint32_t stack_values[STACK_WORDS];
     unsigned char stack_first[STACK_WORDS];
