@@ -39,11 +39,13 @@ from proxy.pipeline.call import Call, Intervention, Settlement
 from proxy.pipeline.hooks import Hooks
 from proxy.policy.rules import PolicyBook
 from proxy.pricing import PriceBook
+from proxy.providers import StreamTally
 from proxy.providers.base import Output, StreamDecoder, Usage
 from proxy.server import answers
 from proxy.server.budgets import TaskBudgets
 from proxy.server.headers import response_headers
 from proxy.server.intake import Intake
+from proxy.server.sse import SSEEvent
 from proxy.server.streaming import StreamRelay
 from proxy.server.tables import Tables
 from proxy.server.tagging import Tagger
@@ -301,7 +303,7 @@ class Forwarder:
         # The stream's closing events wait until the call is settled (and a held answer
         # judged): a client reading the end of the stream and calling again at once must find
         # a kill this answer caused already in place.
-        relay.hold = call.adapter.closing_event(call.info) if held else lambda _: relay.tally.final
+        relay.hold = call.adapter.closing_event(call.info) if held else _whole(relay.tally)
         close = _StreamClose(self, call, grant, relay, upstream.status, held)
         relay.release = close.release
         relay.closing = close.book
@@ -321,7 +323,12 @@ class Forwarder:
             raise
         finally:
             close.end()
-            await close.settle()  # left by the client, or ended without its usage
+            try:
+                await close.settle()  # left by the client, or ended without its usage
+            finally:
+                # The relay and its close refer to each other: apart, reference counting frees
+                # the call's objects as it ends, not a garbage collection later.
+                relay.release = relay.closing = None
         return response
 
     async def _settle_stream(
@@ -399,6 +406,11 @@ class Forwarder:
 # tokenizer, which may read a provider's output as a few more tokens than the provider did.
 OUTPUT_TOLERANCE_PERCENT = 10
 OUTPUT_TOLERANCE_TOKENS = 32
+
+
+def _whole(tally: StreamTally) -> Callable[[SSEEvent], bool]:
+    """Whether the stream's answer is whole: its closing event has come."""
+    return lambda _: tally.final
 
 
 def _bound_output(call: Call, grant: Grant, relay: StreamRelay) -> None:
