@@ -272,7 +272,12 @@ static PyObject *native_shingle(PyObject *module, PyObject *const *args, Py_ssiz
     uint32_t *values = stack_values;
     unsigned char *first = stack_first;
     void *heap = NULL;
+    /* Words are separated by at least one byte: a text of n bytes has (n + 1) / 2 at most. */
     Py_ssize_t most = (length + 1) / 2;
+    if (most > PY_SSIZE_T_MAX / 16) {
+        Py_XDECREF(encoded);
+        return PyErr_NoMemory();
+    }
     if (most > STACK_WORDS) {
         heap = PyMem_Malloc((size_t)most * (sizeof(uint64_t) + sizeof(uint32_t) + 1));
         if (heap == NULL) {
