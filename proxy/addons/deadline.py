@@ -42,12 +42,22 @@ class Deadline:
     def stream_started(self, call: Call, grant: Grant, cut: Callable[[Trip], None]) -> None:
         if grant.policy.on_trip != "kill":
             return
-        call.notes[_KEY] = asyncio.ensure_future(self._watch(call, grant, cut))
+        view = grant.view
+        allowed_s = allowed_seconds(
+            view.overrides, view.extra_duration, grant.policy.limits.max_duration
+        )
+        left = None if allowed_s is None else view.started + allowed_s - time.time()
+        # Most streams end long before their deadline: a timer until one is due, not a task.
+        loop = asyncio.get_running_loop()
+        call.notes[_KEY] = loop.call_later(_wait(left), self._due, call, grant, cut)
 
     def stream_ended(self, call: Call, cut: Trip | None) -> None:
         timer = call.notes.pop(_KEY, None)
         if timer is not None:
             timer.cancel()
+
+    def _due(self, call: Call, grant: Grant, cut: Callable[[Trip], None]) -> None:
+        call.notes[_KEY] = asyncio.ensure_future(self._watch(call, grant, cut))
 
     async def _read(self, call: Call, grant: Grant) -> tuple[float, float] | None:
         policy_limit = grant.policy.limits.max_duration
@@ -58,22 +68,17 @@ class Deadline:
             return (grant.view.started, policy_limit) if policy_limit else None
 
     async def _watch(self, call: Call, grant: Grant, cut: Callable[[Trip], None]) -> None:
-        view = grant.view
-        allowed_s = allowed_seconds(
-            view.overrides, view.extra_duration, grant.policy.limits.max_duration
-        )
-        deadline = None if allowed_s is None else (view.started, allowed_s)
-        fresh = False  # read from the ledger since the call was reserved
+        """The deadline as the ledger has it now, until it passes (an operator may have moved
+        it since the call was reserved)."""
         while True:
+            deadline = await self._read(call, grant)
             if deadline is None:
                 await asyncio.sleep(RECHECK_S)  # a resume may give the task a limit
-                deadline, fresh = await self._read(call, grant), True
                 continue
             started, allowed = deadline
             left = started + allowed - time.time()
-            if left > 0 or not fresh:
-                await asyncio.sleep(max(min(left + 1e-3, RECHECK_S), 0))
-                deadline, fresh = await self._read(call, grant), True
+            if left > 0:
+                await asyncio.sleep(_wait(left))
                 continue
             trip = limits.check_deadline(
                 started, max(time.time(), started + allowed + 1e-3), allowed
@@ -90,3 +95,9 @@ class Deadline:
         self._kills.discard(done)
         if not done.cancelled() and done.exception() is None and done.result():
             self.bus.trip(call.task, call.agent, trip, "kill", call.tenant)
+
+
+def _wait(left: float | None) -> float:
+    """How long to wait before reading the deadline again: until just after it, at most
+    ``RECHECK_S``; without one, ``RECHECK_S``."""
+    return RECHECK_S if left is None else max(min(left + 1e-3, RECHECK_S), 0)
