@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 
+from proxy import jsonio
 from proxy.config import StateSettings
 from proxy.detectors import repeat
 from proxy.detectors.base import Trip, one_kill
@@ -114,6 +116,7 @@ class _Completion:
     tool_results: Sequence[str]
 
 
+@functools.lru_cache(maxsize=4096)
 def key_part(name: str) -> str:
     """An id as it stands inside a key name: braces, colons, glob characters, ``%`` and
     anything not printable ASCII are percent-escaped, so no task or agent id can close the
@@ -139,6 +142,10 @@ class Keys:
         """A settle-phase detector's window: the task's, or the agent's (its budget bucket)."""
         key = f"{self.windows_prefix}{detector.reason}"
         return key if detector.window == "task" else f"{key}:{key_part(agent)}"
+
+
+# A task's calls name the same keys: built once while it is among the last ones active.
+_keys_of = functools.lru_cache(maxsize=1024)(Keys)
 
 
 def _timeline_event(entry: str) -> TimelineEvent:
@@ -302,7 +309,7 @@ class RedisLedger:
         return "" if self.clock is None else repr(self.clock())
 
     def _keys(self, task: str) -> Keys:
-        return Keys(self.settings.key_prefix, task)
+        return _keys_of(self.settings.key_prefix, task)
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -414,7 +421,7 @@ class RedisLedger:
             observed,
             *limits,
         ) = reply
-        records = json.loads(observed)
+        records = jsonio.loads(observed)
         self._remember(
             plan.task,
             int(used) + int(reserved),
@@ -466,13 +473,13 @@ class RedisLedger:
             return settled
         preview = ""
         if outcome.completed and outcome.output_fingerprint is not None:
-            preview = json.dumps(
+            preview = jsonio.dumps(
                 {
                     "agent": grant.agent,
                     "fingerprint": outcome.output_fingerprint,
                     "text": outcome.preview,
                 }
-            )
+            ).decode()
         # The content detectors run on a completed answer next: the reply brings their state
         # when this replica's is not the task's current one.
         held = ""
