@@ -36,7 +36,7 @@ _PAIR = struct.Struct("<HH")
 _HASH = struct.Struct("<I")
 _FEW = 16  # shingles merged into the sample one by one below this many, with numpy above
 _SET = 256  # shingles counted by a set below this many, by sorting above
-_NATIVE = sys.byteorder == "little" and array("I").itemsize == 4  # array("I") is "<u4"
+_ARRAY_IS_LE_U4 = sys.byteorder == "little" and array("I").itemsize == 4  # array("I") is "<u4"
 
 
 class NoProgressState(NamedTuple):
@@ -113,7 +113,7 @@ def _merge_many(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
 
 
 def _merge_numpy(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
-    merge = _merge_few if len(hashes) <= _FEW and _NATIVE else _merge_many
+    merge = _merge_few if len(hashes) <= _FEW and _ARRAY_IS_LE_U4 else _merge_many
     return merge(sample, hashes)
 
 
