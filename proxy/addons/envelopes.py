@@ -46,7 +46,11 @@ class Envelopes:
 
     async def request(self, call: Call) -> web.StreamResponse | None:
         settings = call.policy.envelope
-        if settings is not None and call.body is not None and injects(call.policy):
+        # Only a call that was estimated (a budget needs its prompt; the tokenizer is loaded)
+        # counts what the injection adds: an estimate made later reads the body as sent.
+        if settings is None or call.body is None or not call.estimated:
+            return None
+        if injects(call.policy):
             call.prompt_tokens += injection_tokens(call.body, call.info, settings)
         return None
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from proxy import jsonio
 from proxy.detectors.normalise import canonical_arguments, exact_bytes
+from proxy.errors import TokenizerUnavailable
 from proxy.server.sse import SSEDecoder, SSEEvent
 from proxy.tokens import PromptParts, count_bounded
 
@@ -189,7 +190,11 @@ class StreamTally:
         usage = self.usage or Usage(input_tokens=prompt_estimate)
         if not self.final:
             output = self.output()
-            seen = count_bounded(output.text) + sum(count_bounded(a) for _, a in output.tool_calls)
+            texts = [output.text, *(arguments for _, arguments in output.tool_calls)]
+            try:
+                seen = sum(count_bounded(text) for text in texts)
+            except TokenizerUnavailable:  # a bound all the same: every token is a byte or more
+                seen = sum(_utf8_len(text) for text in texts)
             seen += self._unkept_bytes + self.oversize
             usage.output_tokens = max(usage.output_tokens, seen)
         return usage

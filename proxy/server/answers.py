@@ -19,15 +19,11 @@ from proxy.tokens import estimate_prompt
 
 
 def read_answer(
-    call: Call, ok: bool, content_type: str, data: bytes, reserved_tokens: int = 0
-) -> tuple[Usage, Output | None]:
+    call: Call, ok: bool, content_type: str, data: bytes
+) -> tuple[Usage | None, Output | None]:
     """Usage and output from a copy of a JSON answer. The body still reaches the client as
-    sent, accounted by what could be read.
-
-    A successful answer without usage (a Responses ``background`` call answered ``queued``, a
-    batch accepted) may still cost everything the call was allowed: its whole reservation
-    (``reserved_tokens``, the prompt estimate plus the cap for every choice) is booked as
-    used. No later report of that call reaches Tripwire, so it is never released."""
+    sent, accounted by what could be read. No usage (None): a successful answer that reported
+    none, booked by ``unreported_usage`` once the tokenizer is ready."""
     usage: Usage | None = None
     output: Output | None = None
     modelled = call.info.modelled
@@ -45,13 +41,18 @@ def read_answer(
     if usage is None or (answered and not usage.total):
         # A usage block of nulls or strings reads as none at all; an error answer costs
         # nothing.
-        if answered:
-            # The output the call reserved is what its reservation holds past the prompt.
-            reserved_output = max(reserved_tokens - call.prompt_tokens, 0)
-            usage = Usage(input_tokens=prompt_estimate(call), output_tokens=reserved_output)
-        else:
-            usage = Usage()
+        return (None if answered else Usage()), output
     return usage, output
+
+
+def unreported_usage(call: Call, reserved_tokens: int) -> Usage:
+    """A successful answer without usage (a Responses ``background`` call answered
+    ``queued``, a batch accepted) may still cost everything the call was allowed: its whole
+    reservation (``reserved_tokens``, the prompt estimate plus the cap for every choice) is
+    booked as used. No later report of that call reaches Tripwire, so it is never released."""
+    # The output the call reserved is what its reservation holds past the prompt.
+    reserved_output = max(reserved_tokens - call.prompt_tokens, 0)
+    return Usage(input_tokens=prompt_estimate(call), output_tokens=reserved_output)
 
 
 def prompt_estimate(call: Call) -> int:

@@ -14,6 +14,7 @@ with an error event on a kill or in place of an answer an addon replaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,13 +22,14 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from proxy import jsonio
+from proxy import jsonio, tokens
 from proxy.config import Config
 from proxy.detectors.base import Trip
 from proxy.detectors.budget import BUDGET_TOKENS
 from proxy.errors import (
     BudgetBusy,
     Forbidden,
+    TokenizerUnavailable,
     TripwireError,
     UnboundedCall,
     refusal_reason,
@@ -250,9 +252,11 @@ class Forwarder:
             raise error from exc
         received = time.perf_counter()
         ok = 200 <= upstream.status < 300
-        usage, output = answers.read_answer(
-            call, ok, upstream.headers.get("Content-Type", ""), data, grant.reserved_tokens
-        )
+        content_type = upstream.headers.get("Content-Type", "")
+        usage, output = answers.read_answer(call, ok, content_type, data)
+        if usage is None:
+            await self._counting()
+            usage = answers.unreported_usage(call, grant.reserved_tokens)
         outcome = "ok" if ok else "provider_error"
         settled = await self._settle(call, grant, usage, outcome, upstream.status, output, received)
         headers = response_headers(upstream.headers)
@@ -335,6 +339,8 @@ class Forwarder:
         self, call: Call, grant: Grant, relay: StreamRelay, status: int, outcome: str, judge: bool
     ) -> None:
         tally = relay.tally
+        if tally.usage is None or not tally.usage.total or not tally.final:
+            await self._counting()  # the prompt estimated, or the deltas seen counted
         usage = tally.billed_usage(answers.prompt_estimate(call) if tally.usage is None else 0)
         if not usage.total and tally.final and call.info.modelled:
             # Closing usage of nulls or strings: count the stream as if it sent none.
@@ -346,6 +352,14 @@ class Forwarder:
         if output is not None and judge and self.hooks.completed:
             # An answer already on its way is judged all the same: for the task's next calls.
             await asyncio.shield(self._verdict(call, output))
+
+    async def _counting(self) -> None:
+        """The tokenizer, for a settle that counts what the provider did not report: loaded
+        off the event loop if no budget has loaded it yet. If it cannot load, the counts fall
+        back to their byte bounds (every token is at least one byte)."""
+        if not tokens.loaded():
+            with contextlib.suppress(TokenizerUnavailable):
+                await self.intake.tokenizer.ready()
 
     # -- settle -----------------------------------------------------------------------------
 

@@ -189,3 +189,82 @@ def test_a_tokenizer_that_cannot_load_refuses_the_calls_that_need_it() -> None:
     assert "could not load its tokenizer" in anthropic["error"]["message"]
     assert seen["retried"] == 200
     assert seen["loads"] == 1  # the retry ran the real load, not the failing one
+
+
+# A stream without a budget that breaks off: its settle counts the deltas seen and estimates
+# the prompt, which needs the tokenizer no call had loaded. The load is held for 3 s (released
+# from another thread) while another call is sent: it must be answered meanwhile, the load
+# running off the event loop, and the broken stream is booked once the load is done.
+BROKEN_STREAM = """
+import asyncio, json, sys, threading, time
+import aiohttp
+from aiohttp import web
+from proxy.app import LEDGER, build_app
+from proxy.mock_provider.app import start_mock_provider
+from proxy import tokens
+from tests.harness import proxy_config
+
+release, loads = threading.Event(), []
+real_load = tokens._load
+
+def held_load():
+    loads.append(threading.current_thread() is threading.main_thread())
+    release.wait(30)
+    return real_load()
+
+tokens._load = held_load
+
+async def main():
+    mock, _, mock_url = await start_mock_provider("127.0.0.1", 0)
+    app = build_app(proxy_config(mock_url, policy={}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Plan the release."}]}
+    seen = {}
+    async with aiohttp.ClientSession() as client:
+        async def broken():
+            headers = {"X-Task-Id": "broken-1", "x-mock-reset": "mid", "Authorization": "Bearer sk"}
+            async with client.post(url, json={**body, "stream": True}, headers=headers) as answer:
+                return answer.status, (await answer.read()).decode()
+
+        threading.Timer(3.0, release.set).start()
+        stream = asyncio.ensure_future(broken())
+        while not loads and not stream.done():
+            await asyncio.sleep(0.01)
+        sent = time.monotonic()
+        headers = {"X-Task-Id": "other-1", "Authorization": "Bearer sk"}
+        async with client.post(url, json=body, headers=headers) as answer:
+            seen["other"] = answer.status
+        seen["other_s"] = time.monotonic() - sent
+        seen["released_before_other"] = release.is_set()
+        status, text = await stream
+        seen["stream"] = status
+        seen["stream_broken_notice"] = "error" in text
+    view = await app[LEDGER].get("broken-1")
+    seen["booked_tokens"] = view.tokens_used if view is not None else None
+    seen["loads_on_the_event_loop"] = loads
+    await runner.cleanup()
+    await mock.cleanup()
+    print(json.dumps(seen))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_broken_stream_without_a_budget_loads_the_tokenizer_off_the_event_loop() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BROKEN_STREAM], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["loads_on_the_event_loop"] == [False]  # one load, in a worker thread
+    assert seen["other"] == 200
+    assert seen["released_before_other"] is False  # answered while the load was held
+    assert seen["other_s"] < 2.0
+    assert seen["stream"] == 200
+    assert seen["stream_broken_notice"]
+    assert seen["booked_tokens"] > 0  # the prompt estimated and the deltas seen, counted
