@@ -6,6 +6,7 @@ extension: every hash, sketch byte and similarity must be the same either way.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import random
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.detectors import bag, content, progress, recent, shingles
 from proxy.detectors.bag import BAG_BYTES, STOPWORDS
@@ -282,3 +285,52 @@ def test_the_extension_is_built_where_a_compiler_is() -> None:
     # it went missing.
     importlib.import_module("proxy.detectors._native")
     assert bag.native is not None
+
+
+# Generated inputs, on every run: any text the provider may send, and any bytes a corrupt or
+# hostile state may hold. The texts mix words, digits, sentence ends, separators and
+# characters from every plane (lone surrogates included).
+_PIECES = st.one_of(
+    st.sampled_from(_WORDS),
+    st.sampled_from(_SEPARATORS),
+    st.text(max_size=24),
+    st.text(alphabet="abcdefghij0123456789 .!?\n\t-", max_size=40),
+)
+
+
+@native
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=400).map("".join))
+def test_any_text_shingles_as_numpy_does(text: str) -> None:
+    expected, found = shingles.numpy_shingle(text), shingles.native_shingle(text)
+    assert found.sketch == expected.sketch
+    assert found.shingles.tolist() == expected.shingles.tolist()
+
+
+@native
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_PIECES, min_size=1, max_size=200).map("".join),
+    st.lists(st.binary(min_size=BAG_BYTES, max_size=BAG_BYTES), max_size=14),
+)
+def test_any_stored_sketches_compare_as_numpy_does(text: str, others: list[bytes]) -> None:
+    sketch = shingles.numpy_shingle(text).sketch
+    assert bag.native.similarities(sketch, others) == bag.numpy_similarities(sketch, others)
+    entries = b"".join(recent.entry(n % 3, other) for n, other in enumerate(others))
+    for key in (0, 1, 2):
+        assert bag.native.scores(sketch, entries, key) == recent.numpy_scores(sketch, entries, key)
+
+
+@native
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.binary(max_size=2000), st.integers(-(2**64), 2**64))
+def test_hostile_arguments_raise_or_answer(sketch: bytes, entries: bytes, key: int) -> None:
+    """Any bytes where a sketch or a window goes: a ValueError, or an answer (never a read
+    past them, which the sanitizer runs of the extension check; here, never a crash)."""
+    for call in (
+        lambda: bag.native.scores(sketch, entries, key),
+        lambda: bag.native.similarities(sketch, [entries]),
+        lambda: bag.native.merge(entries, np.frombuffer(sketch[: len(sketch) // 4 * 4], "<u4")),
+    ):
+        with contextlib.suppress(ValueError, OverflowError):
+            call()
