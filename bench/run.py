@@ -1,4 +1,4 @@
-"""The benchmark harness: `python -m bench` (quick, 3-4 minutes on 2 cores) or `--full`.
+"""The benchmark harness: `python -m bench` (quick, about 2 minutes on 2 cores) or `--full`.
 
 One run measures, side by side and against the same mock provider: the mock directly, a
 minimal aiohttp pass-through (the floor for a Python proxy), Tripwire embedded, Tripwire with
