@@ -63,17 +63,7 @@ def measure(
         f"--callgrind-out-file={out}",
         *_argv(name, ctx, port, redis),
     ]
-    proc = procs.start(
-        f"{name}-{shape.name}",
-        argv,
-        url=f"http://127.0.0.1:{port}",
-        health="/healthz",
-        log_dir=ctx.work,
-        cores=ctx.proxy_cores,
-        env=ctx.tripwire_env(),
-        cwd=ctx.work,
-        timeout=300,
-    )
+    proc = targets.start_proxy(ctx, f"{name}-{shape.name}", argv, port, timeout=300)
     try:
         task = f"bench-instructions-{name}-{shape.name}-"
         # Connections open and every lazy table loads before counting starts.

@@ -97,53 +97,52 @@ def redis_accepted(ctx: Context) -> tuple[bool, str]:
     return False, " ".join(lines[:3])[:300]
 
 
+def start_proxy(
+    ctx: Context,
+    name: str,
+    argv: list[str],
+    port: int,
+    *,
+    health: str = "/healthz",
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> procs.Proc:
+    """A proxy under test, on the proxy's cores, answering on ``port`` (Tripwire's environment
+    and this run's folder unless told otherwise)."""
+    return procs.start(
+        name,
+        argv,
+        url=f"http://127.0.0.1:{port}",
+        health=health,
+        log_dir=ctx.work,
+        cores=ctx.proxy_cores,
+        env=ctx.tripwire_env() if env is None else env,
+        cwd=ctx.work if cwd is None else cwd,
+        timeout=timeout,
+    )
+
+
 def start_tripwire(
     ctx: Context, name: str, *, redis: bool = False, python: str | None = None
 ) -> procs.Proc:
     port = procs.free_port()
     path = write_yaml(ctx.work / f"{name}.yaml", tripwire_config(ctx, port, redis=redis))
     argv = [python or ctx.python, "-m", "proxy", "serve", "--config", str(path)]
-    return procs.start(
-        name,
-        argv,
-        url=f"http://127.0.0.1:{port}",
-        health="/healthz",
-        log_dir=ctx.work,
-        cores=ctx.proxy_cores,
-        env=ctx.tripwire_env(),
-        cwd=ctx.work,
-    )
+    return start_proxy(ctx, name, argv, port)
 
 
 def start_profiled_tripwire(ctx: Context, profile_out: Path) -> procs.Proc:
     port = procs.free_port()
     path = write_yaml(ctx.work / "tripwire-profiled.yaml", tripwire_config(ctx, port))
     argv = [ctx.python, "-m", "bench.profiled", str(profile_out), "serve", "--config", str(path)]
-    return procs.start(
-        "tripwire-profiled",
-        argv,
-        url=f"http://127.0.0.1:{port}",
-        health="/healthz",
-        log_dir=ctx.work,
-        cores=ctx.proxy_cores,
-        env=ctx.tripwire_env(),
-        cwd=ctx.work,
-    )
+    return start_proxy(ctx, "tripwire-profiled", argv, port)
 
 
 def start_floor(ctx: Context) -> procs.Proc:
     port = procs.free_port()
     argv = [ctx.python, "-m", "bench.floor", "--port", str(port), "--upstream", ctx.mock_url]
-    return procs.start(
-        "floor",
-        argv,
-        url=f"http://127.0.0.1:{port}",
-        health="/healthz",
-        log_dir=ctx.work,
-        cores=ctx.proxy_cores,
-        env={"PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
+    return start_proxy(ctx, "floor", argv, port, env={"PYTHONPATH": str(ROOT)}, cwd=ROOT)
 
 
 def litellm_binary() -> Path | None:
@@ -197,16 +196,8 @@ def start_litellm(ctx: Context) -> procs.Proc:
         "LITELLM_TELEMETRY": "False",
         "DISABLE_SCHEMA_UPDATE": "True",
     }
-    return procs.start(
-        "litellm",
-        argv,
-        url=f"http://127.0.0.1:{port}",
-        health="/health/liveliness",
-        log_dir=ctx.work,
-        cores=ctx.proxy_cores,
-        env=env,
-        cwd=ctx.work,
-        timeout=120,
+    return start_proxy(
+        ctx, "litellm", argv, port, health="/health/liveliness", env=env, timeout=120
     )
 
 
