@@ -124,6 +124,7 @@ class MemoryLedger:
         # Killed tasks by kill time: kept past task_ttl and max_tasks (see _note_kill).
         self._killed: OrderedDict[str, float] = OrderedDict()
         self.detector_runs = 0  # content-detector runs, exposed on /metrics
+        self.detects_in_process = True
         self._sessions = SessionBook(settings.max_tasks)
         self._warm: OrderedDict[str, None] = OrderedDict()  # see WARM_CONTENT
 
@@ -492,6 +493,17 @@ class MemoryLedger:
         return True
 
     async def observe_content(
+        self,
+        task: str,
+        agent: str,
+        text: str,
+        policy: Effective,
+        tool_calls: Sequence[tuple[str, str]] = (),
+        tool_results: Sequence[str] = (),
+    ) -> list[tuple[Trip, str]]:
+        return self.observe_content_now(task, agent, text, policy, tool_calls, tool_results)
+
+    def observe_content_now(
         self,
         task: str,
         agent: str,
