@@ -26,6 +26,7 @@ from proxy import __version__
 from proxy.config import FAULTS
 from proxy.detectors.base import TripReason
 from proxy.telemetry.logs import dropped_lines
+from proxy.telemetry.series import Count, SeriesCollector, Spread
 
 # How old a series' exemplar may get before a call of the same task sets it again.
 EXEMPLAR_REFRESH_S = 1.0
@@ -122,6 +123,14 @@ class _Capped:
         return OTHER
 
 
+@dataclass(frozen=True, slots=True)
+class _UsageSeries:
+    prompt: Count
+    completion: Count
+    cached: Count
+    cost: Count
+
+
 @dataclass(slots=True)
 class _TaskFigures:
     last_seen: float
@@ -199,23 +208,19 @@ class Metrics:
         # Per series with exemplars: the task of its last exemplar, and when it was set.
         self._exemplar_set: dict[int, tuple[str, float]] = {}
         r = self.registry
-        self.calls = Counter(
-            CALLS,
-            "Calls through the proxy, by outcome.",
-            ["upstream", "model", "agent", "outcome"],
-            registry=r,
+        # What every forwarded call moves: plain numbers, exposed at scrape time (series.py).
+        per_call = SeriesCollector()
+        r.register(per_call)
+        self.calls = per_call.counter(
+            CALLS, "Calls through the proxy, by outcome.", ["upstream", "model", "agent", "outcome"]
         )
-        self.tokens = Counter(
+        self.tokens = per_call.counter(
             TOKENS,
             "Tokens the providers reported, by direction.",
             ["upstream", "model", "agent", "direction"],
-            registry=r,
         )
-        self.cost = Counter(
-            COST,
-            "Dollars spent, from provider-reported usage.",
-            ["upstream", "model", "agent"],
-            registry=r,
+        self.cost = per_call.counter(
+            COST, "Dollars spent, from provider-reported usage.", ["upstream", "model", "agent"]
         )
         self.trips = Counter(
             TRIPS,
@@ -272,26 +277,28 @@ class Metrics:
         self.task_calls = Histogram(
             TASK_CALLS, "Calls per task, at task end.", buckets=_COUNT_BUCKETS, registry=r
         )
-        self.upstream_latency = Histogram(
+        self.upstream_latency = per_call.histogram(
             UPSTREAM_LATENCY,
             "Time from sending a call upstream to its last byte.",
             ["upstream", "model"],
             buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.upstream_ttfb = Histogram(
+        self.upstream_ttfb = per_call.histogram(
             UPSTREAM_TTFB,
             "Time from sending a call upstream to its response headers.",
             ["upstream", "model"],
             buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.overhead = Histogram(
+        self.overhead = per_call.histogram(
             OVERHEAD,
             "Time spent in Tripwire itself per call, provider time excluded.",
             buckets=_OVERHEAD_BUCKETS,
-            registry=r,
         )
+        self._overhead = self.overhead.child()
+        # Per label set, its series of each per-call family: one look-up a call.
+        self._call_series: dict[tuple[str, str, str, str], Count] = {}
+        self._usage_series: dict[tuple[str, str, str], _UsageSeries] = {}
+        self._timing_series: dict[tuple[str, str], tuple[Spread, Spread]] = {}
         self.envelopes = Counter(
             ENVELOPES,
             "Status envelopes of workers' answers, by status (invalid: not an envelope).",
@@ -344,15 +351,19 @@ class Metrics:
         return self.task_ids == "untenanted" and "/" not in task
 
     def exemplar(self, task: str) -> dict[str, str] | None:
+        # Cut to 64 characters: an exemplar's labels may hold 128 in all (OpenMetrics).
         if self.shown(task):
             return {"task_id": task[:64]}
         tenant, slash, _ = task.partition("/")
-        return {"tenant": tenant} if slash else None
+        return {"tenant": tenant[:64]} if slash else None
 
     def call(self, upstream: str, model: str, agent: str, outcome: str) -> None:
-        self._child(
-            self.calls, upstream, self.model(model or "unknown"), self.agent(agent), outcome
-        ).inc()
+        key = (upstream, model, agent, outcome)
+        series = self._call_series.get(key)
+        if series is None:
+            labels = (upstream, self.model(model or "unknown"), self.agent(agent), outcome)
+            series = self._call_series[key] = self.calls.child(labels)
+        series.value += 1
 
     def usage(
         self,
@@ -365,26 +376,35 @@ class Metrics:
         cached: int,
         cost: float,
     ) -> None:
-        model = self.model(model or "unknown")
-        agent = self.agent(agent)
+        key = (upstream, model, agent)
+        series = self._usage_series.get(key)
+        if series is None:
+            series = self._usage_series[key] = self._usage_of(upstream, model, agent)
         now = time.monotonic()
-        for direction, count in (
-            ("prompt", prompt),
-            ("completion", completion),
-            ("cached", cached),
+        for child, count in (
+            (series.prompt, prompt),
+            (series.completion, completion),
+            (series.cached, cached),
+            (series.cost, cost),
         ):
             if count:
-                child = self._child(self.tokens, upstream, model, agent, direction)
                 child.inc(count, self._exemplar_of(child, task, now))
-        if cost:
-            child = self._child(self.cost, upstream, model, agent)
-            child.inc(cost, self._exemplar_of(child, task, now))
 
-    def _exemplar_of(self, child: Any, task: str, now: float) -> dict[str, str] | None:
+    def _usage_of(self, upstream: str, model: str, agent: str) -> _UsageSeries:
+        labels = (upstream, self.model(model or "unknown"), self.agent(agent))
+        tokens = self.tokens.child
+        return _UsageSeries(
+            tokens((*labels, "prompt")),
+            tokens((*labels, "completion")),
+            tokens((*labels, "cached")),
+            self.cost.child(labels),
+        )
+
+    def _exemplar_of(self, child: Count, task: str, now: float) -> dict[str, str] | None:
         """The exemplar to set with this increment: none while the series' last one names
         the same task and is under a second old. A series shows one exemplar, the last, and a
         scrape reads it every few seconds at most, so setting it on every call of a busy task
-        (with its validation) bought nothing."""
+        bought nothing."""
         key = id(child)
         last = self._exemplar_set.get(key)
         if last is not None and last[0] == task and now - last[1] < EXEMPLAR_REFRESH_S:
@@ -395,10 +415,17 @@ class Metrics:
     def timings(
         self, upstream: str, model: str, latency: float, ttfb: float, overhead: float
     ) -> None:
-        model = self.model(model or "unknown")
-        self._child(self.upstream_latency, upstream, model).observe(latency)
-        self._child(self.upstream_ttfb, upstream, model).observe(ttfb)
-        self.overhead.observe(overhead)
+        key = (upstream, model)
+        series = self._timing_series.get(key)
+        if series is None:
+            labels = (upstream, self.model(model or "unknown"))
+            series = self._timing_series[key] = (
+                self.upstream_latency.child(labels),
+                self.upstream_ttfb.child(labels),
+            )
+        series[0].observe(latency)
+        series[1].observe(ttfb)
+        self._overhead.observe(overhead)
 
     def envelope(self, agent: str, status: str, confidence: float | None) -> None:
         agent = self.agent(agent)
