@@ -23,18 +23,34 @@ class SSEEvent:
     data: str
 
 
+# Lines end at CRLF, LF or CR, and nowhere else: a JSON string may hold U+2028 or U+0085, which
+# ``str.splitlines`` would split at.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _parse(raw: bytes) -> SSEEvent:
-    if (
-        raw.startswith(b"data: ")
-        and raw.endswith(b"\n\n")
-        and raw.count(b"\n") == 2
-        and b"\r" not in raw
-    ):
-        # The usual event, one data line and its blank line: no line splitting.
-        return SSEEvent(raw, None, raw[6:-2].decode("utf-8", "replace"))
+    if raw.endswith(b"\n\n") and b"\r" not in raw:
+        # The usual events, read without splitting lines: one data line (OpenAI's), or an
+        # event line and a data line (Anthropic's), then the blank line.
+        lines = raw.count(b"\n")
+        if lines == 2 and raw.startswith(b"data: "):
+            return SSEEvent(raw, None, raw[6:-2].decode("utf-8", "replace"))
+        if lines == 3 and raw.startswith(b"event: "):
+            end = raw.index(b"\n")
+            if raw.startswith(b"data: ", end + 1):
+                return SSEEvent(
+                    raw,
+                    raw[7:end].decode("utf-8", "replace"),
+                    raw[end + 7 : -2].decode("utf-8", "replace"),
+                )
+    return _parse_lines(raw)
+
+
+def _parse_lines(raw: bytes) -> SSEEvent:
+    """Any event, line by line, as the SSE specification reads one."""
     event: str | None = None
     data: list[str] = []
-    for line in raw.decode("utf-8", "replace").splitlines():
+    for line in _LINE_END.split(raw.decode("utf-8", "replace")):
         if not line or line.startswith(":"):
             continue
         field, _, value = line.partition(":")

@@ -1,6 +1,8 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from proxy.server.sse import EventTooLarge, SSEDecoder
+from proxy.server.sse import EventTooLarge, SSEDecoder, _parse_lines
 
 
 def test_events_split_across_chunks_keep_their_raw_bytes() -> None:
@@ -59,3 +61,31 @@ def test_many_events_in_one_read_split_as_they_would_arrive_apart() -> None:
     ]
     assert [(e.raw, e.data) for e in together] == [(e.raw, e.data) for e in apart]
     assert b"".join(e.raw for e in together) == b"".join(reads)
+
+
+_TEXT = st.text(st.characters(blacklist_characters="\r\n"), max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(name=_TEXT, data=_TEXT, event_line=st.booleans())
+def test_the_usual_events_read_as_the_line_by_line_parser_reads_them(
+    name: str, data: str, event_line: bool
+) -> None:
+    raw = (f"event: {name}\n" if event_line else "").encode() + f"data: {data}\n\n".encode()
+    fast = SSEDecoder().feed(raw)
+    assert [(e.raw, e.event, e.data) for e in fast] == [
+        (e.raw, e.event, e.data) for e in [_parse_lines(raw)]
+    ]
+
+
+def test_a_data_line_ends_only_at_a_line_break() -> None:
+    """U+2028 and NEL are characters of a JSON string, not line ends (str.splitlines would cut
+    the data there and lose the event's JSON)."""
+    text = '{"type":"content_block_delta","delta":{"text":"a\u2028b\u0085c"}}'
+    for raw in (
+        f"event: content_block_delta\ndata: {text}\n\n".encode(),
+        f"event: content_block_delta\r\ndata: {text}\r\n\r\n".encode(),
+        f": comment\nevent: content_block_delta\ndata: {text}\n\n".encode(),
+    ):
+        (event,) = SSEDecoder().feed(raw)
+        assert (event.event, event.data) == ("content_block_delta", text)
