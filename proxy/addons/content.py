@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.detectors.base import Trip
 from proxy.detectors.toolresults import tool_results
 from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Settlement
@@ -117,8 +118,7 @@ class ContentDetection:
             except Exception as exc:  # a faulty detector is logged, never breaks traffic
                 event("detector_failed", logging.ERROR, task=call.task, error=repr(exc))
                 continue
-            for trip, action in reported:
-                self.bus.trip(call.task, call.agent, trip, action, call.tenant)
+            self._report(call, reported)
 
     async def _observe(self, call: Call, output: Output) -> None:
         try:
@@ -129,5 +129,8 @@ class ContentDetection:
         except Exception as exc:  # a faulty detector is logged, never breaks traffic
             event("detector_failed", logging.ERROR, task=call.task, error=repr(exc))
             return
+        self._report(call, reported)
+
+    def _report(self, call: Call, reported: list[tuple[Trip, str]]) -> None:
         for trip, action in reported:
             self.bus.trip(call.task, call.agent, trip, action, call.tenant)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from typing import cast
+from typing import Generic, TypeVar, cast
 
 from prometheus_client import metrics as client_metrics
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -24,6 +24,7 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 Labels = tuple[str, ...]
+S = TypeVar("S")
 # How the library writes a bucket's bound as its ``le`` label ("0.25", "1.0", "+Inf").
 _le: Callable[[float], str] = cast(Callable[[float], str], floatToGoString)
 
@@ -67,24 +68,34 @@ class Spread:
         self.sum += amount
 
 
-class CounterSeries:
-    """A counter family: ``child(labels)`` is looked up once per label set by the caller."""
+class _Family(Generic[S]):
+    """A family's series by label values: ``child(labels)`` is looked up once per label set by
+    the caller. An unlabelled family's one series is exposed from the start, as the library's
+    own would be."""
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
-        self.name = name.removesuffix("_total")
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], new: Callable[[], S]
+    ) -> None:
+        self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self.series: dict[Labels, Count] = {}
-        if not self.labelnames:  # exposed from the start, as the library's own would be
+        self.series: dict[Labels, S] = {}
+        self._new = new
+        if not self.labelnames:
             self.child(())
 
-    def child(self, labels: Labels = ()) -> Count:
+    def child(self, labels: Labels = ()) -> S:
         series = self.series.get(labels)
         if series is None:
             if len(labels) != len(self.labelnames):
                 raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
-            series = self.series[labels] = Count()
+            series = self.series[labels] = self._new()
         return series
+
+
+class CounterSeries(_Family[Count]):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        super().__init__(name.removesuffix("_total"), documentation, labelnames, Count)
 
     def family(self, created: bool) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -98,7 +109,7 @@ class CounterSeries:
         return family
 
 
-class HistogramSeries:
+class HistogramSeries(_Family[Spread]):
     def __init__(
         self,
         name: str,
@@ -106,22 +117,9 @@ class HistogramSeries:
         labelnames: Sequence[str],
         buckets: Sequence[float],
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         self.bounds = tuple(float(b) for b in buckets)
         self.les = [*(_le(b) for b in self.bounds), "+Inf"]
-        self.series: dict[Labels, Spread] = {}
-        if not self.labelnames:
-            self.child(())
-
-    def child(self, labels: Labels = ()) -> Spread:
-        series = self.series.get(labels)
-        if series is None:
-            if len(labels) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
-            series = self.series[labels] = Spread(self.bounds)
-        return series
+        super().__init__(name, documentation, labelnames, lambda: Spread(self.bounds))
 
     def family(self, created: bool) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)

@@ -34,30 +34,33 @@ def book(action: str) -> PolicyBook:
     )
 
 
-async def answered(
-    ledger: MemoryLedger, detection: ContentDetection, policy: Any, text: str
-) -> None:
+async def answered(ledger: MemoryLedger, addon: ContentDetection, policy: Any, text: str) -> None:
     """One call of task ``t`` reserved, settled and handed to the addon, as the core does."""
     grant = await ledger.reserve(CallPlan("t", "planner", policy, 10, None, 1, None, 1000.0))
     settled = await ledger.settle(grant, Outcome(20, 0.0, None, None, completed=True))
     call = SimpleNamespace(task="t", agent="planner", policy=policy, body=None, tenant=None)
     output = Output(text=text)
-    detection.settled(call, SimpleNamespace(outcome="ok", output=output, ledger=settled))  # type: ignore[arg-type]
+    addon.settled(call, SimpleNamespace(outcome="ok", output=output, ledger=settled))  # type: ignore[arg-type]
 
 
-async def test_a_call_of_the_task_runs_its_queued_kill_mode_detections_first() -> None:
+def detection() -> tuple[MemoryLedger, ContentDetection, list[TripEvent]]:
+    """An embedded ledger, the addon on it, and the trips it publishes."""
     ledger = MemoryLedger(StateSettings())
     bus = TripBus()
     trips: list[TripEvent] = []
     bus.subscribe(trips.append)
-    detection = ContentDetection(ledger, bus)
+    return ledger, ContentDetection(ledger, bus), trips
+
+
+async def test_a_call_of_the_task_runs_its_queued_kill_mode_detections_first() -> None:
+    ledger, addon, trips = detection()
     policy = book("kill").resolve("t", "planner", "header")
     for text in PLANS:
-        await answered(ledger, detection, policy, text)
+        await answered(ledger, addon, policy, text)
     # No turn of the event loop yet: the detections wait in the queue.
     assert ledger.detector_runs == 0
     call = SimpleNamespace(task="t")
-    await detection.request(call)  # type: ignore[arg-type]
+    await addon.request(call)  # type: ignore[arg-type]
     assert ledger.detector_runs == 2
     with pytest.raises(Denied) as refused:
         await ledger.reserve(CallPlan("t", "planner", policy, 10, None, 1, None, 1001.0))
@@ -66,15 +69,11 @@ async def test_a_call_of_the_task_runs_its_queued_kill_mode_detections_first() -
 
 
 async def test_observe_mode_detections_run_in_the_next_turn_in_order() -> None:
-    ledger = MemoryLedger(StateSettings())
-    bus = TripBus()
-    trips: list[TripEvent] = []
-    bus.subscribe(trips.append)
-    detection = ContentDetection(ledger, bus)
+    ledger, addon, trips = detection()
     policy = book("observe").resolve("t", "planner", "header")
     for text in [*PLANS, PLANS[0]]:
-        await answered(ledger, detection, policy, text)
-    await detection.request(SimpleNamespace(task="t"))  # type: ignore[arg-type]
+        await answered(ledger, addon, policy, text)
+    await addon.request(SimpleNamespace(task="t"))  # type: ignore[arg-type]
     assert ledger.detector_runs == 0  # nothing to decide: they wait for the next turn
     await asyncio.sleep(0)
     assert ledger.detector_runs == 3
