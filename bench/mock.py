@@ -474,7 +474,7 @@ class _MessageEvents:
         self.serial = serial
 
     def opening(self, prompt: int) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": f"msg_bench{self.serial}",
             "type": "message",
             "role": "assistant",

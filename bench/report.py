@@ -154,8 +154,9 @@ def _summary(results: dict[str, Any]) -> list[str]:
         mine = runs.get((name, "openai-json", top))
         floor = runs.get(("floor", "openai-json", top))
         litellm = runs.get(("litellm", "openai-json", top))
-        row.append(_ratio(mine and mine["rps"], floor and floor["rps"]))
-        row.append(_ratio(mine and mine["rps"], litellm and litellm["rps"]))
+        rps = mine["rps"] if mine else None
+        row.append(_ratio(rps, floor["rps"] if floor else None))
+        row.append(_ratio(rps, litellm["rps"] if litellm else None))
         row.append(_mib(results["targets"][name].get("rss_warm_kib")))
         rows.append(row)
     return [
@@ -202,8 +203,8 @@ def _json_detail(results: dict[str, Any]) -> list[str]:
                                 _pct(run, "latency_ms", "p99"), _pct(direct, "latency_ms", "p99")
                             )
                         ),
-                        _ratio(run["rps"], floor and floor["rps"]),
-                        _ratio(run["rps"], litellm and litellm["rps"]),
+                        _ratio(run["rps"], floor["rps"] if floor else None),
+                        _ratio(run["rps"], litellm["rps"] if litellm else None),
                         _f(cpu.get("proxy"), 0),
                         _f(cpu.get("mock"), 0),
                         str(run["errors"]),

@@ -342,8 +342,8 @@ def report(per_class: int = PER_CLASS, unseen_per_class: int = UNSEEN_PER_CLASS)
     lines += ["|---|---|---|---|---|"]
     for choice in choices:
         detector = choice.detector
-        for setting, result in choice.grid:
-            label = ", ".join(f"{k} {v}" for k, v in setting.items())
+        for values, result in choice.grid:
+            label = ", ".join(f"{k} {v}" for k, v in values.items())
             lines.append(f"| `{detector}` | {label} | " + " | ".join(result.cells()) + " |")
     return lines
 
