@@ -295,7 +295,7 @@ class Metrics:
             buckets=_OVERHEAD_BUCKETS,
         )
         self._overhead = self.overhead.child()
-        # Per label set, its series of each per-call family: one look-up a call.
+        # Per label set (bounded by the label caps), its series of each per-call family.
         self._call_series: dict[tuple[str, str, str, str], Count] = {}
         self._usage_series: dict[tuple[str, str, str], _UsageSeries] = {}
         self._timing_series: dict[tuple[str, str], tuple[Spread, Spread]] = {}
@@ -358,11 +358,11 @@ class Metrics:
         return {"tenant": tenant[:64]} if slash else None
 
     def call(self, upstream: str, model: str, agent: str, outcome: str) -> None:
-        key = (upstream, model, agent, outcome)
+        # Keyed by the label values, not the names a client sent: as bounded as the series.
+        key = (upstream, self.model(model or "unknown"), self.agent(agent), outcome)
         series = self._call_series.get(key)
         if series is None:
-            labels = (upstream, self.model(model or "unknown"), self.agent(agent), outcome)
-            series = self._call_series[key] = self.calls.child(labels)
+            series = self._call_series[key] = self.calls.child(key)
         series.value += 1
 
     def usage(
@@ -376,10 +376,10 @@ class Metrics:
         cached: int,
         cost: float,
     ) -> None:
-        key = (upstream, model, agent)
+        key = (upstream, self.model(model or "unknown"), self.agent(agent))
         series = self._usage_series.get(key)
         if series is None:
-            series = self._usage_series[key] = self._usage_of(upstream, model, agent)
+            series = self._usage_series[key] = self._usage_of(key)
         now = time.monotonic()
         for child, count in (
             (series.prompt, prompt),
@@ -390,8 +390,7 @@ class Metrics:
             if count:
                 child.inc(count, self._exemplar_of(child, task, now))
 
-    def _usage_of(self, upstream: str, model: str, agent: str) -> _UsageSeries:
-        labels = (upstream, self.model(model or "unknown"), self.agent(agent))
+    def _usage_of(self, labels: tuple[str, str, str]) -> _UsageSeries:
         tokens = self.tokens.child
         return _UsageSeries(
             tokens((*labels, "prompt")),
@@ -415,13 +414,12 @@ class Metrics:
     def timings(
         self, upstream: str, model: str, latency: float, ttfb: float, overhead: float
     ) -> None:
-        key = (upstream, model)
+        key = (upstream, self.model(model or "unknown"))
         series = self._timing_series.get(key)
         if series is None:
-            labels = (upstream, self.model(model or "unknown"))
             series = self._timing_series[key] = (
-                self.upstream_latency.child(labels),
-                self.upstream_ttfb.child(labels),
+                self.upstream_latency.child(key),
+                self.upstream_ttfb.child(key),
             )
         series[0].observe(latency)
         series[1].observe(ttfb)

@@ -25,6 +25,36 @@ def test_agents_and_models_beyond_the_cap_fold_into_other() -> None:
     assert models == {"model-a", "other"}
 
 
+def test_a_call_with_new_names_every_time_grows_no_table_past_the_caps() -> None:
+    """A client that names a new agent and model on every call: the series, and what the
+    proxy keeps to find them, stay bounded by the label caps."""
+    import tracemalloc
+
+    metrics = Metrics(max_agents=3, max_models=2)
+
+    def calls(start: int) -> None:
+        for n in range(start, start + 5_000):
+            name = f"agent-{n}-" + "x" * 40
+            metrics.call("openai", f"model-{n}", name, "ok")
+            metrics.usage("openai", f"model-{n}", name, f"task-{n}", 10, 5, 0, 0.001)
+            metrics.timings("openai", f"model-{n}", 0.5, 0.1, 0.001)
+
+    calls(0)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    calls(5_000)
+    grown = sum(
+        stat.size_diff
+        for stat in tracemalloc.take_snapshot().compare_to(before, "filename")
+        if stat.traceback[0].filename.endswith("metrics.py")
+        or stat.traceback[0].filename.endswith("series.py")
+    )
+    tracemalloc.stop()
+    assert grown < 10_000, f"{grown} bytes kept for 5,000 calls of names never seen before"
+    samples = scrape(metrics)["tripwire_calls"]
+    assert len([s for s in samples if s.name == "tripwire_calls_total"]) <= 3 * 4
+
+
 def test_task_ids_travel_as_exemplars_not_labels() -> None:
     metrics = Metrics()
     metrics.usage("openai", "gpt-4o", "planner", "job-42", 100, 20, 0, 0.01)
