@@ -30,7 +30,7 @@ from proxy.pipeline.bus import TripBus
 from proxy.pipeline.call import Call, Settlement
 from proxy.policy.rules import Effective
 from proxy.providers.base import Output
-from proxy.session.base import Ledger
+from proxy.session.base import Ledger, ObserveContentNow
 from proxy.telemetry.logs import event
 
 # How long a call waits for its task's detections at most: a stuck state store must not hold
@@ -54,7 +54,7 @@ class ContentDetection:
         self._deciding: dict[str, set[asyncio.Future[Any]]] = {}
         # In-process detection: the completions settled since the last turn of the event loop,
         # and per task how many of them may kill it.
-        self._queued: deque[tuple[Call, Output]] = deque()
+        self._queued: deque[tuple[Call, Output, ObserveContentNow]] = deque()
         self._undecided: dict[str, int] = {}
         self._drain_scheduled = False
 
@@ -72,8 +72,9 @@ class ContentDetection:
             return
         if not (output.text or output.tool_calls) or not call.policy.content_detection:
             return
-        if self.ledger.detects_in_process:
-            self._queue(call, output)
+        observe = self.ledger.observe_content_now
+        if observe is not None:
+            self._queue(call, output, observe)
             return
         detection = asyncio.ensure_future(self._observe(call, output))
         self._running.add(detection)
@@ -89,13 +90,13 @@ class ContentDetection:
             if not deciding:
                 del self._deciding[task]
 
-    def _queue(self, call: Call, output: Output) -> None:
+    def _queue(self, call: Call, output: Output, observe: ObserveContentNow) -> None:
         """Observed in the event loop's next turn: a task per completion would cost more than
         the detectors themselves."""
         if not self._drain_scheduled:
             asyncio.get_running_loop().call_soon(self._drain)
             self._drain_scheduled = True
-        self._queued.append((call, output))
+        self._queued.append((call, output, observe))
         if may_kill(call.policy):
             self._undecided[call.task] = self._undecided.get(call.task, 0) + 1
 
@@ -103,7 +104,7 @@ class ContentDetection:
         self._drain_scheduled = False
         queued, undecided = self._queued, self._undecided
         while queued:
-            call, output = queued.popleft()
+            call, output, observe = queued.popleft()
             if may_kill(call.policy):
                 left = undecided[call.task] - 1
                 if left:
@@ -112,7 +113,7 @@ class ContentDetection:
                     del undecided[call.task]
             try:
                 results = tool_results(call.body) if call.body is not None else []
-                reported = self.ledger.observe_content_now(
+                reported = observe(
                     call.task, call.agent, output.text, call.policy, output.tool_calls, results
                 )
             except Exception as exc:  # a faulty detector is logged, never breaks traffic

@@ -141,12 +141,18 @@ class Settled:
     killed: bool  # the task was killed by one of them
 
 
+# task, agent, text, policy, tool calls, tool results -> the trips to report with their action
+ObserveContentNow = Callable[
+    [str, str, str, Effective, Sequence[tuple[str, str]], Sequence[str]], list[tuple[Trip, str]]
+]
+
+
 class Ledger(Protocol):
     board: KillBoard
     detector_runs: int  # content-detector runs since start-up, for /metrics
-    # The content detectors' state is in this process: ``observe_content_now`` runs them at
-    # once, with no I/O to wait for.
-    detects_in_process: bool
+    # ``observe_content`` done at once, where the content detectors' state is in this process
+    # and no I/O is needed; None where it is elsewhere (await ``observe_content``).
+    observe_content_now: ObserveContentNow | None
 
     async def reserve(self, plan: CallPlan) -> Grant: ...
 
@@ -189,18 +195,6 @@ class Ledger(Protocol):
     ) -> list[tuple[Trip, str]]:
         """Run the content detectors (cycle, near-duplicate, no progress, tool loop) on one
         completion; the trips to report with their action, a ``kill`` one already applied."""
-        ...
-
-    def observe_content_now(
-        self,
-        task: str,
-        agent: str,
-        text: str,
-        policy: Effective,
-        tool_calls: Sequence[tuple[str, str]] = (),
-        tool_results: Sequence[str] = (),
-    ) -> list[tuple[Trip, str]]:
-        """``observe_content`` done at once; only where ``detects_in_process``."""
         ...
 
     async def count_envelope(self, task: str, status: str) -> None:

@@ -43,6 +43,7 @@ from proxy.session.base import (
     Denied,
     Grant,
     KillBoard,
+    ObserveContentNow,
     Outcome,
     Preview,
     Settled,
@@ -124,7 +125,7 @@ class MemoryLedger:
         # Killed tasks by kill time: kept past task_ttl and max_tasks (see _note_kill).
         self._killed: OrderedDict[str, float] = OrderedDict()
         self.detector_runs = 0  # content-detector runs, exposed on /metrics
-        self.detects_in_process = True
+        self.observe_content_now: ObserveContentNow | None = self._observe_content
         self._sessions = SessionBook(settings.max_tasks)
         self._warm: OrderedDict[str, None] = OrderedDict()  # see WARM_CONTENT
 
@@ -501,9 +502,9 @@ class MemoryLedger:
         tool_calls: Sequence[tuple[str, str]] = (),
         tool_results: Sequence[str] = (),
     ) -> list[tuple[Trip, str]]:
-        return self.observe_content_now(task, agent, text, policy, tool_calls, tool_results)
+        return self._observe_content(task, agent, text, policy, tool_calls, tool_results)
 
-    def observe_content_now(
+    def _observe_content(
         self,
         task: str,
         agent: str,

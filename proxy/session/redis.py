@@ -54,6 +54,7 @@ from proxy.session.base import (
     Denied,
     Grant,
     KillBoard,
+    ObserveContentNow,
     Outcome,
     Preview,
     Settled,
@@ -200,7 +201,7 @@ class RedisLedger:
             self._swap_content
         )
         self.detector_runs = 0  # content-detector runs, exposed on /metrics
-        self.detects_in_process = False
+        self.observe_content_now: ObserveContentNow | None = None  # the state is in Redis
         self._states = KnownStates()
         self._fallback = MemoryLedger(settings, clock=clock or time.time)
         self._pending: deque[_Pending] = deque(maxlen=MAX_PENDING)
@@ -761,17 +762,6 @@ class RedisLedger:
             elif await self.client.hsetnx(keys.state, f"obs|{trip.reason}", 1):
                 reported.append((trip, action))
         return reported
-
-    def observe_content_now(
-        self,
-        task: str,
-        agent: str,
-        text: str,
-        policy: Effective,
-        tool_calls: Sequence[tuple[str, str]] = (),
-        tool_results: Sequence[str] = (),
-    ) -> builtins.list[tuple[Trip, str]]:
-        raise NotImplementedError("the content state is in Redis: await observe_content")
 
     async def _swap_content(
         self, task: str, batch: Sequence[_Completion]

@@ -238,7 +238,7 @@ class _SlowDetection:
     """The ledger with its content detectors a while behind the answers, as when they run on
     a busy replica or across a round trip to Redis."""
 
-    detects_in_process = False  # as on Redis: each detection awaits its state
+    observe_content_now = None  # as on Redis: each detection awaits its state
 
     def __init__(self, ledger: Any, delay: float) -> None:
         self.ledger = ledger
