@@ -59,10 +59,11 @@ class Allowance:
 NO_BOUND = Allowance(None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reservation:
     """What a reserve-phase check sees: the call, the task's limits and its figures so far.
-    The Lua twin of a check reads script locals of the same names."""
+    The Lua twin of a check reads script locals of the same names. Checks only read it (not
+    frozen: one is built for every call, and a frozen one costs a setattr call per field)."""
 
     task: str
     agent: str
@@ -83,6 +84,10 @@ class Reservation:
     last_agent: str | None
 
 
+# A reserve-phase check: the call's allowance under one limit.
+Check = Callable[[Reservation], Allowance]
+
+
 @dataclass(frozen=True, slots=True)
 class Detector:
     reason: TripReason
@@ -95,7 +100,7 @@ class Detector:
     absent: Mapping[str, str] = field(default_factory=dict)
     # reserve phase: the Python check, and its Lua twin (a snippet of the reserve script that
     # reads the script's locals and calls ``trip_<reason>(...)``; see redis_scripts.py).
-    check: Callable[[Reservation], Allowance] | None = None
+    check: Check | None = None
     lua: str = ""
     # settle phase: a fingerprint seen ``threshold`` times in a window trips. ``fingerprint``
     # names the ``Outcome`` field it watches; ``window`` whose window it keeps (the task's or

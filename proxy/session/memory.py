@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proxy.config import StateSettings
+from proxy.config import Limits, StateSettings
 from proxy.detectors import budget, limits, repeat
 from proxy.detectors.base import Trip, TripReason, one_kill
 from proxy.detectors.content import ContentState, observe_content
 from proxy.detectors.registry import RESERVE, SETTLE
-from proxy.detectors.spec import NO_BOUND, Reservation
+from proxy.detectors.spec import NO_BOUND, Check, Reservation
 from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session import persist
@@ -61,8 +61,15 @@ OTHER_AGENTS = "other"
 # into tuples and back). A few thousand objects: nothing to a full collection.
 WARM_CONTENT = 1024
 _T = TypeVar("_T")
-_RESERVE_CHECKS = tuple(detector.check for detector in RESERVE if detector.check)
+# The reserve checks, each with the limit it reads: one whose limit is unset allows anything.
+_RESERVE_CHECKS = tuple(
+    (detector.check, detector.settings[0].removeprefix("limits."))
+    for detector in RESERVE
+    if detector.check
+)
+_LIMITS_KNOWN = 64  # policies' limits whose checks are remembered (see MemoryLedger._checks_of)
 _DIGEST = 8  # bytes of one fingerprint in a window
+_SETTLE_WINDOWS = len(SETTLE)
 
 
 @dataclass(slots=True)
@@ -128,6 +135,9 @@ class MemoryLedger:
         self.observe_content_now: ObserveContentNow | None = self._observe_content
         self._sessions = SessionBook(settings.max_tasks)
         self._warm: OrderedDict[str, None] = OrderedDict()  # see WARM_CONTENT
+        # The checks that apply under each policy's limits, by the limits' identity (each kept
+        # with its limits, so the identity cannot pass to another object meanwhile).
+        self._checks: dict[int, tuple[Limits, tuple[Check, ...]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -303,15 +313,16 @@ class MemoryLedger:
         if len(self._tasks) > self.settings.max_tasks:
             self._forget_oldest()
 
-    def _bucket(self, task: _Task, name: str) -> str:
-        """The agent's own name, or ``other`` once the task has its maximum of agents."""
-        if _find(task, name) is not None or len(task.agents) < self.settings.max_agents_per_task:
-            return name
-        return OTHER_AGENTS
+    def _joined(self, task: _Task, name: str) -> tuple[str, _Agent | None]:
+        """The agent's bucket (its own name, or ``other`` once the task has its maximum of
+        agents) and the bucket's record, if it has joined the task."""
+        joined = _find(task, name)
+        if joined is not None or len(task.agents) < self.settings.max_agents_per_task:
+            return name, joined
+        return OTHER_AGENTS, _find(task, OTHER_AGENTS)
 
     def _agent(self, task: _Task, name: str) -> _Agent:
-        bucket = self._bucket(task, name)
-        agent = _find(task, bucket)
+        bucket, agent = self._joined(task, name)
         if agent is None:
             agent = _Agent(sys.intern(bucket))
             task.agents = (*task.agents, agent)
@@ -324,6 +335,16 @@ class MemoryLedger:
         if plan.task in self._tasks:
             return self._touch(plan.task, plan.now), False
         return _Task(plan.task, started=plan.now, last_seen=plan.now), True
+
+    def _checks_of(self, lim: Limits) -> tuple[Check, ...]:
+        """The checks that apply under ``lim``, remembered: a policy's limits are one object
+        for all its calls. A token's signed limits are a new one per call, so the table is
+        emptied when full rather than grown."""
+        if len(self._checks) >= _LIMITS_KNOWN:
+            self._checks.clear()
+        checks = _checks_for(lim)
+        self._checks[id(lim)] = (lim, checks)
+        return checks
 
     def _trips_at_reserve(
         self, task: _Task, plan: CallPlan, checks: list[Trip], new: bool
@@ -350,15 +371,18 @@ class MemoryLedger:
         if task.killed is not None:
             raise Denied(plan.task, task.killed, fresh=False)
         _first_call(task, plan)
-        if not new:
+        if not new and task.tenant is not None:
             self._index(task)
         lim = plan.policy.limits
         if task.overrides:
             lim = lim.model_copy(update=task.overrides)
+            checks = _checks_for(lim)
+        else:
+            known = self._checks.get(id(lim))
+            checks = known[1] if known is not None and known[0] is lim else self._checks_of(lim)
         task.max_tokens = lim.max_tokens
         # The agent joins the task only once one of its calls is reserved.
-        bucket = self._bucket(task, plan.agent)
-        joined = _find(task, bucket)
+        bucket, joined = self._joined(task, plan.agent)
         agent = joined or _Agent(sys.intern(bucket))
         state = Reservation(
             task=plan.task,
@@ -379,23 +403,23 @@ class MemoryLedger:
             hops=task.hops,
             last_agent=task.last_agent,
         )
-        allowances = [check(state) for check in _RESERVE_CHECKS]
-        checks: list[Trip] = []
+        allowances = [check(state) for check in checks]
+        tripped: list[Trip] = []
         cap = plan.requested_output
         if any(a is not NO_BOUND for a in allowances):  # a bound or a trip: the usual call has none
-            checks = [a.trip for a in allowances if a.trip is not None]
-            if plan.policy.on_trip == "kill" and not checks and any(a.busy for a in allowances):
+            tripped = [a.trip for a in allowances if a.trip is not None]
+            if plan.policy.on_trip == "kill" and not tripped and any(a.busy for a in allowances):
                 raise Busy(plan.task, task.tokens_reserved)
             cap = budget.output_cap(plan.requested_output, plan.choices, allowances)
-        if cap == 0 and not checks:
-            checks.append(budget.too_many_choices(plan.choices))
-        observed = self._trips_at_reserve(task, plan, checks, new)
+        if cap == 0 and not tripped:
+            tripped.append(budget.too_many_choices(plan.choices))
+        observed = self._trips_at_reserve(task, plan, tripped, new) if tripped else []
         # Shadow mode changes nothing the agent receives, so an over-budget cap is left alone.
         enforce = (
             plan.policy.on_trip == "kill"
             and cap is not None
             and cap != plan.requested_output
-            and not checks
+            and not tripped
         )
         if new:
             self._keep(task)
@@ -440,11 +464,13 @@ class MemoryLedger:
             task.cost_used += outcome.cost_usd
         trips: list[Trip] = []
         output = outcome.output_fingerprint
-        output_digest = _digest(output) if output is not None else b""
+        output_digest = b""
         if outcome.completed and output is not None:
             # The digest stands for the fingerprint when it gives it back exactly (always, for
             # the proxy's own): it is shared with the output window and smaller than the text.
-            shown = output_digest if output_digest.hex() == output else output
+            exact = _hex_digest(output)
+            output_digest = exact if exact is not None else _digest(output)
+            shown = exact if exact is not None else output
             preview = (sys.intern(grant.agent), shown, outcome.preview)
             task.previews = _push_many(task.previews, preview, PREVIEWS_PER_TASK)
         if outcome.completed:
@@ -454,7 +480,9 @@ class MemoryLedger:
                     continue
                 threshold, size = detector.bounds(grant.policy)
                 holder = task if detector.window == "task" else agent
-                windows = holder.windows + (b"",) * (len(SETTLE) - len(holder.windows))
+                windows = holder.windows
+                if len(windows) < _SETTLE_WINDOWS:
+                    windows += (b"",) * (_SETTLE_WINDOWS - len(windows))
                 digest = output_digest if fingerprint is output else _digest(fingerprint)
                 window = _push_digest(windows[index], digest, size)
                 holder.windows = (*windows[:index], window, *windows[index + 1 :])
@@ -628,23 +656,27 @@ class MemoryLedger:
         """The task's figures; with ``details``, its previews, timeline and envelope counts
         too, which only the admin API reads (a call's grant and settlement do without, as
         the Redis ledger's do)."""
-        overrides = task.overrides or {}
+        overrides = task.overrides
+        max_tokens = task.max_tokens
+        if overrides is not None and "max_tokens" in overrides:
+            max_tokens = int(overrides["max_tokens"])
+        # Positional: a call builds two of these.
         view = TaskView(
-            task=task.task,
-            started=task.started,
-            last_seen=task.last_seen,
-            tokens_used=task.tokens_used,
-            tokens_reserved=task.tokens_reserved,
-            cost_usd=task.cost_used,
-            calls=task.calls,
-            hops=task.hops,
-            agents=[agent.name for agent in task.agents],
-            killed=task.killed,
-            max_tokens=_limit(overrides.get("max_tokens"), task.max_tokens),
-            tenant=task.tenant,
-            owner=task.owner,
-            overrides=dict(overrides),
-            extra_duration=task.extra_duration,
+            task.task,
+            task.started,
+            task.last_seen,
+            task.tokens_used,
+            task.tokens_reserved,
+            task.cost_used,
+            task.calls,
+            task.hops,
+            [agent.name for agent in task.agents],
+            task.killed,
+            max_tokens,
+            task.tenant,
+            task.owner,
+            dict(overrides) if overrides is not None else {},
+            task.extra_duration,
         )
         if details:
             previews = task.previews
@@ -712,6 +744,10 @@ def _from_record(record: dict[str, Any]) -> _Task:
     )
 
 
+def _checks_for(lim: Limits) -> tuple[Check, ...]:
+    return tuple(check for check, name in _RESERVE_CHECKS if getattr(lim, name) is not None)
+
+
 def _first_call(task: _Task, plan: CallPlan) -> None:
     """What a task's first call settles: its clock (the deadline runs from the first call
     checked, not from creation ahead of it nor from a kill before it), and the tenant and owner
@@ -751,12 +787,21 @@ def _unpack(content: ContentState | bytes) -> ContentState:
 def _digest(fingerprint: str) -> bytes:
     """The fingerprint's 8 bytes: the proxy's fingerprints are 16 lowercase hex digits (of an
     8-byte blake2b), read back as such; any other string is hashed to 8."""
-    if len(fingerprint) == 2 * _DIGEST:
-        with contextlib.suppress(ValueError):
-            digest = bytes.fromhex(fingerprint)
-            if digest.hex() == fingerprint:  # not "AB..." nor "00 11 ..." (other strings)
-                return digest
+    digest = _hex_digest(fingerprint)
+    if digest is not None:
+        return digest
     return hashlib.blake2b(fingerprint.encode(), digest_size=_DIGEST).digest()
+
+
+def _hex_digest(fingerprint: str) -> bytes | None:
+    """The 8 bytes a fingerprint of 16 lowercase hex digits gives back exactly, else None."""
+    if len(fingerprint) != 2 * _DIGEST:
+        return None
+    try:
+        digest = bytes.fromhex(fingerprint)
+    except ValueError:
+        return None
+    return digest if digest.hex() == fingerprint else None  # not "AB..." nor "00 11 ..."
 
 
 def _push_digest(window: bytes, digest: bytes, size: int) -> bytes:
@@ -783,10 +828,6 @@ def _push_many(window: tuple[_T, ...], entries: tuple[_T, ...], size: int) -> tu
     width = len(entries)
     keep = max(size - 1, 0) * width
     return (*window[len(window) - keep :], *entries) if len(window) > keep else (*window, *entries)
-
-
-def _limit(override: float | None, current: int | None) -> int | None:
-    return int(override) if override is not None else current
 
 
 def _describe_limits(overrides: dict[str, float]) -> str:
