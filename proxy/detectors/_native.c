@@ -577,6 +577,366 @@ static PyObject *native_merge(PyObject *module, PyObject *const *args, Py_ssize_
     return result;
 }
 
+/* -- one completion's step of each text detector ------------------------------------------
+ *
+ * cycle.py, similarity.py and progress.py hold the reference in Python, used without this
+ * extension; these functions compute the same states from the same inputs (tests/detectors/
+ * test_native.py compares them on random tasks), so that a long task's completion costs a few
+ * calls here rather than a few dozen Python functions. The trip itself, and its sentence, stay
+ * in Python: these return the figures it is decided by. */
+
+#define MAX_PERIOD 6 /* cycle.py */
+
+/* A Python int that is a uint32 (an agent's key): 1, or 0 when it is none (no entry's). */
+static int read_key(PyObject *value, uint32_t *key)
+{
+    int overflow = 0;
+    long long wanted = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (wanted == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || wanted < 0 || wanted > 0xFFFFFFFFLL)
+        return 0;
+    *key = (uint32_t)wanted;
+    return 1;
+}
+
+static int read_entries(PyObject *entries, Py_ssize_t *count)
+{
+    if (!PyBytes_Check(entries) || PyBytes_GET_SIZE(entries) % ENTRY_BYTES != 0) {
+        PyErr_SetString(PyExc_ValueError, "entries are 196 bytes each");
+        return -1;
+    }
+    *count = PyBytes_GET_SIZE(entries) / ENTRY_BYTES;
+    return 0;
+}
+
+/* The last ``keep`` entries of ``entries`` followed by (key, sketch), as new bytes. */
+static PyObject *pushed(PyObject *entries, Py_ssize_t count, Py_ssize_t keep, uint32_t key,
+                        PyObject *sketch)
+{
+    if (keep > count)
+        keep = count;
+    if (keep < 0)
+        keep = 0;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (keep + 1) * ENTRY_BYTES);
+    if (out == NULL)
+        return NULL;
+    unsigned char *to = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(to, PyBytes_AS_STRING(entries) + (count - keep) * ENTRY_BYTES, (size_t)keep * ENTRY_BYTES);
+    to += keep * ENTRY_BYTES;
+    write_u32le(to, key);
+    memcpy(to + KEY_BYTES, PyBytes_AS_STRING(sketch), BAG_BYTES);
+    return out;
+}
+
+/* cycle.py: observe_shingles past its checks. cycle_step(recent, runs, key, sketch,
+ * similarity) -> (recent, runs), runs None when no period continues. */
+static PyObject *native_cycle_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "cycle_step(recent, runs, key, sketch, similarity) takes 5 arguments");
+        return NULL;
+    }
+    PyObject *recent = args[0], *runs = args[1], *sketch = args[3];
+    Py_ssize_t count;
+    if (read_entries(recent, &count) < 0)
+        return NULL;
+    if (!PyTuple_Check(runs) || PyTuple_GET_SIZE(runs) != MAX_PERIOD) {
+        PyErr_SetString(PyExc_ValueError, "runs are a tuple of 6 ints");
+        return NULL;
+    }
+    uint32_t key = 0;
+    int keyed = read_key(args[2], &key);
+    if (keyed < 0)
+        return NULL;
+    Mine mine;
+    if (read_sketch(sketch, &mine) < 0)
+        return NULL;
+    double similarity = PyFloat_AsDouble(args[4]);
+    if (similarity == -1.0 && PyErr_Occurred())
+        return NULL;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(recent);
+    long long next[MAX_PERIOD];
+    int any = 0;
+    for (int period = 1; period <= MAX_PERIOD; period++) {
+        Py_ssize_t back = count - period;
+        int continues = 0;
+        if (keyed && back >= 0 && read_u32le(data + back * ENTRY_BYTES) == key)
+            continues = compare(&mine, data + back * ENTRY_BYTES + KEY_BYTES) >= similarity;
+        long long run = 0;
+        if (continues) {
+            run = PyLong_AsLongLong(PyTuple_GET_ITEM(runs, period - 1));
+            if (run == -1 && PyErr_Occurred())
+                return NULL;
+            run += 1;
+        }
+        next[period - 1] = run;
+        any |= run != 0;
+    }
+    PyObject *kept = pushed(recent, count, MAX_PERIOD - 1, keyed ? key : 0, sketch);
+    if (kept == NULL)
+        return NULL;
+    if (!any)
+        return Py_BuildValue("(NO)", kept, Py_None);
+    PyObject *counted = PyTuple_New(MAX_PERIOD);
+    for (int i = 0; counted != NULL && i < MAX_PERIOD; i++) {
+        PyObject *run = PyLong_FromLongLong(next[i]);
+        if (run == NULL)
+            Py_CLEAR(counted);
+        else
+            PyTuple_SET_ITEM(counted, i, run);
+    }
+    if (counted == NULL) {
+        Py_DECREF(kept);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", kept, counted);
+}
+
+/* A completion's shingles: a 1-d buffer of native uint32 (numpy's, any strides). 0, or -1 with
+ * an error set; release ``view`` after a 0. */
+static int open_hashes(PyObject *object, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(object, view, PyBUF_STRIDED_RO | PyBUF_FORMAT) < 0)
+        return -1;
+    const char *format = view->format == NULL ? "B" : view->format;
+    if (view->ndim != 1 || view->itemsize != 4 ||
+        (strcmp(format, "I") != 0 && strcmp(format, "=I") != 0 && strcmp(format, "@I") != 0)) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "hashes are a 1-d array of uint32");
+        return -1;
+    }
+    return 0;
+}
+
+/* The first ``count`` hashes of ``view`` in ``stack`` (room for 2 * STACK_WORDS) or in memory
+ * allocated here (then ``*heap``, to free), with as much room again past them for sorting. */
+static uint32_t *copy_hashes(const Py_buffer *view, Py_ssize_t count, uint32_t *stack, void **heap)
+{
+    uint32_t *values = stack;
+    *heap = NULL;
+    if (count > STACK_WORDS) {
+        if (count > PY_SSIZE_T_MAX / 8) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        *heap = PyMem_Malloc((size_t)count * 2 * sizeof(uint32_t));
+        if (*heap == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        values = *heap;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        memcpy(&values[i], (const char *)view->buf + i * view->strides[0], sizeof(uint32_t));
+    return values;
+}
+
+static Py_ssize_t count_distinct(uint32_t *values, Py_ssize_t count)
+{
+    sort_u32(values, values + count, count);
+    Py_ssize_t distinct = 0;
+    for (Py_ssize_t i = 0; i < count; i++)
+        distinct += distinct == 0 || values[i] != values[i - 1];
+    return distinct;
+}
+
+/* shingles.py: Shingles.at_least. Whether the shingles hold at least ``wanted`` distinct
+ * values; the first 2 * ``wanted`` almost always tell, without sorting a long completion's
+ * shingles. 1, 0, or -1 with an error set. */
+static int distinct_at_least(const Py_buffer *view, Py_ssize_t wanted)
+{
+    Py_ssize_t count = view->shape[0];
+    if (count < wanted)
+        return 0;
+    if (wanted <= 1)
+        return 1;
+    uint32_t stack[2 * STACK_WORDS];
+    void *heap;
+    Py_ssize_t head = count / 2 < wanted ? count : 2 * wanted;
+    for (;;) {
+        uint32_t *values = copy_hashes(view, head, stack, &heap);
+        if (values == NULL)
+            return -1;
+        Py_ssize_t distinct = count_distinct(values, head);
+        PyMem_Free(heap);
+        if (distinct >= wanted || head == count)
+            return distinct >= wanted;
+        head = count;
+    }
+}
+
+/* similarity.py: observe_shingles past its checks. near_step(recent, key, sketch, shingles,
+ * window, similarity, min_shingles) -> (recent, repeats, max_similarity), or None when the
+ * output has too few distinct shingles to compare (the state is left as it is). ``repeats``
+ * counts this output and the agent's earlier ones in the window at least ``similarity`` like
+ * it; ``max_similarity`` is the highest similarity to them (0.0 without any). */
+static PyObject *native_near_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "near_step(recent, key, sketch, shingles, window, similarity, min_shingles) takes 7 arguments");
+        return NULL;
+    }
+    PyObject *recent = args[0], *sketch = args[2];
+    Py_ssize_t count;
+    if (read_entries(recent, &count) < 0)
+        return NULL;
+    uint32_t key = 0;
+    int keyed = read_key(args[1], &key);
+    if (keyed < 0)
+        return NULL;
+    Mine mine;
+    if (read_sketch(sketch, &mine) < 0)
+        return NULL;
+    Py_ssize_t window = PyLong_AsSsize_t(args[4]);
+    if (window == -1 && PyErr_Occurred())
+        return NULL;
+    double similarity = PyFloat_AsDouble(args[5]);
+    if (similarity == -1.0 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t wanted = PyLong_AsSsize_t(args[6]);
+    if (wanted == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (open_hashes(args[3], &view) < 0)
+        return NULL;
+    int enough = distinct_at_least(&view, wanted);
+    PyBuffer_Release(&view);
+    if (enough < 0)
+        return NULL;
+    if (!enough)
+        Py_RETURN_NONE;
+    /* The window counts this output, as the exact-repeat detector's does. */
+    Py_ssize_t dropped = count - window + 1;
+    if (dropped < 0)
+        dropped = 0;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(recent);
+    long repeats = 1;
+    double highest = 0.0;
+    int compared = 0;
+    for (Py_ssize_t i = dropped; keyed && i < count; i++) {
+        if (read_u32le(data + i * ENTRY_BYTES) != key)
+            continue;
+        double score = compare(&mine, data + i * ENTRY_BYTES + KEY_BYTES);
+        repeats += score >= similarity;
+        highest = !compared || score > highest ? score : highest;
+        compared = 1;
+    }
+    PyObject *kept = pushed(recent, count, count - dropped, keyed ? key : 0, sketch);
+    if (kept == NULL)
+        return NULL;
+    return Py_BuildValue("(Nld)", kept, repeats, highest);
+}
+
+/* progress.py: observe_shingles past its checks. progress_step(threshold, sample, recent,
+ * shingles, sample_size, completions) -> (threshold, sample, recent, new, sampled): the new
+ * state, and the new and sampled shingles its recent outputs add up to. None when the sample
+ * is not sorted and distinct (a corrupt state): the Python code then decides. */
+static PyObject *native_progress_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "progress_step(threshold, sample, recent, shingles, sample_size, completions) takes 6 arguments");
+        return NULL;
+    }
+    PyObject *sample = args[1], *recent = args[2];
+    unsigned long long threshold = PyLong_AsUnsignedLongLong(args[0]);
+    if (threshold == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t size = PyLong_AsSsize_t(args[4]);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t completions = PyLong_AsSsize_t(args[5]);
+    if (completions == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyBytes_Check(sample) || !PyBytes_Check(recent) || size < 0 || completions < 1) {
+        PyErr_SetString(PyExc_TypeError, "progress_step(): a bytes sample and recent pairs");
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(sample) % 4 != 0 || PyBytes_GET_SIZE(recent) % 4 != 0)
+        Py_RETURN_NONE; /* not a state this module wrote: the Python code decides */
+    const unsigned char *kept = (const unsigned char *)PyBytes_AS_STRING(sample);
+    Py_ssize_t kept_count = PyBytes_GET_SIZE(sample) / 4;
+    for (Py_ssize_t i = 1; i < kept_count; i++)
+        if (read_u32le(kept + 4 * (i - 1)) >= read_u32le(kept + 4 * i))
+            Py_RETURN_NONE;
+    if (kept_count > size) { /* a rule lowered the sample size for this agent */
+        threshold = read_u32le(kept + 4 * size);
+        kept_count = size;
+    }
+
+    Py_buffer view;
+    if (open_hashes(args[3], &view) < 0)
+        return NULL;
+    Py_ssize_t count = view.shape[0];
+    uint32_t stack_values[2 * STACK_WORDS];
+    void *heap;
+    uint32_t *values = copy_hashes(&view, count, stack_values, &heap);
+    PyBuffer_Release(&view);
+    if (values == NULL)
+        return NULL;
+    Py_ssize_t below = 0;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((unsigned long long)values[i] < threshold)
+            values[below++] = values[i];
+    sort_u32(values, values + below, below);
+    Py_ssize_t distinct = 0;
+    for (Py_ssize_t i = 0; i < below; i++)
+        if (distinct == 0 || values[i] != values[distinct - 1])
+            values[distinct++] = values[i];
+
+    PyObject *new_sample = NULL;
+    Py_ssize_t size_after = merge_into(kept, kept_count, values, distinct, NULL);
+    Py_ssize_t added = size_after - kept_count;
+    if (added) {
+        Py_ssize_t merged_count = size_after < size ? size_after : size;
+        unsigned char *merged = PyMem_Malloc((size_t)(size_after > 0 ? size_after : 1) * 4);
+        if (merged == NULL) {
+            PyMem_Free(heap);
+            return PyErr_NoMemory();
+        }
+        merge_into(kept, kept_count, values, distinct, merged);
+        if (size_after > size)
+            threshold = read_u32le(merged + 4 * size);
+        new_sample = PyBytes_FromStringAndSize((const char *)merged, merged_count * 4);
+        PyMem_Free(merged);
+    } else if (kept_count == PyBytes_GET_SIZE(sample) / 4) {
+        new_sample = Py_NewRef(sample);
+    } else {
+        new_sample = PyBytes_FromStringAndSize((const char *)kept, kept_count * 4);
+    }
+    PyMem_Free(heap);
+    if (new_sample == NULL)
+        return NULL;
+
+    /* The pair of this output appended, the last ``completions`` kept. */
+    Py_ssize_t pairs = PyBytes_GET_SIZE(recent) / 4 + 1;
+    Py_ssize_t keep = pairs < completions ? pairs : completions;
+    PyObject *new_recent = PyBytes_FromStringAndSize(NULL, keep * 4);
+    if (new_recent == NULL) {
+        Py_DECREF(new_sample);
+        return NULL;
+    }
+    unsigned char *to = (unsigned char *)PyBytes_AS_STRING(new_recent);
+    memcpy(to, PyBytes_AS_STRING(recent) + (pairs - keep) * 4, (size_t)(keep - 1) * 4);
+    uint32_t new_count = added < 0xFFFF ? (uint32_t)added : 0xFFFF;
+    uint32_t sampled = distinct < 0xFFFF ? (uint32_t)distinct : 0xFFFF;
+    to[4 * (keep - 1)] = (unsigned char)new_count;
+    to[4 * (keep - 1) + 1] = (unsigned char)(new_count >> 8);
+    to[4 * (keep - 1) + 2] = (unsigned char)sampled;
+    to[4 * (keep - 1) + 3] = (unsigned char)(sampled >> 8);
+    long long new_sum = 0, sampled_sum = 0;
+    for (Py_ssize_t i = 0; i < keep; i++) {
+        new_sum += (long long)to[4 * i] | (long long)to[4 * i + 1] << 8;
+        sampled_sum += (long long)to[4 * i + 2] | (long long)to[4 * i + 3] << 8;
+    }
+    return Py_BuildValue("(KNNLL)", threshold, new_sample, new_recent, new_sum, sampled_sum);
+}
+
 static PyMethodDef methods[] = {
     {"shingle", (PyCFunction)(void (*)(void))native_shingle, METH_FASTCALL,
      "shingle(text, fold, content, limit) -> (shingles, sketch)"},
@@ -586,6 +946,14 @@ static PyMethodDef methods[] = {
      "scores(sketch, entries, key[, owners]) -> list of floats"},
     {"merge", (PyCFunction)(void (*)(void))native_merge, METH_FASTCALL,
      "merge(sample, hashes) -> (merged, distinct) or None"},
+    {"cycle_step", (PyCFunction)(void (*)(void))native_cycle_step, METH_FASTCALL,
+     "cycle_step(recent, runs, key, sketch, similarity) -> (recent, runs or None)"},
+    {"near_step", (PyCFunction)(void (*)(void))native_near_step, METH_FASTCALL,
+     "near_step(recent, key, sketch, shingles, window, similarity, min_shingles) -> "
+     "(recent, repeats, max_similarity) or None"},
+    {"progress_step", (PyCFunction)(void (*)(void))native_progress_step, METH_FASTCALL,
+     "progress_step(threshold, sample, recent, shingles, sample_size, completions) -> "
+     "(threshold, sample, recent, new, sampled) or None"},
     {NULL, NULL, 0, NULL},
 };
 

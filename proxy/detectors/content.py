@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from proxy.detectors import recent
+from proxy.detectors.bag import native
 from proxy.detectors.base import Trip
 from proxy.detectors.cycle import CycleState
 from proxy.detectors.cycle import observe_shingles as observe_cycle
@@ -172,7 +173,12 @@ def observe_content(
     cycle_state, near_state, progress_state = state.cycle, state.near_duplicate, state.no_progress
     shingles = shingle(text) if text else None
     if shingles is not None and not shingles.empty:
-        if cycle.enabled or near_duplicate.enabled:
+        owners: tuple[list[int] | None, list[int] | None] = (None, None)
+        cycle_scores: list[float] | None = None
+        near_scores: list[float] | None = None
+        # With the extension each detector's step compares in C; without it, the outputs the
+        # two detectors share are compared once here.
+        if native is None and (cycle.enabled or near_duplicate.enabled):
             owners = _owners(cycle_state, near_state)
             cycle_scores, near_scores = _scores(
                 shingles.sketch, key, cycle_state, near_state, owners

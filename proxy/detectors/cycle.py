@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from proxy.detectors import recent as entries
+from proxy.detectors.bag import native
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import CycleSettings
 from proxy.detectors.shingles import Shingles, agent_key, shingle
@@ -77,6 +78,34 @@ def observe_shingles(
     if shingles.empty:
         return state, None
     key = agent_key(agent) if key is None else key
+    if native is not None and scores is None:
+        recent, counted = native.cycle_step(
+            state.recent, state.runs, key, shingles.sketch, settings.similarity
+        )
+        runs = _NO_RUNS if counted is None else counted
+    else:
+        recent, runs = _step(state, key, shingles, settings, scores, owners)
+    names = (*state.names, agent[:_NAME_CHARS].replace("\n", " "))[-MAX_PERIOD:]
+    if not any(runs):  # no period continues: no cycle (``rounds`` is at least 2)
+        return CycleState(recent, names, _NO_RUNS), None
+    new_state = CycleState(recent, names, runs)
+    rounds = settings.rounds - 1
+    for period in range(2, settings.max_period + 1):
+        if runs[period - 1] >= period * rounds and runs[0] < period - 1:
+            return new_state, _trip(names[-period:], period, agent, settings)
+    return new_state, None
+
+
+def _step(
+    state: CycleState,
+    key: int,
+    shingles: Shingles,
+    settings: CycleSettings,
+    scores: Sequence[float] | None,
+    owners: Sequence[int] | None,
+) -> tuple[bytes, tuple[int, ...]]:
+    """The outputs kept and the runs per period after this output (the extension's
+    ``cycle_step`` computes the same)."""
     owners = entries.keys(state.recent) if owners is None else owners
     if scores is None:
         scores = entries.scores(shingles.sketch, state.recent, key) if key in owners else []
@@ -87,15 +116,7 @@ def observe_shingles(
         continues = back >= 0 and owners[back] == key and scores[back] >= similarity
         runs[period - 1] = runs[period - 1] + 1 if continues else 0
     recent = entries.last(state.recent, MAX_PERIOD - 1) + entries.entry(key, shingles.sketch)
-    names = (*state.names, agent[:_NAME_CHARS].replace("\n", " "))[-MAX_PERIOD:]
-    if not any(runs):  # no period continues: no cycle (``rounds`` is at least 2)
-        return CycleState(recent, names, _NO_RUNS), None
-    new_state = CycleState(recent, names, tuple(runs))
-    rounds = settings.rounds - 1
-    for period in range(2, settings.max_period + 1):
-        if runs[period - 1] >= period * rounds and runs[0] < period - 1:
-            return new_state, _trip(names[-period:], period, agent, settings)
-    return new_state, None
+    return recent, tuple(runs)
 
 
 def _trip(names: tuple[str, ...], period: int, agent: str, settings: CycleSettings) -> Trip:

@@ -73,6 +73,19 @@ def observe_shingles(
 ) -> tuple[NoProgressState, Trip | None]:
     if shingles.empty:
         return state, None
+    if native is not None:
+        stepped = native.progress_step(
+            state.threshold,
+            state.sample,
+            state.recent,
+            shingles.shingles,
+            settings.sample_size,
+            settings.completions,
+        )
+        if stepped is not None:  # None: not a state it reads, the code below decides
+            threshold, sample, recent, new, sampled = stepped
+            verdict = _judged(len(recent) // _PAIR.size, new, sampled, agent, settings)
+            return NoProgressState(threshold, sample, recent), verdict
     sample, threshold, size = state.sample, state.threshold, settings.sample_size
     if len(sample) > 4 * size:  # a rule lowered the sample size for this agent
         threshold = _HASH.unpack_from(sample, 4 * size)[0]
@@ -132,7 +145,15 @@ def _verdict(recent: bytes, agent: str, settings: NoProgressSettings) -> Trip | 
     if count < settings.completions:
         return None
     figures = struct.unpack(f"<{2 * count}H", recent)
-    new, sampled = sum(figures[0::2]), sum(figures[1::2])
+    return _judged(count, sum(figures[0::2]), sum(figures[1::2]), agent, settings)
+
+
+def _judged(
+    count: int, new: int, sampled: int, agent: str, settings: NoProgressSettings
+) -> Trip | None:
+    """The verdict on the last ``count`` outputs, which added ``new`` of ``sampled``."""
+    if count < settings.completions:
+        return None
     if sampled < settings.min_sampled or new >= settings.min_new_share * sampled:
         return None
     return NO_PROGRESS.trip(

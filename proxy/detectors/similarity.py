@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from proxy.detectors import recent as entries
+from proxy.detectors.bag import native
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import NearDuplicateSettings
 from proxy.detectors.shingles import Shingles, agent_key, shingle
@@ -58,9 +59,24 @@ def observe_shingles(
     """One output; ``scores``: its similarity to each of ``state.recent`` when the caller has
     them already, ``key``: the agent's ``agent_key``, ``owners``: ``recent.keys(state.recent)``
     when the caller has them."""
+    key = agent_key(agent) if key is None else key
+    if native is not None and scores is None:
+        stepped = native.near_step(
+            state.recent,
+            key,
+            shingles.sketch,
+            shingles.shingles,
+            settings.window,
+            settings.similarity,
+            settings.min_shingles,
+        )
+        if stepped is None:  # too few shingles to compare
+            return state, None
+        recent, repeats, highest = stepped
+        trip = _trip(agent, repeats, highest, settings) if repeats >= settings.repeats else None
+        return NearDuplicateState(recent), trip
     if not shingles.at_least(settings.min_shingles):
         return state, None
-    key = agent_key(agent) if key is None else key
     owners = entries.keys(state.recent) if owners is None else owners
     # The window counts this output, as the exact-repeat detector's does.
     outputs = len(owners)
@@ -79,14 +95,18 @@ def observe_shingles(
         similarity = settings.similarity
         repeats = len([score for score in alike if score >= similarity]) + 1
         if repeats >= settings.repeats:
-            trip = NEAR_DUPLICATE.trip(
-                agent=agent,
-                repeats=repeats,
-                max_similarity=max(alike),
-                similarity=settings.similarity,
-                window=settings.window,
-            )
+            trip = _trip(agent, repeats, max(alike), settings)
     return NearDuplicateState(earlier + entries.entry(key, shingles.sketch)), trip
+
+
+def _trip(agent: str, repeats: int, highest: float, settings: NearDuplicateSettings) -> Trip:
+    return NEAR_DUPLICATE.trip(
+        agent=agent,
+        repeats=repeats,
+        max_similarity=highest,
+        similarity=settings.similarity,
+        window=settings.window,
+    )
 
 
 def observe(

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.detectors import bag, content, progress, recent, shingles
+from proxy.detectors import bag, content, cycle, progress, recent, shingles, similarity
 from proxy.detectors.bag import BAG_BYTES, STOPWORDS
 from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
 
@@ -242,14 +242,96 @@ def _replayed() -> list[tuple[bytes, list[str]]]:
     return seen
 
 
-@native
-def test_the_detectors_keep_the_same_state_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    found = _replayed()
+def _without_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The content detectors as they run where the extension was not built."""
     monkeypatch.setattr(content, "shingle", shingles.numpy_shingle)
     monkeypatch.setattr(recent, "scores", recent.numpy_scores)
     monkeypatch.setattr(progress, "_merge", progress._merge_numpy)
+    for module in (content, cycle, similarity, progress):
+        monkeypatch.setattr(module, "native", None)
+
+
+@native
+def test_the_detectors_keep_the_same_state_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = _replayed()
+    _without_extension(monkeypatch)
     assert _replayed() == found
     assert any(trips for _, trips in found)
+
+
+def _steps(
+    outputs: list[tuple[str, str]],
+    cycle_settings: CycleSettings,
+    near: NearDuplicateSettings,
+    stalled: NoProgressSettings,
+) -> list[tuple[bytes, list[str]]]:
+    state = content.ContentState()
+    seen = []
+    for agent, text in outputs:
+        state, trips = content.observe_content(
+            state, agent, text, cycle=cycle_settings, near_duplicate=near, no_progress=stalled
+        )
+        seen.append((state.to_bytes(), [trip.to_json() for trip in trips]))
+    return seen
+
+
+# A few words, so that tasks repeat themselves, go round cycles and stall.
+_FEW = ["plan", "check", "retry", "deploy", "the", "cache", "tool", "42", "7", "result"]
+
+
+@native
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.lists(st.sampled_from(_FEW), min_size=0, max_size=40).map(" ".join),
+        ),
+        max_size=30,
+    ),
+    st.integers(2, 6),
+    st.integers(2, 4),
+    # 1.0: identical outputs score exactly the threshold
+    st.one_of(st.sampled_from([0.5, 1.0]), st.floats(0.05, 1.0)),
+    st.integers(2, 12),
+    st.integers(2, 5),
+    st.integers(1, 12),
+    st.integers(2, 6),
+    st.integers(64, 80),
+)
+def test_each_detector_step_is_the_python_one_under_any_settings(
+    outputs: list[tuple[str, str]],
+    max_period: int,
+    rounds: int,
+    similarity: float,
+    window: int,
+    repeats: int,
+    min_shingles: int,
+    completions: int,
+    sample_size: int,
+) -> None:
+    cycle_settings = CycleSettings(max_period=max_period, rounds=rounds, similarity=similarity)
+    near = NearDuplicateSettings(
+        window=window, repeats=repeats, similarity=similarity, min_shingles=min_shingles
+    )
+    stalled = NoProgressSettings(completions=completions, min_sampled=1, sample_size=sample_size)
+    found = _steps(outputs, cycle_settings, near, stalled)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _without_extension(monkeypatch)
+        assert _steps(outputs, cycle_settings, near, stalled) == found
+
+
+@native
+def test_a_state_the_steps_cannot_read_is_left_to_the_python_code() -> None:
+    hashes = np.array([5, 1, 9], dtype=np.uint32)
+    # A sample out of order, or not of whole uint32: a corrupt state, not the extension's call.
+    assert bag.native.progress_step(1 << 32, b"\x09\0\0\0\x01\0\0\0", b"", hashes, 64, 4) is None
+    assert bag.native.progress_step(1 << 32, b"abc", b"", hashes, 64, 4) is None
+    assert bag.native.progress_step(1 << 32, b"", b"abc", hashes, 64, 4) is None
+    state = progress.NoProgressState(1 << 32, b"\x09\0\0\0\x01\0\0\0", b"")
+    fed = shingles.Shingles(hashes, shingles.shingle("one two three").sketch)
+    observed, _ = progress.observe_shingles(state, "a", fed, NoProgressSettings())
+    assert observed.sample  # the Python code merged it all the same
 
 
 @native
@@ -275,6 +357,19 @@ def test_bad_arguments_raise_rather_than_read_past_them() -> None:
     with pytest.raises(ValueError):
         module.shingle("text", b"short", shingles._CONTENT_BITS, 10)
     assert module.shingle("one two", bytes(256), shingles._CONTENT_BITS, -5)[0] == bytearray()
+    hashes = np.array([1, 2, 3], dtype=np.uint32)
+    with pytest.raises(ValueError):
+        module.cycle_step(b"x" * 195, (0,) * 6, 0, sketch, 0.5)
+    with pytest.raises(ValueError):
+        module.cycle_step(b"", (0,) * 5, 0, sketch, 0.5)
+    with pytest.raises(ValueError):
+        module.near_step(b"", 0, sketch[:-1], hashes, 10, 0.7, 8)
+    with pytest.raises(ValueError):
+        module.near_step(b"", 0, sketch, np.array([1], dtype=np.uint64), 10, 0.7, 8)
+    with pytest.raises(ValueError):
+        module.progress_step(1 << 32, b"", b"", np.array([1.0]), 64, 4)
+    with pytest.raises(OverflowError):
+        module.progress_step(-1, b"", b"", hashes, 64, 4)
 
 
 @pytest.mark.skipif(
