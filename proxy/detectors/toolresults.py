@@ -12,19 +12,19 @@ parsed body of each format:
 
 Content is text or a list of text parts; other parts (images) are left out. At most
 ``MAX_RESULTS`` results of at most ``MAX_CHARS`` characters each are returned, so a huge body
-costs no more than a small one.
+costs no more than a small one. Bodies are parsed JSON: their objects are dicts (a check for
+``dict``, not ``Mapping``, on every call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 MAX_RESULTS = 16
 MAX_CHARS = 4096
 
 
-def tool_results(body: Mapping[str, Any]) -> list[str]:
+def tool_results(body: dict[str, Any]) -> list[str]:
     """The texts of the tool results at the end of a request body (any of the three formats);
     ``[]`` when it ends with something else or has an unexpected shape."""
     messages = body.get("messages")
@@ -38,15 +38,15 @@ def tool_results(body: Mapping[str, Any]) -> list[str]:
 
 def _chat_or_anthropic(messages: list[Any]) -> list[str]:
     last = messages[-1]
-    if not isinstance(last, Mapping):
+    if not isinstance(last, dict):
         return []
     content = last.get("content")
     if last.get("role") == "user" and isinstance(content, list):
-        blocks = [b for b in content if isinstance(b, Mapping) and b.get("type") == "tool_result"]
+        blocks = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
         return [_text(block.get("content")) for block in blocks[-MAX_RESULTS:]]
     found: list[str] = []
     for message in reversed(messages):
-        if not isinstance(message, Mapping) or message.get("role") not in ("tool", "function"):
+        if not isinstance(message, dict) or message.get("role") not in ("tool", "function"):
             break
         found.append(_text(message.get("content")))
     return found[:MAX_RESULTS][::-1]
@@ -55,7 +55,7 @@ def _chat_or_anthropic(messages: list[Any]) -> list[str]:
 def _responses(items: list[Any]) -> list[str]:
     found: list[str] = []
     for item in reversed(items):
-        if not isinstance(item, Mapping) or item.get("type") != "function_call_output":
+        if not isinstance(item, dict) or item.get("type") != "function_call_output":
             break
         found.append(_text(item.get("output")))
     return found[:MAX_RESULTS][::-1]
@@ -68,7 +68,7 @@ def _text(content: Any) -> str:
         parts = [
             str(part.get("text", ""))
             for part in content
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
         ]
         return "\n".join(parts)[:MAX_CHARS]
     return ""

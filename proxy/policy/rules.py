@@ -40,33 +40,28 @@ class Effective:
     tool_loop: ToolLoopSettings = field(default_factory=ToolLoopSettings)
     unbounded_paths: tuple[str, ...] = ()  # the union over the rules that applied
 
-    @property
-    def has_budget(self) -> bool:
-        """A token or dollar budget applies: every call's cost must be bounded."""
+    # Read by every call: worked out once, when the rules' result is built.
+    has_budget: bool = field(init=False, compare=False)
+    content_detection: bool = field(init=False, compare=False)
+    content_may_kill: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
         lim = self.limits
-        return (
+        # A token or dollar budget applies: every call's cost must be bounded.
+        has_budget = (
             lim.max_tokens is not None
             or lim.max_tokens_per_agent is not None
             or lim.max_cost_usd is not None
         )
-
-    @property
-    def content_detection(self) -> bool:
-        return (
-            self.cycle.enabled
-            or self.near_duplicate.enabled
-            or self.no_progress.enabled
-            or self.tool_loop.enabled
-        )
-
-    @property
-    def content_may_kill(self) -> bool:
-        """A content detector of this policy kills when it trips: the task's next call waits
-        for its verdict, so its state write is never held back."""
-        if self.on_trip == "observe":
-            return False
         detectors = (self.cycle, self.near_duplicate, self.no_progress, self.tool_loop)
-        return any(d.enabled and d.action == "kill" for d in detectors)
+        # A content detector of this policy kills when it trips: the task's next call waits
+        # for its verdict, so its state write is never held back.
+        may_kill = self.on_trip != "observe" and any(
+            d.enabled and d.action == "kill" for d in detectors
+        )
+        object.__setattr__(self, "has_budget", has_budget)
+        object.__setattr__(self, "content_detection", any(d.enabled for d in detectors))
+        object.__setattr__(self, "content_may_kill", may_kill)
 
     def action_for(self, reason: TripReason) -> TripAction:
         """A content detector acts by its own setting, unless the policy is in shadow mode."""

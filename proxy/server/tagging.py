@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 
 from proxy.config import Tagging
 from proxy.ids import canonical_id
@@ -85,18 +86,29 @@ class Tagger:
         self, headers: Mapping[str, str], url_agent: str | None, system_text: str | None
     ) -> str:
         """The call's agent id, in canonical form whatever its source."""
-        raw, where = self._agent(headers, url_agent, system_text)
-        return canonical_id(raw, f"the agent id {where}")
-
-    def _agent(
-        self, headers: Mapping[str, str], url_agent: str | None, system_text: str | None
-    ) -> tuple[str, str]:
         for name in self.agent_headers:
             value = headers.get(name)
             if value and value.strip():
-                return value, f"in {name}"
+                return canonical_id(value, f"the agent id in {name}")
         if url_agent:
-            return url_agent, "in the URL"
+            return canonical_id(url_agent, "the agent id in the URL")
         if system_text:
-            return "sys:" + short_hash(system_text), "of the system prompt"
-        return DEFAULT_AGENT, "by default"
+            return system_agent(system_text)
+        return DEFAULT_AGENT
+
+
+# System prompts up to this long are remembered with their agent id: an agent sends the same
+# one on every call.
+_REMEMBERED_PROMPT = 16_384
+
+
+def system_agent(system_text: str) -> str:
+    """The agent id of a system prompt: ``sys:`` and a short hash, canonical as it is."""
+    if len(system_text) <= _REMEMBERED_PROMPT:
+        return _remembered_system_agent(system_text)
+    return "sys:" + short_hash(system_text)
+
+
+@lru_cache(maxsize=256)
+def _remembered_system_agent(system_text: str) -> str:
+    return "sys:" + short_hash(system_text)
