@@ -146,13 +146,25 @@ def _is_ids(prompt: list[Any]) -> bool:
     return all(isinstance(item, int) for item in prompt)
 
 
-def _largest_cap(body: dict[str, Any], fields: list[str]) -> int | None:
+def _sent_caps(body: dict[str, Any]) -> tuple[str, ...]:
+    """The chat cap fields the body sets, in ``CHAT_CAP_FIELDS`` order."""
+    first, second = CHAT_CAP_FIELDS
+    if first in body:
+        return CHAT_CAP_FIELDS if second in body else (first,)
+    return (second,) if second in body else ()
+
+
+def _largest_cap(body: dict[str, Any], fields: tuple[str, ...]) -> int | None:
     """The highest cap among the fields sent: the one a host might obey. None when any of
     them is no positive integer (null, a string): that host may run uncapped."""
-    caps = [_positive_int(body[name]) for name in fields]
-    if not caps or None in caps:
-        return None
-    return max(cap for cap in caps if cap is not None)
+    largest: int | None = None
+    for name in fields:
+        cap = _positive_int(body[name])
+        if cap is None:
+            return None
+        if largest is None or cap > largest:
+            largest = cap
+    return largest
 
 
 def _count_field(body: dict[str, Any], name: str) -> int:
@@ -193,7 +205,7 @@ class OpenAIAdapter:
         )
         if kind == "chat":
             _chat_prompt(body, info)
-            sent = [name for name in CHAT_CAP_FIELDS if name in body]
+            sent = _sent_caps(body)
             # One cap field: the client's own. Several: the upstream's (``Upstream.cap_field``)
             # takes them all, since which of them a host obeys is not known.
             info.cap_field = sent[0] if len(sent) == 1 else None
@@ -233,7 +245,7 @@ class OpenAIAdapter:
     ) -> bool:
         changed = False
         if info.kind == "chat":
-            sent = [name for name in CHAT_CAP_FIELDS if name in body]
+            sent = _sent_caps(body)
             if cap is None and len(sent) > 1 and info.cap is not None:
                 cap = info.cap  # the client's own cap, in the one field the upstream reads
             if cap is not None and cap_field is not None:
