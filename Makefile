@@ -45,7 +45,7 @@ test: dev  ## lint, type-check and run the whole test suite
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: dev  ## benchmark harness: quick (about 2 min); ARGS=--full for the long run
+bench: dev  ## benchmark harness: quick (about 4 min); ARGS=--full for the long run
 	$(BIN)/python -m bench $(ARGS)
 
 lint: dev

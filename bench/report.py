@@ -116,6 +116,10 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f"- Load: {results.get('load_generator')}; closed loop at fixed concurrency, "
         f"{plan.get('json_s')} s per JSON run, {plan.get('stream_s')} s per stream run, "
         f"after {plan.get('warmup_s')} s of warm-up",
+        f"- Rounds: every run measured {plan.get('rounds', 1)} times, the targets taking turns "
+        "(all of them started at once, idle while another is measured), in a new order every "
+        "round; each row is the round of median proxy CPU per call (calls/s for the mock "
+        "itself), with all its figures from that round",
         f"- Mock provider (bench/mock.py): answer delay {mock.get('delay_s')} s, "
         f"{mock.get('reply_tokens')} completion tokens, streams of {mock.get('chunks')} deltas "
         f"{mock.get('chunk_delay_s')} s apart; RSS {_mib(mock.get('rss_end_kib'))} MiB at the end",

@@ -58,6 +58,10 @@ class Plan:
     http_tasks: int  # 0: no HTTP-driven memory run
     redis_key_tasks: int
     profile_s: float
+    # Each run is repeated this many times, the targets taking turns (in a new order every
+    # round), and the median round is reported: the machine's other work moves a minute's
+    # figures by 10-20 %, and would move one target's and not the next one's.
+    rounds: int = 3
 
 
 # The long task: each shape at 1 concurrent call (latency, time to first byte) and 64 (calls/s,
@@ -79,11 +83,11 @@ DETECTOR_RUN_COUNTERS = (
 QUICK = Plan(
     mode="quick",
     warmup_s=1.0,
-    json_s=2.0,
-    stream_s=2.0,
+    json_s=1.0,
+    stream_s=1.0,
     json_runs=(("openai-json", 1), ("openai-json", 8), ("openai-json", 64), ("anthropic-json", 8)),
     stream_runs=(("openai-sse", 8), ("openai-sse", 64), ("anthropic-sse", 8)),
-    long_calls=500,
+    long_calls=300,
     long_runs=LONG_RUNS,
     budget_levels=(1, 8, 32, 128),
     budget_time_limit_s=20.0,
@@ -314,14 +318,49 @@ class Bench:
         say(f"skip {name}: {why}")
 
     def measure_targets(self) -> None:
-        if self.wanted("direct"):
-            self.results["targets"]["direct"] = self.measure("direct", self.mock.url, None)
+        """Every target started at once, warmed up, then each run measured on every target in
+        turn, ``plan.rounds`` times; the targets not being measured sit idle."""
+        started = self.start_targets()
+        measured: dict[str, dict[str, Any]] = {}
+        for name, proc in started.items():
+            try:
+                measured[name] = self.warm_up(name, proc)
+            except Exception as exc:
+                self.give_up(name, proc, exc)
+        for spec in self.run_specs():
+            for round_ in range(self.plan.rounds):
+                names = list(measured)
+                turn = round_ % len(names) if names else 0
+                for name in names[turn:] + names[:turn]:
+                    proc = started[name]
+                    try:
+                        row = self.measure_run(name, proc, spec, round_)
+                    except Exception as exc:
+                        self.give_up(name, proc, exc)
+                        del measured[name]
+                        continue
+                    measured[name]["rounds"].setdefault(spec, []).append(row)
+        for name, out in measured.items():
+            proc = started[name]
+            try:
+                self.results["targets"][name] = self.finish(name, proc, out)
+            except Exception as exc:
+                self.give_up(name, proc, exc)
+        for proc in started.values():
+            if proc is not None:
+                self.stop(proc)
+
+    def start_targets(self) -> dict[str, procs.Proc | None]:
+        """The targets wanted, started (None: the mock itself, measured directly)."""
         starters: list[tuple[str, Callable[[], procs.Proc | None]]] = [
             ("floor", lambda: targets.start_floor(self.ctx)),
             ("tripwire", lambda: targets.start_tripwire(self.ctx, "tripwire")),
             ("tripwire-redis", self.start_redis_target),
             ("litellm", self.start_litellm_target),
         ]
+        started: dict[str, procs.Proc | None] = {}
+        if self.wanted("direct"):
+            started["direct"] = None
         for name, starter in starters:
             if not self.wanted(name):
                 continue
@@ -330,17 +369,14 @@ class Bench:
             except procs.StartError as exc:
                 self.skip(name, f"did not start: {exc}")
                 continue
-            if proc is None:
-                continue
-            self.keep(proc)
-            try:
-                self.results["targets"][name] = self.measure(name, proc.url, proc)
-                if name == "tripwire-redis":
-                    self.results["redis_keys"] = self.measure_redis_keys(proc)
-            except Exception as exc:
-                self.skip(name, f"failed while measured: {type(exc).__name__}: {exc}")
-            finally:
-                self.stop(proc)
+            if proc is not None:
+                started[name] = self.keep(proc)
+        return started
+
+    def give_up(self, name: str, proc: procs.Proc | None, exc: Exception) -> None:
+        self.skip(name, f"failed while measured: {type(exc).__name__}: {exc}")
+        if proc is not None:
+            self.stop(proc)
 
     def redis_available(self) -> bool:
         """Starts redis-server once when the config accepts the backend; False otherwise."""
@@ -379,62 +415,90 @@ class Bench:
             return None
         return targets.start_litellm(self.ctx)
 
-    def measure(self, name: str, url: str, proc: procs.Proc | None) -> dict[str, Any]:
-        plan = self.plan
+    def url_of(self, proc: procs.Proc | None) -> str:
+        return self.mock.url if proc is None else proc.url
+
+    def pids_of(self, name: str, proc: procs.Proc | None) -> dict[str, int]:
         pids = {"mock": self.mock.pid}
-        out: dict[str, Any] = {"runs": []}
         if proc is not None:
             pids["proxy"] = proc.pid
+        if name == "tripwire-redis" and self.redis is not None:
+            pids["redis"] = self.redis.pid
+        return pids
+
+    def warm_up(self, name: str, proc: procs.Proc | None) -> dict[str, Any]:
+        plan = self.plan
+        url = self.url_of(proc)
+        out: dict[str, Any] = {"runs": [], "rounds": {}}
+        if proc is not None:
             # Right after start-up, before any traffic.
             out["rss_idle_kib"] = proc.rss_kib()
             out["metrics_names"] = metric_names(proc.url)
         say(f"{name}: warm-up")
-        if name == "tripwire-redis" and self.redis is not None:
-            pids["redis"] = self.redis.pid
         self.one_run(url, "openai-json", 8, plan.warmup_s, f"bench-{name}-warm-")
         self.one_run(url, "openai-sse", 8, min(plan.warmup_s, 1.0), f"bench-{name}-warmsse-")
         if proc is not None:
             out["rss_warm_kib"] = proc.rss_kib()
+        return out
+
+    def run_specs(self) -> list[tuple[str, int, int | None]]:
+        """(shape, concurrency, calls of one task or None for a task per call)."""
+        plan = self.plan
         runs: list[tuple[str, int, int | None]] = [
             (shape, c, None) for shape, c in plan.json_runs + plan.stream_runs
         ]
-        runs += [(shape, c, plan.long_calls) for shape, c in plan.long_runs]
-        for shape, concurrency, calls in runs:
-            seconds = plan.stream_s if load.SHAPES[shape].stream else plan.json_s
-            stream = load.SHAPES[shape].stream
-            tag = f"bench-{name}-{shape}-c{concurrency}-"
-            watch = name == "tripwire-redis" and calls is not None and shape == "openai-json"
-            before = self.detector_counts(proc) if watch and proc is not None else None
-            with cpu_meter(pids) as (cpu, cpu_s):
-                result = self.one_run(
-                    url,
-                    shape,
-                    concurrency,
-                    seconds,
-                    tag,
-                    extra_headers=LONG_STREAM_HEADERS if calls is not None and stream else None,
-                    calls=calls,
-                )
-            row = asdict(result)
-            row["cpu_pct"] = cpu
-            row["cpu_s"] = cpu_s
-            if "proxy" in cpu_s and result.sent:
-                row["proxy_cpu_ms_per_call"] = 1000 * cpu_s["proxy"] / result.sent
-            if before is not None and proc is not None:
-                after = self.detector_counts(proc)
-                row["detector_counts"] = {key: _grown(before[key], after[key]) for key in before}
-            out["runs"].append(row)
-            say(
-                f"{name}: {shape} c={concurrency} {result.task} task(s): {result.rps:,.0f}/s "
-                f"p50 {result.latency_ms.get('p50', 0):.2f} ms "
-                f"p99 {result.latency_ms.get('p99', 0):.2f} ms, errors {result.errors}, "
-                f"cpu {', '.join(f'{k} {v:.0f}%' for k, v in cpu.items())}"
+        return runs + [(shape, c, plan.long_calls) for shape, c in plan.long_runs]
+
+    def measure_run(
+        self,
+        name: str,
+        proc: procs.Proc | None,
+        spec: tuple[str, int, int | None],
+        round_: int,
+    ) -> dict[str, Any]:
+        shape, concurrency, calls = spec
+        stream = load.SHAPES[shape].stream
+        seconds = self.plan.stream_s if stream else self.plan.json_s
+        tag = f"bench-{name}-{shape}-c{concurrency}-r{round_}-"
+        watch = name == "tripwire-redis" and calls is not None and shape == "openai-json"
+        before = self.detector_counts(proc) if watch and proc is not None else None
+        with cpu_meter(self.pids_of(name, proc)) as (cpu, cpu_s):
+            result = self.one_run(
+                self.url_of(proc),
+                shape,
+                concurrency,
+                seconds,
+                tag,
+                extra_headers=LONG_STREAM_HEADERS if calls is not None and stream else None,
+                calls=calls,
             )
+        row = asdict(result)
+        row["cpu_pct"] = cpu
+        row["cpu_s"] = cpu_s
+        if "proxy" in cpu_s and result.sent:
+            row["proxy_cpu_ms_per_call"] = 1000 * cpu_s["proxy"] / result.sent
+        if before is not None and proc is not None:
+            after = self.detector_counts(proc)
+            row["detector_counts"] = {key: _grown(before[key], after[key]) for key in before}
+        say(
+            f"{name}: {shape} c={concurrency} {result.task} task(s) round {round_ + 1}: "
+            f"{result.rps:,.0f}/s p50 {result.latency_ms.get('p50', 0):.2f} ms "
+            f"p99 {result.latency_ms.get('p99', 0):.2f} ms, errors {result.errors}, "
+            f"cpu {', '.join(f'{k} {v:.0f}%' for k, v in cpu.items())}"
+        )
+        return row
+
+    def finish(self, name: str, proc: procs.Proc | None, out: dict[str, Any]) -> dict[str, Any]:
+        """The median round of every run, and what is measured once the runs are over."""
+        rounds = out.pop("rounds")
+        out["runs"] = [median_row(rows) for rows in rounds.values()]
         if proc is not None:
             out["rss_end_kib"] = proc.rss_kib()
             out["hwm_kib"] = proc.hwm_kib()
-            if name == "tripwire" and plan.http_tasks:
+            if name == "tripwire" and self.plan.http_tasks:
                 out["http_memory"] = self.http_memory(proc)
+            if name == "tripwire-redis":
+                self.results["redis_keys"] = self.measure_redis_keys(proc)
         out["calls"] = sum(r["requests"] for r in out["runs"])
         return out
 
@@ -651,6 +715,34 @@ class Bench:
         gc_stats = Path(str(out) + ".gc.json")
         if gc_stats.exists():
             self.results["profile"]["gc"] = json.loads(gc_stats.read_text())
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's rounds as one row: the round of median proxy CPU per call (of median calls/s
+    where there is no proxy), so every figure of the row comes from one measured round, its
+    latencies, calls/s and CPU together; every round's own figures are kept in ``rounds``. The
+    detector counts are summed over the rounds."""
+    key = "proxy_cpu_ms_per_call" if all("proxy_cpu_ms_per_call" in r for r in rows) else "rps"
+    ordered = sorted(rows, key=lambda r: float(r[key]))
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["rounds"] = [
+        {
+            "rps": r["rps"],
+            "p50_ms": r["latency_ms"].get("p50"),
+            "ttfb_p50_ms": (r.get("ttfb_ms") or {}).get("p50"),
+            "proxy_cpu_ms_per_call": r.get("proxy_cpu_ms_per_call"),
+        }
+        for r in rows
+    ]
+    counted = [r["detector_counts"] for r in rows if "detector_counts" in r]
+    if counted:
+        row["detector_counts"] = {
+            name: None
+            if any(c.get(name) is None for c in counted)
+            else sum(float(c[name]) for c in counted)
+            for name in counted[0]
+        }
+    return row
 
 
 def _grown(first: float | None, last: float | None) -> float | None:
