@@ -462,40 +462,7 @@ class MemoryLedger:
         agent.tokens_used += outcome.tokens
         if outcome.cost_usd:
             task.cost_used += outcome.cost_usd
-        trips: list[Trip] = []
-        output = outcome.output_fingerprint
-        output_digest = b""
-        if outcome.completed and output is not None:
-            # The digest stands for the fingerprint when it gives it back exactly (always, for
-            # the proxy's own): it is shared with the output window and smaller than the text.
-            exact = _hex_digest(output)
-            output_digest = exact if exact is not None else _digest(output)
-            shown = exact if exact is not None else output
-            preview = (sys.intern(grant.agent), shown, outcome.preview)
-            task.previews = _push_many(task.previews, preview, PREVIEWS_PER_TASK)
-        if outcome.completed:
-            for index, detector in enumerate(SETTLE):
-                fingerprint: str | None = getattr(outcome, detector.fingerprint)
-                if fingerprint is None or detector.bounds is None:
-                    continue
-                threshold, size = detector.bounds(grant.policy)
-                holder = task if detector.window == "task" else agent
-                windows = holder.windows
-                if len(windows) < _SETTLE_WINDOWS:
-                    windows += (b"",) * (_SETTLE_WINDOWS - len(windows))
-                digest = output_digest if fingerprint is output else _digest(fingerprint)
-                window = _push_digest(windows[index], digest, size)
-                holder.windows = (*windows[:index], window, *windows[index + 1 :])
-                trip = repeat.window_trip(
-                    detector,
-                    _count(window, digest),
-                    threshold,
-                    size,
-                    len(window) // _DIGEST,
-                    grant.agent,
-                    fingerprint,
-                )
-                trips.extend([trip] if trip else [])
+        trips = self._settle_windows(task, agent, grant, outcome) if outcome.completed else []
         killed = False
         if trips and grant.policy.on_trip == "kill" and task.killed is None:
             trips = [one_kill(trips)]
@@ -508,6 +475,49 @@ class MemoryLedger:
             trips = [t for t in trips if t.reason not in task.observed]
             task.observed |= {t.reason for t in trips}
         return Settled(self._view(task, details=False), trips, killed)
+
+    def _settle_windows(
+        self, task: _Task, agent: _Agent, grant: Grant, outcome: Outcome
+    ) -> list[Trip]:
+        """A completed call's preview, and its fingerprints in the settle-phase detectors'
+        windows: the trips they make."""
+        trips: list[Trip] = []
+        output = outcome.output_fingerprint
+        output_digest = b""
+        if output is not None:
+            # The digest stands for the fingerprint when it gives it back exactly (always, for
+            # the proxy's own): it is shared with the output window and smaller than the text.
+            exact = _hex_digest(output)
+            output_digest = exact if exact is not None else _digest(output)
+            shown = exact if exact is not None else output
+            preview = (sys.intern(grant.agent), shown, outcome.preview)
+            task.previews = _push_many(task.previews, preview, PREVIEWS_PER_TASK)
+        for index, detector in enumerate(SETTLE):
+            fingerprint: str | None = getattr(outcome, detector.fingerprint)
+            if fingerprint is None or detector.bounds is None:
+                continue
+            threshold, size = detector.bounds(grant.policy)
+            holder = task if detector.window == "task" else agent
+            windows = holder.windows
+            if len(windows) < _SETTLE_WINDOWS:
+                windows += (b"",) * (_SETTLE_WINDOWS - len(windows))
+            digest = output_digest if fingerprint is output else _digest(fingerprint)
+            window = _push_digest(windows[index], digest, size)
+            holder.windows = (*windows[:index], window, *windows[index + 1 :])
+            seen = _count(window, digest)
+            if seen >= threshold:  # the usual fingerprint is new: no verdict to make
+                trip = repeat.window_trip(
+                    detector,
+                    seen,
+                    threshold,
+                    size,
+                    len(window) // _DIGEST,
+                    grant.agent,
+                    fingerprint,
+                )
+                if trip is not None:
+                    trips.append(trip)
+        return trips
 
     async def kill(self, task_name: str, trip: Trip) -> bool:
         task = self._touch(task_name, self.clock())
