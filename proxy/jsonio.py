@@ -33,6 +33,19 @@ def loads(data: bytes | bytearray | str) -> Any:
         return json.loads(data)
 
 
+def loads_or_none(data: bytes | bytearray | str) -> Any:
+    """``loads``, or None for what it refuses: a stream event's payload, read on every event,
+    one call deep."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
 def dumps(value: Any) -> bytes:
     """A request or answer body Tripwire writes itself."""
     try:

@@ -378,8 +378,5 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-def load_json(data: str | bytes) -> Any:
-    try:
-        return jsonio.loads(data)
-    except (ValueError, RecursionError):
-        return None
+# JSON from a provider's answer or event; None for what is no JSON.
+load_json = jsonio.loads_or_none
