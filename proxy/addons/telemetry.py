@@ -36,9 +36,9 @@ class CallTelemetry:
                 usage.output_tokens,
                 usage.cached_tokens,
                 settlement.cost_usd,
-                latency_s=received - call.sent,
-                ttfb_s=(call.headers_at or now) - call.sent,
-                overhead_s=(call.sent - call.started) + (now - received),
+                received - call.sent,  # latency
+                (call.headers_at or now) - call.sent,  # time to first byte
+                (call.sent - call.started) + (now - received),  # overhead
             )
         )
 

@@ -348,10 +348,10 @@ def usage_from_generic(body: dict[str, Any]) -> Usage | None:
         return None
     if "prompt_tokens" in usage or "completion_tokens" in usage:
         details = usage.get("prompt_tokens_details") or {}
-        return Usage(
-            input_tokens=_int(usage.get("prompt_tokens")),
-            output_tokens=_int(usage.get("completion_tokens")),
-            cached_tokens=_int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+        return Usage(  # input, output, cached
+            _int(usage.get("prompt_tokens")),
+            _int(usage.get("completion_tokens")),
+            _int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
         )
     if "input_tokens" in usage or "output_tokens" in usage:
         details = usage.get("input_tokens_details") or {}

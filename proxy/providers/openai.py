@@ -200,9 +200,7 @@ class OpenAIAdapter:
 
     def parse_request(self, path: str, body: dict[str, Any]) -> CallInfo:
         kind = _kind(path)
-        info = CallInfo(
-            kind=kind, model=str(body.get("model", "")), stream=body.get("stream") is True
-        )
+        info = CallInfo(kind, str(body.get("model", "")), body.get("stream") is True)
         if kind == "chat":
             _chat_prompt(body, info)
             sent = _sent_caps(body)
