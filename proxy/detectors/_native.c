@@ -506,6 +506,16 @@ static Py_ssize_t merge_into(const unsigned char *kept, Py_ssize_t kept_count,
     return size;
 }
 
+/* Whether a sample of ``count`` little-endian uint32 is sorted and distinct, as every sample
+ * this module writes is. */
+static int sorted_distinct(const unsigned char *kept, Py_ssize_t count)
+{
+    for (Py_ssize_t i = 1; i < count; i++)
+        if (read_u32le(kept + 4 * (i - 1)) >= read_u32le(kept + 4 * i))
+            return 0;
+    return 1;
+}
+
 /* progress.py: _merge_many. The sorted, distinct union of ``sample`` (sorted distinct
  * little-endian uint32) and ``hashes`` (a 1-d buffer of native uint32), as little-endian bytes,
  * and how many distinct values ``hashes`` held. None when ``sample`` is not sorted and distinct
@@ -524,9 +534,8 @@ static PyObject *native_merge(PyObject *module, PyObject *const *args, Py_ssize_
     }
     const unsigned char *kept = (const unsigned char *)PyBytes_AS_STRING(sample);
     Py_ssize_t kept_count = PyBytes_GET_SIZE(sample) / 4;
-    for (Py_ssize_t i = 1; i < kept_count; i++)
-        if (read_u32le(kept + 4 * (i - 1)) >= read_u32le(kept + 4 * i))
-            Py_RETURN_NONE;
+    if (!sorted_distinct(kept, kept_count))
+        Py_RETURN_NONE;
 
     Py_buffer view;
     if (PyObject_GetBuffer(args[1], &view, PyBUF_STRIDED_RO | PyBUF_FORMAT) < 0)
@@ -610,6 +619,20 @@ static int read_entries(PyObject *entries, Py_ssize_t *count)
     return 0;
 }
 
+/* What both window steps read first: the window's entries, the agent's key (``*keyed`` 0 when it
+ * is no uint32, so no entry's) and the new output's sketch. 0, or -1 with an error set. */
+static int read_window(PyObject *recent, PyObject *key_object, PyObject *sketch, Py_ssize_t *count,
+                       uint32_t *key, int *keyed, Mine *mine)
+{
+    if (read_entries(recent, count) < 0)
+        return -1;
+    *key = 0;
+    *keyed = read_key(key_object, key);
+    if (*keyed < 0)
+        return -1;
+    return read_sketch(sketch, mine);
+}
+
 /* The last ``keep`` entries of ``entries`` followed by (key, sketch), as new bytes. */
 static PyObject *pushed(PyObject *entries, Py_ssize_t count, Py_ssize_t keep, uint32_t key,
                         PyObject *sketch)
@@ -640,19 +663,15 @@ static PyObject *native_cycle_step(PyObject *module, PyObject *const *args, Py_s
     }
     PyObject *recent = args[0], *runs = args[1], *sketch = args[3];
     Py_ssize_t count;
-    if (read_entries(recent, &count) < 0)
+    uint32_t key;
+    int keyed;
+    Mine mine;
+    if (read_window(recent, args[2], sketch, &count, &key, &keyed, &mine) < 0)
         return NULL;
     if (!PyTuple_Check(runs) || PyTuple_GET_SIZE(runs) != MAX_PERIOD) {
         PyErr_SetString(PyExc_ValueError, "runs are a tuple of 6 ints");
         return NULL;
     }
-    uint32_t key = 0;
-    int keyed = read_key(args[2], &key);
-    if (keyed < 0)
-        return NULL;
-    Mine mine;
-    if (read_sketch(sketch, &mine) < 0)
-        return NULL;
     double similarity = PyFloat_AsDouble(args[4]);
     if (similarity == -1.0 && PyErr_Occurred())
         return NULL;
@@ -782,14 +801,10 @@ static PyObject *native_near_step(PyObject *module, PyObject *const *args, Py_ss
     }
     PyObject *recent = args[0], *sketch = args[2];
     Py_ssize_t count;
-    if (read_entries(recent, &count) < 0)
-        return NULL;
-    uint32_t key = 0;
-    int keyed = read_key(args[1], &key);
-    if (keyed < 0)
-        return NULL;
+    uint32_t key;
+    int keyed;
     Mine mine;
-    if (read_sketch(sketch, &mine) < 0)
+    if (read_window(recent, args[1], sketch, &count, &key, &keyed, &mine) < 0)
         return NULL;
     Py_ssize_t window = PyLong_AsSsize_t(args[4]);
     if (window == -1 && PyErr_Occurred())
@@ -861,9 +876,8 @@ static PyObject *native_progress_step(PyObject *module, PyObject *const *args, P
         Py_RETURN_NONE; /* not a state this module wrote: the Python code decides */
     const unsigned char *kept = (const unsigned char *)PyBytes_AS_STRING(sample);
     Py_ssize_t kept_count = PyBytes_GET_SIZE(sample) / 4;
-    for (Py_ssize_t i = 1; i < kept_count; i++)
-        if (read_u32le(kept + 4 * (i - 1)) >= read_u32le(kept + 4 * i))
-            Py_RETURN_NONE;
+    if (!sorted_distinct(kept, kept_count))
+        Py_RETURN_NONE;
     if (kept_count > size) { /* a rule lowered the sample size for this agent */
         threshold = read_u32le(kept + 4 * size);
         kept_count = size;
