@@ -19,15 +19,16 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left
-from typing import NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, NamedTuple
 
 from proxy.detectors.bag import native
 from proxy.detectors.base import Trip, TripReason
 from proxy.detectors.settings import NoProgressSettings
-from proxy.detectors.shingles import Hashes, Shingles, shingle, sorted_unique
+from proxy.detectors.shingles import Shingles, shingle
 from proxy.detectors.spec import Detector, Figure
+
+if TYPE_CHECKING:
+    from proxy.detectors.completion import Hashes
 
 _ALL = 1 << 32  # the threshold before the sample first fills: every hash is kept
 _VERSION = 2
@@ -78,7 +79,7 @@ def observe_shingles(
             state.threshold,
             state.sample,
             state.recent,
-            shingles.shingles,
+            shingles.raw,
             settings.sample_size,
             settings.completions,
         )
@@ -120,6 +121,10 @@ def _merge_few(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
 
 def _merge_many(sample: bytes, hashes: Hashes) -> tuple[bytes, int]:
     """``_merge_few`` for many hashes, a few array operations instead of a loop."""
+    import numpy as np  # the reference's, and a corrupt state's: loaded only for them
+
+    from proxy.detectors.completion import sorted_unique
+
     merged = sorted_unique(np.concatenate((np.frombuffer(sample, dtype="<u4"), hashes)))
     distinct = len(set(hashes.tolist())) if len(hashes) <= _SET else len(sorted_unique(hashes))
     return merged.astype("<u4", copy=False).tobytes(), distinct

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from proxy.detectors.bag import BAG_BYTES, native, numpy_similarities
+from proxy.detectors.bag import BAG_BYTES, native
 
 _KEY = struct.Struct("<I")
 ENTRY_BYTES = _KEY.size + BAG_BYTES
@@ -55,6 +55,8 @@ def numpy_scores(
     """The similarity of ``sketch_`` to each of the agent's entries' sketches; 0 for others'
     (the detectors only compare an agent's outputs with its own). ``owners``: ``keys(entries)``
     when the caller has them already."""
+    from proxy.detectors.bag_numpy import numpy_similarities
+
     owners = keys(entries) if owners is None else owners
     if owners.count(key) == len(owners):  # one agent's task: all of them
         starts = range(_KEY.size, len(entries), ENTRY_BYTES)

@@ -16,17 +16,12 @@ letters, digits and non-ASCII characters separates words. A word is hashed on it
 bytes, and a completion on its first 64 KiB, which bounds the cost (the measurements are in
 ``bench/detection``).
 
-Numpy's cost is per call rather than per word (about half a microsecond each), so the work is
-laid out as few whole-array operations as possible: a short text's words are split by Python
-and copied by numpy as zero-padded 16-byte records, a long text's found by one scan and gathered
-as raw records; one table look-up for stopwords; views instead of copies for the high halves of
-hashes. Pure Python would pay about a microsecond a word for the same 64-bit arithmetic.
-
 Where the install could build it (``setup.py``, with a C compiler), the extension
 ``proxy.detectors._native`` does all of ``shingle`` in one call and one pass over the text, and
-the similarities (``bag``, ``recent``) and the no-progress merge (``progress``) too: the same
-values, for about a tenth of the cost of a short completion. The numpy code here is the
-reference, and what runs without it.
+the similarities (``bag``, ``recent``) and each detector's step too: the same values, for about a
+tenth of the cost of a short completion. The numpy code (``shingles_numpy.py``,
+``bag_numpy.py``) is the reference, and what runs without it; it is imported only then, so a
+server with the extension never loads numpy (about 19 MiB).
 
 Hashes are fixed functions of the text, never Python's per-process ``hash``: state written by
 one replica is read by another.
@@ -35,244 +30,80 @@ one replica is read by another.
 from __future__ import annotations
 
 import functools
-import re
-import sys
-from dataclasses import dataclass
 from hashlib import blake2b
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
-from proxy.detectors.bag import STOPWORDS, bag_similarities, bag_sketch, native
+from proxy.detectors.bag import STOPWORDS, native
+from proxy.detectors.completion import MAX_BYTES, SHINGLE_WORDS, Shingles, _encoded
 from proxy.detectors.normalise import WORD_FOLD
 
-SHINGLE_WORDS = 3
-_FEW_WORDS = 256  # below this, shingles are summed by a matrix product
-MAX_BYTES = 64 * 1024
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-Hashes = npt.NDArray[np.uint32]
-Words = npt.NDArray[np.uint64]
-
-_ALL = 1 << 32
-_SHORT = 1024  # bytes: texts up to this long are split by Python, longer ones by numpy
-_PAD = b" " * 17  # every word has 16 readable bytes after its start
+__all__ = ["MAX_BYTES", "SHINGLE_WORDS", "Shingles", "agent_key", "shingle", "similarities"]
+_M64 = (1 << 64) - 1
+# What ``shingles_numpy`` holds, read from there when first asked for (the numpy reference).
+_NUMPY_NAMES = frozenset({"words", "shingle_hashes", "shingles_of", "edge_words"})
 
 
-def _low_bytes(count: int) -> int:
-    return (1 << (8 * max(min(count, 8), 0))) - 1
+def __getattr__(name: str) -> Any:
+    if name in _NUMPY_NAMES:
+        from proxy.detectors import shingles_numpy
+
+        return getattr(shingles_numpy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# The masks of a word's first and second 8 bytes, by its length (16 and more: every byte).
-_MASKS = np.array([[_low_bytes(n), _low_bytes(n - 8)] for n in range(17)], dtype=np.uint64)
-# Constants are 0-d arrays: as operands they cost numpy half what its scalars do.
-_WORD_MIX = np.array(0xD6E8FEB86659FD93, dtype=np.uint64)
-_POSITION = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
-_P0, _P1, _P2 = (np.array(p, dtype=np.uint64) for p in _POSITION)
-_M1 = np.array(0xBF58476D1CE4E5B9, dtype=np.uint64)
-_M2 = np.array(0x94D049BB133111EB, dtype=np.uint64)
-_S30, _S27, _S31 = (np.array(n, dtype=np.uint64) for n in (30, 27, 31))
-_SENTENCE_END = re.compile(rb"[.!?\n]")
-# The high 32 bits of a little-endian uint64 are its second uint32.
-_HIGH = 1 if sys.byteorder == "little" else 0
+def _mix(value: int) -> int:
+    """splitmix64's finalizer on one 64-bit value (``shingles_numpy._mix``, an array's)."""
+    value ^= value >> 30
+    value = (value * 0xBF58476D1CE4E5B9) & _M64
+    value ^= value >> 27
+    value = (value * 0x94D049BB133111EB) & _M64
+    return value ^ (value >> 31)
 
 
-def _mix(values: Words) -> Words:
-    """splitmix64's finalizer, in place: every input bit reaches every output bit."""
-    values ^= values >> _S30
-    values *= _M1
-    values ^= values >> _S27
-    values *= _M2
-    values ^= values >> _S31
-    return values
+def _content_bits() -> bytes:
+    """Stopwords by the top 20 bits of their hash, a bit per entry (set: a content word), bit k
+    of the table being bit ``k % 8`` of byte ``k // 8``: one look-up a word, 128 KiB of cache.
+    A content word shares a stopword's 20 bits, and is left out, once in about 5,000. Built
+    word by word as ``shingles_numpy`` hashes words: each one's first 16 folded bytes, zero
+    padded, as two little-endian uint64 (``tests/detectors/test_native.py`` checks it against
+    the numpy table)."""
+    table = bytearray(b"\xff" * ((1 << 20) // 8))
+    for word in _encoded(" ".join(STOPWORDS)).translate(WORD_FOLD).split():
+        padded = word[:16].ljust(16, b"\0")
+        low, high = int.from_bytes(padded[:8], "little"), int.from_bytes(padded[8:], "little")
+        entry = (_mix((low * 0xD6E8FEB86659FD93 + high) & _M64) >> 32) >> 12
+        table[entry >> 3] &= ~(1 << (entry & 7)) & 0xFF
+    return bytes(table)
 
 
-def _high(values: Words) -> Hashes:
-    """The high 32 bits of each value: a view, no copy."""
-    return values.view(np.uint32)[_HIGH::2]
-
-
-def sorted_unique(values: Hashes) -> Hashes:
-    # np.unique is several times slower on arrays of this size: it hashes instead of sorting.
-    ordered = values.copy()
-    ordered.sort()
-    if len(ordered) < 2:
-        return ordered
-    keep = np.empty(len(ordered), dtype=bool)
-    keep[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
-    return ordered[keep]
-
-
-def _encoded(text: str) -> bytes:
-    if not text.isascii():
-        text = text.lower()
-    return text.encode("utf-8", "replace")[:MAX_BYTES]
-
-
-@dataclass(frozen=True, slots=True)
-class _Words:
-    hashes: Words  # 64 bits each, in order
-    first: bytes  # each one's first byte
-    folded: bytes  # the text they were read from, folded: words are its runs of non-spaces
-    raw: bytes  # the same, before folding (cut at 64 KiB)
-
-
-def _words(raw: bytes) -> _Words:
-    folded = raw.translate(WORD_FOLD)
-    if len(folded) <= _SHORT:
-        # Each word's first 16 bytes, zero-padded: a short text has few words, and numpy
-        # converts a list of them faster than it finds them.
-        gathered = np.array(folded.split(), dtype="S16").view(np.uint8)
-        pairs = gathered.view("<u8").reshape(-1, 2)
-        return _Words(_hash_words(pairs), gathered[::16].tobytes(), folded, raw)
-    # A space before and 16 after, so every word has a start edge and 16 readable bytes.
-    buffer = b" " + folded + _PAD
-    spaces = np.frombuffer(buffer, dtype=np.uint8) == 32
-    # Edge i: byte i + 1 of the buffer starts or ends a word.
-    edges = np.flatnonzero(spaces[1:] != spaces[:-1])
-    starts = edges[0::2]
-    # Each word's first 16 bytes, gathered from a view with a one-byte stride (no copy); as
-    # raw bytes, which numpy copies faster than unaligned numbers.
-    at = np.ndarray((len(buffer) - 16,), dtype="V16", buffer=buffer, offset=1, strides=(1,))
-    gathered = at[starts].view(np.uint8)
-    first = gathered[::16].tobytes()
-    pairs = gathered.view("<u8").reshape(-1, 2)
-    pairs &= _MASKS.take(edges[1::2] - starts, axis=0, mode="clip")
-    return _Words(_hash_words(pairs), first, folded, raw)
-
-
-def _hash_words(pairs: Words) -> Words:
-    """A word's hash, from its first and second eight bytes (zero past its end)."""
-    hashed = pairs[:, 0] * _WORD_MIX
-    hashed += pairs[:, 1]
-    return _mix(hashed)
-
-
-def words(text: str) -> Words:
-    """The 64-bit hashes of the text's words, in order."""
-    return _words(_encoded(text)).hashes
-
-
-def _shingles_of(hashed: Words) -> Hashes:
-    """The 32-bit hashes of the word 3-shingles, in order (fewer words: one), not deduplicated."""
-    count = len(hashed)
-    if count >= _FEW_WORDS:
-        shingles = hashed[:-2] * _P0
-        shingles += hashed[1:-1] * _P1
-        shingles += hashed[2:] * _P2
-    elif count >= SHINGLE_WORDS:
-        # The same sums, as one product of a sliding view: fewer calls, slower per word.
-        shingles = np.ndarray((count - 2, 3), np.uint64, hashed, 0, (8, 8)) @ _POSITION
-    elif count:
-        shingles = np.bitwise_xor.reduce(hashed * _POSITION[:count], keepdims=True)
-    else:
-        return np.empty(0, dtype=np.uint32)
-    return _high(_mix(shingles))
-
-
-def shingles_of(hashed: Words) -> Hashes:
-    """The sorted, distinct 32-bit hashes of word 3-shingles (fewer words: one)."""
-    return sorted_unique(_shingles_of(hashed))
-
-
-def shingle_hashes(text: str) -> Hashes:
-    """The sorted, distinct 32-bit hashes of the text's word 3-shingles (fewer words: one)."""
-    return shingles_of(words(text))
-
-
-def edge_words(found: _Words) -> tuple[int, int]:
-    """How many words open and close the text: its first and last sentence, each at most a
-    quarter of the words (a one-sentence text has neither)."""
-    count = len(found.hashes)
-    if count < 8:
-        return 0, 0
-    quarter = count // 4
-    raw, folded = found.raw, found.folded
-    first = _SENTENCE_END.search(raw)
-    if first is None:
-        return 0, 0
-    # Sentence ends separate words: the words before one are the words of the text before it.
-    opening = min(len(folded[: first.start()].split()), quarter)
-    # The last sentence starts after the last end that has a word after it.
-    last_start = folded.rstrip(b" ").rfind(b" ") + 1
-    before_last = max(
-        raw.rfind(b".", 0, last_start),
-        raw.rfind(b"!", 0, last_start),
-        raw.rfind(b"?", 0, last_start),
-        raw.rfind(b"\n", 0, last_start),
-    )
-    closing = len(folded[before_last:].split()) if before_last >= 0 else 0
-    return opening, min(closing, quarter)
-
-
-class Shingles:
-    """What the content detectors need from one completion, computed once."""
-
-    __slots__ = ("_hashes", "empty", "shingles", "sketch")
-
-    def __init__(self, shingles: Hashes, sketch: bytes) -> None:
-        self.shingles = shingles  # word 3-shingles, in order, with repeats
-        self.sketch = sketch  # the bag sketch of its content words
-        self.empty = len(shingles) == 0  # no word at all
-        self._hashes: Hashes | None = None
-
-    @property
-    def hashes(self) -> Hashes:
-        """The word 3-shingles, sorted and distinct."""
-        if self._hashes is None:
-            self._hashes = sorted_unique(self.shingles)
-        return self._hashes
-
-    @property
-    def count(self) -> int:
-        """How many distinct shingles."""
-        return len(self.hashes)
-
-    def at_least(self, count: int) -> bool:
-        """Whether there are at least ``count`` distinct shingles, without sorting them all
-        when the first few already show it."""
-        if len(self.shingles) < count:
-            return False
-        if len(set(self.shingles[: 2 * count].tolist())) >= count:
-            return True
-        return self.count >= count
-
-    def below(self, threshold: int) -> Hashes:
-        """The shingles below ``threshold``, in order, with repeats."""
-        if threshold >= _ALL:
-            return self.shingles
-        return self.shingles[self.shingles < np.array(threshold, dtype=np.uint32)]
-
-
-# Stopwords by the top 20 bits of their hash: one lookup a word; a content word shares a
-# stopword's 20 bits, and is left out, once in about 5,000.
-_STOP_SHIFT = np.array(32 - 20, dtype=np.uint32)
-_CONTENT = np.ones(1 << 20, dtype=bool)
-_CONTENT[_high(words(" ".join(STOPWORDS))) >> _STOP_SHIFT] = False
-
-
-# The same table for the extension: a bit per entry, 128 KiB rather than 1 MiB of cache.
-_CONTENT_BITS = np.packbits(_CONTENT, bitorder="little").tobytes()
+_CONTENT_BITS = _content_bits()
 
 
 def numpy_shingle(text: str) -> Shingles:
-    found = _words(_encoded(text))
-    hashed = found.hashes
-    opening, closing = edge_words(found)
-    features = _high(hashed)
-    content = _CONTENT.take(features >> _STOP_SHIFT)
-    sketch = bag_sketch(features, content, found.first, opening, closing)
-    return Shingles(_shingles_of(hashed), sketch)
+    """Words, shingles and the bag sketch by the numpy code (``shingles_numpy``)."""
+    from proxy.detectors.shingles_numpy import numpy_shingle as shingled
+
+    return shingled(text)
 
 
 def native_shingle(text: str) -> Shingles:
     """``numpy_shingle`` in one call of the extension (when built): the same values."""
     shingles, sketch = native.shingle(text, WORD_FOLD, _CONTENT_BITS, MAX_BYTES)
-    return Shingles(np.frombuffer(shingles, dtype=np.uint32), sketch)
+    return Shingles(memoryview(shingles).cast("I"), sketch)
+
+
+def _numpy_similarities(sketch: bytes, others: Sequence[bytes]) -> list[float]:
+    from proxy.detectors.bag_numpy import numpy_similarities
+
+    return numpy_similarities(sketch, others)
 
 
 shingle = numpy_shingle if native is None else native_shingle
-similarities = bag_similarities
+# The extension's takes ``sketch`` as a shingling makes it (sorted), as every caller has it.
+similarities = _numpy_similarities if native is None else native.similarities
 
 
 @functools.lru_cache(maxsize=1024)

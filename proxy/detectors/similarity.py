@@ -65,7 +65,7 @@ def observe_shingles(
             state.recent,
             key,
             shingles.sketch,
-            shingles.shingles,
+            shingles.raw,
             settings.window,
             settings.similarity,
             settings.min_shingles,

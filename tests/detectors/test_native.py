@@ -11,6 +11,8 @@ import importlib
 import json
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.detectors import bag, content, cycle, progress, recent, shingles, similarity
+from proxy.detectors import (
+    bag,
+    bag_numpy,
+    completion,
+    content,
+    cycle,
+    progress,
+    recent,
+    shingles,
+    shingles_numpy,
+    similarity,
+)
 from proxy.detectors.bag import BAG_BYTES, STOPWORDS
 from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
 
-_SAMPLE = Path(__file__).parents[2] / "bench" / "detection" / "sample.jsonl"
+_ROOT = Path(__file__).parents[2]
+_SAMPLE = _ROOT / "bench" / "detection" / "sample.jsonl"
 
 native = pytest.mark.skipif(bag.native is None, reason="the C extension is not built")
 
@@ -109,7 +123,7 @@ _ALL_TEXTS = _texts() + _corpus()
 @native
 def test_shingles_and_sketches_are_the_numpy_ones() -> None:
     for text in _ALL_TEXTS:
-        expected, found = shingles.numpy_shingle(text), shingles.native_shingle(text)
+        expected, found = shingles_numpy.numpy_shingle(text), shingles.native_shingle(text)
         assert found.sketch == expected.sketch, text[:80]
         assert found.shingles.dtype == np.uint32
         assert found.shingles.tolist() == expected.shingles.tolist(), text[:80]
@@ -126,17 +140,17 @@ def test_long_and_short_texts_split_into_the_same_words(monkeypatch: pytest.Monk
     # The numpy code splits short texts with bytes.split and long ones by scanning for edges:
     # both must find the same words (the extension has one way, checked against both).
     texts = [text for text in _ALL_TEXTS if len(shingles._encoded(text)) <= 1024]
-    short = [shingles._words(shingles._encoded(text)) for text in texts]
-    monkeypatch.setattr(shingles, "_SHORT", -1)
+    short = [shingles_numpy._words(shingles._encoded(text)) for text in texts]
+    monkeypatch.setattr(shingles_numpy, "_SHORT", -1)
     for text, found in zip(texts, short, strict=True):
-        scanned = shingles._words(shingles._encoded(text))
+        scanned = shingles_numpy._words(shingles._encoded(text))
         assert scanned.hashes.tolist() == found.hashes.tolist(), text[:80]
         assert scanned.first == found.first
 
 
 def _sketches() -> list[bytes]:
     rng = random.Random(11)
-    made = [shingles.numpy_shingle(text).sketch for text in _ALL_TEXTS]
+    made = [shingles_numpy.numpy_shingle(text).sketch for text in _ALL_TEXTS]
     # What a corrupt state could hold: the comparison must still agree on the others' side.
     made.extend(rng.randbytes(BAG_BYTES) for _ in range(20))
     for sketch in made[:60]:  # every weight class, class 3 too, on features the texts share
@@ -155,16 +169,18 @@ def _sketches() -> list[bytes]:
 def test_similarities_are_the_numpy_ones() -> None:
     rng = random.Random(3)
     sketches = _sketches()
-    mine = [shingles.numpy_shingle(text).sketch for text in _ALL_TEXTS]
+    mine = [shingles_numpy.numpy_shingle(text).sketch for text in _ALL_TEXTS]
     for sketch in mine:
         others = rng.sample(sketches, rng.randrange(0, 14))
-        expected = bag.numpy_similarities(sketch, others)
+        expected = bag_numpy.numpy_similarities(sketch, others)
         assert bag.native.similarities(sketch, others) == expected
     texts = [text for text in _corpus() if text] or ["one two three", "three two one"]
     for text in texts:
-        others = [shingles.numpy_shingle(other).sketch for other in texts[:12]]
-        sketch = shingles.numpy_shingle(text).sketch
-        assert bag.native.similarities(sketch, others) == bag.numpy_similarities(sketch, others)
+        others = [shingles_numpy.numpy_shingle(other).sketch for other in texts[:12]]
+        sketch = shingles_numpy.numpy_shingle(text).sketch
+        assert bag.native.similarities(sketch, others) == bag_numpy.numpy_similarities(
+            sketch, others
+        )
 
 
 @native
@@ -173,7 +189,7 @@ def test_scores_are_the_numpy_ones() -> None:
     sketches = _sketches()
     keys = [0, 1, 7, 0xFFFFFFFF]
     for text in _ALL_TEXTS[::3]:
-        sketch = shingles.numpy_shingle(text).sketch
+        sketch = shingles_numpy.numpy_shingle(text).sketch
         count = rng.randrange(0, 13)
         owners = [rng.choice(keys[: rng.randrange(1, 5)]) for _ in range(count)]
         entries = b"".join(recent.entry(key, rng.choice(sketches)) for key in owners)
@@ -188,7 +204,7 @@ def test_the_no_progress_merge_is_the_numpy_one() -> None:
     rng = random.Random(9)
     for _ in range(400):
         size = rng.choice((0, 1, 7, 100, 512, 3_000))
-        sample = shingles.sorted_unique(
+        sample = completion.sorted_unique(
             np.array([rng.randrange(1 << 32) for _ in range(size)], dtype=np.uint32)
         )
         pool = [*sample.tolist()[:50], *(rng.randrange(1 << 32) for _ in range(50))]
@@ -337,7 +353,7 @@ def test_a_state_the_steps_cannot_read_is_left_to_the_python_code() -> None:
 @native
 def test_the_modules_use_the_extension() -> None:
     assert shingles.shingle is shingles.native_shingle
-    assert bag.bag_similarities is bag.native.similarities
+    assert shingles.similarities is bag.native.similarities
     assert recent.scores is bag.native.scores
     assert progress._merge is progress._merge_native
 
@@ -397,7 +413,7 @@ _PIECES = st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_PIECES, max_size=400).map("".join))
 def test_any_text_shingles_as_numpy_does(text: str) -> None:
-    expected, found = shingles.numpy_shingle(text), shingles.native_shingle(text)
+    expected, found = shingles_numpy.numpy_shingle(text), shingles.native_shingle(text)
     assert found.sketch == expected.sketch
     assert found.shingles.tolist() == expected.shingles.tolist()
 
@@ -409,8 +425,8 @@ def test_any_text_shingles_as_numpy_does(text: str) -> None:
     st.lists(st.binary(min_size=BAG_BYTES, max_size=BAG_BYTES), max_size=14),
 )
 def test_any_stored_sketches_compare_as_numpy_does(text: str, others: list[bytes]) -> None:
-    sketch = shingles.numpy_shingle(text).sketch
-    assert bag.native.similarities(sketch, others) == bag.numpy_similarities(sketch, others)
+    sketch = shingles_numpy.numpy_shingle(text).sketch
+    assert bag.native.similarities(sketch, others) == bag_numpy.numpy_similarities(sketch, others)
     entries = b"".join(recent.entry(n % 3, other) for n, other in enumerate(others))
     for key in (0, 1, 2):
         assert bag.native.scores(sketch, entries, key) == recent.numpy_scores(sketch, entries, key)
@@ -429,3 +445,38 @@ def test_hostile_arguments_raise_or_answer(sketch: bytes, entries: bytes, key: i
     ):
         with contextlib.suppress(ValueError, OverflowError):
             call()
+
+
+def test_the_extensions_stopword_table_is_the_numpy_one() -> None:
+    # Built word by word in pure Python, so that the server need not load numpy for it.
+    numpy_bits = np.packbits(shingles_numpy._CONTENT, bitorder="little").tobytes()
+    assert numpy_bits == shingles._CONTENT_BITS
+    assert numpy_bits.count(0xFF) < len(numpy_bits)  # some stopwords are in it
+
+
+@native
+def test_the_detectors_never_load_numpy_with_the_extension() -> None:
+    # numpy is about 19 MiB of a server's memory: with the extension it is the reference only.
+    probe = """
+import sys
+from proxy.detectors.content import ContentState, observe_content
+from proxy.detectors.settings import CycleSettings, NearDuplicateSettings, NoProgressSettings
+from proxy.providers.base import Output
+state, trips = ContentState(), []
+for n in range(40):
+    text = "plan the deploy, check the cache and retry the tool " * (1 + n % 3) + str(n % 2)
+    state, found = observe_content(
+        state, "a", text, cycle=CycleSettings(), near_duplicate=NearDuplicateSettings(),
+        no_progress=NoProgressSettings(min_sampled=4),
+    )
+    trips += found
+Output("word " * 3000).fingerprint()  # a long output's fingerprint
+print(sorted({t.reason.value for t in trips}), "numpy" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=_ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    reasons, loaded = done.stdout.rsplit(" ", 1)
+    assert "near_duplicate" in reasons  # the steps ran and decided
+    assert loaded.strip() == "False"
