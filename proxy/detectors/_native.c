@@ -12,6 +12,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -688,7 +689,7 @@ static PyObject *native_cycle_step(PyObject *module, PyObject *const *args, Py_s
             run = PyLong_AsLongLong(PyTuple_GET_ITEM(runs, period - 1));
             if (run == -1 && PyErr_Occurred())
                 return NULL;
-            run += 1;
+            run += run < LLONG_MAX; /* a run that long has long since tripped */
         }
         next[period - 1] = run;
         any |= run != 0;

@@ -438,12 +438,16 @@ def test_any_stored_sketches_compare_as_numpy_does(text: str, others: list[bytes
 def test_hostile_arguments_raise_or_answer(sketch: bytes, entries: bytes, key: int) -> None:
     """Any bytes where a sketch or a window goes: a ValueError, or an answer (never a read
     past them, which the sanitizer runs of the extension check; here, never a crash)."""
+    hashes = memoryview(sketch[: len(sketch) // 4 * 4]).cast("I")
     for call in (
         lambda: bag.native.scores(sketch, entries, key),
         lambda: bag.native.similarities(sketch, [entries]),
         lambda: bag.native.merge(entries, np.frombuffer(sketch[: len(sketch) // 4 * 4], "<u4")),
+        lambda: bag.native.cycle_step(entries, (key,) * 6, key, sketch, 0.5),
+        lambda: bag.native.near_step(entries, key, sketch, hashes, key % 100, 0.7, key % 50),
+        lambda: bag.native.progress_step(key, entries, sketch, hashes, key % 1000, key % 70),
     ):
-        with contextlib.suppress(ValueError, OverflowError):
+        with contextlib.suppress(ValueError, OverflowError, TypeError):
             call()
 
 
