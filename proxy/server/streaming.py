@@ -7,6 +7,7 @@ client's stream with an error event in that stream's format.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -20,6 +21,19 @@ from proxy.server.sse import EventTooLarge, SSEDecoder, SSEEvent
 from proxy.telemetry.logs import event
 
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+
+
+def _take_read_timeout(upstream: aiohttp.ClientResponse) -> float | None:
+    """The read timeout aiohttp keeps for this response's connection, which it stops keeping:
+    its timer, armed by the read that brought the head, is cancelled by the next read and not
+    armed again. Every request on the connection sets its own, so the next one keeps it."""
+    connection = upstream.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is None or not protocol.read_timeout:
+        return None
+    timeout = protocol.read_timeout
+    protocol.read_timeout = None
+    return timeout
 
 
 class StreamRelay:
@@ -64,6 +78,15 @@ class StreamRelay:
         # Books the call before a stream cut or broken off gets Tripwire's closing event, so a
         # client that reads that event and calls again finds the call settled.
         self.closing: Callable[[], Awaitable[None]] | None = None
+        # The provider's read timeout (``upstreams.<name>.read_timeout``) over the stream's
+        # body, kept here by one timer a stream: aiohttp's re-arms a timer on every read, and a
+        # stream is read event by event.
+        self._idle_timeout = _take_read_timeout(upstream)
+        self._idle_timer: asyncio.TimerHandle | None = None
+        # When the relay last asked the provider for more; the time it spends writing to a slow
+        # client is not the provider's (aiohttp, too, stops its timer while reading is paused).
+        self._asked_at = 0.0
+        self._asking = False
 
     async def _write(self, data: bytes) -> None:
         self._tail = (self._tail + data[-16:])[-16:]
@@ -157,8 +180,43 @@ class StreamRelay:
             self.cut(self.over_limit(counted))
 
     async def _pump(self) -> None:
+        idle = self._idle_timeout
+        if idle is None:
+            await self._relay()
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(idle, self._idle_check)
+        try:
+            await self._relay()
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+
+    def _idle_check(self) -> None:
+        """The provider sent nothing for the read timeout: the stream is broken off, as
+        aiohttp's own timer would have it (``SocketTimeoutError``); else checked again when the
+        timeout from the last read runs out."""
+        assert self._idle_timeout is not None
+        loop = asyncio.get_running_loop()
+        left = self._asked_at + self._idle_timeout - loop.time()
+        if not self._asking:  # writing to the client: the provider's time starts after it
+            left = self._idle_timeout
+        if left > 0:
+            self._idle_timer = loop.call_later(left, self._idle_check)
+            return
+        self._idle_timer = None
+        self.upstream.content.set_exception(
+            aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+        )
+        self.upstream.close()
+
+    async def _relay(self) -> None:
         decoder = self._decoder
+        loop = asyncio.get_running_loop()
+        self._asked_at, self._asking = loop.time(), True
         async for chunk in self.upstream.content.iter_any():
+            self._asking = False
             # The events of one upstream read leave in one write: fewer syscalls, same timing.
             try:
                 events = decoder.feed(chunk)
@@ -175,6 +233,7 @@ class StreamRelay:
                 await self._write(out[0] if len(out) == 1 else b"".join(out))
                 if self.trip is not None:
                     return  # cut during the write: the upstream connection is closed already
+            self._asked_at, self._asking = loop.time(), True
         out = self._accept(decoder.flush())
         if out and self.trip is None:
             await self._write(b"".join(out))

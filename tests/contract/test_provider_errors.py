@@ -4,6 +4,8 @@ sent nothing usable, as an error in the provider's own format."""
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from typing import Any
 
@@ -234,3 +236,37 @@ def test_stream_broken_midway_reaches_the_client_as_an_error(
     else:
         pytest.fail(f"the stream ended cleanly after {len(reply.items)} items: {reply.text!r}")
     assert received
+
+
+def test_a_client_slower_than_the_read_timeout_is_not_a_stalled_provider(
+    make_proxy: Any, mock: MockProviderThread, task: str
+) -> None:
+    """The provider's read timeout (1 s here) counts the time the provider takes to send, not
+    the time a slow client takes to read: a client that stops reading for 2.5 s, long enough
+    for the relay's writes to wait on it, still gets the whole stream."""
+    proxy = make_proxy(upstreams={"openai": {"base_url": mock.base_url, "read_timeout": 1.0}})
+    body = json.dumps(
+        {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    host, port = proxy.base_url.removeprefix("http://").split("/")[0].split(":")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"X-Task-Id: {task}\r\nx-mock-reply-tokens: 800000\r\nx-mock-chunks: 8000\r\n"
+        "x-mock-chunk-delay: 0\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.socket() as client:
+        # A small receive window, so that several MB of stream back up into the relay's writes.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect((host, int(port)))
+        client.sendall(head + body)
+        client.settimeout(30)
+        first = client.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200"), first[:200]
+        time.sleep(2.5)  # the client stops reading
+        received = bytearray(first)
+        while chunk := client.recv(1 << 16):
+            received += chunk
+    assert len(received) > 6_000_000  # more than the sockets' buffers hold
+    assert b"data: [DONE]" in received[-200:]
+    assert b"upstream_timeout" not in received and b'"error"' not in received
