@@ -79,9 +79,9 @@ class StreamRelay:
         # client that reads that event and calls again finds the call settled.
         self.closing: Callable[[], Awaitable[None]] | None = None
         # The provider's read timeout (``upstreams.<name>.read_timeout``) over the stream's
-        # body, kept here by one timer a stream: aiohttp's re-arms a timer on every read, and a
-        # stream is read event by event.
-        self._idle_timeout = _take_read_timeout(upstream)
+        # body, kept by the pump with one timer a stream: aiohttp's re-arms a timer on every
+        # read, and a stream is read event by event.
+        self._idle_timeout: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         # When the relay last asked the provider for more; the time it spends writing to a slow
         # client is not the provider's (aiohttp, too, stops its timer while reading is paused).
@@ -180,7 +180,7 @@ class StreamRelay:
             self.cut(self.over_limit(counted))
 
     async def _pump(self) -> None:
-        idle = self._idle_timeout
+        idle = self._idle_timeout = _take_read_timeout(self.upstream)
         if idle is None:
             await self._relay()
             return
