@@ -60,7 +60,7 @@ class Plan:
     profile_s: float
     # Each run is repeated this many times, the targets taking turns (in a new order every
     # round), and the median round is reported: the machine's other work moves a minute's
-    # figures by 10-20 %, and would move one target's and not the next one's.
+    # figures by 10-30 %, and would move one target's and not the next one's.
     rounds: int = 3
 
 

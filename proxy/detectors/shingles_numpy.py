@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -25,8 +26,10 @@ from proxy.detectors.bag_numpy import bag_sketch
 from proxy.detectors.completion import SHINGLE_WORDS, Shingles, _encoded, sorted_unique
 from proxy.detectors.normalise import WORD_FOLD
 
+if TYPE_CHECKING:
+    from proxy.detectors.completion import Hashes
+
 _FEW_WORDS = 256  # below this, shingles are summed by a matrix product
-Hashes = npt.NDArray[np.uint32]
 Words = npt.NDArray[np.uint64]
 
 _SHORT = 1024  # bytes: texts up to this long are split by Python, longer ones by numpy

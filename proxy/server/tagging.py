@@ -93,22 +93,20 @@ class Tagger:
         if url_agent:
             return canonical_id(url_agent, "the agent id in the URL")
         if system_text:
-            return system_agent(system_text)
+            # An agent sends the same system prompt on every call: the last few ids are
+            # remembered (256 prompts of up to 16 KiB, 4 MiB at most).
+            if len(system_text) <= _REMEMBERED_PROMPT:
+                return _remembered_system_agent(system_text)
+            return _system_agent(system_text)
         return DEFAULT_AGENT
 
 
-# System prompts up to this long are remembered with their agent id: an agent sends the same
-# one on every call.
 _REMEMBERED_PROMPT = 16_384
 
 
-def system_agent(system_text: str) -> str:
+def _system_agent(system_text: str) -> str:
     """The agent id of a system prompt: ``sys:`` and a short hash, canonical as it is."""
-    if len(system_text) <= _REMEMBERED_PROMPT:
-        return _remembered_system_agent(system_text)
     return "sys:" + short_hash(system_text)
 
 
-@lru_cache(maxsize=256)
-def _remembered_system_agent(system_text: str) -> str:
-    return "sys:" + short_hash(system_text)
+_remembered_system_agent = lru_cache(maxsize=256)(_system_agent)

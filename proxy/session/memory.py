@@ -61,9 +61,13 @@ OTHER_AGENTS = "other"
 # into tuples and back). A few thousand objects: nothing to a full collection.
 WARM_CONTENT = 1024
 _T = TypeVar("_T")
-# The reserve checks, each with the limit it reads: one whose limit is unset allows anything.
+# The reserve checks, each with the limits it reads (its declared ``limits.*`` settings): one
+# whose limits are all unset allows anything; one that declares none always runs.
 _RESERVE_CHECKS = tuple(
-    (detector.check, detector.settings[0].removeprefix("limits."))
+    (
+        detector.check,
+        tuple(s.removeprefix("limits.") for s in detector.settings if s.startswith("limits.")),
+    )
     for detector in RESERVE
     if detector.check
 )
@@ -337,9 +341,12 @@ class MemoryLedger:
         return _Task(plan.task, started=plan.now, last_seen=plan.now), True
 
     def _checks_of(self, lim: Limits) -> tuple[Check, ...]:
-        """The checks that apply under ``lim``, remembered: a policy's limits are one object
-        for all its calls. A token's signed limits are a new one per call, so the table is
-        emptied when full rather than grown."""
+        """The checks that apply under a policy's ``lim``, remembered: a policy's limits are one
+        object for all its calls. A token's signed limits are a new one per call, so the table
+        is emptied when full rather than grown."""
+        known = self._checks.get(id(lim))
+        if known is not None:
+            return known[1]
         if len(self._checks) >= _LIMITS_KNOWN:
             self._checks.clear()
         checks = _checks_for(lim)
@@ -378,8 +385,7 @@ class MemoryLedger:
             lim = lim.model_copy(update=task.overrides)
             checks = _checks_for(lim)
         else:
-            known = self._checks.get(id(lim))
-            checks = known[1] if known is not None and known[0] is lim else self._checks_of(lim)
+            checks = self._checks_of(lim)
         task.max_tokens = lim.max_tokens
         # The agent joins the task only once one of its calls is reserved.
         bucket, joined = self._joined(task, plan.agent)
@@ -756,7 +762,11 @@ def _from_record(record: dict[str, Any]) -> _Task:
 
 
 def _checks_for(lim: Limits) -> tuple[Check, ...]:
-    return tuple(check for check, name in _RESERVE_CHECKS if getattr(lim, name) is not None)
+    return tuple(
+        check
+        for check, names in _RESERVE_CHECKS
+        if not names or any(getattr(lim, name) is not None for name in names)
+    )
 
 
 def _first_call(task: _Task, plan: CallPlan) -> None:

@@ -154,3 +154,17 @@ async def test_content_detection_is_the_same_for_a_task_whose_state_was_packed(
                 await ledger.observe_content(other, "a", answer, policy)
     assert seen["packed"] == seen["warm"]
     assert any(seen["warm"])  # the rounds did trip a detector
+
+
+async def test_a_limit_on_a_new_limits_object_applies_whatever_came_before(
+    ledger: MemoryLedger,
+) -> None:
+    # The checks that apply are remembered per limits object: a token's signed limits are a
+    # new object on every call, and one that sets a limit must be checked by it, even after
+    # hundreds of calls under fresh objects with none (whose memory the new one may reuse).
+    for n in range(300):
+        await ledger.reserve(plan("signed", effective(), now=1000.0 + n))
+    with pytest.raises(Denied) as refused:
+        await ledger.reserve(plan("signed", effective(max_calls=50), now=2000.0))
+    assert refused.value.trip.reason is TripReason.MAX_CALLS
+    assert len(ledger._checks) <= memory._LIMITS_KNOWN  # emptied when full, not grown
