@@ -5,10 +5,11 @@ joins a batch: every call made in that turn of the event loop goes out in one wr
 pooled connection on the next turn, and the replies are read back in order. So under load the
 reserves, settles and detector-state writes of tens of calls share a pool checkout, a write and
 a read instead of paying for one each, and a lone call pays for no batching. A call nothing
-waits on to serve a client (the content detectors' state write) is deferred a moment and goes
-out with the next call, so even one call at a time costs one write before forwarding and one
-after. Commands are packed by hiredis straight from their arguments, and a script the server
-does not know (after a restart or ``SCRIPT FLUSH``) is loaded and the call sent again.
+waits on to serve a client (the content detectors' state write) goes out at once when no other
+call is waiting on Redis; otherwise it is deferred a moment and goes out with the next batch,
+so under load it costs no write of its own. Commands are packed by hiredis straight from their
+arguments, and a script the server does not know (after a restart or ``SCRIPT FLUSH``) is
+loaded and the call sent again.
 
 The connections come from the client's pool but are kept between calls for up to ``HOLD_S``
 (a pool checkout costs about as much as the call itself). Not with a pool that follows the
@@ -98,8 +99,10 @@ class ScriptCalls:
         loop = asyncio.get_running_loop()
         if deferrable or self._exchanges or self._queue:
             future: asyncio.Future[Any] = loop.create_future()
-            if not deferrable:
-                # Other calls are waiting on Redis: this one joins the next turn's batch.
+            if not deferrable or not (self._exchanges or self._queue):
+                # Other calls are waiting on Redis: this one joins the next turn's batch. So
+                # does a deferrable one while Redis is idle: it costs no caller anything now,
+                # where riding the next call would hold up that call's reply by its script.
                 self._enqueue([(packed, future)])
             else:
                 self._deferred.append((packed, future))
@@ -161,13 +164,7 @@ class ScriptCalls:
         try:
             connection, taken = await self._connection()
             try:
-                replies: list[Any] = []
-                await _write(connection, b"".join(commands))
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as error:  # one command's error: the others stand
-                        replies.append(error)
+                replies = await _round_trip(connection, b"".join(commands), len(commands))
             except BaseException as error:
                 # Replies not read would be taken for the next ones': the connection goes,
                 # and the idle ones too, which likely broke with it (a Redis restart).
@@ -217,21 +214,32 @@ class ScriptCalls:
             await self._pool.release(connection)
 
 
-async def _write(connection: AbstractConnection, data: bytes) -> None:
-    """Send on the connection, bounded by its ``socket_timeout`` as redis-py bounds it, but as
-    a timeout scope: redis-py's ``asyncio.wait_for`` runs the write in a task of its own on
-    Python 3.11, which cost about a tenth of a script call's CPU. The connection is this
-    call's alone while it is held, so its setting is set aside for the write and put back."""
+async def _round_trip(connection: AbstractConnection, data: bytes, count: int) -> list[Any]:
+    """Send the commands and read their replies, the whole exchange bounded by the
+    connection's ``socket_timeout`` in one timeout scope. redis-py would bound the write with
+    ``asyncio.wait_for``, which runs it in a task of its own on Python 3.11, and each reply
+    with a scope of its own; the connection is this call's alone while it is held, so its
+    setting is set aside for the exchange and put back."""
     limit = connection.socket_timeout
     if limit is None:
-        await connection.send_packed_command(data, check_health=False)
-        return
+        return await _replies(connection, data, count)
     connection.socket_timeout = None
     try:
         async with asyncio.timeout(limit):
-            await connection.send_packed_command(data, check_health=False)
+            return await _replies(connection, data, count)
     finally:
         connection.socket_timeout = limit
+
+
+async def _replies(connection: AbstractConnection, data: bytes, count: int) -> list[Any]:
+    await connection.send_packed_command(data, check_health=False)
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as error:  # one command's error: the others stand
+            replies.append(error)
+    return replies
 
 
 def _resolve(pending: list[_Pending], replies: list[Any]) -> None:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.policy.rules import Effective
+from proxy.session import redis_calls
 from proxy.session.base import CallPlan, Outcome
 from proxy.session.redis import RedisLedger
 from proxy.session.redis_calls import Script, ScriptCalls
@@ -123,23 +124,45 @@ async def test_a_redis_that_forgot_the_scripts_still_serves_the_next_call(
 
 
 async def test_a_call_given_up_does_not_take_the_writes_it_carried_with_it(
-    server: RedisServer,
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A detector-state write deferred onto another call's write still lands when that call's
     caller gives up (a client that disconnected) before the reply."""
+    monkeypatch.setattr(redis_calls, "DEFER_S", 10.0)  # it waits for company, not the timer
     async with aioredis.Redis(port=server.port, decode_responses=True) as client:
         calls = ScriptCalls(client)
         slow = Script("local n = 0 for i = 1, 30000000 do n = n + i end return n")
         write = Script("return redis.call('SET', KEYS[1], ARGV[1])")
         for script in (slow, write):  # known to the server: the calls below go as they are
             await client.script_load(script.source)
+        # Made while another call waits on Redis, the write is deferred...
+        first = asyncio.ensure_future(calls.call(write, ["first"], ["1"]))
+        await asyncio.sleep(0)
         deferred = asyncio.ensure_future(
             calls.call(write, ["carried"], ["landed"], deferrable=True)
         )
-        await asyncio.sleep(0)  # waiting for company
+        await asyncio.sleep(0)
+        await first
+        assert not deferred.done()
+        # ...and goes out with the next call, made alone, whose caller then gives up.
         given_up = asyncio.ensure_future(calls.call(slow, [], []))
         await asyncio.sleep(0.02)  # both written, the slow script running
         given_up.cancel()
         assert await asyncio.wait_for(deferred, 10) == "OK"
         assert await client.get("carried") == "landed"
+        await calls.close(1.0)
+
+
+async def test_a_deferrable_write_made_while_redis_is_idle_goes_at_once(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else waits on Redis: the detector-state write goes on its own rather than ride
+    (and hold up) the next call, however long that call is in coming."""
+    monkeypatch.setattr(redis_calls, "DEFER_S", 10.0)
+    async with aioredis.Redis(port=server.port, decode_responses=True) as client:
+        calls = ScriptCalls(client)
+        write = Script("return redis.call('SET', KEYS[1], ARGV[1])")
+        await client.script_load(write.source)
+        deferred = asyncio.ensure_future(calls.call(write, ["alone"], ["1"], deferrable=True))
+        assert await asyncio.wait_for(deferred, 2) == "OK"
         await calls.close(1.0)
