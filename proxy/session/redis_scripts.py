@@ -136,8 +136,13 @@ local function touch(life)
   redis.call('EXPIRE', z, life)
 end
 
--- A task is kept from the first call let through: a first call refused writes nothing.
-local new = redis.call('EXISTS', s) == 0
+-- A task is kept from the first call let through: a first call refused writes nothing. Whether
+-- the task is new is asked only of a call that trips, or before a stale charge writes.
+local existed = nil
+local function new()
+  if existed == nil then existed = redis.call('EXISTS', s) == 1 end
+  return not existed
+end
 
 local function timeline_push(entry)
   redis.call('LPUSH', timeline, entry)
@@ -150,6 +155,7 @@ end
 -- joins the settled ones, so a settle arriving after all is not counted on top.
 local stale = redis.call('ZRANGEBYSCORE', z, '-inf', now)
 if #stale > 0 then
+  new()
   local charged = 0
   for _, member in ipairs(stale) do
     local tokens, cost = string.match(member, '^[^|]*|([^|]*)|([^|]*)|')
@@ -264,7 +270,7 @@ if bound >= 0 then
 end
 
 local observed = {}
-if kill and #trips > 0 and new then
+if kill and #trips > 0 and new() then
   return {'refused', trips[1].json}
 end
 if #trips > 0 then
@@ -329,8 +335,8 @@ local windows = #KEYS - 5
 
 -- The reply: the task's figures, the windows' counts, whether this was a replay, then the
 -- content state's version and the state itself ('' when the caller holds it already).
-local function state(counts, replay)
-  local st = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
+local function state(counts, replay, st)
+  st = st or redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
     'last_seen', 'killed', 'content_v')
   local reply = {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0',
     st[6] or '0', st[7] or '0', st[8] or ''}
@@ -365,24 +371,29 @@ if released then
   r_tokens, r_cost, who = string.match(member, '^[^|]*|([^|]*)|([^|]*)|(.*)$')
   r_tokens, r_cost, agent = tonumber(r_tokens), tonumber(r_cost), who
 end
-local fig = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'cost_reserved', 'calls',
-  'started', 'killed')
-local fields = {'used', (tonumber(fig[1]) or 0) + tokens, 'cost',
-  num((tonumber(fig[3]) or 0) + cost)}
+local fig = redis.call('HMGET', s, 'used', 'reserved', 'cost', 'calls', 'hops', 'started',
+  'last_seen', 'killed', 'content_v', 'cost_reserved')
+-- What the reply reports, as state() would read it back after the writes below.
+local after = {(tonumber(fig[1]) or 0) + tokens, fig[2], num((tonumber(fig[3]) or 0) + cost),
+  fig[4], fig[5], fig[6], fig[7], fig[8], fig[9]}
+local fields = {'used', after[1], 'cost', after[3]}
 if released then
-  local left = (tonumber(fig[4]) or 0) - r_cost
+  local left = (tonumber(fig[10]) or 0) - r_cost
   if left < 0 then left = 0 end
+  after[2] = (tonumber(fig[2]) or 0) - r_tokens
   table.insert(fields, 'reserved')
-  table.insert(fields, (tonumber(fig[2]) or 0) - r_tokens)
+  table.insert(fields, after[2])
   table.insert(fields, 'cost_reserved')
   table.insert(fields, num(left))
 end
 if extra_calls > 0 then
+  after[4] = (tonumber(fig[4]) or 0) + extra_calls
   table.insert(fields, 'calls')
-  table.insert(fields, (tonumber(fig[5]) or 0) + extra_calls)
+  table.insert(fields, after[4])
   if not fig[6] then
+    after[6] = redis.call('TIME')[1]
     table.insert(fields, 'started')
-    table.insert(fields, redis.call('TIME')[1])
+    table.insert(fields, after[6])
   end
 end
 redis.call('HSET', s, unpack(fields))
@@ -418,9 +429,9 @@ end
 
 -- A call settling after its task's kill (the stream the kill cut) keeps the kill's life.
 local life = ttl
-if fig[7] then life = retention end
+if fig[8] then life = retention end
 for _, key in ipairs({s, a, z}) do redis.call('EXPIRE', key, life) end
-return state(counts, 0)
+return state(counts, 0, after)
 """.replace("PREVIEWS", str(PREVIEWS_PER_TASK)).replace("SETTLED", str(SETTLED_PER_TASK))
 )
 
