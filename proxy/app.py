@@ -144,7 +144,7 @@ def build_app(
     app[HOOKS] = hooks
     # Which tasks have token or dollar budgets of their own: the admin API tells it, and the
     # calls of the others are not estimated unless their policy sets a budget.
-    budgets = TaskBudgets(complete=isinstance(state, MemoryLedger))
+    budgets = TaskBudgets.for_ledger(state)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)

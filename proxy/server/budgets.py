@@ -6,8 +6,9 @@ tokenizer is not even loaded for them.
 A task's own limits live in the ledger. The embedded ledger changes them only through this
 process's admin API, which tells ``TaskBudgets`` first, and its saved state, read at
 start-up; so this process knows every task with a budget of its own. A shared ledger (Redis)
-is changed by every replica: there, every modelled call is estimated, as a budget another
-replica set may apply to any task.
+is changed by every replica: there, a call sent without its estimate of a task with a budget
+of its own is refused by the reserve itself (``Unestimated``, nothing written), estimated and
+reserved again, and the task is learnt here, so its later calls are estimated at once.
 """
 
 from __future__ import annotations
@@ -15,27 +16,39 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from proxy.session.base import BUDGET_LIMITS
+
 if TYPE_CHECKING:
     from proxy.session.base import Ledger
 
-# Limits that bound a call's cost: the ones the prompt estimate is reserved against.
-BUDGET_LIMITS = frozenset({"max_tokens", "max_tokens_per_agent", "max_cost_usd"})
-# Past this many tasks with budgets of their own, every call is estimated: the set stays
-# bounded, and a task it could not hold is never reserved without its estimate.
+# Past this many tasks with budgets of their own, every call is estimated (the embedded
+# ledger) or the tasks are learnt afresh (a shared one): the set stays bounded, and a task it
+# could not hold is never reserved without its estimate.
 MAX_TRACKED = 100_000
 
 
 class TaskBudgets:
-    __slots__ = ("_tasks", "complete")
+    __slots__ = ("_tasks", "complete", "learns")
 
-    def __init__(self, complete: bool) -> None:
-        """``complete``: every task's own limits are told here (the embedded ledger)."""
+    def __init__(self, complete: bool, *, learns: bool = False) -> None:
+        """``complete``: every task's own limits are told here (the embedded ledger).
+        ``learns``: the ledger refuses a call without its estimate of a task with a budget of
+        its own (``Unestimated``), so such tasks are learnt from its answers (Redis)."""
         self.complete = complete
+        self.learns = learns
         self._tasks: set[str] = set()
+
+    @classmethod
+    def for_ledger(cls, ledger: Ledger) -> TaskBudgets:
+        from proxy.session.memory import MemoryLedger
+
+        # A ledger that raises ``Unestimated`` says so; the Redis module is not loaded to ask.
+        learns = bool(getattr(ledger, "asks_for_estimates", False))
+        return cls(isinstance(ledger, MemoryLedger), learns=learns)
 
     def note(self, task: str, limits: Mapping[str, float] | Iterable[str]) -> None:
         """The task has these limits of its own (or their names) from now on."""
-        if not self.complete or BUDGET_LIMITS.isdisjoint(limits):
+        if not (self.complete or self.learns) or BUDGET_LIMITS.isdisjoint(limits):
             return
         self._tasks.add(task)
         if len(self._tasks) > MAX_TRACKED:
@@ -50,9 +63,10 @@ class TaskBudgets:
                 self.note(view.task, view.overrides)
 
     def any_own(self) -> bool:
-        """Whether any task may have a token or dollar budget of its own."""
-        return not self.complete or bool(self._tasks)
+        """Whether any task may have a token or dollar budget of its own (that this process
+        knows of, when the ledger tells of the others itself)."""
+        return not (self.complete or self.learns) or bool(self._tasks)
 
     def may_apply(self, task: str) -> bool:
         """Whether the task may have a token or dollar budget of its own."""
-        return not self.complete or task in self._tasks
+        return not (self.complete or self.learns) or task in self._tasks

@@ -52,8 +52,17 @@ from proxy.server.streaming import StreamRelay
 from proxy.server.tables import Tables
 from proxy.server.tagging import Tagger
 from proxy.server.upstream import UpstreamClient, outcome_of, upstream_error
-from proxy.session.base import PREVIEW_CHARS, Busy, CallPlan, Denied, Grant, Ledger, Outcome
-from proxy.session.memory import MemoryLedger
+from proxy.session.base import (
+    BUDGET_LIMITS,
+    PREVIEW_CHARS,
+    Busy,
+    CallPlan,
+    Denied,
+    Grant,
+    Ledger,
+    Outcome,
+    Unestimated,
+)
 from proxy.session.sessions import session_id
 from proxy.telemetry.logs import event
 
@@ -72,7 +81,7 @@ class Forwarder:
     ) -> None:
         tagger = Tagger(config.tagging)
         # Tasks with budgets of their own: every one is known here with the embedded ledger.
-        self.budgets = budgets or TaskBudgets(complete=isinstance(ledger, MemoryLedger))
+        self.budgets = budgets or TaskBudgets.for_ledger(ledger)
         self.intake = Intake(config, PolicyBook(config.policy), tagger, self.budgets)
         self.upstream = UpstreamClient(config, session, tagger.consumed)
         self.ledger = ledger
@@ -174,10 +183,20 @@ class Forwarder:
             time.time(),
             tenant=claims.tenant if claims else None,
             owner=claims.owner if claims else None,
+            estimated=call.estimated,
         )
         call.reserved_at = plan.now
         try:
-            grant = await self.ledger.reserve(plan)
+            try:
+                grant = await self.ledger.reserve(plan)
+            except Unestimated:
+                # A budget of the task's own that this process had not heard of (set through
+                # another replica): the prompt is estimated, and so are the task's next calls.
+                self.budgets.note(call.task, BUDGET_LIMITS)
+                await self.intake.tokenizer.ready()
+                self.intake.estimate(call)
+                plan.prompt_tokens, plan.estimated = call.prompt_tokens, True
+                grant = await self.ledger.reserve(plan)
         except Busy as busy:
             raise BudgetBusy(
                 f"task '{call.task}' has no budget free right now: {busy.in_flight_tokens} tokens "

@@ -43,6 +43,9 @@ class CallPlan:
     now: float
     tenant: str | None = None  # from a verified token; stored on the task's first call
     owner: str | None = None
+    # False: the prompt was not estimated, as no token or dollar budget was known to apply;
+    # ``reserve`` raises ``Unestimated`` if the task has one of its own.
+    estimated: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,8 @@ OVERRIDABLE = (
     "max_hops",
     "max_duration",
 )
+# Limits that bound a call's cost: the ones the prompt's estimate is reserved against.
+BUDGET_LIMITS = frozenset({"max_tokens", "max_tokens_per_agent", "max_cost_usd"})
 
 
 @dataclass(slots=True)
@@ -298,6 +303,15 @@ class Denied(Exception):
         self.trip = trip
         self.fresh = fresh
         self.first_call = first_call
+
+
+class Unestimated(Exception):
+    """``reserve`` cannot take the call without its prompt's estimate: the task has a token
+    or dollar budget of its own. Nothing was written; the caller estimates and reserves again."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__(task)
+        self.task = task
 
 
 class Busy(Exception):

@@ -36,6 +36,7 @@ from proxy.policy.rules import Effective
 from proxy.pricing import cost_usd
 from proxy.session import persist
 from proxy.session.base import (
+    BUDGET_LIMITS,
     PREVIEWS_PER_TASK,
     TIMELINE_PER_TASK,
     Busy,
@@ -49,6 +50,7 @@ from proxy.session.base import (
     Settled,
     TaskView,
     TimelineEvent,
+    Unestimated,
     allowed_seconds,
 )
 from proxy.session.sessions import SessionBook, Span
@@ -377,6 +379,8 @@ class MemoryLedger:
         task, new = self._task_of(plan)
         if task.killed is not None:
             raise Denied(plan.task, task.killed, fresh=False)
+        if not plan.estimated and task.overrides and not BUDGET_LIMITS.isdisjoint(task.overrides):
+            raise Unestimated(plan.task)
         _first_call(task, plan)
         if not new and task.tenant is not None:
             self._index(task)

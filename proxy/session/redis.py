@@ -60,6 +60,7 @@ from proxy.session.base import (
     Settled,
     TaskView,
     TimelineEvent,
+    Unestimated,
     allowed_seconds,
 )
 from proxy.session.batches import KeyedBatches
@@ -164,6 +165,14 @@ def _describe(overrides: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(overrides.items()))
 
 
+def _placeholder(plan: CallPlan) -> int:
+    """A token held in Redis for the prompt of a call reserved without its estimate: the call
+    counts in its task's reserved tokens until it settles, even without a cap, so a settle
+    held back by an outage is seen from outside (a reader waiting for nothing to be reserved
+    waits for it). The grant, as the embedded ledger's, does not count it."""
+    return 0 if plan.estimated or plan.prompt_tokens else 1
+
+
 def _num(value: Any, default: float = 0.0) -> float:
     try:
         return float(value)
@@ -172,6 +181,10 @@ def _num(value: Any, default: float = 0.0) -> float:
 
 
 class RedisLedger:
+    # A call sent without its prompt's estimate, of a task with a budget of its own, is
+    # refused by the reserve (``Unestimated``): the caller need not estimate every call.
+    asks_for_estimates = True
+
     def __init__(
         self,
         settings: StateSettings,
@@ -324,7 +337,7 @@ class RedisLedger:
             out_price = plan.price.for_input(plan.prompt_tokens).output_per_token
         args = [
             plan.agent,
-            plan.prompt_tokens,
+            plan.prompt_tokens + _placeholder(plan),
             -1 if plan.requested_output is None else plan.requested_output,
             plan.choices,
             *(
@@ -352,6 +365,7 @@ class RedisLedger:
             plan.owner or "",
             self._now(),
             self._retention,
+            1 if plan.estimated else 0,
         ]
         try:
             reply = await self._reserve(
@@ -408,6 +422,8 @@ class RedisLedger:
             raise Denied(plan.task, Trip.from_json(reply[1]), fresh=False, first_call=True)
         if verdict == "busy":
             raise Busy(plan.task, int(_num(reply[1])))
+        if verdict == "estimate":
+            raise Unestimated(plan.task)
         (
             _,
             cap,
@@ -454,7 +470,7 @@ class RedisLedger:
             plan.task,
             plan.agent,
             plan.policy,
-            int(reserved_tokens),
+            int(reserved_tokens) - _placeholder(plan),
             _num(reserved_cost),
             None if int(cap) < 0 else int(cap),
             view,

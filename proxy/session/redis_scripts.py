@@ -47,7 +47,7 @@ from proxy.session.base import PREVIEWS_PER_TASK, TIMELINE_PER_TASK
 
 # Bump the version when a script's keys, arguments, reply or rules change, so replicas of two
 # versions never share a key layout or a kill channel by accident.
-VERSION = 5
+VERSION = 6
 # Settled calls remembered per task, so a settle replayed after its reply was lost (the script
 # ran, the answer never came back) is not counted twice.
 SETTLED_PER_TASK = 512
@@ -128,6 +128,8 @@ if not now then now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
 -- A killed task's keys live this long (kill_retention, never less than the TTL), whatever
 -- call touches them: a refused call never shortens a kill's life back to the idle TTL.
 local retention = tonumber(ARGV[24])
+-- '0': the prompt was not estimated, as no token or dollar budget was known to apply.
+local estimated = ARGV[25] ~= '0'
 
 local function touch(life)
   life = life or ttl
@@ -183,6 +185,9 @@ if st[2] then
   redis.call('EXPIRE', timeline, retention)
   return {'killed', st[2]}
 end
+-- A budget of the task's own needs the prompt's estimate: nothing is written, the caller
+-- estimates and asks again.
+if not estimated and (st[10] or st[11] or st[12]) then return {'estimate'} end
 local started = tonumber(st[1]) or now
 local used, reserved = tonumber(st[3]) or 0, tonumber(st[4]) or 0
 local cost, cost_reserved = tonumber(st[5]) or 0, tonumber(st[6]) or 0

@@ -1,7 +1,7 @@
 """A token budget an operator gives a task through the admin API bounds its calls' prompts as
 a policy's budget does, although the policy sets none and calls without a budget go
-unestimated: created ahead, raised on a task already running, and kept through a restart of
-the embedded ledger with its state file."""
+unestimated: created ahead, raised on a task already running, kept through a restart of the
+embedded ledger with its state file, and set through another replica sharing Redis."""
 
 from __future__ import annotations
 
@@ -71,3 +71,15 @@ def test_a_budget_kept_through_a_restart_bounds_the_prompt(
     before.stop()
     after = make_proxy(auth=AUTH, state=state)
     refused_for_its_prompt(after, task, mock)
+
+
+def test_a_budget_set_through_another_replica_bounds_the_prompt(
+    make_proxy: Any, admins: Any, redis_server: Any, mock: MockProviderThread
+) -> None:
+    state = {"backend": "redis", "redis_url": redis_server.url, "key_prefix": unique("tw")}
+    one, other = make_proxy(auth=AUTH, state=state), make_proxy(auth=AUTH, state=state)
+    task = unique("elsewhere")
+    ask(other, task, "a short question")  # no budget yet: not estimated
+    resumed = admins(one, admin_token()).act(task, "resume", {"limits": {"max_tokens": 300}})
+    assert resumed.status_code == 200, resumed.text
+    refused_for_its_prompt(other, task, mock)

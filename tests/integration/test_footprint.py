@@ -12,10 +12,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import httpx
+import openai
 import pytest
 
 from tests.processes import stop
+from tests.replicas import ReplicaSet, redis_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,3 +169,48 @@ def test_an_idle_server_stays_under_80_mb(budget: bool, tmp_path: Path) -> None:
         extra = ["--config", str(config)]
     rss = _idle_rss(tmp_path, *extra)
     assert rss < 80_000_000, f"idle RSS {rss / 1e6:.1f} MB"
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
+@pytest.mark.timeout(120)
+def test_calls_without_a_budget_never_load_the_tokenizer_on_redis(
+    tmp_path: Path, mock: Any, redis_server: Any
+) -> None:
+    """On the shared ledger too, the provider's usage books a call no budget applies to: no
+    prompt estimate, so no tokenizer, for tagged and untagged calls alike; a task that gets a
+    budget of its own through the admin API has its next prompt estimated, and refused."""
+    config = redis_config(mock.base_url, redis_server.url, state={"key_prefix": "footprint"})
+    replicas = ReplicaSet(tmp_path / "replicas", config, count=1)
+    try:
+        replica = replicas[0]
+        client = openai.OpenAI(base_url=replica.openai_url, api_key="sk", max_retries=0)
+        for number in range(3):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"question {number}"}],
+                extra_headers={"X-Task-Id": "footprint-task"} if number else {},
+            )
+        maps = Path(f"/proc/{replica.process.pid}/maps").read_text()
+        assert "tiktoken" not in maps
+        assert not [line for line in replica.logs() if line.get("event") == "tokenizer_loaded"]
+        with (tmp_path / "replicas" / "replica0.admin-token").open() as token_file:
+            token = token_file.read().strip()
+        resumed = httpx.post(
+            f"{replica.base_url}/tripwire/v1/tasks/footprint-task/resume",
+            json={"limits": {"max_tokens": 50}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert resumed.status_code == 200, resumed.text
+        hits = mock.provider.total_hits
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "the quarterly figures again " * 40}],
+                extra_headers={"X-Task-Id": "footprint-task"},
+            )
+        assert "budget_tokens" in refused.value.message
+        assert mock.provider.total_hits == hits
+        assert "tiktoken" in Path(f"/proc/{replica.process.pid}/maps").read_text()
+    finally:
+        replicas.stop()

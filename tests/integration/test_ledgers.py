@@ -13,7 +13,7 @@ from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.detectors.base import Trip, TripReason
 from proxy.policy.rules import Effective
 from proxy.pricing import Price, cost_usd
-from proxy.session.base import Busy, CallPlan, Denied, Ledger, Outcome
+from proxy.session.base import Busy, CallPlan, Denied, Ledger, Outcome, Unestimated
 from proxy.session.memory import MemoryLedger
 from proxy.session.redis import RedisLedger
 
@@ -285,6 +285,42 @@ async def test_a_task_created_ahead_gets_its_own_limits_and_owner(
     assert (view.tenant, view.owner, view.overrides) == ("acme", "ops-team", {"max_tokens": 500})
     grant = await ledger.reserve(plan(task, effective(max_tokens=100_000), prompt=100))
     assert grant.output_cap == 400  # the task's own budget wins over the policy's
+
+
+async def test_a_call_without_its_estimate_is_turned_away_by_a_budget_of_the_task(
+    ledger: Ledger, task: str
+) -> None:
+    await ledger.create(task, tenant=None, owner=None, overrides={"max_tokens": 500})
+    unestimated = plan(task, effective(), prompt=0)
+    unestimated.estimated = False
+    with pytest.raises(Unestimated):
+        await ledger.reserve(unestimated)
+    view = await ledger.get(task)
+    assert view is not None and view.calls == 0 and view.tokens_reserved == 0
+    grant = await ledger.reserve(plan(task, effective(), prompt=100))
+    assert grant.output_cap == 400
+    other = "o-" + task
+    free = plan(other, effective(), prompt=0)
+    free.estimated = False  # no budget of its own: reserved as it is
+    assert (await ledger.reserve(free)).view.calls == 1
+
+
+async def test_a_call_reserved_without_its_estimate_counts_as_reserved_until_it_settles(
+    ledger: Ledger, task: str
+) -> None:
+    """No estimate and no cap would reserve nothing: Redis holds one token for the call, so a
+    settle held back by an outage shows from outside; the grant counts none, as the embedded
+    ledger's does."""
+    unestimated = plan(task, effective(), prompt=0)
+    unestimated.estimated = False
+    grant = await ledger.reserve(unestimated)
+    assert grant.reserved_tokens == 0
+    view = await ledger.get(task)
+    assert view is not None
+    assert view.tokens_reserved == (1 if isinstance(ledger, RedisLedger) else 0)
+    await ledger.settle(grant, outcome(30))
+    view = await ledger.get(task)
+    assert view is not None and view.tokens_reserved == 0 and view.tokens_used == 30
 
 
 async def test_resume_clears_the_kill_and_raises_the_budget(ledger: Ledger, task: str) -> None:
