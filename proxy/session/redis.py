@@ -126,11 +126,16 @@ def key_part(name: str) -> str:
     return quote(name, safe="/@!$&'()+,;=")
 
 
+# Agent buckets whose window keys a task's ``Keys`` keeps (those of more are built per call).
+MAX_BUCKETS_KEPT = 8
+
+
 class Keys:
     """Key names of one task; the ``{task}`` hash tag keeps them in one cluster slot."""
 
     def __init__(self, prefix: str, task: str) -> None:
         self.task = task
+        self._settle_windows: dict[str, tuple[str, ...]] = {}
         base = f"{prefix}:{{{key_part(task)}}}"
         self.state = f"{base}:s"
         self.agents = f"{base}:a"
@@ -144,6 +149,16 @@ class Keys:
         """A settle-phase detector's window: the task's, or the agent's (its budget bucket)."""
         key = f"{self.windows_prefix}{detector.reason}"
         return key if detector.window == "task" else f"{key}:{key_part(agent)}"
+
+    def settle_windows(self, agent: str) -> tuple[str, ...]:
+        """The windows of every settle-phase detector for the agent's bucket, in registry
+        order: built once per bucket (a task's agents are bounded by ``max_agents_per_task``)."""
+        windows = self._settle_windows.get(agent)
+        if windows is None:
+            windows = tuple(self.window(detector, agent) for detector in SETTLE)
+            if len(self._settle_windows) < MAX_BUCKETS_KEPT:
+                self._settle_windows[agent] = windows
+        return windows
 
 
 # A task's calls name the same keys: built once while it is among the last ones active.
@@ -439,32 +454,43 @@ class RedisLedger:
             observed,
             *limits,
         ) = reply
-        records = jsonio.loads(observed)
+        # Usually "[]", and no limits of the task's own: neither is parsed then.
+        records = jsonio.loads(observed) if observed != "[]" else []
+        started_at, cost_usd, calls_made = _num(started), _num(cost), int(calls)
         self._remember(
             plan.task,
             int(used) + int(reserved),
-            _num(cost),
-            calls=int(calls),
-            started=_num(started),
+            cost_usd,
+            calls=calls_made,
+            started=started_at,
         )
-        overrides = {
-            name: _num(value) for name, value in zip(OVERRIDABLE, limits[:-1], strict=True) if value
-        }
+        overrides = (
+            {
+                name: _num(value)
+                for name, value in zip(OVERRIDABLE, limits[:-1], strict=True)
+                if value
+            }
+            if any(limits)
+            else {}
+        )
         max_tokens = overrides.get("max_tokens", plan.policy.limits.max_tokens)
+        # Positional, as the embedded ledger builds it: a call builds two.
         view = TaskView(
-            task=plan.task,
-            started=_num(started),
-            last_seen=time.time(),
-            tokens_used=int(used),
-            tokens_reserved=int(reserved),
-            cost_usd=_num(cost),
-            calls=int(calls),
-            hops=int(hops),
-            agents=[],
-            killed=None,
-            max_tokens=None if max_tokens is None else int(max_tokens),
-            overrides=overrides,
-            extra_duration=_num(limits[-1]),
+            plan.task,
+            started_at,
+            time.time(),
+            int(used),
+            int(reserved),
+            cost_usd,
+            calls_made,
+            int(hops),
+            [],
+            None,
+            None if max_tokens is None else int(max_tokens),
+            None,
+            None,
+            overrides,
+            _num(limits[-1]) if limits[-1] else 0.0,
         )
         return Grant(
             plan.task,
@@ -559,7 +585,7 @@ class RedisLedger:
                 keys.reservations,
                 keys.previews,
                 keys.settled,
-                *(keys.window(detector, bucket) for detector in SETTLE),
+                *keys.settle_windows(bucket),
             ],
             args=[
                 member,
@@ -581,17 +607,17 @@ class RedisLedger:
         used, reserved, cost, calls, hops, started, last_seen, killed = reply[:8]
         counts = [int(x) for x in reply[8 : 8 + 2 * len(SETTLE)]]
         view = TaskView(
-            task=grant.task,
-            started=_num(started),
-            last_seen=_num(last_seen),
-            tokens_used=int(_num(used)),
-            tokens_reserved=max(int(_num(reserved)), 0),
-            cost_usd=_num(cost),
-            calls=int(_num(calls)),
-            hops=int(_num(hops)),
-            agents=[],
-            killed=Trip.from_json(killed) if killed else None,
-            max_tokens=grant.policy.limits.max_tokens,
+            grant.task,
+            _num(started),
+            _num(last_seen),
+            int(_num(used)),
+            max(int(_num(reserved)), 0),
+            _num(cost),
+            int(_num(calls)),
+            int(_num(hops)),
+            [],
+            Trip.from_json(killed) if killed else None,
+            grant.policy.limits.max_tokens,
         )
         self._remember(
             grant.task,
