@@ -97,17 +97,21 @@ class ScriptCalls:
 
     async def _run(self, packed: bytes, deferrable: bool) -> Any:
         loop = asyncio.get_running_loop()
-        if deferrable or self._exchanges or self._queue:
+        busy = bool(self._exchanges or self._queue)
+        if deferrable and busy:
+            # Company is coming: it goes out with the next batch, or ``DEFER_S`` later.
             future: asyncio.Future[Any] = loop.create_future()
-            if not deferrable or not (self._exchanges or self._queue):
-                # Other calls are waiting on Redis: this one joins the next turn's batch. So
-                # does a deferrable one while Redis is idle: it costs no caller anything now,
-                # where riding the next call would hold up that call's reply by its script.
-                self._enqueue([(packed, future)])
-            else:
-                self._deferred.append((packed, future))
-                if self._timer is None:
-                    self._timer = loop.call_later(DEFER_S, self._flush_deferred)
+            self._deferred.append((packed, future))
+            if self._timer is None:
+                self._timer = loop.call_later(DEFER_S, self._flush_deferred)
+            return await future
+        if deferrable or busy:
+            # Other calls are waiting on Redis: this one joins the next turn's batch. So does a
+            # deferrable one while Redis is idle, in a task of its own: it costs no caller
+            # anything now, where riding the next call would hold up that call's reply by its
+            # script, and its caller going away does not take it with it.
+            future = loop.create_future()
+            self._enqueue([(packed, future)])
             return await future
         # Alone: at once, in this call, with the deferred ones after it.
         deferred = self._take_deferred()
