@@ -3,7 +3,10 @@ and the calls refused because the task was killed.
 
 Fed by a call listener (every call, forwarded or refused, once it is over), held in memory by
 each replica and bounded: the last ``calls_per_task`` calls and 60 minutes of ``max_tasks``
-tasks, the least recently active task forgotten first. A task gets an entry with its first call
+tasks, the least recently active task forgotten first. A task's calls and minutes are short
+lists trimmed at their bounds, not deques: most tasks make a few calls, and a deque starts at a
+block of 64 slots (over a kilobyte for the two), which thousands of tasks would hold for
+nothing. A task gets an entry with its first call
 forwarded through this replica: calls refused before then count in the hour's totals only. With
 several replicas each one answers for the calls it served; the ledger's totals stay the shared
 truth.
@@ -12,7 +15,7 @@ truth.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -44,8 +47,8 @@ class Minute:
 
 @dataclass(slots=True)
 class _Task:
-    calls: deque[CallSeen]
-    minutes: deque[Minute] = field(default_factory=lambda: deque(maxlen=WINDOW_MINUTES))
+    calls: list[CallSeen] = field(default_factory=list)  # oldest first
+    minutes: list[Minute] = field(default_factory=list)  # oldest first
     refused: int = 0
     forwarded: int = 0
 
@@ -62,8 +65,9 @@ class Activity:
         self.clock = clock
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
         # Calls refused before this replica forwarded any of their task's: in the hour's
-        # totals, but no task's entry, so refused calls of made-up ids push no task out.
-        self._untracked = _Task(deque(maxlen=0))
+        # totals, but no task's entry (nor calls kept), so refused calls of made-up ids push
+        # no task out.
+        self._untracked = _Task()
 
     def record(self, record: CallRecord) -> None:
         now = self.clock()
@@ -71,27 +75,34 @@ class Activity:
         if task is None and not record.forwarded:
             task = self._untracked
         elif task is None:
-            task = self._tasks[record.task] = _Task(deque(maxlen=self.calls_per_task))
+            task = self._tasks[record.task] = _Task()
             if len(self._tasks) > self.max_tasks:
                 self._tasks.popitem(last=False)
         else:
             self._tasks.move_to_end(record.task)
         tokens = record.input_tokens + record.output_tokens
-        task.calls.append(
-            CallSeen(
-                now,
-                record.agent,
-                record.model,
-                record.outcome,
-                record.status,
-                tokens,
-                record.cost_usd,
+        if task is not self._untracked:
+            calls = task.calls
+            calls.append(
+                CallSeen(
+                    now,
+                    record.agent,
+                    record.model,
+                    record.outcome,
+                    record.status,
+                    tokens,
+                    record.cost_usd,
+                )
             )
-        )
+            if len(calls) > self.calls_per_task:
+                del calls[0]
         start = now - now % 60
-        if not task.minutes or task.minutes[-1].start != start:
-            task.minutes.append(Minute(start))
-        minute = task.minutes[-1]
+        minutes = task.minutes
+        if not minutes or minutes[-1].start != start:
+            minutes.append(Minute(start))
+            if len(minutes) > WINDOW_MINUTES:
+                del minutes[0]
+        minute = minutes[-1]
         if record.forwarded:
             task.forwarded += 1
             minute.calls += 1

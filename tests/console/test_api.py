@@ -71,6 +71,20 @@ def test_activity_counts_minutes_and_refusals_per_task() -> None:
     assert activity.refused("x0") == 0 and sum(m.refused for m in activity.hour()) == 10
 
 
+def test_activity_keeps_a_tasks_last_calls_and_its_last_hour() -> None:
+    now = [1_000_020.0]
+    activity = Activity(calls_per_task=3, clock=lambda: now[0])
+    for number in range(90):  # one call a minute for an hour and a half
+        activity.record(CallRecord("a", "x", "openai", "m", "ok", 200, number, 0))
+        now[0] += 60
+    assert [c.tokens for c in activity.calls("a")] == [87, 88, 89]
+    hour = activity.hour(["a"])
+    # The minute now has no call yet; the 59 before it hold the last 59 of the 90.
+    assert [m.tokens for m in hour] == [*range(31, 90), 0]
+    # Older minutes are dropped, not kept past the hour the console shows.
+    assert len(activity._tasks["a"].minutes) == 60
+
+
 def test_the_local_token_is_a_global_admin_and_nothing_else_is(mock: Any, tmp_path: Path) -> None:
     local = ensure_token(tmp_path / "admin-token")
     assert local is not None
