@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,7 +25,9 @@ log = logging.getLogger(LOGGER_NAME)
 # output that stalls must not grow the process without bound.
 MAX_PENDING_LINES = 10_000
 # How long a line logged on the event loop waits, at most, to be written with the next ones.
-WRITE_INTERVAL_S = 0.01
+# Each wake-up costs the event loop more than the lines it writes: the thread must take the
+# interpreter lock from the loop's thread to pick the lines up and again after its write.
+WRITE_INTERVAL_S = 0.05
 
 
 class JsonFormatter(logging.Formatter):
@@ -84,7 +87,9 @@ class TextFormatter(logging.Formatter):
 class LineWriter(logging.Handler):
     """Formats each record where it is logged and writes the lines from a thread of its own,
     every line waiting in one write: a slow stderr (a pipe to a log shipper that lags) never
-    blocks the event loop, and a busy one costs a write per batch, not per line."""
+    blocks the event loop, and a busy one costs a write per batch, not per line. The batch goes
+    to the file descriptor in one ``os.write`` (the buffered stream would release and retake
+    the interpreter lock once per layer)."""
 
     def __init__(self, stream: IO[str], max_pending: int = MAX_PENDING_LINES) -> None:
         super().__init__()
@@ -137,9 +142,7 @@ class LineWriter(logging.Handler):
         while True:
             self._wake.wait()
             self._wake.clear()
-            batch = []
-            while pending:
-                batch.append(pending.popleft())
+            batch = [pending.popleft() for _ in range(len(pending))]
             if batch:
                 # A closed or broken stderr: there is nothing left to tell it to.
                 with contextlib.suppress(Exception):
@@ -151,8 +154,15 @@ class LineWriter(logging.Handler):
         buffer = getattr(self.stream, "buffer", None)
         if buffer is not None:
             self.stream.flush()  # what was printed as text goes first
-            buffer.write(data)
-            buffer.flush()
+            try:
+                fd = buffer.fileno()
+            except (OSError, ValueError):  # an in-memory stream
+                buffer.write(data)
+                buffer.flush()
+                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         else:
             self.stream.write(data.decode("utf-8", "replace"))
             self.stream.flush()

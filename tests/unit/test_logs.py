@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -63,3 +65,39 @@ def test_a_handler_an_operator_adds_still_sees_every_event(stderr: io.BytesIO) -
     assert getattr(seen[0], "fields", None) == {"task": "t-2"}
     [line] = lines(stderr)
     assert line["event"] == "call" and line["task"] == "t-2"
+
+
+def test_lines_reach_a_pipe_whole_and_in_order_after_what_was_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stderr as a log shipper sees it: a pipe, read while the proxy writes more than it holds;
+    text printed before the first event comes first."""
+    read_end, write_end = os.pipe()
+    received = bytearray()
+    reader = threading.Thread(target=_drain, args=(read_end, received))
+    reader.start()
+    stream = io.TextIOWrapper(os.fdopen(write_end, "wb"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.setup_logging("INFO")
+    try:
+        print("Tripwire is listening", file=sys.stderr)
+        for number in range(3000):  # about 250 KB, several times a pipe's buffer
+            logs.event("call", task=f"t-{number}", note="x" * 40)
+    finally:
+        assert logs._writer is not None
+        logs._writer.close()
+        logs._writer = None
+        logging.getLogger(logs.LOGGER_NAME).handlers[:] = []
+        for name in logs.LIBRARY_LOGGERS:
+            logging.getLogger(name).handlers[:] = []
+        stream.close()
+        reader.join(10)
+    first, *rest = received.decode().splitlines()
+    assert first == "Tripwire is listening"
+    assert [json.loads(line)["task"] for line in rest] == [f"t-{n}" for n in range(3000)]
+
+
+def _drain(fd: int, into: bytearray) -> None:
+    with os.fdopen(fd, "rb") as pipe:
+        while chunk := pipe.read1(65536):
+            into += chunk
