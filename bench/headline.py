@@ -320,10 +320,18 @@ def headline(results: dict[str, Any]) -> list[str]:
 def _per_task(results: dict[str, Any], present: list[str]) -> list[str]:
     memory = (results.get("memory") or {}).get("rss") or {}
     keys = results.get("redis_keys") or {}
+    http = (results.get("targets") or {}).get("tripwire", {}).get("http_memory") or {}
     out = []
     for target in present[1:]:
         if target == "tripwire" and memory.get("rss_bytes_per_task") is not None:
-            out.append(f"{memory['rss_bytes_per_task'] / 1000:,.1f} KB (in-process ledger)")
+            cell = f"{memory['rss_bytes_per_task'] / 1000:,.1f} KB (in-process ledger)"
+            if http.get("bytes_per_task") is not None:
+                # The whole process, after the runs: what a task adds once its caches are full.
+                cell += (
+                    f"; {http['bytes_per_task'] / 1000:,.1f} KB the whole process, "
+                    f"{http['tasks']:,} more tasks over HTTP"
+                )
+            out.append(cell)
         elif target == "tripwire-redis" and keys.get("bytes_per_task") is not None:
             out.append(f"{keys['bytes_per_task'] / 1000:,.1f} KB in Redis")
         else:

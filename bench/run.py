@@ -93,7 +93,7 @@ QUICK = Plan(
     budget_time_limit_s=20.0,
     memory_tasks=100_000,
     traced_tasks=20_000,
-    http_tasks=0,
+    http_tasks=20_000,
     redis_key_tasks=1_000,
     profile_s=4.0,
 )
