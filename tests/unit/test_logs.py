@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -16,13 +17,13 @@ import pytest
 from proxy.telemetry import logs
 
 
-@pytest.fixture
-def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
-    raw = io.BytesIO()
-    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding="utf-8"))
+@contextlib.contextmanager
+def logging_to(monkeypatch: pytest.MonkeyPatch, stream: io.TextIOWrapper) -> Iterator[None]:
+    """Logging set up as ``tripwire serve`` sets it, on ``stream`` as stderr; undone after."""
+    monkeypatch.setattr(sys, "stderr", stream)
     logs.setup_logging("INFO")
     try:
-        yield raw
+        yield
     finally:
         if logs._writer is not None:
             logs._writer.close()
@@ -32,6 +33,13 @@ def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
             logger.handlers[:] = []
             logger.propagate = True
             logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
+    raw = io.BytesIO()
+    with logging_to(monkeypatch, io.TextIOWrapper(raw, encoding="utf-8")):
+        yield raw
 
 
 def lines(raw: io.BytesIO) -> list[dict[str, object]]:
@@ -77,19 +85,12 @@ def test_lines_reach_a_pipe_whole_and_in_order_after_what_was_printed(
     reader = threading.Thread(target=_drain, args=(read_end, received))
     reader.start()
     stream = io.TextIOWrapper(os.fdopen(write_end, "wb"), encoding="utf-8")
-    monkeypatch.setattr(sys, "stderr", stream)
-    logs.setup_logging("INFO")
     try:
-        print("Tripwire is listening", file=sys.stderr)
-        for number in range(3000):  # about 250 KB, several times a pipe's buffer
-            logs.event("call", task=f"t-{number}", note="x" * 40)
-    finally:
-        assert logs._writer is not None
-        logs._writer.close()
-        logs._writer = None
-        logging.getLogger(logs.LOGGER_NAME).handlers[:] = []
-        for name in logs.LIBRARY_LOGGERS:
-            logging.getLogger(name).handlers[:] = []
+        with logging_to(monkeypatch, stream):
+            print("Tripwire is listening", file=sys.stderr)
+            for number in range(3000):  # about 400 KB, several times a pipe's buffer
+                logs.event("call", task=f"t-{number}", note="x" * 40)
+    finally:  # the writer has written what waited: the reader sees the end of the pipe
         stream.close()
         reader.join(10)
     first, *rest = received.decode().splitlines()
