@@ -152,13 +152,14 @@ static inline void consider(Lightest *best, uint32_t value)
     int count = best->count;
     if (count == BAG_FEATURES && feature > best->values[count - 1] >> 2)
         return;
-    int low = 0, high = count;
-    while (low < high) {
-        int middle = (low + high) / 2;
-        if (best->values[middle] >> 2 < feature)
-            low = middle + 1;
-        else
-            high = middle;
+    /* The first slot whose feature is not below this one's. Which half to keep is a coin flip
+     * to the branch predictor: the halving chooses by a conditional move, not a branch. */
+    int low = 0;
+    if (count) {
+        const uint32_t *base = best->values;
+        for (int n = count; n > 1; n -= n / 2)
+            base = (base[n / 2] >> 2 < feature) ? base + n / 2 : base;
+        low = (int)(base - best->values) + (*base >> 2 < feature);
     }
     if (low < count && best->values[low] >> 2 == feature) {
         if (value > best->values[low])
