@@ -184,6 +184,19 @@ def test_similarities_are_the_numpy_ones() -> None:
 
 
 @native
+def test_a_feature_repeated_in_order_compares_as_numpy_does() -> None:
+    """A stored sketch is compared by one merge when it is in order: a feature it holds twice
+    counts twice, as numpy's search finds it twice."""
+    for text in _ALL_TEXTS[:20]:
+        sketch = shingles_numpy.numpy_shingle(text).sketch
+        values = np.frombuffer(sketch, dtype="<u4").copy()
+        values[1] = values[0]
+        other = values.tobytes()
+        expected = bag_numpy.numpy_similarities(sketch, [other])
+        assert bag.native.similarities(sketch, [other]) == expected
+
+
+@native
 def test_scores_are_the_numpy_ones() -> None:
     rng = random.Random(5)
     sketches = _sketches()
