@@ -165,7 +165,7 @@ def redis_vs_embedded(results: dict[str, Any]) -> list[str]:
             rows,
         ),
     ]
-    for line in (detector_line(results), round_trips_line(results)):
+    for line in (detector_line(results), round_trips_line(results), state_steps_line(results)):
         if line:
             out += [line, ""]
     return out
@@ -194,6 +194,39 @@ def round_trips_line(results: dict[str, Any]) -> str:
     return (
         f"Redis round trips per call, long task, OpenAI JSON: {each} (the writes Redis read, "
         "from its `INFO stats`, over the calls served; calls made at once share theirs)."
+    )
+
+
+def state_steps(results: dict[str, Any]) -> dict[str, float]:
+    """The mean time, in ms, the Redis target's long-task OpenAI JSON calls at 1 concurrent
+    waited on their reserve and on their settle (``tripwire_state_backend_seconds``, its growth
+    over the run's rounds)."""
+    counts = _run(results, "tripwire-redis", "long", "openai-json", LOW).get("detector_counts")
+    out: dict[str, float] = {}
+    for operation in ("reserve", "settle"):
+        seconds, steps = (
+            (counts or {}).get(f"{operation}_s"),
+            (counts or {}).get(f"{operation}_steps"),
+        )
+        if seconds is not None and steps:
+            out[operation] = 1000 * seconds / steps
+    return out
+
+
+def state_steps_line(results: dict[str, Any]) -> str:
+    steps = state_steps(results)
+    if set(steps) != {"reserve", "settle"}:
+        return ""
+    embedded = figures(results, "tripwire", "long", "openai-json").added_ms
+    shared = figures(results, "tripwire-redis", "long", "openai-json").added_ms
+    over = None if embedded is None or shared is None else shared - embedded
+    return (
+        f"Redis steps on a call's path, long task, OpenAI JSON at {LOW} concurrent, as the "
+        "proxy waited for them (`tripwire_state_backend_seconds`, mean): the reserve "
+        f"**{_fmt(steps['reserve'])} ms** and the settle **{_fmt(steps['settle'])} ms**, "
+        f"together **{_fmt(steps['reserve'] + steps['settle'])} ms**, of the "
+        f"**{_fmt(over)} ms** Redis added to the p50 over embedded. Each is a round trip to "
+        "Redis and its script's run."
     )
 
 

@@ -479,7 +479,7 @@ class Bench:
             row["proxy_cpu_ms_per_call"] = 1000 * cpu_s["proxy"] / result.sent
         if before is not None and proc is not None:
             after = self.detector_counts(proc)
-            row["detector_counts"] = {key: _grown(before[key], after[key]) for key in before}
+            row["detector_counts"] = {key: _grown(before[key], after.get(key)) for key in before}
         say(
             f"{name}: {shape} c={concurrency} {result.task} task(s) round {round_ + 1}: "
             f"{result.rps:,.0f}/s p50 {result.latency_ms.get('p50', 0):.2f} ms "
@@ -551,6 +551,9 @@ class Bench:
         if found is not None:
             counts["metric"] = found
         counts["calls"] = scrape_counter(proc.url, ("tripwire_calls_total",))
+        # The time the proxy waited on each Redis step, summed, and the steps counted.
+        for operation, (seconds, steps) in scrape_state_steps(proc.url).items():
+            counts[f"{operation}_s"], counts[f"{operation}_steps"] = seconds, steps
         if self.ctx.redis_url is not None:
             client = redis.Redis.from_url(self.ctx.redis_url)
             try:
@@ -770,6 +773,27 @@ def scrape_counter(url: str, names: tuple[str, ...]) -> float | None:
         if samples:
             return sum(samples)
     return None
+
+
+_STATE_STEP = re.compile(
+    r'^tripwire_state_backend_seconds_(sum|count)\{[^}]*operation="(\w+)"[^}]*\} (\S+)$',
+    re.MULTILINE,
+)
+
+
+def scrape_state_steps(url: str) -> dict[str, tuple[float, float]]:
+    """Per state backend operation on /metrics (``tripwire_state_backend_seconds``): the
+    seconds the proxy waited on its steps, and how many steps; only those of the reserve and
+    the settle, the steps on a call's path."""
+    found: dict[str, dict[str, float]] = {}
+    for kind, operation, value in _STATE_STEP.findall(_get_text(url + "/metrics")):
+        if operation in ("reserve", "settle"):
+            found.setdefault(operation, {})[kind] = float(value)
+    return {
+        operation: (figures["sum"], figures["count"])
+        for operation, figures in found.items()
+        if "sum" in figures and "count" in figures
+    }
 
 
 def _get_text(url: str) -> str:

@@ -218,12 +218,12 @@ class RedisLedger:
         self.channel = f"{settings.key_prefix}:kills:v{redis_scripts.VERSION}"
         # A cluster client routes each script call to its slot's node itself.
         self._calls = None if isinstance(self.client, RedisCluster) else ScriptCalls(self.client)
-        self._reserve = self._resilient(redis_scripts.RESERVE)
-        self._settle = self._resilient(redis_scripts.SETTLE)
-        self._kill = self._resilient(redis_scripts.KILL)
-        self._content_swap = self._resilient(redis_scripts.CONTENT_SWAP)
-        self._open_session = self._resilient(sessions.OPEN)
-        self._end_session = self._resilient(sessions.END)
+        self._reserve = self._resilient(redis_scripts.RESERVE, "reserve")
+        self._settle = self._resilient(redis_scripts.SETTLE, "settle")
+        self._kill = self._resilient(redis_scripts.KILL, "kill")
+        self._content_swap = self._resilient(redis_scripts.CONTENT_SWAP, "content")
+        self._open_session = self._resilient(sessions.OPEN, "open_session")
+        self._end_session = self._resilient(sessions.END, "end_session")
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._content: KeyedBatches[_Completion, builtins.list[Trip]] = KeyedBatches(
             self._swap_content
@@ -240,7 +240,7 @@ class RedisLedger:
         self._tasks: list[asyncio.Task[None]] = []
         self.reachable = True
 
-    def _resilient(self, source: str) -> Any:
+    def _resilient(self, source: str, operation: str) -> Any:
         """A script's call. After a Redis restart every pooled connection is dead: drop them
         and try once more on a fresh one, rather than fail the call that happened to pick a
         stale one. The same after a failover behind a DNS name: connections to the demoted
@@ -271,13 +271,26 @@ class RedisLedger:
                 await pool.disconnect(inuse_connections=False)
                 return await script(keys, args, deferrable)
 
+        # What each step took, as the caller waited for it: the share of a call's added
+        # latency that is Redis's (``tripwire_state_backend_seconds``).
+        took = (
+            self.metrics.state_latency.child(("redis", operation))
+            if self.metrics is not None
+            else None
+        )
+
         async def run(keys: list[str], args: list[Any], deferrable: bool = False) -> Any:
             """``deferrable``: no client waits on it (``ScriptCalls.call``)."""
-            # Each wait inside redis-py has its own bound (a free connection, connecting, the
-            # reply); this one bounds the whole step, retry included, so no call can hang on
-            # Redis whatever state the client's pool is left in by a restart.
-            async with asyncio.timeout(self._step_timeout):
-                return await attempt(keys, args, deferrable)
+            started = time.perf_counter()
+            try:
+                # Each wait inside redis-py has its own bound (a free connection, connecting,
+                # the reply); this one bounds the whole step, retry included, so no call can
+                # hang on Redis whatever state the client's pool is left in by a restart.
+                async with asyncio.timeout(self._step_timeout):
+                    return await attempt(keys, args, deferrable)
+            finally:
+                if took is not None:
+                    took.observe(time.perf_counter() - started)
 
         return run
 

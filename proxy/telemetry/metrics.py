@@ -49,6 +49,7 @@ UPSTREAM_TTFB = "tripwire_upstream_ttfb_seconds"
 OVERHEAD = "tripwire_overhead_seconds"
 TOP_TASK_SPEND = "tripwire_top_task_spend_usd"
 STATE_UP = "tripwire_state_backend_up"
+STATE_LATENCY = "tripwire_state_backend_seconds"
 DETECTOR_RUNS = "tripwire_detector_runs"
 ENVELOPES = "tripwire_envelopes"
 ENVELOPE_CONFIDENCE = "tripwire_envelope_confidence"
@@ -78,6 +79,23 @@ _OVERHEAD_BUCKETS = (
     0.25,
     0.5,
     1.0,
+)
+# A state backend step: a round trip to Redis and its script, well under a millisecond on a
+# local network, up to the step's timeout when Redis is in trouble.
+_STATE_BUCKETS = (
+    0.0001,
+    0.0002,
+    0.0003,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
+    0.5,
+    2.5,
 )
 _TOKEN_BUCKETS = (100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000)
 _COUNT_BUCKETS = (1, 2, 3, 5, 8, 12, 20, 50, 100, 200, 500, 1000)
@@ -295,6 +313,13 @@ class Metrics:
             buckets=_OVERHEAD_BUCKETS,
         )
         self._overhead = self.overhead.child()
+        self.state_latency = per_call.histogram(
+            STATE_LATENCY,
+            "Time a call waited on one step of the state backend (a Redis script: its round "
+            "trip and its run, a retry included), by operation.",
+            ["backend", "operation"],
+            buckets=_STATE_BUCKETS,
+        )
         # Per label set (bounded by the label caps), its series of each per-call family.
         self._call_series: dict[tuple[str, str, str, str], Count] = {}
         self._usage_series: dict[tuple[str, str, str], _UsageSeries] = {}

@@ -28,10 +28,11 @@ from tests.processes import stop
 SCRAPE_S = 1
 # $__rate_interval is four scrape intervals; $__range covers the whole test.
 WINDOWS = {"__rate_interval": "4s", "__range": "5m", "__interval": "1s"}
-# Panels with nothing to show without a Redis outage.
+# Panels with nothing to show without a Redis outage, or without Redis at all.
 EMPTY_WITHOUT_REDIS_OUTAGE = {
     ("tripwire-health", "State backend errors by operation"),
     ("tripwire-health", "Calls refused for the state backend"),
+    ("tripwire-health", "State backend step time by operation, p99"),
 }
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Limits, RepeatSettings, StateSettings
 from proxy.policy.rules import Effective
@@ -22,6 +24,7 @@ from proxy.session import redis_calls
 from proxy.session.base import CallPlan, Outcome
 from proxy.session.redis import RedisLedger
 from proxy.session.redis_calls import Script, ScriptCalls
+from proxy.telemetry.metrics import Metrics
 from tests.redis_server import RedisServer
 
 POLICY = Effective(Limits(max_calls=1_000_000), RepeatSettings(), "kill", ())
@@ -166,3 +169,48 @@ async def test_a_deferrable_write_made_while_redis_is_idle_goes_at_once(
         deferred = asyncio.ensure_future(calls.call(write, ["alone"], ["1"], deferrable=True))
         assert await asyncio.wait_for(deferred, 2) == "OK"
         await calls.close(1.0)
+
+
+def _steps(metrics: Metrics, operation: str) -> dict[str, float]:
+    """``tripwire_state_backend_seconds`` of one Redis operation as a scrape shows it: its
+    cumulative buckets by bound, its count and its sum."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        if family.name != "tripwire_state_backend_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("operation") != operation:
+                continue
+            assert sample.labels["backend"] == "redis"
+            key = sample.labels.get("le", sample.name.rsplit("_", 1)[-1])
+            out[key] = sample.value
+    return out
+
+
+async def test_the_time_calls_wait_on_redis_is_on_metrics_stalls_included(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis", None, "--enable-debug-command", "yes")
+    metrics = Metrics(backend="redis")
+    ledger = RedisLedger(StateSettings(backend="redis", redis_url=server.url), metrics)
+    await ledger.start()
+    try:
+        for number in range(5):
+            await (await _call(ledger, "task-steps", number))
+        async with aioredis.Redis(port=server.port) as client:
+            # Redis stalls for 0.4 s; a reserve sent meanwhile waits for it.
+            stall = asyncio.ensure_future(client.execute_command("DEBUG", "SLEEP", "0.4"))
+            await asyncio.sleep(0.1)
+            plan = CallPlan("task-steps", "agent", POLICY, 20, 100, 1, None, time.time())
+            await ledger.reserve(plan)
+            await stall
+    finally:
+        await ledger.close()
+        server.stop()
+    reserve, settle = _steps(metrics, "reserve"), _steps(metrics, "settle")
+    assert reserve["count"] == 6 and settle["count"] == 5
+    assert _steps(metrics, "content")["count"] == 5
+    # The five calls before the stall waited well under 0.1 s each; the sixth, the stall's rest.
+    assert reserve["0.1"] == 5 and reserve["0.5"] == 6
+    assert 0.25 < reserve["sum"] < 0.6
+    assert settle["0.1"] == 5

@@ -106,3 +106,22 @@ def test_redis_round_trips_per_call() -> None:
     text = "\n".join(headline.redis_vs_embedded(results))
     assert "**2.00** at 1 concurrent and **0.40** at 64 concurrent" in text
     assert headline.round_trips_line({"targets": {}}) == ""
+
+
+def test_redis_steps_on_a_calls_path() -> None:
+    results = _results()
+    for run in results["targets"]["tripwire-redis"]["runs"]:
+        if run["task"] == "long" and run["shape"] == "openai-json" and run["concurrency"] == 1:
+            # Three rounds of 100 calls: 0.06 s waiting on reserves, 0.075 s on settles.
+            run["detector_counts"] = {
+                "reserve_s": 0.06,
+                "reserve_steps": 300.0,
+                "settle_s": 0.075,
+                "settle_steps": 300.0,
+            }
+    assert headline.state_steps(results) == pytest.approx({"reserve": 0.2, "settle": 0.25})
+    text = "\n".join(headline.redis_vs_embedded(results))
+    # Redis added 1.3 - 0.8 = 0.5 ms to the long task's p50 over embedded in _results().
+    assert "the reserve **0.20 ms** and the settle **0.25 ms**, together **0.45 ms**" in text
+    assert "of the **0.50 ms** Redis added" in text
+    assert headline.state_steps_line({"targets": {}}) == ""
