@@ -96,16 +96,10 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer
-        if (
-            not buffer
-            and chunk.endswith(b"\n\n")
-            and chunk.find(b"\n\n") == len(chunk) - 2
-            and (self.max_event is None or len(chunk) <= self.max_event)
-            and b"\r" not in chunk
-        ):
-            # One whole event in one read with nothing before it, as providers mostly send
-            # them: no buffering, no search.
-            return [_parse(chunk)]
+        if not buffer and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            at_once = self._at_once(chunk)
+            if at_once is not None:
+                return at_once
         buffer += chunk
         if not self._carriage and b"\r" in chunk:
             self._carriage = True
@@ -131,6 +125,39 @@ class SSEDecoder:
         self._searched = len(buffer)
         if self.max_event is not None and len(buffer) > self.max_event:
             raise EventTooLarge(len(buffer), events)
+        return events
+
+    def _at_once(self, chunk: bytes) -> list[SSEEvent] | None:
+        """A read that ends where an event does, with nothing before it and no carriage return,
+        as providers mostly send their events: read without buffering or searching for a
+        separator of another kind. None for a read that ends inside the next event."""
+        if self.max_event is None or len(chunk) <= self.max_event:
+            # One event, as its line ends (counted once) say: a data line alone (OpenAI's) or
+            # after an event line (Anthropic's) leaves only the final blank line, so no other
+            # event can start inside the read.
+            lines = chunk.count(b"\n")
+            if lines == 2 and chunk.startswith(b"data: "):
+                return [SSEEvent(chunk, None, chunk[6:-2].decode("utf-8", "replace"))]
+            if lines == 3 and chunk.startswith(b"event: "):
+                end = chunk.index(b"\n")
+                if chunk.startswith(b"data: ", end + 1):
+                    name = chunk[7:end].decode("utf-8", "replace")
+                    return [SSEEvent(chunk, name, chunk[end + 7 : -2].decode("utf-8", "replace"))]
+        parts = chunk.split(b"\n\n")
+        return None if parts[-1] else self._whole(parts)
+
+    def _whole(self, parts: list[bytes]) -> list[SSEEvent]:
+        """The events of a read without a carriage return, split at its blank lines, which
+        ended with one."""
+        events: list[SSEEvent] = []
+        for part in parts[:-1]:
+            raw = part + b"\n\n"
+            if self.max_event is not None and len(raw) > self.max_event:
+                raise EventTooLarge(len(raw), events)
+            if part.startswith(b"data: ") and b"\n" not in part:  # one data line
+                events.append(SSEEvent(raw, None, part[6:].decode("utf-8", "replace")))
+            else:
+                events.append(_parse(raw))
         return events
 
     def frame(self, event: bytes, tail: bytes) -> bytes:

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,3 +94,52 @@ def test_a_data_line_ends_only_at_a_line_break() -> None:
     ):
         (event,) = SSEDecoder().feed(raw)
         assert (event.event, event.data) == ("content_block_delta", text)
+
+
+_LINE = st.text(
+    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=12
+)
+_EVENT = st.tuples(
+    st.booleans(),  # a comment line first
+    st.one_of(st.none(), _LINE),  # an event line
+    st.lists(_LINE, max_size=3),  # data lines
+    st.sampled_from(["\n", "\r\n"]),  # line end
+    st.integers(min_value=0, max_value=2),  # blank lines more after the event
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(_EVENT, min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 400)),
+    at_line_ends=st.lists(st.booleans(), min_size=1),
+)
+def test_any_reads_of_a_stream_give_the_events_a_byte_at_a_time_gives(
+    events: list[tuple[bool, str | None, list[str], str, int]],
+    cuts: list[int],
+    at_line_ends: list[bool],
+) -> None:
+    """Reads that end where an event does take the shortcuts (one event, or whole events split
+    at their blank lines); any other read, and a byte at a time, the buffered search."""
+    stream = "".join(
+        (": c" + end if comment else "")
+        + (f"event: {name}{end}" if name is not None else "")
+        + "".join(f"data: {line}{end}" for line in data)
+        + end * (1 + blanks)
+        for comment, name, data, end, blanks in events
+    ).encode()
+    # Reads end anywhere, and often at a line's end, as a provider flushing lines would make
+    # them (a read may then end with an event's blank line and the next one's first).
+    ends = [i + 1 for i, byte in enumerate(stream) if byte == 10]
+    ends = [end for n, end in enumerate(ends) if at_line_ends[n % len(at_line_ends)]]
+    bounds = sorted({0, len(stream), *ends, *(c for c in cuts if c < len(stream))})
+    reads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    decoder, byte_by_byte = SSEDecoder(), SSEDecoder()
+    together = [e for read in reads for e in decoder.feed(read)] + decoder.flush()
+    apart = [e for i in range(len(stream)) for e in byte_by_byte.feed(stream[i : i + 1])]
+    apart += byte_by_byte.flush()
+    assert [(e.raw, e.event, e.data) for e in together] == [(e.raw, e.event, e.data) for e in apart]
+    # Each read of whole events alone, as a provider sends them, reads the same too.
+    whole = [e.raw for e in apart]
+    one_each = SSEDecoder()
+    assert [e.raw for raw in whole for e in one_each.feed(raw)] == whole
