@@ -201,13 +201,11 @@ def state_steps(results: dict[str, Any]) -> dict[str, float]:
     """The mean time, in ms, the Redis target's long-task OpenAI JSON calls at 1 concurrent
     waited on their reserve and on their settle (``tripwire_state_backend_seconds``, its growth
     over the run's rounds)."""
-    counts = _run(results, "tripwire-redis", "long", "openai-json", LOW).get("detector_counts")
+    run = _run(results, "tripwire-redis", "long", "openai-json", LOW)
+    counts = run.get("detector_counts") or {}
     out: dict[str, float] = {}
     for operation in ("reserve", "settle"):
-        seconds, steps = (
-            (counts or {}).get(f"{operation}_s"),
-            (counts or {}).get(f"{operation}_steps"),
-        )
+        seconds, steps = counts.get(f"{operation}_s"), counts.get(f"{operation}_steps")
         if seconds is not None and steps:
             out[operation] = 1000 * seconds / steps
     return out

@@ -198,9 +198,9 @@ async def test_the_time_calls_wait_on_redis_is_on_metrics_stalls_included(
         for number in range(5):
             await (await _call(ledger, "task-steps", number))
         async with aioredis.Redis(port=server.port) as client:
-            # Redis stalls for 0.4 s; a reserve sent meanwhile waits for it.
+            # Redis stalls for 0.4 s; a reserve sent meanwhile waits for the rest of it.
             stall = asyncio.ensure_future(client.execute_command("DEBUG", "SLEEP", "0.4"))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
             plan = CallPlan("task-steps", "agent", POLICY, 20, 100, 1, None, time.time())
             await ledger.reserve(plan)
             await stall
@@ -212,5 +212,5 @@ async def test_the_time_calls_wait_on_redis_is_on_metrics_stalls_included(
     assert _steps(metrics, "content")["count"] == 5
     # The five calls before the stall waited well under 0.1 s each; the sixth, the stall's rest.
     assert reserve["0.1"] == 5 and reserve["0.5"] == 6
-    assert 0.25 < reserve["sum"] < 0.6
+    assert 0.2 < reserve["sum"] < 0.6
     assert settle["0.1"] == 5
